@@ -1,0 +1,70 @@
+// swift-tools-version: 6.0
+// Switchyard: a shared-memory, multi-process LLM inference server for Linux.
+// Dependencies point down: CSwitchyardSys -> SysKit -> {ShmRing, Engine} -> {Worker, Front} -> executables.
+import PackageDescription
+
+let package = Package(
+    name: "Switchyard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "switchyard", targets: ["switchyard"]),
+        .executable(name: "switchyard-client", targets: ["switchyard-client"]),
+        .executable(name: "switchyard-bench", targets: ["switchyard-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        // C shim: only what Swift cannot call directly (liburing inline helpers, futex, memfd, pidfd,
+        // CPU_SET, libnuma, C11 atomics on shared memory).
+        .target(
+            name: "CSwitchyardSys",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
+        ),
+        // Hot numeric kernels (quantized dot products, matmul tiles) with run-time CPU dispatch.
+        .target(
+            name: "CSwitchyardKernels",
+            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
+        ),
+        .target(name: "SysKit", dependencies: ["CSwitchyardSys"]),
+        .target(name: "ShmRing", dependencies: ["SysKit", "CSwitchyardSys"]),
+        .target(name: "Wire"),
+        .target(name: "Routing"),
+        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardKernels"]),
+        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit"]),
+        .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"]),
+        // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
+        .target(name: "ClientKit", dependencies: ["SysKit"]),
+        .executableTarget(
+            name: "switchyard",
+            dependencies: [
+                "Front", "Worker", "Engine", "ShmRing", "SysKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/switchyard"
+        ),
+        .executableTarget(
+            name: "switchyard-client",
+            dependencies: ["ClientKit", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "tools/switchyard-client"
+        ),
+        .executableTarget(
+            name: "switchyard-bench",
+            dependencies: [
+                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "bench"
+        ),
+        .testTarget(name: "SysKitTests", dependencies: ["SysKit"]),
+        .testTarget(name: "ShmRingTests", dependencies: ["ShmRing", "SysKit"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine"]),
+        .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["ClientKit"]),
+    ]
+)

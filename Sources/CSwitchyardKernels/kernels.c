@@ -1,0 +1,2 @@
+#include "CSwitchyardKernels.h"
+int syk_cpu_features(void) { return 0; }

@@ -1,0 +1,4 @@
+#ifndef SY_NUMA_H
+#define SY_NUMA_H
+#include <stdint.h>
+#endif

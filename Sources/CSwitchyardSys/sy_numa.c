@@ -1,0 +1,1 @@
+#include "sy_numa.h"

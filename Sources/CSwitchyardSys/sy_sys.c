@@ -1,0 +1,1 @@
+#include "sy_sys.h"

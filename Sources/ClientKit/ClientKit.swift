@@ -1,0 +1,2 @@
+// ClientKit module (placeholder; filled in by its issue).
+enum _ClientKitPlaceholder {}

@@ -1,0 +1,2 @@
+// Engine module (placeholder; filled in by its issue).
+enum _EnginePlaceholder {}

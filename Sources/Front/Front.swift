@@ -1,0 +1,2 @@
+// Front module (placeholder; filled in by its issue).
+enum _FrontPlaceholder {}

@@ -1,0 +1,2 @@
+// Routing module (placeholder; filled in by its issue).
+enum _RoutingPlaceholder {}

@@ -1,0 +1,2 @@
+// ShmRing module (placeholder; filled in by its issue).
+enum _ShmRingPlaceholder {}

@@ -1,0 +1,2 @@
+// SysKit module (placeholder; filled in by its issue).
+enum _SysKitPlaceholder {}

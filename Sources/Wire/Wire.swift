@@ -1,0 +1,2 @@
+// Wire module (placeholder; filled in by its issue).
+enum _WirePlaceholder {}

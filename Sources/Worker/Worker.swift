@@ -1,0 +1,2 @@
+// Worker module (placeholder; filled in by its issue).
+enum _WorkerPlaceholder {}

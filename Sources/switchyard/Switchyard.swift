@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Switchyard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard",
+        abstract: "Shared-memory multi-process LLM inference server.",
+        subcommands: []
+    )
+}

@@ -1,0 +1,3 @@
+import Testing
+
+@Test func routingBuilds() { #expect(Bool(true)) }

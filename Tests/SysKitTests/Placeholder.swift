@@ -1,0 +1,3 @@
+import Testing
+
+@Test func sysKitBuilds() { #expect(Bool(true)) }
