@@ -1,3 +1,0 @@
-import Testing
-
-@Test func wireBuilds() { #expect(Bool(true)) }

@@ -1,0 +1,100 @@
+import Testing
+import Wire
+
+/// One sample of every record type, with awkward values (empty strings, multi-byte UTF-8, extremes).
+let samples: [Record] = [
+    .submit(SubmitRecord(requestID: 42, kind: .chat, sessionKey: "sess-✓",
+                         sampling: WireSampling(temperature: 0.7, topP: 0.9, minP: 0.05, topK: 40, maxTokens: 128,
+                                                seed: 7, stop: ["\n\n", "</s>"]),
+                         messages: [WireMessage(role: "system", content: ""),
+                                    WireMessage(role: "user", content: "héllo 😀")])),
+    .submit(SubmitRecord(requestID: .max, kind: .completion, sessionKey: "", sampling: WireSampling(seed: nil),
+                         prompt: "Once upon a time")),
+    .cancel(CancelRecord(requestID: 9)),
+    .tokenize(TokenizeRecord(requestID: 1, addSpecial: true, parseSpecial: false, content: "<|im_start|>")),
+    .detokenize(TokensRecord(requestID: 2, tokens: [0, 1, -1, Int32.max])),
+    .delta(DeltaRecord(requestID: 3, completionTokens: 5, text: "日本")),
+    .done(DoneRecord(requestID: 4, finish: .length, promptTokens: 10, completionTokens: 20, cachedTokens: 8,
+                     firstTokenNanos: 123, totalNanos: 456)),
+    .error(ErrorRecord(requestID: 5, code: .overloaded, message: "busy")),
+    .tokens(TokensRecord(requestID: 6, tokens: [])),
+    .text(TextRecord(requestID: 7, text: "")),
+    .ready(ReadyRecord(workerID: 3, pid: 1234, numaNode: 0, contextLength: 8192, modelName: "smollm2",
+                       cpus: [0, 1])),
+]
+
+@Test(arguments: samples)
+func roundTrip(_ record: Record) throws {
+    let bytes = try record.encoded()
+    let back = try Record.decode(type: record.type.rawValue, bytes: bytes)
+    #expect(back == record)
+}
+
+@Test(arguments: samples)
+func everyTruncationIsAnError(_ record: Record) throws {
+    let bytes = try record.encoded()
+    for n in 0..<bytes.count {
+        #expect(throws: WireError.self) { try Record.decode(type: record.type.rawValue, bytes: Array(bytes[0..<n])) }
+    }
+    // One extra byte is refused too: a record must be consumed exactly.
+    #expect(throws: WireError.trailingBytes(1)) {
+        try Record.decode(type: record.type.rawValue, bytes: bytes + [0])
+    }
+}
+
+@Test func unknownTypeAndBadEnumsAreRejected() throws {
+    #expect(throws: WireError.unknownType(999)) { try Record.decode(type: 999, bytes: []) }
+    var done = try Record.done(DoneRecord(requestID: 1, finish: .stop, promptTokens: 0, completionTokens: 0,
+                                          cachedTokens: 0)).encoded()
+    done[8] = 77 // finish reason
+    #expect(throws: WireError.invalidValue(field: "finish_reason", value: 77)) {
+        try Record.decode(type: RecordType.done.rawValue, bytes: done)
+    }
+}
+
+@Test func absurdLengthsAreRejectedWithoutReading() throws {
+    // A tokens record claiming 2^20 ids but carrying none.
+    var bytes = try Record.tokens(TokensRecord(requestID: 1, tokens: [])).encoded()
+    bytes[8] = 0; bytes[9] = 0; bytes[10] = 0x10; bytes[11] = 0
+    #expect(throws: WireError.self) { try Record.decode(type: RecordType.tokens.rawValue, bytes: bytes) }
+    // Over the limit.
+    bytes[11] = 0x7f
+    #expect(throws: WireError.self) { try Record.decode(type: RecordType.tokens.rawValue, bytes: bytes) }
+}
+
+@Test func invalidUTF8IsRejected() throws {
+    var bytes = try Record.text(TextRecord(requestID: 1, text: "ab")).encoded()
+    bytes[bytes.count - 1] = 0xff
+    #expect(throws: WireError.invalidUTF8(field: "text")) {
+        try Record.decode(type: RecordType.text.rawValue, bytes: bytes)
+    }
+}
+
+@Test func encoderEnforcesLimits() {
+    let long = String(repeating: "x", count: WireLimits.maxStopLength + 1)
+    let rec = Record.submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "",
+                                         sampling: WireSampling(stop: [long]), prompt: "p"))
+    #expect(throws: WireError.self) { try rec.encoded() }
+}
+
+@Test func randomBytesNeverCrash() {
+    var rng = SplitMix(seed: 1)
+    for _ in 0..<20_000 {
+        let n = Int(rng.next() % 64)
+        let bytes = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let type = RecordType.allCases[Int(rng.next() % UInt64(RecordType.allCases.count))].rawValue
+        _ = try? Record.decode(type: type, bytes: bytes)
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
