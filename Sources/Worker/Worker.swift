@@ -1,2 +1,0 @@
-// Worker module (placeholder; filled in by its issue).
-enum _WorkerPlaceholder {}

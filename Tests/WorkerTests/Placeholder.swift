@@ -1,3 +1,0 @@
-import Testing
-
-@Test func workerBuilds() { #expect(Bool(true)) }
