@@ -1,0 +1,100 @@
+// The echo engine (`--engine echo`): no model. Tokens are UTF-8 bytes; a request's answer is its prompt
+// (a completion's text, or a chat's last user message) streamed back token by token. It runs through the
+// same scheduler, rings and front as the real model, so transport and front are tested on their own.
+import Wire
+
+public final class EchoRunner: ModelRunner {
+    public let vocabSize = 257            // 256 byte tokens + end of text
+    public let contextLength: Int
+    public let maxBatchTokens: Int
+    public let kvBytesPerToken = 4
+    var lengths: [Int]                    // "KV" length per slot; -1 = free
+    public private(set) var forwardCalls = 0
+    public private(set) var lastBatchSize = 0
+
+    public init(slots: Int = 64, contextLength: Int = 1 << 16, maxBatchTokens: Int = 4096) {
+        self.contextLength = contextLength
+        self.maxBatchTokens = maxBatchTokens
+        lengths = [Int](repeating: -1, count: slots)
+    }
+
+    public func acquireSequence() -> Int? {
+        guard let i = lengths.firstIndex(of: -1) else { return nil }
+        lengths[i] = 0
+        return i
+    }
+
+    public func releaseSequence(_ sequence: Int) { lengths[sequence] = -1 }
+
+    public func truncateSequence(_ sequence: Int, to length: Int) {
+        lengths[sequence] = min(lengths[sequence], length)
+    }
+
+    public var freeSlots: Int { lengths.reduce(0) { $0 + ($1 < 0 ? 1 : 0) } }
+
+    public func forward(_ items: [StepItem], logits: UnsafeMutableBufferPointer<Float>) throws {
+        forwardCalls += 1
+        lastBatchSize = items.count
+        for (i, item) in items.enumerated() {
+            precondition(lengths[item.sequence] == item.position, "echo: position mismatch")
+            lengths[item.sequence] += item.tokens.count
+            // Uniform logits: the echo state ignores them.
+            for v in 0..<vocabSize { logits[i * vocabSize + v] = 0 }
+        }
+    }
+}
+
+public final class EchoText: TextEngine {
+    public let modelName = "echo"
+    public init() {}
+
+    public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
+        let text: String
+        switch submit.kind {
+        case .completion:
+            text = submit.prompt
+        case .chat:
+            guard let last = submit.messages.last(where: { $0.role == "user" }) else {
+                throw RequestRejection(.invalidRequest, "a chat request needs at least one user message")
+            }
+            text = last.content
+        }
+        let bytes = Array(text.utf8)
+        let prompt = bytes.isEmpty ? [256] : bytes.map { Int32($0) }
+        return (prompt, EchoState(answer: bytes, maxTokens: Int(submit.sampling.maxTokens)))
+    }
+
+    public func tokenize(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {
+        text.utf8.map { Int32($0) }
+    }
+
+    public func detokenize(_ tokens: [Int32]) -> String {
+        String(decoding: tokens.compactMap { (0...255).contains($0) ? UInt8($0) : nil }, as: UTF8.self)
+    }
+}
+
+/// Streams `answer` one byte-token per step, publishing whole UTF-8 characters only.
+final class EchoState: GenerationState {
+    let answer: [UInt8]
+    let maxTokens: Int
+    var emitted = 0
+    var held: [UInt8] = []
+
+    init(answer: [UInt8], maxTokens: Int) { self.answer = answer; self.maxTokens = maxTokens }
+
+    func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
+        guard emitted < answer.count else { return TokenOutcome(token: 256, text: "", finish: .stop, counts: false) }
+        let b = answer[emitted]
+        emitted += 1
+        held.append(b)
+        var text = ""
+        if let s = String(validating: held, as: UTF8.self) { text = s; held.removeAll(keepingCapacity: true) }
+        let finish: FinishReason? = emitted >= maxTokens ? .length : nil
+        return TokenOutcome(token: Int32(b), text: text, finish: finish)
+    }
+
+    func flush() -> String {
+        defer { held.removeAll() }
+        return held.isEmpty ? "" : String(decoding: held, as: UTF8.self)
+    }
+}

@@ -1,0 +1,296 @@
+// The worker's engine core: continuous batching over a ModelRunner with a per-session KV cache.
+//
+// One call to `step()` is one iteration of the engine loop (like vLLM's EngineCore.step):
+//   1. admit waiting requests while sequence slots are free (reusing a session's cached KV when the new
+//      prompt extends it; evicting least-recently-used sessions when slots or the cache budget run out);
+//   2. build one batch: one decode token for every running sequence, then prefill chunks of sequences still
+//      reading their prompt, up to `maxBatchTokens` (long prompts are chunked so they never stall decoding);
+//   3. one forward pass; sample for every sequence whose prompt is fully read;
+//   4. publish deltas, and at the end usage + finish reason; park finished sequences in the session cache.
+// Records come in through `handle(_:)`; everything goes out through the `publish` closure.
+import Wire
+
+public struct SchedulerConfig: Sendable {
+    /// Requests admitted but not yet running; beyond this a submit is answered "overloaded".
+    public var maxQueue: Int
+    /// Session-cache budget in bytes of KV cache held by idle sessions.
+    public var sessionCacheBytes: Int
+    /// Most sequences decoding together.
+    public var maxRunning: Int
+    public init(maxQueue: Int = 64, sessionCacheBytes: Int = 256 << 20, maxRunning: Int = 16) {
+        self.maxQueue = maxQueue; self.sessionCacheBytes = sessionCacheBytes; self.maxRunning = maxRunning
+    }
+}
+
+public struct SchedulerStats: Sendable {
+    public var running = 0
+    public var waiting = 0
+    public var cachedSessions = 0
+    public var cachedBytes = 0
+    public var steps: UInt64 = 0
+    public var tokensGenerated: UInt64 = 0
+}
+
+public final class Scheduler {
+    /// A request in flight.
+    final class Request {
+        let id: UInt64
+        let sessionKey: String
+        let prompt: [Int32]
+        let state: any GenerationState
+        let admitted: UInt64              // monotonic ns
+        var firstToken: UInt64 = 0
+        var sequence: Int = -1
+        /// Tokens whose KV is in the cache (prompt prefix, then fed-back completion tokens).
+        var kvLength = 0
+        var cached = 0                    // prompt tokens served from the session cache
+        var history: [Int32]              // prompt + sampled tokens; the last one is fed at the next step
+        var completionTokens = 0
+        var cancelled = false
+        init(id: UInt64, sessionKey: String, prompt: [Int32], state: any GenerationState, now: UInt64) {
+            self.id = id; self.sessionKey = sessionKey; self.prompt = prompt; self.state = state
+            self.admitted = now; self.history = prompt
+        }
+        var promptRemaining: Int { max(0, prompt.count - kvLength) }
+    }
+
+    /// An idle session's KV cache: the sequence slot and the tokens whose KV it holds.
+    struct CachedSession {
+        var sequence: Int
+        var tokens: [Int32]      // history; KV holds the first `kvLength` of them
+        var kvLength: Int
+        var lastUse: UInt64
+    }
+
+    let runner: ModelRunner
+    let text: TextEngine
+    let config: SchedulerConfig
+    let publish: (Record) -> Void
+    let clock: () -> UInt64
+
+    var waiting: [Request] = []
+    var running: [Request] = []
+    var sessions: [String: CachedSession] = [:]
+    var sessionBytes = 0
+    public private(set) var stats = SchedulerStats()
+
+    // Reused every step (no per-step allocation once warmed up).
+    var items: [StepItem] = []
+    var itemOwners: [Request] = []
+    var logits: UnsafeMutableBufferPointer<Float>
+    var logitsRows: Int
+
+    public init(runner: ModelRunner, text: TextEngine, config: SchedulerConfig,
+                clock: @escaping () -> UInt64, publish: @escaping (Record) -> Void) {
+        self.runner = runner; self.text = text; self.config = config; self.publish = publish; self.clock = clock
+        logitsRows = max(1, min(config.maxRunning, runner.maxBatchTokens))
+        logits = .allocate(capacity: logitsRows * runner.vocabSize)
+        items.reserveCapacity(logitsRows)
+        itemOwners.reserveCapacity(logitsRows)
+    }
+
+    deinit { logits.deallocate() }
+
+    public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
+
+    // MARK: Records from the front
+
+    public func handle(_ record: Record) {
+        switch record {
+        case .submit(let s): submit(s)
+        case .cancel(let c): cancel(c.requestID)
+        case .tokenize(let t):
+            publish(.tokens(TokensRecord(requestID: t.requestID,
+                                         tokens: text.tokenize(t.content, addSpecial: t.addSpecial, parseSpecial: t.parseSpecial))))
+        case .detokenize(let d):
+            publish(.text(TextRecord(requestID: d.requestID, text: text.detokenize(d.tokens))))
+        default:
+            publish(.error(ErrorRecord(requestID: record.requestID, code: .invalidRequest,
+                                       message: "worker does not accept \(record.type) records")))
+        }
+    }
+
+    func submit(_ s: SubmitRecord) {
+        guard waiting.count < config.maxQueue else {
+            publish(.error(ErrorRecord(requestID: s.requestID, code: .overloaded, message: "worker queue is full")))
+            return
+        }
+        do throws(RequestRejection) {
+            let (prompt, state) = try text.begin(s, contextLength: runner.contextLength)
+            guard !prompt.isEmpty else {
+                throw RequestRejection(.invalidRequest, "the prompt is empty after tokenization")
+            }
+            guard prompt.count < runner.contextLength else {
+                throw RequestRejection(.invalidRequest,
+                                       "the prompt has \(prompt.count) tokens; this model's context is \(runner.contextLength)")
+            }
+            waiting.append(Request(id: s.requestID, sessionKey: s.sessionKey, prompt: prompt, state: state, now: clock()))
+        } catch {
+            publish(.error(ErrorRecord(requestID: s.requestID, code: error.code, message: error.message)))
+        }
+    }
+
+    func cancel(_ id: UInt64) {
+        if let i = waiting.firstIndex(where: { $0.id == id }) {
+            let r = waiting.remove(at: i)
+            publish(.done(DoneRecord(requestID: r.id, finish: .cancelled, promptTokens: UInt32(r.prompt.count),
+                                     completionTokens: 0, cachedTokens: 0)))
+        } else if let r = running.first(where: { $0.id == id }) {
+            r.cancelled = true  // stops at the next step
+        }
+    }
+
+    // MARK: One engine step
+
+    /// Runs one iteration. Returns false when there was nothing to do.
+    @discardableResult
+    public func step() throws -> Bool {
+        retireCancelled()
+        admit()
+        guard !running.isEmpty else { return false }
+
+        items.removeAll(keepingCapacity: true)
+        itemOwners.removeAll(keepingCapacity: true)
+        var budget = runner.maxBatchTokens
+        // Decode tokens first: every sequence whose last sampled token is not yet in its KV cache advances by
+        // exactly that token.
+        for r in running where r.promptRemaining == 0 && r.kvLength == r.history.count - 1
+            && budget > 0 && items.count < logitsRows {
+            items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.history[r.kvLength...]))
+            itemOwners.append(r)
+            budget -= 1
+        }
+        // Prefill chunks in arrival order with what is left of the token budget.
+        for r in running where r.promptRemaining > 0 && budget > 0 && items.count < logitsRows {
+            let n = min(r.promptRemaining, budget)
+            items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.prompt[r.kvLength ..< r.kvLength + n]))
+            itemOwners.append(r)
+            budget -= n
+        }
+        guard !items.isEmpty else { return false }
+
+        try runner.forward(items, logits: logits)
+        stats.steps += 1
+
+        let vocab = runner.vocabSize
+        for (i, r) in itemOwners.enumerated() {
+            r.kvLength += items[i].tokens.count
+            guard r.promptRemaining == 0 else { continue }      // still reading its prompt
+            let row = UnsafeBufferPointer(rebasing: logits[(i * vocab) ..< ((i + 1) * vocab)])
+            let outcome = r.state.next(logits: row)
+            if r.firstToken == 0 { r.firstToken = clock() }
+            if outcome.counts { r.completionTokens += 1; stats.tokensGenerated += 1 }
+            r.history.append(outcome.token)
+            var finish = outcome.finish
+            if finish == nil && r.history.count >= runner.contextLength { finish = .length }
+            if let finish {
+                let tail = r.state.flush()
+                let textOut = outcome.text + tail
+                if !textOut.isEmpty {
+                    publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: textOut)))
+                }
+                complete(r, finish)
+            } else {
+                if !outcome.text.isEmpty {
+                    publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: outcome.text)))
+                }
+            }
+        }
+        running.removeAll { $0.sequence < 0 }
+        updateStats()
+        return true
+    }
+
+    func retireCancelled() {
+        for r in running where r.cancelled {
+            complete(r, .cancelled)
+        }
+        running.removeAll { $0.sequence < 0 }
+    }
+
+    /// Publishes the final record and parks (or frees) the sequence. Marks `r.sequence = -1`.
+    func complete(_ r: Request, _ finish: FinishReason) {
+        let now = clock()
+        publish(.done(DoneRecord(requestID: r.id, finish: finish, promptTokens: UInt32(r.prompt.count),
+                                 completionTokens: UInt32(r.completionTokens), cachedTokens: UInt32(r.cached),
+                                 firstTokenNanos: r.firstToken > 0 ? r.firstToken - r.admitted : 0,
+                                 totalNanos: now - r.admitted)))
+        if !r.sessionKey.isEmpty && finish != .cancelled && r.kvLength > 0 {
+            park(r, now: now)
+        } else {
+            runner.releaseSequence(r.sequence)
+        }
+        r.sequence = -1
+    }
+
+    // MARK: Admission and the session cache
+
+    func admit() {
+        while !waiting.isEmpty && running.count < config.maxRunning {
+            let r = waiting[0]
+            if let cached = takeSession(r.sessionKey) {
+                // Reuse the longest common prefix of the cached history and the new prompt whose KV is
+                // present; always leave at least one prompt token to prefill so the model yields logits.
+                var common = 0
+                let limit = min(cached.kvLength, cached.tokens.count, r.prompt.count - 1)
+                while common < limit && cached.tokens[common] == r.prompt[common] { common += 1 }
+                runner.truncateSequence(cached.sequence, to: common)
+                r.sequence = cached.sequence
+                r.kvLength = common
+                r.cached = common
+            } else if let seq = acquireEvicting() {
+                r.sequence = seq
+            } else {
+                break  // no slot free: try again next step
+            }
+            waiting.removeFirst()
+            running.append(r)
+        }
+    }
+
+    /// Removes and returns the idle cache entry of `key`, if any.
+    func takeSession(_ key: String) -> CachedSession? {
+        guard !key.isEmpty, let s = sessions.removeValue(forKey: key) else { return nil }
+        sessionBytes -= s.kvLength * runner.kvBytesPerToken
+        return s
+    }
+
+    func acquireEvicting() -> Int? {
+        while true {
+            if let s = runner.acquireSequence() { return s }
+            guard evictLRU() else { return nil }
+        }
+    }
+
+    @discardableResult
+    func evictLRU() -> Bool {
+        guard let (key, victim) = sessions.min(by: { $0.value.lastUse < $1.value.lastUse }) else { return false }
+        sessions.removeValue(forKey: key)
+        sessionBytes -= victim.kvLength * runner.kvBytesPerToken
+        runner.releaseSequence(victim.sequence)
+        return true
+    }
+
+    func park(_ r: Request, now: UInt64) {
+        // A newer turn of the same session may already be cached (concurrent requests): keep the newest.
+        if let old = sessions.removeValue(forKey: r.sessionKey) {
+            sessionBytes -= old.kvLength * runner.kvBytesPerToken
+            runner.releaseSequence(old.sequence)
+        }
+        let bytes = r.kvLength * runner.kvBytesPerToken
+        guard bytes <= config.sessionCacheBytes else {
+            runner.releaseSequence(r.sequence)
+            return
+        }
+        while sessionBytes + bytes > config.sessionCacheBytes && evictLRU() {}
+        sessions[r.sessionKey] = CachedSession(sequence: r.sequence, tokens: r.history, kvLength: r.kvLength, lastUse: now)
+        sessionBytes += bytes
+    }
+
+    func updateStats() {
+        stats.running = running.count
+        stats.waiting = waiting.count
+        stats.cachedSessions = sessions.count
+        stats.cachedBytes = sessionBytes
+    }
+}

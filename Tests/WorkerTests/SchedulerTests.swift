@@ -1,0 +1,189 @@
+import Testing
+import Wire
+@testable import Worker
+
+/// Drives a scheduler over the echo engine and collects what it publishes.
+final class Harness {
+    let runner: EchoRunner
+    let scheduler: Scheduler
+    var records: [Record] = []
+    var now: UInt64 = 1
+
+    init(slots: Int = 8, maxBatchTokens: Int = 4096, config: SchedulerConfig = SchedulerConfig()) {
+        runner = EchoRunner(slots: slots, contextLength: 4096, maxBatchTokens: maxBatchTokens)
+        let box = RecordBox()
+        scheduler = Scheduler(runner: runner, text: EchoText(), config: config, clock: { box.tick() },
+                              publish: { box.records.append($0) })
+        self.box = box
+    }
+    let box: RecordBox
+
+    func submit(_ id: UInt64, _ prompt: String, session: String = "", maxTokens: UInt32 = 1000) {
+        scheduler.handle(.submit(SubmitRecord(requestID: id, kind: .completion, sessionKey: session,
+                                              sampling: WireSampling(temperature: 0, maxTokens: maxTokens),
+                                              prompt: prompt)))
+    }
+
+    func runToIdle(limit: Int = 100_000) throws {
+        var n = 0
+        while scheduler.hasWork && n < limit { try scheduler.step(); n += 1 }
+        #expect(!scheduler.hasWork, "scheduler did not go idle")
+    }
+
+    func text(_ id: UInt64) -> String {
+        box.records.compactMap { if case .delta(let d) = $0, d.requestID == id { d.text } else { nil } }.joined()
+    }
+
+    func done(_ id: UInt64) -> DoneRecord? {
+        for r in box.records { if case .done(let d) = r, d.requestID == id { return d } }
+        return nil
+    }
+}
+
+final class RecordBox {
+    var records: [Record] = []
+    var t: UInt64 = 0
+    func tick() -> UInt64 { t += 1000; return t }
+}
+
+@Test func echoesThePromptWithUsage() throws {
+    let h = Harness()
+    h.submit(1, "héllo wörld 😀")
+    try h.runToIdle()
+    #expect(h.text(1) == "héllo wörld 😀")
+    let d = try #require(h.done(1))
+    #expect(d.finish == .stop)
+    #expect(Int(d.promptTokens) == "héllo wörld 😀".utf8.count)
+    #expect(d.completionTokens == d.promptTokens)
+    #expect(d.cachedTokens == 0)
+    #expect(d.firstTokenNanos > 0 && d.totalNanos >= d.firstTokenNanos)
+    #expect(h.runner.freeSlots == 8, "sequence not released")
+}
+
+@Test func maxTokensEndsWithLength() throws {
+    let h = Harness()
+    h.submit(1, "abcdefgh", maxTokens: 3)
+    try h.runToIdle()
+    #expect(h.text(1) == "abc")
+    #expect(h.done(1)?.finish == .length)
+    #expect(h.done(1)?.completionTokens == 3)
+}
+
+@Test func concurrentRequestsShareForwardPasses() throws {
+    let h = Harness()
+    for i in 1...8 { h.submit(UInt64(i), String(repeating: "x", count: 20)) }
+    try h.runToIdle()
+    for i in 1...8 { #expect(h.text(UInt64(i)).count == 20) }
+    // 8 x (1 prefill + 20 decode) passes if run one by one; batched, all advance together.
+    #expect(h.runner.forwardCalls <= 22)
+}
+
+@Test func longPromptsArePrefilledInChunksWithoutStallingDecode() throws {
+    let h = Harness(maxBatchTokens: 16)
+    h.submit(1, String(repeating: "a", count: 40))
+    try h.scheduler.step()          // request 1 prefills 16 of 40
+    try h.scheduler.step()
+    try h.scheduler.step()          // prompt read; first token sampled
+    h.submit(2, String(repeating: "b", count: 200))
+    var before = h.text(1).count
+    // While request 2's 200-token prompt is prefilled 15 tokens per step, request 1 gains a token every step.
+    for _ in 0..<10 {
+        try h.scheduler.step()
+        let now = h.text(1).count
+        #expect(now == before + 1)
+        before = now
+        #expect(h.runner.lastBatchSize == 2)
+    }
+    try h.runToIdle()
+    #expect(h.text(2) == String(repeating: "b", count: 200))
+}
+
+@Test func followUpTurnReusesTheSessionCache() throws {
+    let h = Harness()
+    h.submit(1, "hello", session: "s1")
+    try h.runToIdle()
+    let first = try #require(h.done(1))
+    // Turn 2 extends turn 1's prompt + answer, as a chat history does.
+    h.submit(2, "hello" + h.text(1) + " and more", session: "s1")
+    try h.runToIdle()
+    let second = try #require(h.done(2))
+    #expect(second.cachedTokens == first.promptTokens + first.completionTokens)
+    #expect(h.text(2) == "hellohello and more")
+    // A different session gets nothing from it.
+    h.submit(3, "hellohello and more", session: "s2")
+    try h.runToIdle()
+    #expect(h.done(3)?.cachedTokens == 0)
+    // A diverging prompt reuses only the common prefix.
+    h.submit(4, "help", session: "s1")
+    try h.runToIdle()
+    #expect(h.done(4)?.cachedTokens == 3)
+}
+
+@Test func identicalPromptLeavesOneTokenToPrefill() throws {
+    let h = Harness()
+    h.submit(1, "same", session: "s")
+    try h.runToIdle()
+    h.submit(2, "same", session: "s")
+    try h.runToIdle()
+    #expect(h.done(2)?.cachedTokens == 3)
+    #expect(h.text(2) == "same")
+}
+
+@Test func cancelStopsAtTheNextStepAndFreesTheSlot() throws {
+    let h = Harness()
+    h.submit(1, String(repeating: "z", count: 100))
+    try h.scheduler.step()
+    try h.scheduler.step()
+    h.scheduler.handle(.cancel(CancelRecord(requestID: 1)))
+    try h.scheduler.step()
+    #expect(h.done(1)?.finish == .cancelled)
+    #expect(h.text(1).count < 100)
+    #expect(!h.scheduler.hasWork)
+    #expect(h.runner.freeSlots == 8)
+    // Cancelling a waiting request answers at once.
+    h.submit(2, "q")
+    h.scheduler.handle(.cancel(CancelRecord(requestID: 2)))
+    #expect(h.done(2)?.finish == .cancelled)
+}
+
+@Test func fullQueueAnswersOverloaded() throws {
+    let h = Harness(config: SchedulerConfig(maxQueue: 2, sessionCacheBytes: 1 << 20, maxRunning: 4))
+    for i in 1...3 { h.submit(UInt64(i), "x") }
+    let errors = h.box.records.compactMap { if case .error(let e) = $0 { e } else { nil } }
+    #expect(errors.map(\.requestID) == [3])
+    #expect(errors.first?.code == .overloaded)
+    try h.runToIdle()
+    #expect(h.done(1) != nil && h.done(2) != nil)
+}
+
+@Test func sessionsAreEvictedLeastRecentlyUsedFirst() throws {
+    // Budget for ~2 sessions of 10 KV tokens at 4 bytes each.
+    let h = Harness(slots: 8, config: SchedulerConfig(maxQueue: 8, sessionCacheBytes: 80, maxRunning: 4))
+    h.submit(1, "aaaaa", session: "a"); try h.runToIdle()
+    h.submit(2, "bbbbb", session: "b"); try h.runToIdle()
+    h.submit(3, "ccccc", session: "c"); try h.runToIdle()   // evicts a
+    #expect(h.scheduler.stats.cachedSessions == 2)
+    #expect(h.scheduler.stats.cachedBytes <= 80)
+    h.submit(4, "aaaaaaaaaa!", session: "a"); try h.runToIdle()
+    #expect(h.done(4)?.cachedTokens == 0)
+    h.submit(5, "cccccccccc!", session: "c"); try h.runToIdle()
+    #expect(h.done(5)?.cachedTokens == 10)
+}
+
+@Test func slotsRunningOutEvictsIdleSessionsThenWaits() throws {
+    let h = Harness(slots: 2, config: SchedulerConfig(maxQueue: 8, sessionCacheBytes: 1 << 20, maxRunning: 4))
+    h.submit(1, "a", session: "a"); try h.runToIdle()
+    h.submit(2, "b", session: "b"); try h.runToIdle()
+    #expect(h.runner.freeSlots == 0)   // both parked
+    for i in 3...6 { h.submit(UInt64(i), "xyz") }
+    try h.runToIdle()
+    for i in 3...6 { #expect(h.text(UInt64(i)) == "xyz") }
+}
+
+@Test func tokenizeAndDetokenizeAnswer() throws {
+    let h = Harness()
+    h.scheduler.handle(.tokenize(TokenizeRecord(requestID: 9, addSpecial: false, parseSpecial: true, content: "hi")))
+    h.scheduler.handle(.detokenize(TokensRecord(requestID: 10, tokens: [104, 105, 999])))
+    #expect(h.box.records.contains(.tokens(TokensRecord(requestID: 9, tokens: [104, 105]))))
+    #expect(h.box.records.contains(.text(TextRecord(requestID: 10, text: "hi"))))
+}
