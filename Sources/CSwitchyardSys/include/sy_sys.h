@@ -167,21 +167,37 @@ typedef struct sy_ring_header {
     uint8_t _pad3[56];           // 200..255
 } sy_ring_header;
 
+// Swift does not import over-aligned structs, so Swift code addresses the header through these offsets;
+// the asserts below tie them to the struct.
+#define SY_RING_OFF_MAGIC 0
+#define SY_RING_OFF_VERSION 8
+#define SY_RING_OFF_FLAGS 12
+#define SY_RING_OFF_CAPACITY 16
+#define SY_RING_OFF_DATA_OFFSET 24
+#define SY_RING_OFF_MAPPING_SIZE 32
+#define SY_RING_OFF_HEAD 64
+#define SY_RING_OFF_CONSUMER_WAKE 72
+#define SY_RING_OFF_PRODUCER_SLEEPING 76
+#define SY_RING_OFF_TAIL 128
+#define SY_RING_OFF_PRODUCER_WAKE 136
+#define SY_RING_OFF_CONSUMER_SLEEPING 140
+#define SY_RING_OFF_CLOSED 192
+
 _Static_assert(sizeof(sy_ring_header) == SY_RING_HEADER_SIZE, "ring header is 256 bytes");
 _Static_assert(_Alignof(sy_ring_header) == SY_RING_CACHE_LINE, "ring header is cache-line aligned");
-_Static_assert(offsetof(sy_ring_header, magic) == 0, "magic");
-_Static_assert(offsetof(sy_ring_header, version) == 8, "version");
-_Static_assert(offsetof(sy_ring_header, flags) == 12, "flags");
-_Static_assert(offsetof(sy_ring_header, capacity) == 16, "capacity");
-_Static_assert(offsetof(sy_ring_header, data_offset) == 24, "data_offset");
-_Static_assert(offsetof(sy_ring_header, mapping_size) == 32, "mapping_size");
-_Static_assert(offsetof(sy_ring_header, head) == 64, "head on its own line");
-_Static_assert(offsetof(sy_ring_header, consumer_wake) == 72, "consumer_wake");
-_Static_assert(offsetof(sy_ring_header, producer_sleeping) == 76, "producer_sleeping");
-_Static_assert(offsetof(sy_ring_header, tail) == 128, "tail on its own line");
-_Static_assert(offsetof(sy_ring_header, producer_wake) == 136, "producer_wake");
-_Static_assert(offsetof(sy_ring_header, consumer_sleeping) == 140, "consumer_sleeping");
-_Static_assert(offsetof(sy_ring_header, closed) == 192, "closed on its own line");
+_Static_assert(offsetof(sy_ring_header, magic) == SY_RING_OFF_MAGIC, "magic");
+_Static_assert(offsetof(sy_ring_header, version) == SY_RING_OFF_VERSION, "version");
+_Static_assert(offsetof(sy_ring_header, flags) == SY_RING_OFF_FLAGS, "flags");
+_Static_assert(offsetof(sy_ring_header, capacity) == SY_RING_OFF_CAPACITY, "capacity");
+_Static_assert(offsetof(sy_ring_header, data_offset) == SY_RING_OFF_DATA_OFFSET, "data_offset");
+_Static_assert(offsetof(sy_ring_header, mapping_size) == SY_RING_OFF_MAPPING_SIZE, "mapping_size");
+_Static_assert(offsetof(sy_ring_header, head) == SY_RING_OFF_HEAD, "head on its own line");
+_Static_assert(offsetof(sy_ring_header, consumer_wake) == SY_RING_OFF_CONSUMER_WAKE, "consumer_wake");
+_Static_assert(offsetof(sy_ring_header, producer_sleeping) == SY_RING_OFF_PRODUCER_SLEEPING, "producer_sleeping");
+_Static_assert(offsetof(sy_ring_header, tail) == SY_RING_OFF_TAIL, "tail on its own line");
+_Static_assert(offsetof(sy_ring_header, producer_wake) == SY_RING_OFF_PRODUCER_WAKE, "producer_wake");
+_Static_assert(offsetof(sy_ring_header, consumer_sleeping) == SY_RING_OFF_CONSUMER_SLEEPING, "consumer_sleeping");
+_Static_assert(offsetof(sy_ring_header, closed) == SY_RING_OFF_CLOSED, "closed on its own line");
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "lock-free 64-bit words");
 
 /// The 8-byte record header at the start of every record.
