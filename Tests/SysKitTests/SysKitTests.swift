@@ -134,6 +134,7 @@ private func devShmEntries() -> Set<String> {
 
     @Test func spawnedChildDoesNotInheritOtherDescriptors() throws {
         let memfd = try MemFD(name: "private", size: 4096)
+        #expect(memfd.size == 4096)
         var child = try ChildProcess.spawn(
             path: "/bin/sh", arguments: ["-c", "ls -l /proc/self/fd/ | grep -q memfd:private && exit 1; exit 0"])
         #expect(try child.wait() == .exited(0))
