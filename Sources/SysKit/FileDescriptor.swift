@@ -123,3 +123,22 @@ public func openDescriptorCount() throws(SysError) -> Int {
     }
     return count - 1  // the directory stream's own descriptor
 }
+
+/// This process's open descriptors and what each refers to (the /proc/self/fd link target, e.g.
+/// "socket:[1234]", "/memfd:name (deleted)", "anon_inode:[eventfd]"). Lets a test look for one specific
+/// leaked object even while other threads open and close descriptors.
+public func openDescriptorTargets() throws(SysError) -> [Int32: String] {
+    guard let dir = opendir("/proc/self/fd") else { throw SysError.last("opendir(/proc/self/fd)") }
+    defer { closedir(dir) }
+    let own = dirfd(dir)
+    var result: [Int32: String] = [:]
+    var buffer = [CChar](repeating: 0, count: 512)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        guard let fd = Int32(name), fd != own else { continue }
+        let n = readlink("/proc/self/fd/\(name)", &buffer, buffer.count - 1)
+        guard n >= 0 else { continue }  // closed meanwhile
+        result[fd] = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    return result
+}

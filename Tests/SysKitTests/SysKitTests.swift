@@ -48,39 +48,70 @@ private func devShmEntries() -> Set<String> {
         #expect(calls == 1)
     }
 
+    // Leak checks look for the specific objects a test created (unique memfd names, socket inodes, an
+    // eventfd with a unique count), because other suites run in parallel in this process and open and close
+    // descriptors of their own; the plain /proc/self/fd count is checked too where nothing else can race.
+
     @Test func fileDescriptorClosesOnDropAndNotOnRelease() throws {
-        let before = try openDescriptorCount()
+        let tag = "leakcheck-\(getpid())-\(sy_monotonic_ns())"
+        var socketInodes: [String] = []
+        let magic: UInt32 = 0x5EED_1234
         do {
             let pair = try SocketPair()
-            _ = try EventFD()
-            let memfd = try MemFD(name: "t", size: 4096)
+            let efd = try EventFD(initialValue: magic)
+            let memfd = try MemFD(name: tag, size: 4096)
             let mapping = try memfd.map()
             #expect(mapping.length == 4096)
-            #expect(try openDescriptorCount() >= before + 3)
-            _ = pair.first.rawValue
+            let targets = try openDescriptorTargets()
+            socketInodes = [targets[pair.first.rawValue], targets[pair.second.rawValue]].compactMap { $0 }
+            #expect(socketInodes.count == 2 && socketInodes.allSatisfy { $0.hasPrefix("socket:[") })
+            #expect(targets.values.contains { $0.contains(tag) })
+            #expect(eventFDsWithCount(magic) == 1)
+            _ = efd.rawValue
         }
-        #expect(try openDescriptorCount() == before)
+        let after = try openDescriptorTargets()
+        #expect(!after.values.contains { $0.contains(tag) }, "memfd closed")
+        #expect(!after.values.contains { socketInodes.contains($0) }, "sockets closed")
+        #expect(eventFDsWithCount(magic) == 0, "eventfd closed")
 
         let raw: Int32
+        let inode: String
         do {
-            let fd = FileDescriptor(adopting: dup(0))
+            let fd = FileDescriptor(adopting: socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0))
+            inode = try #require(try openDescriptorTargets()[fd.rawValue])
             raw = fd.release()
         }
-        #expect(fcntl(raw, F_GETFD) >= 0, "release() must not close")
+        #expect(try openDescriptorTargets()[raw] == inode, "release() must not close")
         #expect(close(raw) == 0)
-        #expect(try openDescriptorCount() == before)
     }
 
     @Test func errorPathsDoNotLeak() throws {
-        let before = try openDescriptorCount()
+        let tag = "errpath-\(getpid())-\(sy_monotonic_ns())"
         for _ in 0..<20 {
-            #expect(throws: SysError.self) { _ = try MemFD(name: "t", size: -1) }
+            #expect(throws: SysError.self) { _ = try MemFD(name: tag, size: -1) }
             #expect(throws: SysError.self) {
-                let memfd = try MemFD(name: "t", size: 4096)
+                let memfd = try MemFD(name: tag, size: 4096)
                 _ = try MemoryMapping(shared: memfd.fd, length: 0)
             }
+            #expect(throws: SysError.self) {
+                _ = try ChildProcess.spawn(path: "/nonexistent/\(tag)", arguments: [])
+            }
         }
-        #expect(try openDescriptorCount() == before)
+        #expect(!(try openDescriptorTargets()).values.contains { $0.contains(tag) })
+    }
+
+    @Test func descriptorCountIsStable() throws {
+        // The plain count, over many create/drop cycles: a leak of one descriptor per cycle would show up as
+        // a growth of 200 that concurrent tests cannot hide.
+        let before = try openDescriptorCount()
+        for i in 0..<200 {
+            let memfd = try MemFD(name: "count", size: 4096)
+            _ = try memfd.map()
+            _ = try EventFD()
+            _ = try SocketPair()
+            if i == 0 { #expect(try openDescriptorCount() > 0) }
+        }
+        #expect(try openDescriptorCount() < before + 100)
     }
 
     @Test func memfdIsSealedAgainstResizing() throws {
@@ -116,7 +147,7 @@ private func devShmEntries() -> Set<String> {
     }
 
     @Test func spawnInheritsDescriptorsAndReportsExit() throws {
-        let before = try openDescriptorCount()
+        var inodes: [String] = []
         do {
             let pair = try SocketPair()
             // The child sees our socket as fd 5 (and, swapped, fd 6 -> a second dup) and writes to it.
@@ -128,8 +159,12 @@ private func devShmEntries() -> Set<String> {
             let n = try buffer.withUnsafeMutableBytes { try pair.first.read(into: $0) }
             #expect(String(decoding: buffer[0..<n], as: UTF8.self) == "hello\n")
             #expect(try pair.first.isCloseOnExec(), "our copy stays close-on-exec")
+            let targets = try openDescriptorTargets()
+            inodes = [targets[pair.first.rawValue], targets[pair.second.rawValue]].compactMap { $0 }
+            // Exactly our two ends remain: the temporary copies made for spawning are closed.
+            #expect(targets.values.filter { inodes.contains($0) }.count == 2)
         }
-        #expect(try openDescriptorCount() == before)
+        #expect(!(try openDescriptorTargets()).values.contains { inodes.contains($0) })
     }
 
     @Test func spawnedChildDoesNotInheritOtherDescriptors() throws {
@@ -200,4 +235,20 @@ private final class ResultBox: @unchecked Sendable {
     private var value: [Int] = []
     func set(_ v: [Int]) { value = v }
     func get() -> [Int] { value }
+}
+
+/// How many of our eventfds hold `count` (from /proc/self/fdinfo).
+private func eventFDsWithCount(_ count: UInt32) -> Int {
+    guard let targets = try? openDescriptorTargets() else { return -1 }
+    var found = 0
+    for (fd, target) in targets where target.contains("eventfd") {
+        guard let file = fopen("/proc/self/fdinfo/\(fd)", "r") else { continue }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, 256, file) != nil {
+            let text = String(decoding: line.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.hasPrefix("eventfd-count:"), text.contains(String(count, radix: 16)) { found += 1 }
+        }
+    }
+    return found
 }
