@@ -199,12 +199,12 @@ public final class RingProducer: @unchecked Sendable {
     func waitForSpace(_ n: UInt64, clock: inout WaitClock) throws(RingError) {
         let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
         var spins = 0
-        while true {
+        while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasSpace(n) { return }
             if consumerClosed { throw .closed }
             sy_cpu_relax()
             spins &+= 1
-            if spins & 255 == 0 {
+            if spins & 63 == 0 {
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
                 if policy.sleeps && now >= spinUntil { break }
@@ -352,11 +352,11 @@ public final class RingConsumer: @unchecked Sendable {
         var clock = WaitClock(timeoutNanoseconds: timeoutNanoseconds, policy: policy)
         let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
         var spins = 0
-        while true {
+        while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasData() { return }
             sy_cpu_relax()
             spins &+= 1
-            if spins & 255 == 0 {
+            if spins & 63 == 0 {
                 try checkClosed()
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
