@@ -1,2 +1,0 @@
-// SysKit module (placeholder; filled in by its issue).
-enum _SysKitPlaceholder {}

@@ -1,0 +1,254 @@
+import ArgumentParser
+import CSwitchyardSys
+import Glibc
+import Histogram
+import ShmRing
+import SysKit
+
+/// `switchyard-bench ring`: round-trip latency (ring spin, ring futex, Unix socketpair baseline) and one-way
+/// throughput between two processes. The second process is `switchyard-bench ring-peer` (hidden).
+struct RingBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ring", abstract: "Shared-memory ring latency and throughput between two processes.")
+
+    @Option(help: "Round trips per latency mode (throughput sends 20x as many records).") var messages: Int = 200_000
+    @Option(help: "Payload bytes per message.") var size: Int = 64
+    @Option(help: "Ring capacity in bytes (power of two).") var capacity: Int = 1 << 20
+    @Option(help: "Records per commit in the throughput run.") var batch: Int = 32
+    @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
+    @Flag(help: "Do not pin the two processes to separate CPUs.") var noPin = false
+
+    func run() throws {
+        guard messages > 0, size >= 8, size <= capacity / 4 else {
+            throw ValidationError("--messages must be > 0 and --size in 8...capacity/4")
+        }
+        let exe = try currentExecutablePath()
+        let cpus = try CPUAffinity.get()
+        let pin = !noPin && cpus.count >= 2
+        if pin { try CPUAffinity.set([cpus[0]]) }
+        let childCPU = pin ? cpus[1] : -1
+        var results: [(String, Double)] = []
+        func log(_ s: String) { if json != "-" { print(s) } }
+
+        log("ring bench: \(messages) round trips, \(size)-byte payloads, capacity \(capacity), pinned: \(pin)")
+        let uds = try udsRoundTrips(exe: exe, childCPU: childCPU)
+        results += summary("uds_rtt", uds)
+        log(describe("uds socketpair RTT", uds))
+
+        for (name, mode) in [("spin", "spin"), ("futex", "futex"), ("futex_spin20us", "futex-spin")] {
+            let h = try ringRoundTrips(exe: exe, mode: mode, childCPU: childCPU)
+            results += summary("\(name)_rtt", h)
+            log(describe("ring \(name) RTT", h))
+        }
+
+        let records = messages * 20
+        for mode in ["spin", "futex"] {
+            let seconds = try ringThroughput(exe: exe, mode: mode, records: records, childCPU: childCPU)
+            let rate = Double(records) / seconds
+            let gbps = rate * Double(size) / 1e9
+            results.append(("\(mode)_throughput_msgs_per_s", rate))
+            results.append(("\(mode)_throughput_gb_per_s", gbps))
+            log("ring \(mode) one-way: \(fmt(rate / 1e6)) M records/s, \(fmt(gbps)) GB/s payload (\(records) x \(size) B, batch \(batch))")
+        }
+        let best = max(results.first { $0.0 == "spin_throughput_msgs_per_s" }?.1 ?? 0,
+                       results.first { $0.0 == "futex_throughput_msgs_per_s" }?.1 ?? 0)
+        results.append(("throughput_msgs_per_s", best))
+        results += [("messages", Double(messages)), ("size_bytes", Double(size)), ("pinned", pin ? 1 : 0)]
+
+        if let json {
+            let body = "{\n" + results.map { "  \"\($0.0)\": \(jsonNumber($0.1))" }.joined(separator: ",\n") + "\n}\n"
+            if json == "-" {
+                print(body, terminator: "")
+            } else {
+                guard let f = fopen(json, "w") else { throw SysError.last("fopen(\(json))") }
+                fputs(body, f)
+                fclose(f)
+            }
+        }
+    }
+
+    // MARK: Unix socketpair ping-pong baseline
+
+    func udsRoundTrips(exe: String, childCPU: Int) throws -> Histogram<UInt64> {
+        let pair = try SocketPair()
+        var child = try ChildProcess.spawn(
+            path: exe, arguments: ["ring-peer", "--mode", "uds", "--size", "\(size)", "--cpu", "\(childCPU)"],
+            inherit: [InheritedDescriptor(pair.second.rawValue, as: 3)])
+        var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 7)
+        let warmup = min(10_000, messages / 10)
+        for i in 0..<(warmup + messages) {
+            buffer.storeBytes(of: UInt64(i), as: UInt64.self)
+            let t0 = sy_monotonic_ns()
+            try pair.first.writeAll(UnsafeRawBufferPointer(buffer))
+            guard try pair.first.readExactly(into: buffer) else { throw SysError(errno: EPIPE, call: "uds peer closed") }
+            let t1 = sy_monotonic_ns()
+            if i >= warmup { _ = h.record(t1 - t0) }
+        }
+        _ = shutdown(pair.first.rawValue, Int32(SHUT_WR))  // EOF for the echo child
+        _ = try child.wait()
+        return h
+    }
+
+    // MARK: Ring ping-pong
+
+    func spawnRingPeer(exe: String, role: String, mode: String, childCPU: Int, count: Int) throws -> RingPeerProcess {
+        let requests = try ShmRing(capacity: capacity)
+        let responses = try ShmRing(capacity: capacity)
+        let child = try ChildProcess.spawn(
+            path: exe,
+            arguments: ["ring-peer", "--mode", role, "--policy", mode, "--size", "\(size)", "--cpu", "\(childCPU)",
+                        "--count", "\(count)", "--parent", "\(getpid())"],
+            inherit: [InheritedDescriptor(requests.fileDescriptor, as: 3),
+                      InheritedDescriptor(responses.fileDescriptor, as: 4)])
+        let channel = try RingChannel(sending: requests, receiving: responses, peer: PeerMonitor(pid: child.pid),
+                                      policy: benchPolicy(mode))
+        return RingPeerProcess(child: child, channel: channel)
+    }
+
+    func ringRoundTrips(exe: String, mode: String, childCPU: Int) throws -> Histogram<UInt64> {
+        let warmup = min(10_000, messages / 10)
+        var peer = try spawnRingPeer(exe: exe, role: "echo", mode: mode, childCPU: childCPU, count: warmup + messages)
+        let channel = peer.channel
+        var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        for i in 0..<(warmup + messages) {
+            let t0 = sy_monotonic_ns()
+            let out = try channel.tx.reserve(type: 1, length: size)
+            out.storeBytes(of: UInt64(i), as: UInt64.self)
+            channel.tx.commit()
+            var echoed: UInt64 = .max
+            while echoed == .max {
+                try channel.rx.waitForData()
+                try channel.rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
+            }
+            let t1 = sy_monotonic_ns()
+            guard echoed == UInt64(i) else { throw ValidationError("echo out of order: \(echoed) != \(i)") }
+            if i >= warmup { _ = h.record(t1 - t0) }
+        }
+        channel.close()
+        _ = try peer.child.wait()
+        return h
+    }
+
+    // MARK: One-way throughput
+
+    func ringThroughput(exe: String, mode: String, records: Int, childCPU: Int) throws -> Double {
+        var peer = try spawnRingPeer(exe: exe, role: "sink", mode: mode, childCPU: childCPU, count: records)
+        let channel = peer.channel
+        // Wait for the child's "ready" record so that process start-up is not timed.
+        try channel.rx.waitForData(timeoutNanoseconds: 10_000_000_000)
+        try channel.rx.drain { _, _ in }
+        let t0 = sy_monotonic_ns()
+        var sent = 0
+        while sent < records {
+            let out = try channel.tx.reserve(type: 2, length: size)
+            out.storeBytes(of: UInt64(sent), as: UInt64.self)
+            sent += 1
+            if sent % batch == 0 { channel.tx.commit() }
+        }
+        channel.tx.commit()
+        // The sink answers with one record holding how many it received (and checked in order).
+        var received: UInt64 = 0
+        try channel.rx.waitForData(timeoutNanoseconds: 60_000_000_000)
+        try channel.rx.drain { _, payload in received = payload.load(as: UInt64.self) }
+        let t1 = sy_monotonic_ns()
+        guard received == UInt64(records) else { throw ValidationError("sink saw \(received) of \(records) in order") }
+        channel.close()
+        _ = try peer.child.wait()
+        return Double(t1 - t0) / 1e9
+    }
+}
+
+struct RingPeerProcess: ~Copyable {
+    var child: ChildProcess
+    let channel: RingChannel
+}
+
+func benchPolicy(_ mode: String) -> WaitPolicy {
+    switch mode {
+    case "spin": .spin
+    case "futex-spin": .futex(spinMicroseconds: 20)
+    default: .futex(spinMicroseconds: 0)  // sleep as soon as there is nothing to do
+    }
+}
+
+/// The bench's second process (hidden): `uds` echoes socket messages, `echo` echoes ring records, `sink`
+/// counts ring records and reports the count.
+struct RingBenchPeer: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ring-peer", abstract: "Ring bench peer.",
+                                                    shouldDisplay: false)
+    @Option var mode: String
+    @Option var policy: String = "spin"
+    @Option var size: Int = 64
+    @Option var cpu: Int = -1
+    @Option var count: Int = 0
+    @Option var parent: Int32 = 0
+
+    func run() throws {
+        if cpu >= 0 { try CPUAffinity.set([cpu]) }
+        if mode == "uds" {
+            let fd = FileDescriptor(adopting: 3)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 8), alignment: 8)
+            defer { buffer.deallocate() }
+            while try fd.readExactly(into: buffer) { try fd.writeAll(UnsafeRawBufferPointer(buffer)) }
+            return
+        }
+        let channel = try RingChannel(sending: ShmRing(inheritedDescriptor: 4), receiving: ShmRing(inheritedDescriptor: 3),
+                                      peer: .parent(expected: parent), policy: benchPolicy(policy))
+        let rx = channel.rx, tx = channel.tx
+        if mode == "echo" {
+            var done = 0
+            while done < count {
+                try rx.waitForData()
+                try rx.drain { type, payload in
+                    // Echo in place: copy the request payload into a reply record.
+                    if let out = try? tx.reserve(type: type, length: payload.count), let src = payload.baseAddress {
+                        out.baseAddress?.copyMemory(from: src, byteCount: payload.count)
+                    }
+                    done += 1
+                }
+                tx.commit()
+            }
+        } else {
+            let ready = try tx.reserve(type: 9, length: 8)
+            ready.storeBytes(of: UInt64(0), as: UInt64.self)
+            tx.commit()
+            var received: UInt64 = 0
+            while received < UInt64(count) {
+                try rx.waitForData()
+                try rx.drain { _, payload in
+                    // Count only records that arrive in order (a lost or repeated one stops the count).
+                    if payload.load(as: UInt64.self) == received { received += 1 }
+                }
+            }
+            let out = try tx.reserve(type: 3, length: 8)
+            out.storeBytes(of: received, as: UInt64.self)
+            tx.commit()
+        }
+        // Wait for the parent to close (or die) so our last records are read before we exit.
+        do { try rx.waitForData(timeoutNanoseconds: 10_000_000_000) } catch {}
+    }
+}
+
+func summary(_ prefix: String, _ h: Histogram<UInt64>) -> [(String, Double)] {
+    [("\(prefix)_p50_ns", Double(h.valueAtPercentile(50))), ("\(prefix)_p99_ns", Double(h.valueAtPercentile(99))),
+     ("\(prefix)_p999_ns", Double(h.valueAtPercentile(99.9))), ("\(prefix)_mean_ns", h.mean)]
+}
+
+func describe(_ name: String, _ h: Histogram<UInt64>) -> String {
+    "\(name): p50 \(fmt(Double(h.valueAtPercentile(50)) / 1000)) us, p99 \(fmt(Double(h.valueAtPercentile(99)) / 1000)) us, "
+        + "p99.9 \(fmt(Double(h.valueAtPercentile(99.9)) / 1000)) us, mean \(fmt(h.mean / 1000)) us (n=\(h.totalCount))"
+}
+
+func fmt(_ x: Double) -> String {
+    let scaled = (x * 100).rounded() / 100
+    return "\(scaled)"
+}
+
+func jsonNumber(_ x: Double) -> String {
+    guard x.isFinite else { return "null" }
+    if x == x.rounded() && abs(x) < 1e15 { return "\(Int64(x))" }
+    return "\(x)"
+}
