@@ -13,8 +13,9 @@ import Darwin
 /// `ticket.target`; `release(ticket)` when the request finishes un-counts it. Every admitted ticket must be
 /// released exactly once.
 ///
-/// Consistent hashing is rendezvous hashing: target i's score for key k is mix64(hash(k) ^ seed_i), where
-/// seed_i = RouteHash.string(id_i); the key's ranking is the targets by descending score. With unequal weights
+/// Consistent hashing is rendezvous hashing: target i's score for key k is the top 48 bits of
+/// mum(hash(k) ^ a_i, hash(k) ^ b_i) (ties, p ~ 2^-48, go to the higher slot), where a_i =
+/// RouteHash.string(id_i), b_i = mix64(a_i ^ 0x5357_4954_4348_5244) and mum(x, y) = high64(x·y) ^ low64(x·y); the key's ranking is the targets by descending score. With unequal weights
 /// the score is weighted rendezvous, w_i / -ln(u), u = the 53 top score bits as a number in (0, 1). A request
 /// goes to the highest-ranked target that is healthy and has room, so
 ///   - removing (or killing/draining) a target moves only the keys it owned, each to its next-ranked target,
@@ -34,6 +35,8 @@ public final class Router {
     public static let minBalanceFactor = 1.0
     public static let maxBalanceFactor = 1024.0
     public static let defaultBalanceFactor = 1.25
+    /// Upper bound of `maxTargets` (slot + 1 must fit the 16 low bits of a packed score).
+    public static let targetLimit = 4096
 
     public let policy: RoutingPolicy
     public let balanceFactor: Double
@@ -42,13 +45,16 @@ public final class Router {
 
     // --- Per-slot state, contiguous arrays of `maxTargets` entries (indices 0 ..< slotCount are in use or
     // vacant; slots >= slotCount are uninitialized-but-zeroed). Owned by this instance, freed in deinit. ---
-    /// Rendezvous seed = RouteHash.string(id).
+    /// Rendezvous seeds: seed = RouteHash.string(id), seed2 = mix64(seed ^ 0x5357_4954_4348_5244).
     private let seed: UnsafeMutablePointer<UInt64>
+    private let seed2: UnsafeMutablePointer<UInt64>
     /// Weight as integer and as Double (for weighted rendezvous).
     private let weight: UnsafeMutablePointer<UInt32>
     private let weightF: UnsafeMutablePointer<Double>
     /// Hard capacity (>= 1).
     private let capacity: UnsafeMutablePointer<Int>
+    /// capacity[i] when the slot is healthy, else 0: "has room" is inFlight[i] < limit[i].
+    private let limit: UnsafeMutablePointer<Int>
     /// Requests in flight (admitted, not yet released). Invariant: 0 <= inFlight[i].
     private let inFlightCount: UnsafeMutablePointer<Int>
     /// TargetHealth raw value, or `vacant` for an unused slot.
@@ -57,6 +63,12 @@ public final class Router {
     private let generation: UnsafeMutablePointer<UInt32>
     /// Smooth weighted round-robin running value per slot.
     private let swrrCurrent: UnsafeMutablePointer<Int>
+    /// Seeds of the healthy slots, packed in slot order, and their slot numbers: the fast rendezvous scan
+    /// reads only these `hotCount` entries. Rebuilt by `membershipChanged()` on every add/remove/health change.
+    private let hotSeed: UnsafeMutablePointer<UInt64>
+    private let hotSeed2: UnsafeMutablePointer<UInt64>
+    private let hotSlot: UnsafeMutablePointer<Int>
+    private var hotCount = 0
     private static let vacant: UInt8 = 0xFF
     private static let healthyRaw = TargetHealth.healthy.rawValue
 
@@ -86,25 +98,35 @@ public final class Router {
         guard balanceFactor.isFinite, balanceFactor >= Router.minBalanceFactor,
             balanceFactor <= Router.maxBalanceFactor
         else { throw .invalidBalanceFactor(balanceFactor) }
-        guard maxTargets >= 1, maxTargets <= 1 << 16 else { throw .tooManyTargets(limit: 1 << 16) }
+        guard maxTargets >= 1, maxTargets <= Router.targetLimit else { throw .tooManyTargets(limit: Router.targetLimit) }
         self.policy = policy
         self.balanceFactor = balanceFactor
         self.cFixed = UInt64((balanceFactor * 65536).rounded())
         self.maxTargets = maxTargets
         seed = .allocate(capacity: maxTargets)
         seed.initialize(repeating: 0, count: maxTargets)
+        seed2 = .allocate(capacity: maxTargets)
+        seed2.initialize(repeating: 0, count: maxTargets)
         weight = .allocate(capacity: maxTargets)
         weight.initialize(repeating: 0, count: maxTargets)
         weightF = .allocate(capacity: maxTargets)
         weightF.initialize(repeating: 0, count: maxTargets)
         capacity = .allocate(capacity: maxTargets)
         capacity.initialize(repeating: 0, count: maxTargets)
+        limit = .allocate(capacity: maxTargets)
+        limit.initialize(repeating: 0, count: maxTargets)
         inFlightCount = .allocate(capacity: maxTargets)
         inFlightCount.initialize(repeating: 0, count: maxTargets)
         state = .allocate(capacity: maxTargets)
         state.initialize(repeating: Router.vacant, count: maxTargets)
         generation = .allocate(capacity: maxTargets)
         generation.initialize(repeating: 0, count: maxTargets)
+        hotSeed = .allocate(capacity: maxTargets)
+        hotSeed.initialize(repeating: 0, count: maxTargets)
+        hotSeed2 = .allocate(capacity: maxTargets)
+        hotSeed2.initialize(repeating: 0, count: maxTargets)
+        hotSlot = .allocate(capacity: maxTargets)
+        hotSlot.initialize(repeating: 0, count: maxTargets)
         swrrCurrent = .allocate(capacity: maxTargets)
         swrrCurrent.initialize(repeating: 0, count: maxTargets)
         ids = []
@@ -113,13 +135,18 @@ public final class Router {
 
     deinit {
         seed.deallocate()
+        seed2.deallocate()
         weight.deallocate()
         weightF.deallocate()
         capacity.deallocate()
+        limit.deallocate()
         inFlightCount.deallocate()
         state.deallocate()
         generation.deallocate()
         swrrCurrent.deallocate()
+        hotSeed.deallocate()
+        hotSeed2.deallocate()
+        hotSlot.deallocate()
     }
 
     // MARK: - Targets
@@ -142,15 +169,17 @@ public final class Router {
         }
         ids[s] = spec.id
         seed[s] = RouteHash.string(spec.id)
+        seed2[s] = Router.secondSeed(seed[s])
         weight[s] = spec.weight
         weightF[s] = Double(spec.weight)
         capacity[s] = spec.capacity
         inFlightCount[s] = 0
         swrrCurrent[s] = 0
         state[s] = TargetHealth.healthy.rawValue
+        limit[s] = spec.capacity
         healthyCount += 1
         healthyWeight += UInt64(spec.weight)
-        recomputeUniformity()
+        membershipChanged()
         return s
     }
 
@@ -165,13 +194,14 @@ public final class Router {
         totalInFlight -= inFlightCount[s]
         inFlightCount[s] = 0
         state[s] = Router.vacant
+        limit[s] = 0
         generation[s] &+= 1
         ids[s] = nil
         while slotCount > 0 && state[slotCount - 1] == Router.vacant {
             slotCount -= 1
             ids.removeLast()
         }
-        recomputeUniformity()
+        membershipChanged()
     }
 
     /// Sets a target's health. Draining and dead targets receive nothing new; their in-flight requests may
@@ -196,6 +226,8 @@ public final class Router {
             healthyInFlight += inFlightCount[s]
         }
         state[s] = health.rawValue
+        limit[s] = now ? capacity[s] : 0
+        membershipChanged()
     }
 
     /// The slot of a registered target.
@@ -245,17 +277,27 @@ public final class Router {
         return c > UInt64(Int.max) ? Int.max : Int(c)
     }
 
-    private func recomputeUniformity() {
+    /// Recomputes the derived state after a target was added, removed or changed health: whether all weights
+    /// are equal, and the packed array of healthy seeds.
+    private func membershipChanged() {
         var first: UInt32 = 0
         var uniform = true
+        var hot = 0
         var i = 0
         while i < slotCount {
             if state[i] != Router.vacant {
                 if first == 0 { first = weight[i] } else if weight[i] != first { uniform = false }
             }
+            if state[i] == Router.healthyRaw {
+                hotSeed[hot] = seed[i]
+                hotSeed2[hot] = seed2[i]
+                hotSlot[hot] = i
+                hot += 1
+            }
             i += 1
         }
         uniformWeights = uniform
+        hotCount = hot
     }
 
     // MARK: - Admission
@@ -327,8 +369,8 @@ public final class Router {
         var i = 0
         while i < slotCount {
             if state[i] != Router.vacant {
-                let h = RouteHash.mix64(k ^ seed[i])
-                slots.append((i, uniformWeights ? 0 : Router.weightedScore(h, weightF[i]), h))
+                let h = Router.score(k, seed[i], seed2[i], tag: i + 1)
+                slots.append((i, uniformWeights ? 0 : Router.weightedScore(Router.raw(k, seed[i], seed2[i]), weightF[i]), h))
             }
             i += 1
         }
@@ -341,6 +383,25 @@ public final class Router {
     }
 
     // MARK: - Policies (each returns a healthy slot with room, or -1)
+
+    @inline(__always)
+    static func secondSeed(_ a: UInt64) -> UInt64 { RouteHash.mix64(a ^ 0x5357_4954_4348_5244) }
+
+    /// Raw rendezvous value of key hash k for a target with seeds (a, b): mum(k ^ a, k ^ b), i.e. the high
+    /// and low halves of the 128-bit product xor-ed (wyhash's mixing step; one multiply per target).
+    @inline(__always)
+    static func raw(_ k: UInt64, _ a: UInt64, _ b: UInt64) -> UInt64 {
+        let r = (k ^ a).multipliedFullWidth(by: k ^ b)
+        return r.high ^ r.low
+    }
+
+    /// Packed rendezvous score: the top 48 bits of `raw`, with `tag` (slot + 1, 1 ... 4096) in the low 16
+    /// bits. A plain max() over packed scores yields the winner's tag, ties of the 48-bit scores (probability
+    /// ~2^-48 per pair) go to the higher slot, and 0 can mean "ineligible".
+    @inline(__always)
+    static func score(_ k: UInt64, _ a: UInt64, _ b: UInt64, tag: Int) -> UInt64 {
+        (raw(k, a, b) & ~0xFFFF) | UInt64(truncatingIfNeeded: tag)
+    }
 
     /// Weighted rendezvous score w / -ln(u), u in (0, 1) from the top 53 bits of the hash.
     @inline(__always)
@@ -356,26 +417,44 @@ public final class Router {
         if uniformWeights {
             // Equal weights: the cap is the same for every target, computed once.
             let cap = bounded ? loadCapUniform() : Int.max
+            // Fast path: the best healthy target (packed seeds, no per-slot checks); usually it has room.
+            // Unrolled by 4 with independent maxima so the multiplies of neighbouring targets overlap.
+            var t0: UInt64 = 0, t1: UInt64 = 0, t2: UInt64 = 0, t3: UInt64 = 0
+            let m = hotCount
+            var j = 0
+            while j &+ 4 <= m {
+                t0 = max(t0, Router.score(k, hotSeed[j], hotSeed2[j], tag: j &+ 1))
+                t1 = max(t1, Router.score(k, hotSeed[j &+ 1], hotSeed2[j &+ 1], tag: j &+ 2))
+                t2 = max(t2, Router.score(k, hotSeed[j &+ 2], hotSeed2[j &+ 2], tag: j &+ 3))
+                t3 = max(t3, Router.score(k, hotSeed[j &+ 3], hotSeed2[j &+ 3], tag: j &+ 4))
+                j &+= 4
+            }
+            while j < m {
+                t0 = max(t0, Router.score(k, hotSeed[j], hotSeed2[j], tag: j &+ 1))
+                j &+= 1
+            }
+            let top = max(max(t0, t1), max(t2, t3))
+            guard top != 0 else { return -1 }
+            let home = hotSlot[Int(truncatingIfNeeded: top & 0xFFFF) - 1]
+            if inFlightCount[home] < min(limit[home], cap) { return home }
+            // Slow path: highest-ranked slot with room. Branch-free body: an ineligible slot scores 0 and every
+            // packed score is >= 1. Ties order by slot in both scans, so both agree on the ranking.
             var bestScore: UInt64 = 0
             var i = 0
             while i < n {
-                let f = inFlightCount[i]
-                if state[i] == Router.healthyRaw && f < cap && f < capacity[i] {
-                    let s = RouteHash.mix64(k ^ seed[i])
-                    if best < 0 || s > bestScore {
-                        bestScore = s
-                        best = i
-                    }
-                }
+                let s = Router.score(k, seed[i], seed2[i], tag: i + 1)
+                let ok = inFlightCount[i] < min(limit[i], cap)
+                bestScore = max(bestScore, ok ? s : 0)
                 i += 1
             }
+            if bestScore != 0 { best = Int(truncatingIfNeeded: bestScore & 0xFFFF) - 1 }
         } else {
             var bestScore = -Double.infinity
             var i = 0
             while i < n {
                 let f = inFlightCount[i]
                 if state[i] == Router.healthyRaw && f < capacity[i] && (!bounded || f < loadCap(slot: i)) {
-                    let s = Router.weightedScore(RouteHash.mix64(k ^ seed[i]), weightF[i])
+                    let s = Router.weightedScore(Router.raw(k, seed[i], seed2[i]), weightF[i])
                     if best < 0 || s > bestScore {
                         bestScore = s
                         best = i
@@ -395,11 +474,11 @@ public final class Router {
         var i = 0
         while i < n {
             if state[i] == Router.healthyRaw {
-                let s = RouteHash.mix64(k ^ seed[i])
+                let s = Router.score(k, seed[i], seed2[i], tag: i + 1)
                 if uniformWeights {
                     if best < 0 || s > bestU { bestU = s; best = i }
                 } else {
-                    let w = Router.weightedScore(s, weightF[i])
+                    let w = Router.weightedScore(Router.raw(k, seed[i], seed2[i]), weightF[i])
                     if best < 0 || w > bestW { bestW = w; best = i }
                 }
             }

@@ -73,3 +73,15 @@ import Testing
         #expect(PeerIdentity.ipv6(high: 0, low: 1).routingHash != PeerIdentity.ipv6(high: 1, low: 0).routingHash)
     }
 }
+
+@Suite struct PinnedRoutingTests {
+    /// Routing contract across restarts and builds: these homes depend only on the ids, the key and the fixed
+    /// hash/score functions. A failure means every deployed session would be re-homed.
+    @Test func pinnedHomes() throws {
+        let r = try Router(targets: (0..<8).map { TargetSpec(id: "w\($0)") })
+        let got = ["alice", "bob", "session-1", "session-2", "3f2c9d1e-0000-4000-8000-123456789abc"].map {
+            r.id(ofSlot: r.admit(session: $0).ticket?.target ?? -1) ?? "-"
+        }
+        #expect(got == ["w7", "w1", "w2", "w6", "w3"])
+    }
+}
