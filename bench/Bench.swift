@@ -5,6 +5,10 @@ struct SwitchyardBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard-bench",
         abstract: "Switchyard benchmarks (JSON output with --json).",
-        subcommands: [RingBench.self, RingBenchPeer.self]
+        subcommands: [
+            RingBench.self,
+            RingBenchPeer.self,
+            RoutingBench.self,
+        ]
     )
 }

@@ -1,2 +1,0 @@
-// ClientKit module (placeholder; filled in by its issue).
-enum _ClientKitPlaceholder {}

@@ -1,2 +1,0 @@
-// Routing module (placeholder; filled in by its issue).
-enum _RoutingPlaceholder {}
