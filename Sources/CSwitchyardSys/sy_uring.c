@@ -1,10 +1,15 @@
 // sy_uring.c: non-inline wrappers over liburing 2.3 (see sy_uring.h).
+#define _GNU_SOURCE
 #include "sy_uring.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <signal.h>
+#include <unistd.h>
 #include <liburing.h>
 
 struct sy_uring {
@@ -183,4 +188,34 @@ void sy_buf_ring_recycle(sy_buf_ring *b, uint16_t bid) {
     if (bid >= b->entries) return;
     io_uring_buf_ring_add(b->br, b->data + (size_t)bid * b->buf_size, b->buf_size, bid, b->mask, 0);
     io_uring_buf_ring_advance(b->br, 1);   // store-release of the tail: the kernel sees the slot filled
+}
+
+int sy_peer_cred(int fd, uint32_t *uid, int32_t *pid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -errno;
+    *uid = cred.uid;
+    *pid = cred.pid;
+    return 0;
+}
+
+int sy_fr_eventfd(int nonblocking) {
+    int fd = eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
+    return fd < 0 ? -errno : fd;
+}
+
+int sy_fr_signalfd_shutdown(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int sy_fr_signalfd_read(int fd) {
+    struct signalfd_siginfo info;
+    int last = 0;
+    while (read(fd, &info, sizeof info) == (ssize_t)sizeof info) last = (int)info.ssi_signo;
+    return last;
 }

@@ -98,4 +98,16 @@ unsigned sy_buf_ring_buf_size(const sy_buf_ring *br);
 // Puts buffer `bid` back and publishes it to the kernel (store-release of the ring tail).
 void sy_buf_ring_recycle(sy_buf_ring *br, uint16_t bid);
 
+// SO_PEERCRED of a connected Unix socket (struct ucred needs _GNU_SOURCE, which Swift's Glibc lacks).
+// Returns 0 or -errno.
+int sy_peer_cred(int fd, uint32_t *uid, int32_t *pid);
+
+// eventfd/signalfd for the front's loop (sys/eventfd.h and sys/signalfd.h are not in Swift's Glibc module).
+// Prefixed sy_fr_ to stay clear of the ring shim's names. All return an fd (CLOEXEC) or -errno.
+int sy_fr_eventfd(int nonblocking);
+// A non-blocking signalfd for SIGTERM and SIGINT (the caller blocks them first).
+int sy_fr_signalfd_shutdown(void);
+// Reads every pending signal; returns the last signal number, 0 if none.
+int sy_fr_signalfd_read(int fd);
+
 #endif
