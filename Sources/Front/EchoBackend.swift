@@ -214,13 +214,11 @@ public final class EchoBackend: FrontBackend, @unchecked Sendable {
     static func split(_ s: String) -> [String] {
         var out: [String] = []
         var cur = ""
-        var inWord = false
+        var prevWasWord = false
         for ch in s {
             let space = ch == " " || ch == "\n" || ch == "\t"
-            if !space && !inWord && !cur.isEmpty && !cur.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\t" }) {
-                out.append(cur); cur = ""
-            }
-            inWord = !space
+            if space && prevWasWord && !cur.isEmpty { out.append(cur); cur = "" }
+            prevWasWord = !space
             cur.append(ch)
         }
         if !cur.isEmpty { out.append(cur) }
