@@ -357,8 +357,9 @@ public final class FrontServer: @unchecked Sendable {
             return
         }
         if let bytes {
-            if c.lingering {
-                // Draining what the client still sends after our final response, so close() sends no RST.
+            if c.lingering || c.closeAfterFlush {
+                // Our final response is queued or sent: what the client still sends is drained and dropped
+                // (so close() sends no RST that could destroy the response in flight).
             } else {
                 c.input.append(contentsOf: bytes)
                 if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
@@ -552,6 +553,7 @@ public final class FrontServer: @unchecked Sendable {
                 c.deadline = 0
                 c.deadlineKind = .none
                 c.keepAlive = req.head.keepAlive && !c.closeAfterResponse
+                c.http10 = req.head.versionMinor == 0
                 handleRequest(c, req)
             }
         }
@@ -605,7 +607,7 @@ public final class FrontServer: @unchecked Sendable {
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
-        if req.head.method != r.method && !(r.method == "GET" && req.head.method == "HEAD") {
+        if req.head.method != r.method {
             sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
                       close: false, route: r.route, extra: [("Allow", r.method)])
             return
@@ -678,7 +680,7 @@ public final class FrontServer: @unchecked Sendable {
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
                                      includeUsage: includeUsage, identity: ident, start: now(),
-                                     http10: false)
+                                     http10: c.http10)
             owners[id] = (c.slot, c.gen)
             updateInFlight()
         case .overloaded(let retry):
@@ -715,7 +717,7 @@ public final class FrontServer: @unchecked Sendable {
                 var out: [UInt8] = []
                 if !a.headersSent { startStream(c, &a, &out) }
                 let payload = OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil)
-                ResponseWriter.chunk(&out, payload)
+                frame(a, &out, payload)
                 c.active = a
                 enqueue(c, out)
             } else {
@@ -727,10 +729,10 @@ public final class FrontServer: @unchecked Sendable {
             if a.stream {
                 var out: [UInt8] = []
                 if !a.headersSent { startStream(c, &a, &out) }
-                ResponseWriter.chunk(&out, OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish))
-                if a.includeUsage { ResponseWriter.chunk(&out, OpenAIEncoder.usageChunk(a.identity, usage)) }
-                ResponseWriter.chunk(&out, ResponseWriter.done)
-                out += ResponseWriter.lastChunk
+                frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish))
+                if a.includeUsage { frame(a, &out, OpenAIEncoder.usageChunk(a.identity, usage)) }
+                frame(a, &out, ResponseWriter.done)
+                if !a.http10 { out += ResponseWriter.lastChunk }
                 metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
                             labels: [("route", a.route), ("status", "200")])
                 finishRequest(c, a, out)
@@ -741,9 +743,9 @@ public final class FrontServer: @unchecked Sendable {
         case .error(_, let message):
             if a.headersSent {
                 var out: [UInt8] = []
-                ResponseWriter.chunk(&out, OpenAIEncoder.streamError(message: message))
-                ResponseWriter.chunk(&out, ResponseWriter.done)
-                out += ResponseWriter.lastChunk
+                frame(a, &out, OpenAIEncoder.streamError(message: message))
+                frame(a, &out, ResponseWriter.done)
+                if !a.http10 { out += ResponseWriter.lastChunk }
                 metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
                             labels: [("route", a.route), ("status", "200")])
                 finishRequest(c, a, out)
@@ -767,12 +769,19 @@ public final class FrontServer: @unchecked Sendable {
         }
     }
 
+    /// Appends a piece of a streamed body: an HTTP/1.1 chunk, or raw bytes for HTTP/1.0 (whose stream is
+    /// delimited by closing the connection).
+    private func frame(_ a: ActiveRequest, _ out: inout [UInt8], _ payload: [UInt8]) {
+        if a.http10 { out += payload } else { ResponseWriter.chunk(&out, payload) }
+    }
+
     private func startStream(_ c: Connection, _ a: inout ActiveRequest, _ out: inout [UInt8]) {
         a.headersSent = true
-        ResponseWriter.head(&out, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: true,
+        if a.http10 { c.keepAlive = false }
+        ResponseWriter.head(&out, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
                             keepAlive: c.keepAlive, worker: a.worker, extra: [("Cache-Control", "no-cache")])
         if a.identity.chat {
-            ResponseWriter.chunk(&out, OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil))
+            frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil))
         }
     }
 
@@ -835,6 +844,8 @@ final class Connection {
     var input: [UInt8] = []
     var sentContinue = false
     var keepAlive = true
+    /// The current request is HTTP/1.0: streams are sent unchunked and end with the connection.
+    var http10 = false
     var active: ActiveRequest?
 
     // Output: the kernel may read sendBuf[sendOffset..<sendLength] while sendInFlight; new output goes to

@@ -351,4 +351,56 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         for _ in 0..<200 where after != before { usleep(10_000); after = openFDCount() }
         #expect(after == before, "descriptors before \(before), after \(after)")
     }
+
+    @Test func tcpListenerAndPeerIdentity() throws {
+        let s = try TestServer(configure: { $0.tcp = "127.0.0.1:0" })
+        defer { s.stop() }
+        let port = try #require(s.server.listeners.first { $0.family == .tcp }?.port)
+        let c = try RawClient(tcpPort: port)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"over tcp"}"#))
+        let r = try c.read()
+        #expect(r.status == 200 && r.bodyText.contains("over tcp"))
+    }
+
+    /// A tiny provided-buffer ring (2 × 64 B) forces -ENOBUFS and multishot re-arms; a 100 KB body must still
+    /// arrive intact.
+    @Test func smallBufferRingReArms() throws {
+        let s = try TestServer(configure: { $0.recvBufferCount = 2; $0.recvBufferSize = 64 })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let words = (0..<20000).map { "w\($0 % 10)" }.joined(separator: " ")
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)"}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        let j = try r.json()
+        guard case .array(let ch)? = j["choices"] else { Issue.record("no choices"); return }
+        #expect(ch.first?["text"] == .string(words))
+    }
+
+    @Test func http10StreamAndHead() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let body = #"{"prompt":"old client","stream":true}"#
+        try c.send("POST /v1/completions HTTP/1.0\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body)
+        let r = try c.read()   // close-delimited
+        #expect(r.header("transfer-encoding") == nil)
+        #expect(r.bodyText.hasSuffix("data: [DONE]\n\n"))
+        let h = try RawClient(path: s.path)
+        try h.send(request("HEAD", "/health"))
+        #expect(try h.read().status == 405)
+    }
+
+    /// With open but quiet connections the loop sleeps in io_uring_enter: the process uses (almost) no CPU.
+    @Test func idleUsesNoCPU() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let clients = try (0..<8).map { _ in try RawClient(path: s.path) }
+        try clients[0].send(request("GET", "/health"))
+        _ = try clients[0].read()
+        let t0 = processCPUSeconds()
+        usleep(500_000)
+        let used = processCPUSeconds() - t0
+        #expect(used < 0.05, "CPU used while idle: \(used) s in 0.5 s")
+    }
 }
