@@ -1,0 +1,283 @@
+// OpenAI-compatible request types and their strict decoding (Foundation-free; fuzzed with the HTTP parser).
+
+public enum RouteKind: String, Sendable, Equatable {
+    case chatCompletions = "chat.completions"
+    case completions = "completions"
+}
+
+public struct ChatMessage: Sendable, Equatable {
+    public enum Role: String, Sendable, Equatable, CaseIterable { case system, developer, user, assistant, tool }
+    public var role: Role
+    public var content: String
+    public init(role: Role, content: String) { self.role = role; self.content = content }
+}
+
+/// Sampling parameters. `nil` means "the worker's default".
+public struct SamplingParams: Sendable, Equatable {
+    public var maxTokens: Int?
+    public var temperature: Double?
+    public var topP: Double?
+    public var topK: Int?
+    public var minP: Double?
+    public var seed: Int64?
+    /// At most 4 stop strings, each non-empty.
+    public var stop: [String] = []
+    public init() {}
+
+    public static let maxTokensLimit = 1 << 20
+}
+
+/// Who is on the other end of the connection (the client-hash routing key).
+public enum PeerIdentity: Sendable, Hashable {
+    /// SO_PEERCRED of a Unix-socket client.
+    case unix(uid: UInt32, pid: Int32)
+    /// Numeric address of a TCP client (port excluded).
+    case tcp(address: String)
+    case unknown
+}
+
+/// A parsed, validated generation request, handed to the backend.
+public struct APIRequest: Sendable, Equatable {
+    /// Unique per server run; every BackendEvent for this request carries it.
+    public var id: UInt64
+    public var kind: RouteKind
+    public var model: String?
+    /// Chat requests: the conversation. Empty for completions.
+    public var messages: [ChatMessage]
+    /// Completions: the prompt. Empty for chat (the worker applies the chat template).
+    public var prompt: String
+    public var sampling: SamplingParams
+    public var stream: Bool
+    /// stream_options.include_usage
+    public var includeUsage: Bool
+    /// X-Session-Id header, else body session_id, else body user; nil when none.
+    public var sessionKey: String?
+    public var peer: PeerIdentity
+
+    public init(id: UInt64, kind: RouteKind, model: String? = nil, messages: [ChatMessage] = [], prompt: String = "",
+                sampling: SamplingParams = SamplingParams(), stream: Bool = false, includeUsage: Bool = false,
+                sessionKey: String? = nil, peer: PeerIdentity = .unknown) {
+        self.id = id; self.kind = kind; self.model = model; self.messages = messages; self.prompt = prompt
+        self.sampling = sampling; self.stream = stream; self.includeUsage = includeUsage
+        self.sessionKey = sessionKey; self.peer = peer
+    }
+}
+
+/// A 400 naming the offending parameter.
+public struct APIError: Error, Equatable, Sendable {
+    public var status: Int
+    public var message: String
+    public var type: String
+    public var param: String?
+    public var code: String
+
+    public init(status: Int = 400, message: String, type: String = "invalid_request_error", param: String? = nil,
+                code: String) {
+        self.status = status; self.message = message; self.type = type; self.param = param; self.code = code
+    }
+
+    static func invalid(_ param: String, _ message: String) -> APIError {
+        APIError(message: message, param: param, code: "invalid_value")
+    }
+    static func wrongType(_ param: String, expected: String, got: JSONValue) -> APIError {
+        APIError(message: "'\(param)' must be \(expected), got \(got.typeName)", param: param, code: "invalid_type")
+    }
+}
+
+/// Decodes request bodies. Unknown fields are ignored (clients send many optional OpenAI fields); known fields
+/// are checked for type and range.
+public enum APIDecoder {
+    public static let maxStop = 4
+
+    public static func decodeGeneration(kind: RouteKind, body: [UInt8], id: UInt64, sessionHeader: String?,
+                                        peer: PeerIdentity) throws(APIError) -> APIRequest {
+        let root = try object(body)
+        var req = APIRequest(id: id, kind: kind, peer: peer)
+        if let m = root["model"] { req.model = try string(m, "model") }
+        switch kind {
+        case .chatCompletions:
+            guard let msgs = root["messages"] else {
+                throw APIError(message: "'messages' is required", param: "messages", code: "missing_required_parameter")
+            }
+            guard case .array(let items) = msgs else { throw .wrongType("messages", expected: "an array", got: msgs) }
+            if items.isEmpty { throw .invalid("messages", "'messages' must not be empty") }
+            for (k, item) in items.enumerated() { req.messages.append(try message(item, index: k)) }
+        case .completions:
+            guard let p = root["prompt"] else {
+                throw APIError(message: "'prompt' is required", param: "prompt", code: "missing_required_parameter")
+            }
+            switch p {
+            case .string(let s): req.prompt = s
+            case .array(let a):
+                guard a.count == 1, case .string(let s) = a[0] else {
+                    throw .invalid("prompt", "'prompt' must be a string or an array of exactly one string")
+                }
+                req.prompt = s
+            default: throw .wrongType("prompt", expected: "a string", got: p)
+            }
+        }
+        var s = SamplingParams()
+        let maxKey = kind == .chatCompletions && root["max_completion_tokens"] != nil ? "max_completion_tokens" : "max_tokens"
+        if let v = root[maxKey], v != .null {
+            let n = try int(v, maxKey)
+            if n < 1 || n > SamplingParams.maxTokensLimit {
+                throw .invalid(maxKey, "'\(maxKey)' must be between 1 and \(SamplingParams.maxTokensLimit)")
+            }
+            s.maxTokens = n
+        }
+        if let v = root["temperature"], v != .null {
+            let t = try double(v, "temperature")
+            if t < 0 || t > 2 { throw .invalid("temperature", "'temperature' must be between 0 and 2") }
+            s.temperature = t
+        }
+        if let v = root["top_p"], v != .null {
+            let t = try double(v, "top_p")
+            if t <= 0 || t > 1 { throw .invalid("top_p", "'top_p' must be in (0, 1]") }
+            s.topP = t
+        }
+        if let v = root["top_k"], v != .null {
+            let t = try int(v, "top_k")
+            if t < 0 || t > 1 << 20 { throw .invalid("top_k", "'top_k' must be between 0 and 1048576") }
+            s.topK = t
+        }
+        if let v = root["min_p"], v != .null {
+            let t = try double(v, "min_p")
+            if t < 0 || t > 1 { throw .invalid("min_p", "'min_p' must be between 0 and 1") }
+            s.minP = t
+        }
+        if let v = root["seed"], v != .null {
+            guard case .number(_, let i?) = v else { throw .wrongType("seed", expected: "an integer", got: v) }
+            s.seed = i
+        }
+        if let v = root["stop"], v != .null {
+            switch v {
+            case .string(let str):
+                if str.isEmpty { throw .invalid("stop", "'stop' strings must not be empty") }
+                s.stop = [str]
+            case .array(let a):
+                if a.count > maxStop { throw .invalid("stop", "'stop' may hold at most \(maxStop) strings") }
+                for x in a {
+                    guard case .string(let str) = x else { throw .wrongType("stop", expected: "a string or an array of strings", got: x) }
+                    if str.isEmpty { throw .invalid("stop", "'stop' strings must not be empty") }
+                    s.stop.append(str)
+                }
+            default: throw .wrongType("stop", expected: "a string or an array of strings", got: v)
+            }
+        }
+        if let v = root["n"], v != .null {
+            let n = try int(v, "n")
+            if n != 1 { throw .invalid("n", "only n = 1 is supported") }
+        }
+        req.sampling = s
+        if let v = root["stream"], v != .null { req.stream = try bool(v, "stream") }
+        if let v = root["stream_options"], v != .null {
+            guard case .object = v else { throw .wrongType("stream_options", expected: "an object", got: v) }
+            if !req.stream { throw .invalid("stream_options", "'stream_options' is only allowed with stream: true") }
+            if let u = v["include_usage"], u != .null { req.includeUsage = try bool(u, "stream_options.include_usage") }
+        }
+        var sessionID: String? = nil
+        if let v = root["session_id"], v != .null { sessionID = try string(v, "session_id") }
+        var user: String? = nil
+        if let v = root["user"], v != .null { user = try string(v, "user") }
+        if let h = sessionHeader, !h.isEmpty { req.sessionKey = h }
+        else if let sid = sessionID, !sid.isEmpty { req.sessionKey = sid }
+        else if let u = user, !u.isEmpty { req.sessionKey = u }
+        return req
+    }
+
+    /// POST /tokenize: {"content": string, "add_special": bool?, "parse_special": bool?}
+    public static func decodeTokenize(_ body: [UInt8]) throws(APIError) -> (content: String, addSpecial: Bool, parseSpecial: Bool) {
+        let root = try object(body)
+        guard let c = root["content"] else {
+            throw APIError(message: "'content' is required", param: "content", code: "missing_required_parameter")
+        }
+        let content = try string(c, "content")
+        var addSpecial = false, parseSpecial = true
+        if let v = root["add_special"], v != .null { addSpecial = try bool(v, "add_special") }
+        if let v = root["parse_special"], v != .null { parseSpecial = try bool(v, "parse_special") }
+        return (content, addSpecial, parseSpecial)
+    }
+
+    /// POST /detokenize: {"tokens": [int]}
+    public static func decodeDetokenize(_ body: [UInt8]) throws(APIError) -> [Int32] {
+        let root = try object(body)
+        guard let t = root["tokens"] else {
+            throw APIError(message: "'tokens' is required", param: "tokens", code: "missing_required_parameter")
+        }
+        guard case .array(let items) = t else { throw .wrongType("tokens", expected: "an array of integers", got: t) }
+        var out: [Int32] = []
+        out.reserveCapacity(items.count)
+        for x in items {
+            guard case .number(_, let i?) = x, i >= 0, i <= Int64(Int32.max) else {
+                throw .invalid("tokens", "'tokens' must hold non-negative 32-bit integers")
+            }
+            out.append(Int32(i))
+        }
+        return out
+    }
+
+    // MARK: helpers
+
+    static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
+        if body.isEmpty { throw APIError(message: "request body is empty; expected a JSON object", code: "invalid_json") }
+        let v: JSONValue
+        do { v = try JSON.parse(body) } catch {
+            throw APIError(message: "invalid JSON at byte \(error.offset): \(error.message)", code: "invalid_json")
+        }
+        guard case .object = v else {
+            throw APIError(message: "request body must be a JSON object, got \(v.typeName)", code: "invalid_json")
+        }
+        return v
+    }
+
+    static func message(_ v: JSONValue, index k: Int) throws(APIError) -> ChatMessage {
+        let p = "messages[\(k)]"
+        guard case .object = v else { throw .wrongType(p, expected: "an object", got: v) }
+        guard let r = v["role"] else {
+            throw APIError(message: "'\(p).role' is required", param: "\(p).role", code: "missing_required_parameter")
+        }
+        let roleName = try string(r, "\(p).role")
+        guard let role = ChatMessage.Role(rawValue: roleName) else {
+            let known = ChatMessage.Role.allCases.map(\.rawValue).joined(separator: ", ")
+            throw .invalid("\(p).role", "unknown role '\(roleName)' in \(p) (expected one of: \(known))")
+        }
+        var content = ""
+        if let c = v["content"] {
+            switch c {
+            case .null: break
+            case .string(let s): content = s
+            case .array(let parts):
+                // [{"type":"text","text":"..."}]: text parts are concatenated; other part types are refused.
+                for (j, part) in parts.enumerated() {
+                    guard case .object = part, part["type"] == .string("text"), case .string(let t)? = part["text"] else {
+                        throw .invalid("\(p).content[\(j)]", "only text content parts are supported")
+                    }
+                    content += t
+                }
+            default: throw .wrongType("\(p).content", expected: "a string or an array of text parts", got: c)
+            }
+        } else if role != .assistant {
+            throw APIError(message: "'\(p).content' is required", param: "\(p).content", code: "missing_required_parameter")
+        }
+        return ChatMessage(role: role, content: content)
+    }
+
+    static func string(_ v: JSONValue, _ p: String) throws(APIError) -> String {
+        guard case .string(let s) = v else { throw .wrongType(p, expected: "a string", got: v) }
+        return s
+    }
+    static func bool(_ v: JSONValue, _ p: String) throws(APIError) -> Bool {
+        guard case .bool(let b) = v else { throw .wrongType(p, expected: "a boolean", got: v) }
+        return b
+    }
+    static func double(_ v: JSONValue, _ p: String) throws(APIError) -> Double {
+        guard case .number(let d, _) = v else { throw .wrongType(p, expected: "a number", got: v) }
+        return d
+    }
+    static func int(_ v: JSONValue, _ p: String) throws(APIError) -> Int {
+        guard case .number(_, let i?) = v, let n = Int(exactly: i) else {
+            throw .wrongType(p, expected: "an integer", got: v)
+        }
+        return n
+    }
+}

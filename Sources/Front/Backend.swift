@@ -1,0 +1,82 @@
+// The front's view of whatever generates text: the seam between the HTTP event loop and the rings/router/
+// workers. The loop calls the backend only from its own thread; the backend's own threads talk back only
+// through `wakeFD` + `drain`.
+
+/// How a backend answers a submitted request.
+public enum Admission: Sendable, Equatable {
+    /// Queued on this worker; events will arrive for the request id.
+    case admitted(workerID: Int)
+    /// Every candidate worker's ring and queue are full → 503 with Retry-After.
+    case overloaded(retryAfterSeconds: Int)
+    /// Workers are still loading (or none is alive) → 503.
+    case notReady(reason: String)
+}
+
+public enum FinishReason: String, Sendable, Equatable {
+    case stop, length, cancelled
+}
+
+public struct Usage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Prompt tokens served from the session cache (usage.prompt_tokens_details.cached_tokens).
+    public var cachedTokens: Int
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int) {
+        self.promptTokens = promptTokens; self.completionTokens = completionTokens; self.cachedTokens = cachedTokens
+    }
+}
+
+/// What the backend reports about a request, in order: any number of `.delta`, then exactly one of `.final`,
+/// `.error`, `.tokens` or `.text`. Events for unknown ids (already cancelled) are dropped by the loop.
+public enum BackendEvent: Sendable, Equatable {
+    /// More generated text (valid UTF-8; may be empty).
+    case delta(requestID: UInt64, text: String)
+    case final(requestID: UInt64, finishReason: FinishReason, usage: Usage)
+    /// The request failed (worker died, internal error). Streams already started get an SSE error event;
+    /// otherwise the client gets 503.
+    case error(requestID: UInt64, message: String)
+    /// Answer to `tokenize`.
+    case tokens(requestID: UInt64, tokens: [Int32])
+    /// Answer to `detokenize`.
+    case text(requestID: UInt64, content: String)
+
+    public var requestID: UInt64 {
+        switch self {
+        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .tokens(let id, _), .text(let id, _): return id
+        }
+    }
+}
+
+public struct BackendHealth: Sendable, Equatable {
+    public var workersTotal: Int
+    public var workersReady: Int
+    public var ready: Bool { workersTotal > 0 && workersReady == workersTotal }
+    public init(workersTotal: Int, workersReady: Int) { self.workersTotal = workersTotal; self.workersReady = workersReady }
+}
+
+/// The generation backend behind the front.
+///
+/// Threading contract: every method is called on the front's event-loop thread only. The backend's own
+/// threads (or the worker processes behind its rings) make events available and then signal `wakeFD`;
+/// the loop polls `wakeFD` in io_uring (multishot POLLIN, so an idle front sleeps in the kernel) and calls
+/// `drain`, which must first consume the eventfd counter and then deliver every pending event — in that order,
+/// so an event published after the read always produces a new wake-up.
+public protocol FrontBackend: AnyObject {
+    /// An eventfd (or any pollable fd) that becomes readable when events are pending. Owned by the backend.
+    var wakeFD: Int32 { get }
+    /// Route and enqueue a generation request. Must not block.
+    func submit(_ request: APIRequest) -> Admission
+    /// Route and enqueue tokenize/detokenize; answered with `.tokens` / `.text` events.
+    func tokenize(requestID: UInt64, content: String, addSpecial: Bool, parseSpecial: Bool) -> Admission
+    func detokenize(requestID: UInt64, tokens: [Int32]) -> Admission
+    /// The client went away: stop the request; no further events are needed (stragglers are dropped).
+    func cancel(requestID: UInt64)
+    /// Deliver pending events (see the contract above).
+    func drain(_ deliver: (BackendEvent) -> Void)
+    /// Model ids for GET /v1/models.
+    var modelIDs: [String] { get }
+    func health() -> BackendHealth
+    /// Called on every GET /metrics before rendering: set per-worker gauges (in-flight, queue depth, ring
+    /// occupancy) and counters (worker restarts) on `metrics`.
+    func collectMetrics(into metrics: MetricsRegistry)
+}

@@ -1,0 +1,892 @@
+// The front's event loop: one thread, one io_uring.
+//
+// Operations in flight and their user_data (kind in bits 56…63; for connection ops the slot in bits 0…31 and
+// the slot's generation in bits 32…55, so completions for a recycled slot are recognised and dropped):
+//   accept    multishot accept per listener (re-armed when F_MORE is missing)
+//   recv      multishot recv per connection, buffers from the provided-buffer ring (group 0)
+//   send      at most one per connection; the rest of its output waits in `queued`
+//   wake      multishot POLLIN on the backend's eventfd → backend.drain
+//   control   multishot POLLIN on our own eventfd (requestShutdown from other threads)
+//   signal    multishot POLLIN on a signalfd for SIGTERM/SIGINT
+//   timer     one relative timeout, armed while connections exist; it checks every connection's deadline
+// A connection is closed only after its recv and send have completed (cancelled by fd first): close() alone
+// would not cancel them, and the send buffer must outlive the kernel's use of it.
+import CSwitchyardSys
+import Glibc
+
+public struct FrontConfig: Sendable {
+    /// Unix socket path; nil for none (TCP or systemd sockets only).
+    public var socketPath: String? = "./switchyard.sock"
+    public var socketMode: mode_t = 0o660
+    /// "HOST:PORT" for an additional TCP listener.
+    public var tcp: String? = nil
+    /// Use LISTEN_FDS sockets from systemd when present (they replace socketPath/tcp).
+    public var useSystemdSockets = true
+    public var limits = HTTPLimits()
+    /// A request that has started arriving must be complete within this many seconds → 408.
+    public var requestTimeout: Double = 30
+    /// A connection with no request in progress is closed after this many idle seconds (408 if it never sent
+    /// a request).
+    public var idleTimeout: Double = 60
+    /// SIGTERM/SIGINT/requestShutdown: in-flight requests get this long to finish.
+    public var shutdownGrace: Double = 10
+    /// Handle SIGTERM/SIGINT through a signalfd (call `FrontServer.blockShutdownSignals()` before starting
+    /// other threads). Tests turn this off and use `requestShutdown()`.
+    public var handleSignals = true
+    public var maxConnections = 8192
+    /// Per-connection output waiting behind a slow reader; a client that lets more pile up is dropped.
+    public var maxQueuedOutput = 8 << 20
+    public var ringEntries: UInt32 = 1024
+    /// Provided-buffer ring shape: count (power of two) × size bytes.
+    public var recvBufferCount: UInt32 = 512
+    public var recvBufferSize: UInt32 = 4096
+    public var listenBacklog: Int32 = 1024
+    /// Model name reported when a request names none and the backend lists none.
+    public var defaultModel = "switchyard"
+    public var log: @Sendable (String) -> Void = { msg in
+        var line = "front: " + msg + "\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+
+    public init() {}
+}
+
+/// Front server. Create it (binds the listeners, so clients may connect right away), then call `run()` on the
+/// thread that will own the event loop; it returns after a graceful shutdown.
+public final class FrontServer: @unchecked Sendable {
+    // @unchecked Sendable: everything below is touched only by the thread running `run()`, except
+    // `controlFD` (written by requestShutdown from any thread; an eventfd write is thread-safe) and the
+    // immutable `listeners`/`config`.
+    public let config: FrontConfig
+    public let listeners: [Listener]
+    private let backend: FrontBackend
+    private let controlFD: Int32
+
+    public let metrics: MetricsRegistry
+
+    private var ring: OpaquePointer! = nil
+    private var bufRing: OpaquePointer? = nil
+    private var conns: [Connection?] = []
+    private var freeSlots: [Int] = []
+    private var liveConnections = 0
+    private var owners: [UInt64: (slot: Int, gen: UInt32)] = [:]
+    private var nextRequestID: UInt64 = 1
+    private var nextGeneration: UInt32 = 1
+    private var signalFD: Int32 = -1
+    private var timerArmed = false
+    private var timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
+    private var draining = false
+    private var drainDeadline: UInt64 = 0
+    private var multishotRecv = true
+    private var multishotAccept = true
+    private var acceptArmed: [Bool] = []
+    private var scratch: [UInt8] = []
+
+    private enum Op: UInt64 {
+        case accept = 1, recv, send, wake, control, signal, timer, ignore
+    }
+
+    public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics
+        var ls: [Listener] = config.useSystemdSockets ? Sockets.systemdListeners() : []
+        if ls.isEmpty {
+            if let p = config.socketPath {
+                ls.append(try Sockets.listenUnix(path: p, mode: config.socketMode, backlog: config.listenBacklog))
+            }
+            if let t = config.tcp {
+                do { ls.append(try Sockets.listenTCP(t, backlog: config.listenBacklog)) } catch {
+                    for l in ls { close(l.fd); if let p = l.ownedPath { unlink(p) } }
+                    throw error
+                }
+            }
+        }
+        listeners = ls
+        controlFD = sy_fr_eventfd(1)
+        if controlFD < 0 {
+            let e = -controlFD
+            for l in ls { close(l.fd); if let p = l.ownedPath { unlink(p) } }
+            throw FrontError.system("eventfd", e)
+        }
+    }
+
+    deinit {
+        timespec.deallocate()
+        close(controlFD)
+    }
+
+    /// Blocks SIGTERM and SIGINT in the calling thread (and threads it starts later), so they reach the loop's
+    /// signalfd instead of killing the process. Call at the top of `switchyard serve`.
+    public static func blockShutdownSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Starts a graceful shutdown; callable from any thread.
+    public func requestShutdown() {
+        var one: UInt64 = 1
+        _ = write(controlFD, &one, 8)
+    }
+
+    // MARK: run
+
+    public func run() throws {
+        var setupUsed: UInt32 = 0
+        var err: Int32 = 0
+        guard let r = sy_uring_create(config.ringEntries, &setupUsed, &err) else {
+            throw FrontError.system("io_uring_setup", err)
+        }
+        ring = r
+        defer {
+            if let b = bufRing { sy_buf_ring_destroy(r, b) }
+            bufRing = nil
+            sy_uring_destroy(r)
+            ring = nil
+        }
+        guard let br = sy_buf_ring_create(r, config.recvBufferCount, config.recvBufferSize, 0, &err) else {
+            throw FrontError.system("IORING_REGISTER_PBUF_RING", err)
+        }
+        bufRing = br
+        logProbe(setupUsed)
+
+        if config.handleSignals {
+            FrontServer.blockShutdownSignals()
+            signalFD = sy_fr_signalfd_shutdown()
+            if signalFD >= 0 { armPoll(signalFD, .signal) }
+        }
+        defer { if signalFD >= 0 { close(signalFD); signalFD = -1 } }
+        armPoll(controlFD, .control)
+        armPoll(backend.wakeFD, .wake)
+        acceptArmed = Array(repeating: false, count: listeners.count)
+        for i in listeners.indices { armAccept(i) }
+        for l in listeners {
+            config.log(l.family == .unix ? "listening on unix:\(l.ownedPath ?? "fd \(l.fd)")" : "listening on tcp port \(l.port.map(String.init) ?? "?")")
+        }
+
+        let batch = 256
+        let cqes = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: batch)
+        defer { cqes.deallocate() }
+        while !(draining && liveConnections == 0) {
+            if liveConnections > 0 || draining { armTimer() }
+            let rc = sy_uring_submit_and_wait(r, 1)
+            if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
+                throw FrontError.system("io_uring_enter", -rc)
+            }
+            while true {
+                let n = Int(sy_uring_peek_batch(r, cqes, UInt32(batch)))
+                if n == 0 { break }
+                for k in 0..<n {
+                    guard let c = cqes[k] else { continue }
+                    handle(userData: sy_cqe_user_data(c), res: sy_cqe_res(c), flags: sy_cqe_flags(c))
+                }
+                sy_uring_cq_advance(r, UInt32(n))
+            }
+        }
+        // Listeners are closed by beginShutdown; every connection is gone.
+        config.log("shut down")
+    }
+
+    private func logProbe(_ setupUsed: UInt32) {
+        guard let r = ring else { return }
+        var ops = [UInt8](repeating: 0, count: 256)
+        let n = sy_uring_probe(r, &ops, 256)
+        let futex = n > Int32(SY_IORING_OP_FUTEX_WAIT) && ops[Int(SY_IORING_OP_FUTEX_WAIT)] != 0
+        var flags: [String] = []
+        if setupUsed & UInt32(SY_SETUP_SINGLE_ISSUER) != 0 { flags.append("SINGLE_ISSUER") }
+        if setupUsed & UInt32(SY_SETUP_COOP_TASKRUN) != 0 { flags.append("COOP_TASKRUN") }
+        config.log("io_uring: setup flags [\(flags.joined(separator: ","))], \(n) opcodes probed; "
+            + "IORING_OP_FUTEX_WAIT \(futex ? "available" : "unavailable: eventfd wake-ups")"
+            + "; backend wake-ups via eventfd poll (multishot); recv: multishot with provided buffers "
+            + "(\(config.recvBufferCount)×\(config.recvBufferSize) B), falls back to one-shot on -EINVAL")
+    }
+
+    // MARK: submission helpers
+
+    /// A free SQE. Only called from run()'s thread while the ring exists.
+    private func getSQE() -> OpaquePointer {
+        let r: OpaquePointer = ring   // set for the whole of run(); no submission happens outside it
+        while true {
+            if let s = sy_uring_get_sqe(r) { return s }
+            _ = sy_uring_submit(r)   // SQ full: flush it and retry
+        }
+    }
+
+    private static func data(_ op: Op, slot: Int = 0, gen: UInt32 = 0) -> UInt64 {
+        (op.rawValue << 56) | (UInt64(gen & 0xFF_FFFF) << 32) | UInt64(UInt32(truncatingIfNeeded: slot))
+    }
+
+    private func armPoll(_ fd: Int32, _ op: Op) {
+        let s = getSQE()
+        sy_prep_poll_multishot(s, fd, UInt32(POLLIN))
+        sy_sqe_set_data64(s, Self.data(op))
+    }
+
+    private func armAccept(_ i: Int) {
+        guard !draining, !acceptArmed[i] else { return }
+        let s = getSQE()
+        if multishotAccept { sy_prep_multishot_accept(s, listeners[i].fd, Int32(SOCK_CLOEXEC.rawValue)) }
+        else { sy_prep_accept(s, listeners[i].fd, Int32(SOCK_CLOEXEC.rawValue)) }
+        sy_sqe_set_data64(s, Self.data(.accept, slot: i))
+        acceptArmed[i] = true
+    }
+
+    private func armRecv(_ c: Connection) {
+        guard !c.recvArmed, !c.closing else { return }
+        let s = getSQE()
+        if multishotRecv { sy_prep_recv_multishot(s, c.fd, 0) } else { sy_prep_recv_select(s, c.fd, 0) }
+        sy_sqe_set_data64(s, Self.data(.recv, slot: c.slot, gen: c.gen))
+        c.recvArmed = true
+    }
+
+    private func armTimer() {
+        guard !timerArmed else { return }
+        let period = max(0.005, min(1.0, min(config.requestTimeout, config.idleTimeout) / 4))
+        timespec.pointee.tv_sec = Int64(period)
+        timespec.pointee.tv_nsec = Int64((period - Double(Int64(period))) * 1e9)
+        let s = getSQE()
+        sy_prep_timeout(s, timespec, 0)
+        sy_sqe_set_data64(s, Self.data(.timer))
+        timerArmed = true
+    }
+
+    // MARK: completions
+
+    private func handle(userData: UInt64, res: Int32, flags: UInt32) {
+        guard let op = Op(rawValue: userData >> 56) else { return }
+        let slot = Int(UInt32(truncatingIfNeeded: userData))
+        let gen = UInt32((userData >> 32) & 0xFF_FFFF)
+        switch op {
+        case .accept: onAccept(listener: slot, res: res, more: sy_cqe_has_more(flags) != 0)
+        case .recv: onRecv(slot: slot, gen: gen, res: res, flags: flags)
+        case .send: onSend(slot: slot, gen: gen, res: res)
+        case .wake:
+            backend.drain { self.onEvent($0) }
+            if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
+        case .control:
+            var v: UInt64 = 0
+            _ = read(controlFD, &v, 8)
+            if sy_cqe_has_more(flags) == 0 { armPoll(controlFD, .control) }
+            beginShutdown(reason: "shutdown requested")
+        case .signal:
+            let signo = sy_fr_signalfd_read(signalFD)
+            if sy_cqe_has_more(flags) == 0 && !draining { armPoll(signalFD, .signal) }
+            if signo != 0 { beginShutdown(reason: signo == SIGINT ? "SIGINT" : "SIGTERM") }
+        case .timer:
+            timerArmed = false
+            onTick()
+        case .ignore:
+            break
+        }
+    }
+
+    private func onAccept(listener i: Int, res: Int32, more: Bool) {
+        guard i < listeners.count else { return }
+        if !more { acceptArmed[i] = false }
+        if res == -EINVAL && multishotAccept && !more {
+            multishotAccept = false
+            config.log("io_uring: multishot accept refused (-EINVAL); using one-shot accept")
+        }
+        if res >= 0 {
+            let fd = res
+            if draining || liveConnections >= config.maxConnections {
+                close(fd)
+            } else {
+                openConnection(fd: fd, listener: listeners[i])
+            }
+        } else if res != -ECANCELED && res != -EINVAL {
+            // EMFILE/ENFILE and friends: keep serving existing clients; accept is re-armed below.
+            if res == -EMFILE || res == -ENFILE { config.log("accept: out of descriptors") }
+        }
+        if !draining { armAccept(i) }
+    }
+
+    private func openConnection(fd: Int32, listener: Listener) {
+        let slot: Int
+        if let s = freeSlots.popLast() { slot = s } else { slot = conns.count; conns.append(nil) }
+        nextGeneration = nextGeneration &+ 1 & 0xFF_FFFF
+        if nextGeneration == 0 { nextGeneration = 1 }
+        let c = Connection(fd: fd, slot: slot, gen: nextGeneration, limits: config.limits,
+                           peer: Sockets.peerIdentity(fd, family: listener.family))
+        c.deadline = now() + nanos(config.idleTimeout)
+        c.deadlineKind = .idleFirst
+        conns[slot] = c
+        liveConnections += 1
+        metrics.set(MetricsRegistry.openConnections, help: "Open client connections", Double(liveConnections))
+        armRecv(c)
+    }
+
+    private func connection(_ slot: Int, _ gen: UInt32) -> Connection? {
+        guard slot < conns.count, let c = conns[slot], c.gen == gen else { return nil }
+        return c
+    }
+
+    private func onRecv(slot: Int, gen: UInt32, res: Int32, flags: UInt32) {
+        // The buffer goes back to the ring whatever happens to the connection.
+        var bytes: UnsafeRawBufferPointer? = nil
+        var bid: UInt16 = 0
+        let hasBuffer = sy_cqe_has_buffer(flags) != 0
+        if hasBuffer, let br = bufRing {
+            bid = sy_cqe_buffer_id(flags)
+            if res > 0, let p = sy_buf_ring_buffer(br, bid) { bytes = UnsafeRawBufferPointer(start: p, count: Int(res)) }
+        }
+        defer { if hasBuffer, let br = bufRing { sy_buf_ring_recycle(br, bid) } }
+        let more = sy_cqe_has_more(flags) != 0
+        guard let c = connection(slot, gen) else { return }
+        if !more { c.recvArmed = false }
+        if c.closing {
+            finishCloseIfIdle(c)
+            return
+        }
+        if res == -EINVAL && multishotRecv && !more {
+            multishotRecv = false
+            config.log("io_uring: multishot recv refused (-EINVAL); using one-shot recv with buffer select")
+            armRecv(c)
+            return
+        }
+        if res == -ENOBUFS {
+            armRecv(c)   // every buffer was in use; this batch returns them, so re-arm right away
+            return
+        }
+        if res <= 0 {
+            // 0: the peer closed its end; < 0: reset or error. Either way the client is gone.
+            clientGone(c)
+            return
+        }
+        if let bytes {
+            if c.lingering || c.closeAfterFlush {
+                // Our final response is queued or sent: what the client still sends is drained and dropped
+                // (so close() sends no RST that could destroy the response in flight).
+            } else {
+                c.input.append(contentsOf: bytes)
+                if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
+                    clientGone(c)   // pipelining far ahead of its responses: refuse to buffer more
+                    return
+                }
+                processInput(c)
+            }
+        }
+        if !c.recvArmed && !c.closing { armRecv(c) }
+    }
+
+    private func onSend(slot: Int, gen: UInt32, res: Int32) {
+        guard let c = connection(slot, gen) else { return }
+        c.sendInFlight = false
+        if c.closing { finishCloseIfIdle(c); return }
+        if res < 0 {
+            clientGone(c)   // EPIPE/ECONNRESET: MSG_NOSIGNAL turned SIGPIPE into this
+            return
+        }
+        c.sendOffset += Int(res)
+        flush(c)
+    }
+
+    // MARK: output
+
+    private func enqueue(_ c: Connection, _ bytes: [UInt8]) {
+        guard !c.closing else { return }
+        c.queued.append(contentsOf: bytes)
+        if c.queued.count > config.maxQueuedOutput {
+            config.log("dropping a client that does not read its responses")
+            clientGone(c)
+            return
+        }
+        flush(c)
+    }
+
+    /// Starts the next send if none is in flight. `sendBuf[sendOffset..<sendLength]` is what the kernel may be
+    /// reading; it is only refilled (from `queued`) when fully sent and no send is in flight.
+    private func flush(_ c: Connection) {
+        guard !c.sendInFlight, !c.closing else { return }
+        if c.sendOffset >= c.sendLength {
+            c.sendOffset = 0
+            c.sendLength = 0
+            if c.queued.isEmpty {
+                if c.closeAfterFlush { startLingeringClose(c) }
+                return
+            }
+            c.takeQueued()
+        }
+        let s = getSQE()
+        sy_prep_send(s, c.fd, c.sendBuf + c.sendOffset, c.sendLength - c.sendOffset)
+        sy_sqe_set_data64(s, Self.data(.send, slot: c.slot, gen: c.gen))
+        c.sendInFlight = true
+    }
+
+    // MARK: closing
+
+    /// The response is fully sent and the connection must close: half-close our side and drain the client's
+    /// leftovers for a moment (so the kernel does not answer them with a reset that could destroy the
+    /// response in flight), then close.
+    private func startLingeringClose(_ c: Connection) {
+        guard !c.lingering else { return }
+        c.lingering = true
+        shutdown(c.fd, Int32(SHUT_WR))
+        c.input = []
+        c.deadline = now() + 2_000_000_000
+        c.deadlineKind = .linger
+    }
+
+    /// The client disappeared (EOF, reset, send error): cancel its request on the backend and close.
+    private func clientGone(_ c: Connection) {
+        if let a = c.active {
+            backend.cancel(requestID: a.id)
+            owners[a.id] = nil
+            metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                        labels: [("route", a.route), ("status", "499")])
+            c.active = nil
+            updateInFlight()
+        }
+        closeConnection(c)
+    }
+
+    private func closeConnection(_ c: Connection) {
+        guard !c.closing else { return }
+        if let a = c.active {
+            backend.cancel(requestID: a.id)
+            owners[a.id] = nil
+            c.active = nil
+            updateInFlight()
+        }
+        c.closing = true
+        if c.recvArmed || c.sendInFlight {
+            // Cancel every pending request on the fd; their CQEs (-ECANCELED or a late result) come back
+            // before finishCloseIfIdle lets the fd and the send buffer go.
+            let s = getSQE()
+            sy_prep_cancel_fd(s, c.fd)
+            sy_sqe_set_data64(s, Self.data(.ignore))
+        }
+        finishCloseIfIdle(c)
+    }
+
+    private func finishCloseIfIdle(_ c: Connection) {
+        guard c.closing, !c.recvArmed, !c.sendInFlight, conns[c.slot] === c else { return }
+        close(c.fd)
+        c.fd = -1
+        conns[c.slot] = nil
+        freeSlots.append(c.slot)
+        liveConnections -= 1
+        metrics.set(MetricsRegistry.openConnections, help: "Open client connections", Double(liveConnections))
+    }
+
+    private func beginShutdown(reason: String) {
+        guard !draining else { return }
+        draining = true
+        drainDeadline = now() + nanos(config.shutdownGrace)
+        config.log("\(reason): stopping accepts, draining \(owners.count) in-flight request(s) (grace \(config.shutdownGrace)s)")
+        for (i, l) in listeners.enumerated() {
+            if acceptArmed[i] {
+                let s = getSQE()
+                sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
+                sy_sqe_set_data64(s, Self.data(.ignore))
+            }
+            close(l.fd)
+            if let p = l.ownedPath { unlink(p) }
+        }
+        for case let c? in conns where !c.closing {
+            c.closeAfterResponse = true
+            if c.active == nil {
+                if c.sendInFlight || c.sendOffset < c.sendLength || !c.queued.isEmpty { c.closeAfterFlush = true; flush(c) }
+                else { closeConnection(c) }
+            }
+        }
+    }
+
+    private func onTick() {
+        let t = now()
+        if draining && t >= drainDeadline {
+            for case let c? in conns where !c.closing {
+                if c.active != nil { config.log("grace period over: cancelling request \(c.active?.id ?? 0)") }
+                clientGone(c)
+            }
+            return
+        }
+        for case let c? in conns where !c.closing && c.deadline != 0 && t >= c.deadline {
+            switch c.deadlineKind {
+            case .linger:
+                closeConnection(c)
+            case .idle:
+                closeConnection(c)
+            case .idleFirst, .request:
+                // Slow or silent client: 408, then close.
+                c.deadline = 0
+                sendError(c, status: 408, message: "request not received in time", code: "request_timeout", close: true)
+            case .none:
+                break
+            }
+        }
+    }
+
+    // MARK: requests
+
+    private func processInput(_ c: Connection) {
+        while c.active == nil && !c.closing && !c.closeAfterFlush && !c.lingering {
+            if c.input.isEmpty {
+                c.deadline = now() + nanos(config.idleTimeout)
+                if c.deadlineKind != .idleFirst { c.deadlineKind = .idle }
+                return
+            }
+            let result = c.input.withUnsafeBytes { c.parser.parse($0) }
+            switch result {
+            case .incomplete:
+                if c.deadlineKind != .request {
+                    c.deadlineKind = .request
+                    c.deadline = now() + nanos(config.requestTimeout)
+                }
+                if let h = c.parser.head, h.expectContinue, !c.sentContinue {
+                    c.sentContinue = true
+                    enqueue(c, Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+                }
+                return
+            case .failure(let e):
+                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                            labels: [("route", "invalid"), ("status", String(e.status))])
+                sendError(c, status: e.status, message: e.message, code: e.code, close: true, count: false)
+                return
+            case .complete(let req, let consumed):
+                c.input.removeFirst(consumed)
+                c.parser.reset()
+                c.sentContinue = false
+                c.deadline = 0
+                c.deadlineKind = .none
+                c.keepAlive = req.head.keepAlive && !c.closeAfterResponse
+                c.http10 = req.head.versionMinor == 0
+                handleRequest(c, req)
+            }
+        }
+    }
+
+    private func sendError(_ c: Connection, status: Int, message: String, type: String? = nil, param: String? = nil,
+                           code: String, close: Bool, route: String = "invalid", worker: Int? = nil,
+                           extra: [(String, String)] = [], count: Bool = true) {
+        let body = ResponseWriter.errorBody(message: message, type: type ?? ResponseWriter.errorType(for: status),
+                                            param: param, code: code)
+        let keep = !close && c.keepAlive
+        scratch.removeAll(keepingCapacity: true)
+        ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
+                            worker: worker, extra: extra)
+        if count {
+            metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                        labels: [("route", route), ("status", String(status))])
+        }
+        if !keep {
+            c.closeAfterFlush = true
+            c.deadline = now() + nanos(config.requestTimeout)
+            c.deadlineKind = .linger
+        }
+        enqueue(c, scratch)
+    }
+
+    private func sendJSON(_ c: Connection, status: Int = 200, body: [UInt8], route: String, worker: Int? = nil,
+                          contentType: String = "application/json") {
+        scratch.removeAll(keepingCapacity: true)
+        ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
+                            worker: worker)
+        metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                    labels: [("route", route), ("status", String(status))])
+        if !c.keepAlive { c.closeAfterFlush = true }
+        enqueue(c, scratch)
+    }
+
+    private static let routes: [String: (method: String, route: String)] = [
+        "/v1/chat/completions": ("POST", "chat_completions"),
+        "/v1/completions": ("POST", "completions"),
+        "/v1/models": ("GET", "models"),
+        "/health": ("GET", "health"),
+        "/metrics": ("GET", "metrics"),
+        "/tokenize": ("POST", "tokenize"),
+        "/detokenize": ("POST", "detokenize"),
+    ]
+
+    private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
+        let path = String(req.head.path)
+        guard let r = Self.routes[path] else {
+            sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
+            return
+        }
+        if req.head.method != r.method {
+            sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
+                      close: false, route: r.route, extra: [("Allow", r.method)])
+            return
+        }
+        switch r.route {
+        case "health":
+            let h = backend.health()
+            if h.ready {
+                sendJSON(c, body: Array("{\"status\":\"ok\"}".utf8), route: "health")
+            } else {
+                sendJSON(c, status: 503, body: Array("{\"status\":\"loading\",\"workers_ready\":\(h.workersReady),\"workers_total\":\(h.workersTotal)}".utf8), route: "health")
+            }
+        case "models":
+            var w = JSONWriter()
+            w.raw("{\"object\":\"list\",\"data\":[")
+            let ids = backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs
+            for (k, id) in ids.enumerated() {
+                if k > 0 { w.raw(",") }
+                w.raw("{\"id\":"); w.string(id); w.raw(",\"object\":\"model\",\"created\":0,\"owned_by\":\"switchyard\"}")
+            }
+            w.raw("]}")
+            sendJSON(c, body: w.bytes, route: "models")
+        case "metrics":
+            backend.collectMetrics(into: metrics)
+            metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
+            sendJSON(c, body: Array(metrics.render().utf8), route: "metrics", contentType: "text/plain; version=0.0.4")
+        case "chat_completions", "completions":
+            let kind: RouteKind = r.route == "chat_completions" ? .chatCompletions : .completions
+            let id = nextRequestID
+            do {
+                let api = try APIDecoder.decodeGeneration(kind: kind, body: req.body, id: id,
+                                                          sessionHeader: req.head.header("x-session-id"), peer: c.peer)
+                nextRequestID += 1
+                admit(c, route: r.route, id: id, admission: backend.submit(api), stream: api.stream,
+                      includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation)
+            } catch {
+                sendError(c, status: error.status, message: error.message, type: error.type, param: error.param,
+                          code: error.code, close: false, route: r.route)
+            }
+        case "tokenize":
+            do {
+                let t = try APIDecoder.decodeTokenize(req.body)
+                let id = nextRequestID; nextRequestID += 1
+                admit(c, route: "tokenize", id: id,
+                      admission: backend.tokenize(requestID: id, content: t.content, addSpecial: t.addSpecial, parseSpecial: t.parseSpecial),
+                      stream: false, includeUsage: false, model: nil, chat: false, kind: .tokenize)
+            } catch {
+                sendError(c, status: error.status, message: error.message, param: error.param, code: error.code, close: false, route: "tokenize")
+            }
+        case "detokenize":
+            do {
+                let toks = try APIDecoder.decodeDetokenize(req.body)
+                let id = nextRequestID; nextRequestID += 1
+                admit(c, route: "detokenize", id: id, admission: backend.detokenize(requestID: id, tokens: toks),
+                      stream: false, includeUsage: false, model: nil, chat: false, kind: .detokenize)
+            } catch {
+                sendError(c, status: error.status, message: error.message, param: error.param, code: error.code, close: false, route: "detokenize")
+            }
+        default:
+            sendError(c, status: 404, message: "no route for \(path)", code: "not_found", close: false, route: "unknown")
+        }
+    }
+
+    private func admit(_ c: Connection, route: String, id: UInt64, admission: Admission, stream: Bool,
+                       includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind) {
+        switch admission {
+        case .admitted(let worker):
+            let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
+            let ident = CompletionIdentity(id: (chat ? "chatcmpl-" : "cmpl-") + String(id), created: Int(time(nil)),
+                                           model: modelName, chat: chat)
+            c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
+                                     includeUsage: includeUsage, identity: ident, start: now(),
+                                     http10: c.http10)
+            owners[id] = (c.slot, c.gen)
+            updateInFlight()
+        case .overloaded(let retry):
+            sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
+                      route: route, extra: [("Retry-After", String(max(1, retry)))])
+        case .notReady(let reason):
+            sendError(c, status: 503, message: "not ready: \(reason)", code: "not_ready", close: false, route: route,
+                      extra: [("Retry-After", "1")])
+        }
+    }
+
+    private func updateInFlight() {
+        metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
+    }
+
+    // MARK: backend events
+
+    private func onEvent(_ e: BackendEvent) {
+        guard let o = owners[e.requestID], let c = connection(o.slot, o.gen), !c.closing, var a = c.active,
+              a.id == e.requestID else { return }
+        let t = now()
+        switch e {
+        case .delta(_, let text):
+            if a.firstTokenAt == 0 {
+                a.firstTokenAt = t
+                metrics.observe(MetricsRegistry.ttft, help: "Time from admission to the first generated text",
+                                Double(t - a.start) / 1e9)
+            } else {
+                metrics.observe(MetricsRegistry.interToken, help: "Time between consecutive text deltas",
+                                Double(t - a.lastTokenAt) / 1e9)
+            }
+            a.lastTokenAt = t
+            if a.stream {
+                var out: [UInt8] = []
+                if !a.headersSent { startStream(c, &a, &out) }
+                let payload = OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil)
+                frame(a, &out, payload)
+                c.active = a
+                enqueue(c, out)
+            } else {
+                a.text += text
+                c.active = a
+            }
+        case .final(_, let finish, let usage):
+            metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
+            if a.stream {
+                var out: [UInt8] = []
+                if !a.headersSent { startStream(c, &a, &out) }
+                frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish))
+                if a.includeUsage { frame(a, &out, OpenAIEncoder.usageChunk(a.identity, usage)) }
+                frame(a, &out, ResponseWriter.done)
+                if !a.http10 { out += ResponseWriter.lastChunk }
+                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                            labels: [("route", a.route), ("status", "200")])
+                finishRequest(c, a, out)
+            } else {
+                let body = OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage)
+                finishWithJSON(c, a, body)
+            }
+        case .error(_, let message):
+            if a.headersSent {
+                var out: [UInt8] = []
+                frame(a, &out, OpenAIEncoder.streamError(message: message))
+                frame(a, &out, ResponseWriter.done)
+                if !a.http10 { out += ResponseWriter.lastChunk }
+                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                            labels: [("route", a.route), ("status", "200")])
+                finishRequest(c, a, out)
+            } else {
+                owners[a.id] = nil
+                c.active = nil
+                updateInFlight()
+                sendError(c, status: 503, message: message, code: "worker_error", close: false, route: a.route, worker: a.worker)
+                processInput(c)
+            }
+        case .tokens(_, let tokens):
+            var w = JSONWriter()
+            w.raw("{\"tokens\":[")
+            for (k, t) in tokens.enumerated() { if k > 0 { w.raw(",") }; w.int(Int(t)) }
+            w.raw("]}")
+            finishWithJSON(c, a, w.bytes)
+        case .text(_, let content):
+            var w = JSONWriter()
+            w.raw("{\"content\":"); w.string(content); w.raw("}")
+            finishWithJSON(c, a, w.bytes)
+        }
+    }
+
+    /// Appends a piece of a streamed body: an HTTP/1.1 chunk, or raw bytes for HTTP/1.0 (whose stream is
+    /// delimited by closing the connection).
+    private func frame(_ a: ActiveRequest, _ out: inout [UInt8], _ payload: [UInt8]) {
+        if a.http10 { out += payload } else { ResponseWriter.chunk(&out, payload) }
+    }
+
+    private func startStream(_ c: Connection, _ a: inout ActiveRequest, _ out: inout [UInt8]) {
+        a.headersSent = true
+        if a.http10 { c.keepAlive = false }
+        ResponseWriter.head(&out, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
+                            keepAlive: c.keepAlive, worker: a.worker, extra: [("Cache-Control", "no-cache")])
+        if a.identity.chat {
+            frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil))
+        }
+    }
+
+    private func finishWithJSON(_ c: Connection, _ a: ActiveRequest, _ body: [UInt8]) {
+        var out: [UInt8] = []
+        ResponseWriter.full(&out, status: 200, contentType: "application/json", body: body, keepAlive: c.keepAlive,
+                            worker: a.worker)
+        metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
+                    labels: [("route", a.route), ("status", "200")])
+        finishRequest(c, a, out)
+    }
+
+    private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: [UInt8]) {
+        owners[a.id] = nil
+        c.active = nil
+        updateInFlight()
+        if !c.keepAlive || c.closeAfterResponse { c.keepAlive = false; c.closeAfterFlush = true }
+        enqueue(c, out)
+        if !c.closing { processInput(c) }
+    }
+
+    // MARK: time
+
+    private func now() -> UInt64 {
+        var ts = Glibc.timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    private func nanos(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds) * 1e9) }
+}
+
+/// One admitted request on a connection (at most one at a time; pipelined requests wait in `input`).
+struct ActiveRequest {
+    enum Kind { case generation, tokenize, detokenize }
+    var id: UInt64
+    var kind: Kind
+    var route: String
+    var worker: Int
+    var stream: Bool
+    var includeUsage: Bool
+    var identity: CompletionIdentity
+    var start: UInt64
+    var http10: Bool
+    var headersSent = false
+    var text = ""
+    var firstTokenAt: UInt64 = 0
+    var lastTokenAt: UInt64 = 0
+}
+
+final class Connection {
+    enum Deadline { case none, idleFirst, idle, request, linger }
+
+    var fd: Int32
+    let slot: Int
+    let gen: UInt32
+    let peer: PeerIdentity
+    var parser: HTTPRequestParser
+    /// Unconsumed input, starting at the first byte of the request being parsed.
+    var input: [UInt8] = []
+    var sentContinue = false
+    var keepAlive = true
+    /// The current request is HTTP/1.0: streams are sent unchunked and end with the connection.
+    var http10 = false
+    var active: ActiveRequest?
+
+    // Output: the kernel may read sendBuf[sendOffset..<sendLength] while sendInFlight; new output goes to
+    // `queued` and moves into sendBuf only when sendBuf is fully sent.
+    var sendBuf: UnsafeMutableRawPointer
+    var sendCapacity: Int
+    var sendOffset = 0
+    var sendLength = 0
+    var queued: [UInt8] = []
+    var sendInFlight = false
+    var recvArmed = false
+
+    var closing = false
+    var closeAfterFlush = false
+    var closeAfterResponse = false
+    var lingering = false
+    var deadline: UInt64 = 0
+    var deadlineKind = Deadline.none
+
+    init(fd: Int32, slot: Int, gen: UInt32, limits: HTTPLimits, peer: PeerIdentity) {
+        self.fd = fd
+        self.slot = slot
+        self.gen = gen
+        self.peer = peer
+        self.parser = HTTPRequestParser(limits: limits)
+        sendCapacity = 4096
+        sendBuf = UnsafeMutableRawPointer.allocate(byteCount: sendCapacity, alignment: 16)
+    }
+
+    deinit { sendBuf.deallocate() }
+
+    /// Moves `queued` into the (idle) send buffer.
+    func takeQueued() {
+        if queued.count > sendCapacity {
+            sendBuf.deallocate()
+            sendCapacity = max(queued.count, sendCapacity * 2)
+            sendBuf = UnsafeMutableRawPointer.allocate(byteCount: sendCapacity, alignment: 16)
+        }
+        queued.withUnsafeBytes { sendBuf.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        sendOffset = 0
+        sendLength = queued.count
+        queued.removeAll(keepingCapacity: true)
+    }
+}

@@ -1,0 +1,465 @@
+// HTTP/1.1 request parser: strict, incremental, Foundation-free (it is also compiled into the fuzz target).
+//
+// The connection keeps every unconsumed byte of its input contiguously, starting at the first byte of the
+// current request. Each time bytes arrive it calls `parse(_:)` with that whole window; the parser remembers how
+// far it has scanned (so a slow client costs O(n) overall, not O(n²)) and answers:
+//   .incomplete           more bytes are needed (`head` is set once the header block is complete)
+//   .complete(req, n)     one full request; its first n bytes of the window are consumed (pipelined bytes after
+//                         it belong to the next request: the caller drops n bytes and calls `reset()`)
+//   .failure(error)       the request is malformed or over a limit; the caller answers error.status and closes.
+// The window must only ever grow between calls (the same prefix plus new bytes) until `reset()`.
+
+/// Explicit limits; every one of them maps to a 4xx.
+public struct HTTPLimits: Sendable, Equatable {
+    /// Request line + headers + final CRLF (and, separately, a chunked body's trailers) → 431 above this.
+    public var maxHeaderBytes: Int = 16 * 1024
+    /// Decoded body size → 413 above this.
+    public var maxBodyBytes: Int = 1 << 20
+    /// Number of header fields → 431 above this.
+    public var maxHeaderCount: Int = 128
+    public init(maxHeaderBytes: Int = 16 * 1024, maxBodyBytes: Int = 1 << 20, maxHeaderCount: Int = 128) {
+        self.maxHeaderBytes = maxHeaderBytes
+        self.maxBodyBytes = maxBodyBytes
+        self.maxHeaderCount = maxHeaderCount
+    }
+}
+
+/// Why a request was refused. `status` is the HTTP status to answer with (always 4xx or 505).
+public enum HTTPParseError: Error, Equatable, Sendable {
+    case malformedRequestLine
+    case unsupportedVersion
+    case malformedHeader
+    case obsoleteLineFolding
+    case headersTooLarge
+    case tooManyHeaders
+    case invalidContentLength
+    case conflictingContentLength
+    case contentLengthWithTransferEncoding
+    case unsupportedTransferEncoding
+    case chunkedRequiresHTTP11
+    case malformedChunk
+    case bodyTooLarge
+    case unsupportedExpectation
+
+    public var status: Int {
+        switch self {
+        case .headersTooLarge, .tooManyHeaders: return 431
+        case .bodyTooLarge: return 413
+        case .unsupportedVersion: return 505
+        case .unsupportedExpectation: return 417
+        case .unsupportedTransferEncoding: return 411   // only `chunked` is understood: ask for a length
+        default: return 400
+        }
+    }
+
+    public var code: String {
+        switch self {
+        case .malformedRequestLine: return "malformed_request_line"
+        case .unsupportedVersion: return "http_version_not_supported"
+        case .malformedHeader: return "malformed_header"
+        case .obsoleteLineFolding: return "obsolete_line_folding"
+        case .headersTooLarge: return "headers_too_large"
+        case .tooManyHeaders: return "too_many_headers"
+        case .invalidContentLength: return "invalid_content_length"
+        case .conflictingContentLength: return "conflicting_content_length"
+        case .contentLengthWithTransferEncoding: return "content_length_with_transfer_encoding"
+        case .unsupportedTransferEncoding: return "length_required"
+        case .chunkedRequiresHTTP11: return "chunked_requires_http11"
+        case .malformedChunk: return "malformed_chunk"
+        case .bodyTooLarge: return "body_too_large"
+        case .unsupportedExpectation: return "expectation_failed"
+        }
+    }
+
+    public var message: String {
+        switch self {
+        case .malformedRequestLine: return "malformed HTTP request line"
+        case .unsupportedVersion: return "only HTTP/1.0 and HTTP/1.1 are supported"
+        case .malformedHeader: return "malformed HTTP header field"
+        case .obsoleteLineFolding: return "obsolete header line folding is not accepted"
+        case .headersTooLarge: return "request headers exceed the size limit"
+        case .tooManyHeaders: return "too many request header fields"
+        case .invalidContentLength: return "invalid Content-Length"
+        case .conflictingContentLength: return "conflicting Content-Length headers"
+        case .contentLengthWithTransferEncoding: return "both Content-Length and Transfer-Encoding are present"
+        case .unsupportedTransferEncoding: return "unsupported Transfer-Encoding (only chunked); send Content-Length"
+        case .chunkedRequiresHTTP11: return "chunked transfer coding requires HTTP/1.1"
+        case .malformedChunk: return "malformed chunked body"
+        case .bodyTooLarge: return "request body exceeds the size limit"
+        case .unsupportedExpectation: return "unsupported Expect header (only 100-continue)"
+        }
+    }
+}
+
+public struct HTTPHeader: Sendable, Equatable {
+    /// Lower-cased field name.
+    public var name: String
+    /// Field value with surrounding whitespace removed.
+    public var value: String
+}
+
+public struct HTTPRequestHead: Sendable, Equatable {
+    public var method: String
+    public var target: String
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    public var versionMinor: Int
+    public var headers: [HTTPHeader]
+    public var keepAlive: Bool
+    public var expectContinue: Bool
+    /// Declared Content-Length (0 when absent or chunked).
+    public var contentLength: Int
+    public var chunked: Bool
+
+    /// First value of the header with this lower-case name.
+    public func header(_ lowercasedName: String) -> String? {
+        for h in headers where h.name == lowercasedName { return h.value }
+        return nil
+    }
+
+    /// Path without the query string.
+    public var path: Substring {
+        if let q = target.firstIndex(of: "?") { return target[..<q] }
+        return target[...]
+    }
+}
+
+public struct HTTPRequest: Sendable, Equatable {
+    public var head: HTTPRequestHead
+    public var body: [UInt8]
+}
+
+public enum HTTPParseResult: Equatable, Sendable {
+    case incomplete
+    case complete(HTTPRequest, consumed: Int)
+    case failure(HTTPParseError)
+}
+
+public struct HTTPRequestParser: Sendable {
+    public let limits: HTTPLimits
+    /// Set once the header block has been parsed (lets the caller answer `Expect: 100-continue`).
+    public private(set) var head: HTTPRequestHead?
+
+    /// Offset where the search for the end of the header block resumes.
+    private var scanned = 0
+    /// Offset of the first body byte (valid once head != nil).
+    private var bodyStart = 0
+    // Chunked decoding state: `pos` is the next undecoded byte of the window.
+    private enum ChunkState: Sendable { case size, data(remaining: Int), dataEnd, trailers }
+    private var chunkState = ChunkState.size
+    private var pos = 0
+    private var trailerBytes = 0
+    private var body: [UInt8] = []
+
+    public init(limits: HTTPLimits = HTTPLimits()) { self.limits = limits }
+
+    public mutating func reset() {
+        head = nil
+        scanned = 0
+        bodyStart = 0
+        chunkState = .size
+        pos = 0
+        trailerBytes = 0
+        body = []
+    }
+
+    public mutating func parse(_ buf: UnsafeRawBufferPointer) -> HTTPParseResult {
+        if head == nil {
+            // Find CRLF CRLF. Bytes before `scanned` held no terminator; back up 3 bytes to catch a split one.
+            let n = buf.count
+            var i = max(0, scanned - 3)
+            var end = -1
+            while i + 3 < n {
+                let c = buf[i]
+                if c == 13 {
+                    if buf[i + 1] != 10 { return .failure(.malformedHeader) }   // bare CR
+                    if buf[i + 2] == 13 && buf[i + 3] == 10 { end = i + 4; break }
+                } else if c == 10 && (i == 0 || buf[i - 1] != 13) {
+                    return .failure(.malformedHeader)                          // bare LF
+                }
+                i += 1
+            }
+            if end < 0 {
+                scanned = n
+                if n > limits.maxHeaderBytes { return .failure(.headersTooLarge) }
+                // A request line that can never become valid fails early (e.g. binary garbage).
+                if let e = Self.earlyCheck(buf) { return .failure(e) }
+                return .incomplete
+            }
+            if end > limits.maxHeaderBytes { return .failure(.headersTooLarge) }
+            switch Self.parseHead(UnsafeRawBufferPointer(rebasing: buf[0..<end]), limits: limits) {
+            case .failure(let e): return .failure(e)
+            case .success(let h):
+                head = h
+                bodyStart = end
+                pos = end
+            }
+        }
+        guard let h = head else { return .incomplete }
+        if h.chunked { return parseChunked(buf, head: h) }
+        let total = bodyStart + h.contentLength
+        if buf.count < total { return .incomplete }
+        let bodyBytes = Array(UnsafeRawBufferPointer(rebasing: buf[bodyStart..<total]))
+        return .complete(HTTPRequest(head: h, body: bodyBytes), consumed: total)
+    }
+
+    // MARK: chunked bodies
+
+    private mutating func parseChunked(_ buf: UnsafeRawBufferPointer, head h: HTTPRequestHead) -> HTTPParseResult {
+        let n = buf.count
+        while true {
+            switch chunkState {
+            case .size:
+                // chunk-size [ ; ext ] CRLF; the line is bounded so a client cannot stream an endless one.
+                let lineEnd: Int
+                switch Self.lineEnd(buf, from: pos, limit: 1024) {
+                case .found(let e): lineEnd = e
+                case .invalid: return .failure(.malformedChunk)
+                case .notYet:
+                    if n - pos > 1024 { return .failure(.malformedChunk) }
+                    return .incomplete
+                }
+                var size = 0
+                var i = pos
+                var digits = 0
+                while i < lineEnd, let d = Self.hexValue(buf[i]) {
+                    size = size * 16 + d
+                    digits += 1
+                    if digits > 8 { return .failure(.bodyTooLarge) }
+                    i += 1
+                }
+                if digits == 0 { return .failure(.malformedChunk) }
+                if i < lineEnd {
+                    // Only chunk extensions may follow: BWS ";" ...; their content is ignored but must be visible.
+                    while i < lineEnd && (buf[i] == 32 || buf[i] == 9) { i += 1 }
+                    if i >= lineEnd || buf[i] != 59 { return .failure(.malformedChunk) }
+                    for j in i..<lineEnd where !Self.isFieldValueByte(buf[j]) { return .failure(.malformedChunk) }
+                }
+                pos = lineEnd + 2
+                if size == 0 {
+                    chunkState = .trailers
+                } else {
+                    if body.count + size > limits.maxBodyBytes { return .failure(.bodyTooLarge) }
+                    chunkState = .data(remaining: size)
+                }
+            case .data(let remaining):
+                let avail = min(remaining, n - pos)
+                if avail > 0 {
+                    body.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[pos..<(pos + avail)]))
+                    pos += avail
+                }
+                if avail < remaining {
+                    chunkState = .data(remaining: remaining - avail)
+                    return .incomplete
+                }
+                chunkState = .dataEnd
+            case .dataEnd:
+                if n - pos < 2 { return .incomplete }
+                if buf[pos] != 13 || buf[pos + 1] != 10 { return .failure(.malformedChunk) }
+                pos += 2
+                chunkState = .size
+            case .trailers:
+                // Trailer fields until an empty line; they are validated and dropped.
+                let lineEnd: Int
+                switch Self.lineEnd(buf, from: pos, limit: limits.maxHeaderBytes) {
+                case .found(let e): lineEnd = e
+                case .invalid: return .failure(.malformedChunk)
+                case .notYet:
+                    if n - pos + trailerBytes > limits.maxHeaderBytes { return .failure(.headersTooLarge) }
+                    return .incomplete
+                }
+                trailerBytes += lineEnd + 2 - pos
+                if trailerBytes > limits.maxHeaderBytes { return .failure(.headersTooLarge) }
+                if lineEnd == pos {
+                    let consumed = pos + 2
+                    let req = HTTPRequest(head: h, body: body)
+                    return .complete(req, consumed: consumed)
+                }
+                if Self.parseHeaderLine(UnsafeRawBufferPointer(rebasing: buf[pos..<lineEnd])) == nil {
+                    return .failure(.malformedHeader)
+                }
+                pos = lineEnd + 2
+            }
+        }
+    }
+
+    // MARK: header block
+
+    private enum HeadResult { case success(HTTPRequestHead), failure(HTTPParseError) }
+
+    /// Parses a complete header block (ending with CRLF CRLF).
+    private static func parseHead(_ b: UnsafeRawBufferPointer, limits: HTTPLimits) -> HeadResult {
+        guard let lineEnd = findCRLF(b, from: 0, limit: b.count) else { return .failure(.malformedRequestLine) }
+        // request-line = method SP request-target SP HTTP-version
+        var i = 0
+        while i < lineEnd && isTokenByte(b[i]) { i += 1 }
+        if i == 0 || i >= lineEnd || b[i] != 32 { return .failure(.malformedRequestLine) }
+        let method = string(b, 0, i)
+        i += 1
+        let targetStart = i
+        while i < lineEnd && b[i] > 32 && b[i] < 127 { i += 1 }
+        if i == targetStart || i >= lineEnd || b[i] != 32 { return .failure(.malformedRequestLine) }
+        let target = string(b, targetStart, i)
+        i += 1
+        // "HTTP/" DIGIT "." DIGIT
+        if lineEnd - i != 8 { return .failure(.malformedRequestLine) }
+        let httpSlash: [UInt8] = [72, 84, 84, 80, 47]
+        for k in 0..<5 where b[i + k] != httpSlash[k] { return .failure(.malformedRequestLine) }
+        let major = b[i + 5], dot = b[i + 6], minor = b[i + 7]
+        guard isDigit(major), dot == 46, isDigit(minor) else { return .failure(.malformedRequestLine) }
+        if major != 49 || (minor != 48 && minor != 49) { return .failure(.unsupportedVersion) }
+        let versionMinor = Int(minor - 48)
+
+        var headers: [HTTPHeader] = []
+        var p = lineEnd + 2
+        let end = b.count - 2   // the final empty line
+        while p < end {
+            guard let le = findCRLF(b, from: p, limit: b.count) else { return .failure(.malformedHeader) }
+            if b[p] == 32 || b[p] == 9 { return .failure(.obsoleteLineFolding) }
+            guard let field = parseHeaderLine(UnsafeRawBufferPointer(rebasing: b[p..<le])) else {
+                return .failure(.malformedHeader)
+            }
+            headers.append(field)
+            if headers.count > limits.maxHeaderCount { return .failure(.tooManyHeaders) }
+            p = le + 2
+        }
+
+        var keepAlive = versionMinor == 1
+        var expectContinue = false
+        var contentLength: Int? = nil
+        var chunked = false
+        var sawTransferEncoding = false
+        for h in headers {
+            switch h.name {
+            case "content-length":
+                guard let v = parseContentLength(h.value) else { return .failure(.invalidContentLength) }
+                if let prev = contentLength, prev != v { return .failure(.conflictingContentLength) }
+                contentLength = v
+            case "transfer-encoding":
+                if sawTransferEncoding { return .failure(.unsupportedTransferEncoding) }
+                sawTransferEncoding = true
+                if lowercased(h.value) != "chunked" { return .failure(.unsupportedTransferEncoding) }
+                chunked = true
+            case "connection":
+                for token in h.value.split(separator: ",") {
+                    let t = lowercased(String(token).trimmingSpaces())
+                    if t == "close" { keepAlive = false } else if t == "keep-alive" { keepAlive = true }
+                }
+            case "expect":
+                if lowercased(h.value) != "100-continue" { return .failure(.unsupportedExpectation) }
+                // HTTP/1.0 clients do not know 100 Continue (RFC 9110 §10.1.1): ignore it for them.
+                expectContinue = versionMinor == 1
+            default:
+                break
+            }
+        }
+        if chunked && contentLength != nil { return .failure(.contentLengthWithTransferEncoding) }
+        if chunked && versionMinor == 0 { return .failure(.chunkedRequiresHTTP11) }
+        let length = contentLength ?? 0
+        if length > limits.maxBodyBytes { return .failure(.bodyTooLarge) }
+        if length == 0 && !chunked { expectContinue = false }
+        return .success(HTTPRequestHead(
+            method: method, target: target, versionMinor: versionMinor, headers: headers,
+            keepAlive: keepAlive, expectContinue: expectContinue, contentLength: length, chunked: chunked))
+    }
+
+    /// field-line = field-name ":" OWS field-value OWS  (no whitespace before the colon).
+    private static func parseHeaderLine(_ b: UnsafeRawBufferPointer) -> HTTPHeader? {
+        var i = 0
+        while i < b.count && isTokenByte(b[i]) { i += 1 }
+        if i == 0 || i >= b.count || b[i] != 58 { return nil }
+        let name = lowercased(string(b, 0, i))
+        var s = i + 1
+        var e = b.count
+        while s < e && (b[s] == 32 || b[s] == 9) { s += 1 }
+        while e > s && (b[e - 1] == 32 || b[e - 1] == 9) { e -= 1 }
+        for k in s..<e where !isFieldValueByte(b[k]) { return nil }
+        return HTTPHeader(name: name, value: string(b, s, e))
+    }
+
+    /// 1*DIGIT, at most 15 digits (far above any limit, far below overflow).
+    private static func parseContentLength(_ s: String) -> Int? {
+        let u = Array(s.utf8)
+        if u.isEmpty || u.count > 15 { return nil }
+        var v = 0
+        for c in u {
+            guard isDigit(c) else { return nil }
+            v = v * 10 + Int(c - 48)
+        }
+        return v
+    }
+
+    /// Rejects a window whose request line is already invalid before the header block is complete.
+    private static func earlyCheck(_ b: UnsafeRawBufferPointer) -> HTTPParseError? {
+        var i = 0
+        while i < b.count && isTokenByte(b[i]) { i += 1 }
+        if i < b.count && (b[i] != 32 || i == 0) { return .malformedRequestLine }
+        return nil
+    }
+
+    enum LineEnd { case found(Int), notYet, invalid }
+
+    /// The offset of the next CRLF at or after `from`, scanning at most limit + 2 bytes.
+    /// A bare CR or LF makes the line invalid (strict: only CRLF ends a line).
+    static func lineEnd(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> LineEnd {
+        var i = from
+        let end = min(b.count, from + limit + 2)
+        while i < end {
+            if b[i] == 10 { return .invalid }
+            if b[i] == 13 {
+                if i + 1 >= b.count { return .notYet }
+                return b[i + 1] == 10 ? .found(i) : .invalid
+            }
+            i += 1
+        }
+        return .notYet
+    }
+
+    static func findCRLF(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
+        if case .found(let i) = lineEnd(b, from: from, limit: limit) { return i }
+        return nil
+    }
+
+    static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+
+    static func hexValue(_ c: UInt8) -> Int? {
+        switch c {
+        case 48...57: return Int(c - 48)
+        case 65...70: return Int(c - 55)
+        case 97...102: return Int(c - 87)
+        default: return nil
+        }
+    }
+
+    /// tchar (RFC 9110 §5.6.2).
+    static func isTokenByte(_ c: UInt8) -> Bool {
+        switch c {
+        case 48...57, 65...90, 97...122: return true
+        case 33, 35, 36, 37, 38, 39, 42, 43, 45, 46, 94, 95, 96, 124, 126: return true
+        default: return false
+        }
+    }
+
+    /// VCHAR, SP, HTAB or obs-text.
+    static func isFieldValueByte(_ c: UInt8) -> Bool { c == 9 || (c >= 32 && c != 127) }
+
+    static func string(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int) -> String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: b[s..<e]), as: UTF8.self)
+    }
+
+    static func lowercased(_ s: String) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity(s.utf8.count)
+        for c in s.utf8 { out.append(c >= 65 && c <= 90 ? c + 32 : c) }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension String {
+    /// Without leading and trailing spaces/tabs (Foundation-free).
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,279 @@
+// A small strict JSON reader and writer (RFC 8259), Foundation-free so it can be fuzzed with the parser.
+// Limits: nesting depth ≤ 64; input size is bounded by the HTTP body limit. Duplicate object keys are refused
+// (they make "which value wins" ambiguous). Numbers keep their integer value when they have one.
+
+public enum JSONValue: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    /// `integer` is set when the literal has no fraction/exponent and fits in Int64.
+    case number(Double, integer: Int64?)
+    case string(String)
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    public static func == (a: JSONValue, b: JSONValue) -> Bool {
+        switch (a, b) {
+        case (.null, .null): return true
+        case (.bool(let x), .bool(let y)): return x == y
+        case (.number(let x, _), .number(let y, _)): return x == y
+        case (.string(let x), .string(let y)): return x == y
+        case (.array(let x), .array(let y)): return x == y
+        case (.object(let x), .object(let y)):
+            return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        default: return false
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let fields) = self { for (k, v) in fields where k == key { return v } }
+        return nil
+    }
+
+    /// Name of the JSON type, for error messages.
+    public var typeName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "boolean"
+        case .number: return "number"
+        case .string: return "string"
+        case .array: return "array"
+        case .object: return "object"
+        }
+    }
+}
+
+public struct JSONError: Error, Equatable, Sendable {
+    public var message: String
+    public var offset: Int
+}
+
+public enum JSON {
+    public static let maxDepth = 64
+
+    public static func parse(_ bytes: [UInt8]) throws(JSONError) -> JSONValue {
+        try bytes.withUnsafeBufferPointer { (b) throws(JSONError) -> JSONValue in
+            var r = Reader(b: b)
+            r.skipWS()
+            let v = try r.value(depth: 0)
+            r.skipWS()
+            if r.i != b.count { throw JSONError(message: "unexpected data after the JSON value", offset: r.i) }
+            return v
+        }
+    }
+
+    private struct Reader {
+        let b: UnsafeBufferPointer<UInt8>
+        var i = 0
+
+        func fail(_ m: String) -> JSONError { JSONError(message: m, offset: i) }
+
+        mutating func skipWS() {
+            while i < b.count, b[i] == 32 || b[i] == 9 || b[i] == 10 || b[i] == 13 { i += 1 }
+        }
+
+        mutating func value(depth: Int) throws(JSONError) -> JSONValue {
+            guard i < b.count else { throw fail("unexpected end of JSON") }
+            switch b[i] {
+            case 123: // {
+                if depth >= JSON.maxDepth { throw fail("JSON nested too deeply") }
+                i += 1
+                var fields: [(String, JSONValue)] = []
+                // Duplicate-key check: linear for small objects, a set once an object grows (bounded cost).
+                var seen: Set<String>? = nil
+                skipWS()
+                if i < b.count && b[i] == 125 { i += 1; return .object(fields) }
+                while true {
+                    skipWS()
+                    guard i < b.count, b[i] == 34 else { throw fail("expected a string key") }
+                    let k = try string()
+                    if seen == nil && fields.count >= 16 { seen = Set(fields.map { $0.0 }) }
+                    if seen != nil {
+                        if seen?.insert(k).inserted == false { throw fail("duplicate key \"\(k)\"") }
+                    } else {
+                        for (existing, _) in fields where existing == k { throw fail("duplicate key \"\(k)\"") }
+                    }
+                    skipWS()
+                    guard i < b.count, b[i] == 58 else { throw fail("expected ':'") }
+                    i += 1
+                    skipWS()
+                    fields.append((k, try value(depth: depth + 1)))
+                    skipWS()
+                    guard i < b.count else { throw fail("unexpected end of JSON") }
+                    if b[i] == 44 { i += 1; continue }
+                    if b[i] == 125 { i += 1; return .object(fields) }
+                    throw fail("expected ',' or '}'")
+                }
+            case 91: // [
+                if depth >= JSON.maxDepth { throw fail("JSON nested too deeply") }
+                i += 1
+                var items: [JSONValue] = []
+                skipWS()
+                if i < b.count && b[i] == 93 { i += 1; return .array(items) }
+                while true {
+                    skipWS()
+                    items.append(try value(depth: depth + 1))
+                    skipWS()
+                    guard i < b.count else { throw fail("unexpected end of JSON") }
+                    if b[i] == 44 { i += 1; continue }
+                    if b[i] == 93 { i += 1; return .array(items) }
+                    throw fail("expected ',' or ']'")
+                }
+            case 34: return .string(try string())
+            case 116: try literal("true"); return .bool(true)
+            case 102: try literal("false"); return .bool(false)
+            case 110: try literal("null"); return .null
+            case 45, 48...57: return try number()
+            default: throw fail("unexpected character")
+            }
+        }
+
+        mutating func literal(_ word: StaticString) throws(JSONError) {
+            let n = word.utf8CodeUnitCount
+            guard i + n <= b.count else { throw fail("invalid literal") }
+            let p = word.utf8Start
+            for k in 0..<n where b[i + k] != p[k] { throw fail("invalid literal") }
+            i += n
+        }
+
+        mutating func number() throws(JSONError) -> JSONValue {
+            let start = i
+            var negative = false
+            if b[i] == 45 { negative = true; i += 1 }
+            guard i < b.count, b[i] >= 48 && b[i] <= 57 else { throw fail("invalid number") }
+            if b[i] == 48 {
+                i += 1
+                if i < b.count, b[i] >= 48 && b[i] <= 57 { throw fail("leading zeros are not allowed") }
+            } else {
+                while i < b.count, b[i] >= 48 && b[i] <= 57 { i += 1 }
+            }
+            var isInteger = true
+            if i < b.count && b[i] == 46 {
+                isInteger = false
+                i += 1
+                guard i < b.count, b[i] >= 48 && b[i] <= 57 else { throw fail("invalid number") }
+                while i < b.count, b[i] >= 48 && b[i] <= 57 { i += 1 }
+            }
+            if i < b.count && (b[i] == 101 || b[i] == 69) {
+                isInteger = false
+                i += 1
+                if i < b.count && (b[i] == 43 || b[i] == 45) { i += 1 }
+                guard i < b.count, b[i] >= 48 && b[i] <= 57 else { throw fail("invalid number") }
+                while i < b.count, b[i] >= 48 && b[i] <= 57 { i += 1 }
+            }
+            if i - start > 64 { throw fail("number literal too long") }
+            let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
+            guard let d = Double(text), d.isFinite else { throw fail("number out of range") }
+            var integer: Int64? = nil
+            if isInteger {
+                integer = Int64(text)   // nil when it does not fit
+                _ = negative
+            }
+            return .number(d, integer: integer)
+        }
+
+        mutating func hex4() throws(JSONError) -> UInt32 {
+            guard i + 4 <= b.count else { throw fail("invalid \\u escape") }
+            var v: UInt32 = 0
+            for _ in 0..<4 {
+                guard let d = HTTPRequestParser.hexValue(b[i]) else { throw fail("invalid \\u escape") }
+                v = v * 16 + UInt32(d)
+                i += 1
+            }
+            return v
+        }
+
+        mutating func string() throws(JSONError) -> String {
+            i += 1 // opening quote
+            var out: [UInt8] = []
+            while true {
+                guard i < b.count else { throw fail("unterminated string") }
+                let c = b[i]
+                if c == 34 { i += 1; break }
+                if c < 32 { throw fail("control character in string") }
+                if c != 92 { out.append(c); i += 1; continue }
+                i += 1
+                guard i < b.count else { throw fail("unterminated string") }
+                let e = b[i]
+                i += 1
+                switch e {
+                case 34: out.append(34)
+                case 92: out.append(92)
+                case 47: out.append(47)
+                case 98: out.append(8)
+                case 102: out.append(12)
+                case 110: out.append(10)
+                case 114: out.append(13)
+                case 116: out.append(9)
+                case 117:
+                    var scalar = try hex4()
+                    if scalar >= 0xD800 && scalar < 0xDC00 {
+                        guard i + 2 <= b.count, b[i] == 92, b[i + 1] == 117 else { throw fail("unpaired surrogate") }
+                        i += 2
+                        let low = try hex4()
+                        guard low >= 0xDC00 && low < 0xE000 else { throw fail("unpaired surrogate") }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    } else if scalar >= 0xDC00 && scalar < 0xE000 {
+                        throw fail("unpaired surrogate")
+                    }
+                    guard let u = Unicode.Scalar(scalar) else { throw fail("invalid code point") }
+                    out.append(contentsOf: String(Character(u)).utf8)
+                default: throw fail("invalid escape")
+                }
+            }
+            // Strict UTF-8: invalid sequences are refused rather than silently repaired.
+            guard let s = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+            return s
+        }
+    }
+}
+
+/// Appends JSON text to a byte array without intermediate Strings.
+public struct JSONWriter {
+    public var bytes: [UInt8] = []
+    public init() { bytes.reserveCapacity(256) }
+
+    public mutating func raw(_ s: StaticString) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+    public mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
+    public mutating func int(_ v: Int) { raw(String(v)) }
+    public mutating func double(_ v: Double) { raw(v.isFinite ? String(v) : "null") }
+
+    public mutating func string(_ s: String) {
+        bytes.append(34)
+        for c in s.utf8 {
+            switch c {
+            case 34: bytes.append(92); bytes.append(34)
+            case 92: bytes.append(92); bytes.append(92)
+            case 10: bytes.append(92); bytes.append(110)
+            case 13: bytes.append(92); bytes.append(114)
+            case 9: bytes.append(92); bytes.append(116)
+            case 0..<32:
+                let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                bytes.append(contentsOf: [92, 117, 48, 48, hex[Int(c >> 4)], hex[Int(c & 15)]])
+            default: bytes.append(c)
+            }
+        }
+        bytes.append(34)
+    }
+
+    public mutating func value(_ v: JSONValue) {
+        switch v {
+        case .null: raw("null")
+        case .bool(let b): raw(b ? "true" : "false")
+        case .number(let d, let i): if let i { raw(String(i)) } else { double(d) }
+        case .string(let s): string(s)
+        case .array(let a):
+            bytes.append(91)
+            for (k, x) in a.enumerated() { if k > 0 { bytes.append(44) }; value(x) }
+            bytes.append(93)
+        case .object(let o):
+            bytes.append(123)
+            for (k, (key, x)) in o.enumerated() {
+                if k > 0 { bytes.append(44) }
+                string(key); bytes.append(58); value(x)
+            }
+            bytes.append(125)
+        }
+    }
+}

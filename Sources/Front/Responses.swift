@@ -1,0 +1,156 @@
+// HTTP response and OpenAI response-body encoding. Everything is appended to byte arrays the caller reuses.
+
+enum HTTPStatus {
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 100: return "Continue"
+        case 200: return "OK"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 408: return "Request Timeout"
+        case 411: return "Length Required"
+        case 413: return "Content Too Large"
+        case 417: return "Expectation Failed"
+        case 431: return "Request Header Fields Too Large"
+        case 499: return "Client Closed Request"
+        case 500: return "Internal Server Error"
+        case 503: return "Service Unavailable"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Status"
+        }
+    }
+}
+
+enum ResponseWriter {
+    /// Status line and headers, ending with the empty line. `contentLength` nil + `chunked` false means the
+    /// body runs until the connection closes (HTTP/1.0 streams).
+    static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
+                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
+        out.append(contentsOf: "HTTP/1.1 \(status) \(HTTPStatus.reason(status))\r\n".utf8)
+        out.append(contentsOf: "Server: switchyard\r\n".utf8)
+        if let contentType { out.append(contentsOf: "Content-Type: \(contentType)\r\n".utf8) }
+        if let contentLength { out.append(contentsOf: "Content-Length: \(contentLength)\r\n".utf8) }
+        if chunked { out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8) }
+        out.append(contentsOf: (keepAlive ? "Connection: keep-alive\r\n" : "Connection: close\r\n").utf8)
+        if let worker { out.append(contentsOf: "X-Switchyard-Worker: \(worker)\r\n".utf8) }
+        for (k, v) in extra { out.append(contentsOf: "\(k): \(v)\r\n".utf8) }
+        out.append(contentsOf: "\r\n".utf8)
+    }
+
+    static func full(_ out: inout [UInt8], status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
+                     worker: Int?, extra: [(String, String)] = []) {
+        head(&out, status: status, contentType: contentType, contentLength: body.count, chunked: false,
+             keepAlive: keepAlive, worker: worker, extra: extra)
+        out.append(contentsOf: body)
+    }
+
+    /// {"error":{"message":…,"type":…,"param":…,"code":…}}
+    static func errorBody(message: String, type: String, param: String?, code: String) -> [UInt8] {
+        var w = JSONWriter()
+        w.raw("{\"error\":{\"message\":"); w.string(message)
+        w.raw(",\"type\":"); w.string(type)
+        w.raw(",\"param\":")
+        if let param { w.string(param) } else { w.raw("null") }
+        w.raw(",\"code\":"); w.string(code)
+        w.raw("}}")
+        return w.bytes
+    }
+
+    static func errorType(for status: Int) -> String {
+        status >= 500 ? "server_error" : "invalid_request_error"
+    }
+
+    /// One HTTP/1.1 chunk wrapping `payload`.
+    static func chunk(_ out: inout [UInt8], _ payload: [UInt8]) {
+        if payload.isEmpty { return }   // an empty chunk would end the body
+        out.append(contentsOf: String(payload.count, radix: 16).utf8)
+        out.append(13); out.append(10)
+        out.append(contentsOf: payload)
+        out.append(13); out.append(10)
+    }
+
+    static let lastChunk: [UInt8] = Array("0\r\n\r\n".utf8)
+    static let done: [UInt8] = Array("data: [DONE]\n\n".utf8)
+}
+
+/// The fixed parts of one generation's response bodies.
+struct CompletionIdentity {
+    var id: String          // chatcmpl-… / cmpl-…
+    var created: Int
+    var model: String
+    var chat: Bool
+}
+
+enum OpenAIEncoder {
+    static func usage(_ w: inout JSONWriter, _ u: Usage) {
+        w.raw("{\"prompt_tokens\":"); w.int(u.promptTokens)
+        w.raw(",\"completion_tokens\":"); w.int(u.completionTokens)
+        w.raw(",\"total_tokens\":"); w.int(u.promptTokens + u.completionTokens)
+        w.raw(",\"prompt_tokens_details\":{\"cached_tokens\":"); w.int(u.cachedTokens)
+        w.raw("}}")
+    }
+
+    private static func prefix(_ w: inout JSONWriter, _ c: CompletionIdentity, chunk: Bool) {
+        w.raw("{\"id\":"); w.string(c.id)
+        w.raw(",\"object\":")
+        if c.chat { w.raw(chunk ? "\"chat.completion.chunk\"" : "\"chat.completion\"") } else { w.raw("\"text_completion\"") }
+        w.raw(",\"created\":"); w.int(c.created)
+        w.raw(",\"model\":"); w.string(c.model)
+    }
+
+    /// Non-streaming response body.
+    static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage) -> [UInt8] {
+        var w = JSONWriter()
+        prefix(&w, c, chunk: false)
+        w.raw(",\"choices\":[{\"index\":0,")
+        if c.chat {
+            w.raw("\"message\":{\"role\":\"assistant\",\"content\":"); w.string(text); w.raw("},")
+        } else {
+            w.raw("\"text\":"); w.string(text); w.raw(",")
+        }
+        w.raw("\"logprobs\":null,\"finish_reason\":"); w.string(finish.rawValue)
+        w.raw("}],\"usage\":"); usage(&w, u)
+        w.raw("}")
+        return w.bytes
+    }
+
+    /// One SSE event `data: {...}\n\n` for a streamed delta (role: first chat chunk) or the finishing chunk.
+    static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?) -> [UInt8] {
+        var w = JSONWriter()
+        w.raw("data: ")
+        prefix(&w, c, chunk: true)
+        w.raw(",\"choices\":[{\"index\":0,")
+        if c.chat {
+            w.raw("\"delta\":{")
+            var first = true
+            if role { w.raw("\"role\":\"assistant\""); first = false }
+            if let text { if !first { w.raw(",") }; w.raw("\"content\":"); w.string(text) }
+            w.raw("},")
+        } else {
+            w.raw("\"text\":"); w.string(text ?? ""); w.raw(",")
+        }
+        w.raw("\"logprobs\":null,\"finish_reason\":")
+        if let finish { w.string(finish.rawValue) } else { w.raw("null") }
+        w.raw("}]}\n\n")
+        return w.bytes
+    }
+
+    /// The include_usage chunk: empty choices and the usage object.
+    static func usageChunk(_ c: CompletionIdentity, _ u: Usage) -> [UInt8] {
+        var w = JSONWriter()
+        w.raw("data: ")
+        prefix(&w, c, chunk: true)
+        w.raw(",\"choices\":[],\"usage\":"); usage(&w, u)
+        w.raw("}\n\n")
+        return w.bytes
+    }
+
+    /// An SSE error event for a stream that already started.
+    static func streamError(message: String) -> [UInt8] {
+        var out = Array("data: ".utf8)
+        out += ResponseWriter.errorBody(message: message, type: "server_error", param: nil, code: "worker_error")
+        out += Array("\n\n".utf8)
+        return out
+    }
+}

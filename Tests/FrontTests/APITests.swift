@@ -1,0 +1,97 @@
+import Testing
+@testable import Front
+
+private func decode(_ kind: RouteKind, _ body: String, header: String? = nil) throws(APIError) -> APIRequest {
+    try APIDecoder.decodeGeneration(kind: kind, body: Array(body.utf8), id: 7, sessionHeader: header, peer: .unix(uid: 1, pid: 2))
+}
+
+private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
+    do { _ = try decode(kind, body); return nil } catch { return error }
+}
+
+@Suite struct APIDecodingTests {
+    @Test func chat() throws {
+        let r = try decode(.chatCompletions, #"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_tokens":5,"temperature":0,"top_p":0.9,"top_k":40,"min_p":0.05,"seed":42,"stop":"x","n":1,"stream":true,"stream_options":{"include_usage":true},"user":"u"}"#)
+        #expect(r.messages == [ChatMessage(role: .system, content: "s"), ChatMessage(role: .user, content: "ab")])
+        #expect(r.sampling.maxTokens == 5)
+        #expect(r.sampling.temperature == 0)
+        #expect(r.sampling.topK == 40)
+        #expect(r.sampling.seed == 42)
+        #expect(r.sampling.stop == ["x"])
+        #expect(r.stream && r.includeUsage)
+        #expect(r.sessionKey == "u")
+        #expect(r.model == "m")
+        #expect(r.peer == .unix(uid: 1, pid: 2))
+    }
+
+    @Test func sessionKeyPrecedence() throws {
+        let body = #"{"prompt":"p","session_id":"s","user":"u"}"#
+        #expect(try decode(.completions, body, header: "h").sessionKey == "h")
+        #expect(try decode(.completions, body).sessionKey == "s")
+        #expect(try decode(.completions, #"{"prompt":"p","user":"u"}"#).sessionKey == "u")
+        #expect(try decode(.completions, #"{"prompt":"p"}"#).sessionKey == nil)
+        #expect(try decode(.completions, #"{"prompt":["one"]}"#).prompt == "one")
+    }
+
+    @Test(arguments: [
+        (RouteKind.chatCompletions, #"{"messages":[{"role":"wizard","content":"x"}]}"#, "messages[0].role"),
+        (.chatCompletions, #"{"messages":[]}"#, "messages"),
+        (.chatCompletions, #"{"messages":"hi"}"#, "messages"),
+        (.chatCompletions, #"{}"#, "messages"),
+        (.chatCompletions, #"{"messages":[{"role":"user"}]}"#, "messages[0].content"),
+        (.chatCompletions, #"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content[0]"),
+        (.completions, #"{"prompt":"p","temperature":"hot"}"#, "temperature"),
+        (.completions, #"{"prompt":"p","temperature":3}"#, "temperature"),
+        (.completions, #"{"prompt":"p","top_p":0}"#, "top_p"),
+        (.completions, #"{"prompt":"p","top_k":-1}"#, "top_k"),
+        (.completions, #"{"prompt":"p","min_p":1.5}"#, "min_p"),
+        (.completions, #"{"prompt":"p","max_tokens":0}"#, "max_tokens"),
+        (.completions, #"{"prompt":"p","max_tokens":1.5}"#, "max_tokens"),
+        (.completions, #"{"prompt":"p","n":2}"#, "n"),
+        (.completions, #"{"prompt":"p","seed":1.5}"#, "seed"),
+        (.completions, #"{"prompt":"p","stop":["a","b","c","d","e"]}"#, "stop"),
+        (.completions, #"{"prompt":"p","stop":[1]}"#, "stop"),
+        (.completions, #"{"prompt":"p","stream":"yes"}"#, "stream"),
+        (.completions, #"{"prompt":"p","stream_options":{"include_usage":true}}"#, "stream_options"),
+        (.completions, #"{"prompt":5}"#, "prompt"),
+        (.completions, #"{"prompt":["a","b"]}"#, "prompt"),
+        (.completions, #"{"prompt":"p","user":3}"#, "user"),
+    ])
+    func invalid(kind: RouteKind, body: String, param: String) {
+        let e = apiError(kind, body)
+        #expect(e?.status == 400)
+        #expect(e?.param == param, "\(body)")
+        #expect(e?.type == "invalid_request_error")
+    }
+
+    @Test func invalidJSON() {
+        #expect(apiError(.completions, "{")?.code == "invalid_json")
+        #expect(apiError(.completions, "[1]")?.code == "invalid_json")
+        #expect(apiError(.completions, "")?.code == "invalid_json")
+    }
+
+    @Test func tokenizeShapes() throws {
+        let t = try APIDecoder.decodeTokenize(Array(#"{"content":"hi","add_special":true}"#.utf8))
+        #expect(t.content == "hi" && t.addSpecial && t.parseSpecial)
+        #expect(try APIDecoder.decodeDetokenize(Array(#"{"tokens":[1,2,3]}"#.utf8)) == [1, 2, 3])
+        #expect(throws: APIError.self) { try APIDecoder.decodeDetokenize(Array(#"{"tokens":[-1]}"#.utf8)) }
+        #expect(throws: APIError.self) { try APIDecoder.decodeTokenize(Array(#"{"content":1}"#.utf8)) }
+    }
+
+    @Test func metricsRender() {
+        let m = MetricsRegistry()
+        m.add("req_total", help: "h", labels: [("route", "a"), ("status", "200")])
+        m.add("req_total", labels: [("route", "a"), ("status", "200")], 2)
+        m.observe("lat", buckets: [0.1, 1], 0.5)
+        let text = m.render()
+        #expect(text.contains("# TYPE req_total counter\nreq_total{route=\"a\",status=\"200\"} 3\n"))
+        #expect(text.contains("lat_bucket{le=\"0.1\"} 0\nlat_bucket{le=\"1\"} 1\nlat_bucket{le=\"+Inf\"} 1\n"))
+        #expect(text.contains("lat_count 1"))
+    }
+
+    @Test func echoSplitKeepsText() {
+        let s = "  hello  wide\nworld "
+        #expect(EchoBackend.split(s).joined() == s)
+        #expect(EchoBackend.split("a b c").count == 3)
+    }
+}

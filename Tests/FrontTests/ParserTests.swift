@@ -1,0 +1,160 @@
+import Testing
+@testable import Front
+
+private func parse(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPParseResult {
+    var p = HTTPRequestParser(limits: limits)
+    return Array(s.utf8).withUnsafeBytes { p.parse($0) }
+}
+
+private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPParseError? {
+    if case .failure(let e) = parse(s, limits: limits) { return e }
+    return nil
+}
+
+@Suite struct HTTPParserTests {
+    @Test func simpleGet() throws {
+        let text = "GET /health?x=1 HTTP/1.1\r\nHost: a\r\nX-Y:  v  \r\n\r\n"
+        guard case .complete(let r, let n) = parse(text) else { Issue.record("not complete"); return }
+        #expect(n == text.utf8.count)
+        #expect(r.head.method == "GET")
+        #expect(r.head.path == "/health")
+        #expect(r.head.header("x-y") == "v")
+        #expect(r.head.keepAlive)
+        #expect(r.body.isEmpty)
+    }
+
+    @Test func http10DefaultsToClose() {
+        guard case .complete(let r, _) = parse("GET / HTTP/1.0\r\n\r\n") else { Issue.record("not complete"); return }
+        #expect(!r.head.keepAlive)
+        guard case .complete(let r2, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n") else { Issue.record("x"); return }
+        #expect(r2.head.keepAlive)
+        guard case .complete(let r3, _) = parse("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else { Issue.record("x"); return }
+        #expect(!r3.head.keepAlive)
+    }
+
+    @Test func contentLengthBody() {
+        guard case .complete(let r, let n) = parse("POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloEXTRA") else {
+            Issue.record("not complete"); return
+        }
+        #expect(r.body == Array("hello".utf8))
+        #expect(n == "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".utf8.count)
+    }
+
+    @Test func chunkedBody() {
+        let s = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT"
+        guard case .complete(let r, let n) = parse(s) else { Issue.record("not complete"); return }
+        #expect(r.body == Array("hello world".utf8))
+        #expect(n == s.utf8.count - 4)
+    }
+
+    @Test func expectContinueHeadIsVisibleBeforeBody() {
+        var p = HTTPRequestParser()
+        let s = Array("POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".utf8)
+        let r = s.withUnsafeBytes { p.parse($0) }
+        #expect(r == .incomplete)
+        #expect(p.head?.expectContinue == true)
+        let all = s + Array("abc".utf8)
+        guard case .complete(let req, _) = all.withUnsafeBytes({ p.parse($0) }) else { Issue.record("x"); return }
+        #expect(req.body == Array("abc".utf8))
+    }
+
+    @Test(arguments: [
+        ("GET  / HTTP/1.1\r\n\r\n", HTTPParseError.malformedRequestLine),
+        ("GET / HTTP/1.1 \r\n\r\n", .malformedRequestLine),
+        ("G(T / HTTP/1.1\r\n\r\n", .malformedRequestLine),
+        ("GET / HTTX/1.1\r\n\r\n", .malformedRequestLine),
+        ("GET / HTTP/2.0\r\n\r\n", .unsupportedVersion),
+        ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nName : x\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nNoColon\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\nHost: x\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", .obsoleteLineFolding),
+        ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", .invalidContentLength),
+        ("POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", .invalidContentLength),
+        ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", .conflictingContentLength),
+        ("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", .contentLengthWithTransferEncoding),
+        ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", .unsupportedTransferEncoding),
+        ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", .chunkedRequiresHTTP11),
+        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", .malformedChunk),
+        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", .malformedChunk),
+        ("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", .bodyTooLarge),
+        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", .bodyTooLarge),
+        ("POST / HTTP/1.1\r\nExpect: something\r\n\r\n", .unsupportedExpectation),
+    ])
+    func errors(input: String, expected: HTTPParseError) {
+        let e = failure(input)
+        #expect(e == expected, "\(input.debugDescription)")
+        if let e { #expect((400..<500).contains(e.status) || e.status == 505) }
+    }
+
+    @Test func errorStatuses() {
+        #expect(HTTPParseError.headersTooLarge.status == 431)
+        #expect(HTTPParseError.bodyTooLarge.status == 413)
+        #expect(HTTPParseError.unsupportedTransferEncoding.status == 411)
+        #expect(HTTPParseError.malformedHeader.status == 400)
+    }
+
+    @Test func headersTooLarge() {
+        let big = "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 17000) + "\r\n\r\n"
+        #expect(failure(big) == .headersTooLarge)
+        // Also without the terminator yet (a client that never stops sending headers).
+        let open = "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 17000)
+        #expect(failure(open) == .headersTooLarge)
+        var many = "GET / HTTP/1.1\r\n"
+        for i in 0..<200 { many += "H\(i): v\r\n" }
+        #expect(failure(many + "\r\n") == .tooManyHeaders)
+    }
+
+    @Test func pipelined() {
+        let s = Array("GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /c HTTP/1.1\r\n\r\n".utf8)
+        var p = HTTPRequestParser()
+        var off = 0
+        var paths: [String] = []
+        while off < s.count {
+            guard case .complete(let r, let n) = s[off...].withUnsafeBytes({ p.parse($0) }) else { Issue.record("stuck"); return }
+            paths.append(r.head.target)
+            off += n
+            p.reset()
+        }
+        #expect(paths == ["/a", "/b", "/c"])
+    }
+
+    /// Every request, fed one more byte at a time, is incomplete until its last byte and then equals the
+    /// one-shot parse.
+    @Test(arguments: [
+        "POST /v1/completions HTTP/1.1\r\nContent-Length: 11\r\nX: y\r\n\r\n{\"a\":\"b c\"}",
+        "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n2\r\nde\r\n0\r\nTr: x\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+    ])
+    func splitAtEveryByte(input: String) {
+        let bytes = Array(input.utf8)
+        var whole = HTTPRequestParser()
+        let expected = bytes.withUnsafeBytes { whole.parse($0) }
+        guard case .complete = expected else { Issue.record("whole parse incomplete"); return }
+        for cut in 1..<bytes.count {
+            var p = HTTPRequestParser()
+            var prefixResult: HTTPParseResult = .incomplete
+            // Grow the window one byte at a time up to `cut`, then give the rest at once.
+            for n in 1...cut { prefixResult = bytes[..<n].withUnsafeBytes { p.parse($0) } }
+            #expect(prefixResult == .incomplete, "cut \(cut)")
+            let r = bytes.withUnsafeBytes { p.parse($0) }
+            #expect(r == expected, "cut \(cut)")
+        }
+    }
+}
+
+@Suite struct JSONTests {
+    @Test func roundTrip() throws {
+        let v = try JSON.parse(Array(#"{"a":[1,-2.5e3,true,false,null,"x\n\u00e9\ud83d\ude00"],"b":{}}"#.utf8))
+        #expect(v["a"] == .array([.number(1, integer: 1), .number(-2500, integer: nil), .bool(true), .bool(false), .null, .string("x\né😀")]))
+        var w = JSONWriter(); w.value(v)
+        #expect(try JSON.parse(w.bytes) == v)
+    }
+
+    @Test(arguments: ["", "{", "[1,]", "{\"a\":1,}", "01", "1.", "\"\\x\"", "\"\u{01}\"", "{\"a\":1,\"a\":2}",
+                      "\"\\ud800\"", "nul", "1 2", String(repeating: "[", count: 100) + String(repeating: "]", count: 100)])
+    func rejects(_ s: String) {
+        #expect(throws: JSONError.self) { try JSON.parse(Array(s.utf8)) }
+    }
+}

@@ -1,3 +1,0 @@
-import Testing
-
-@Test func frontBuilds() { #expect(Bool(true)) }

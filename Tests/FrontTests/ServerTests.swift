@@ -1,0 +1,406 @@
+import Foundation
+import Glibc
+import Testing
+@testable import Front
+
+private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"hello big world"}]}"#
+
+@Suite(.serialized) struct FrontServerTests {
+    @Test func chatNonStreaming() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/chat/completions", body: chatBody))
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(r.header("X-Switchyard-Worker") != nil)
+        let j = try r.json()
+        #expect(j["object"] == .string("chat.completion"))
+        guard case .array(let choices)? = j["choices"], let first = choices.first else { Issue.record("no choices"); return }
+        #expect(first["message"]?["content"] == .string("hello big world"))
+        #expect(first["finish_reason"] == .string("stop"))
+        #expect(j["usage"]?["completion_tokens"] == .number(3, integer: 3))
+        #expect(j["usage"]?["prompt_tokens_details"]?["cached_tokens"] == .number(0, integer: 0))
+    }
+
+    @Test func completionsLengthLimit() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b c d","max_tokens":2}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        let j = try r.json()
+        #expect(j["object"] == .string("text_completion"))
+        guard case .array(let choices)? = j["choices"] else { Issue.record("no choices"); return }
+        #expect(choices.first?["text"] == .string("a b"))
+        #expect(choices.first?["finish_reason"] == .string("length"))
+    }
+
+    @Test func chatStreamingWithUsage() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let body = #"{"messages":[{"role":"user","content":"one two three four"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        try c.send(request("POST", "/v1/chat/completions", body: body))
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(r.header("content-type") == "text/event-stream")
+        #expect(r.header("X-Switchyard-Worker") != nil)
+        let events = sseEvents(r.bodyText)
+        #expect(events.last == "[DONE]")
+        var text = ""
+        var finish: JSONValue? = nil
+        var usage: JSONValue? = nil
+        for e in events.dropLast() {
+            let j = try JSON.parse(Array(e.utf8))
+            #expect(j["object"] == .string("chat.completion.chunk"))
+            if let u = j["usage"] { usage = u; continue }
+            guard case .array(let ch)? = j["choices"], let c0 = ch.first else { continue }
+            if case .string(let t)? = c0["delta"]?["content"] { text += t }
+            if let f = c0["finish_reason"], f != .null { finish = f }
+        }
+        #expect(text == "one two three four")
+        #expect(finish == .string("stop"))
+        #expect(usage?["completion_tokens"] == .number(4, integer: 4))
+        // The connection stays usable afterwards.
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+    }
+
+    @Test func completionsStreaming() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"x y","stream":true}"#))
+        let r = try c.read()
+        let events = sseEvents(r.bodyText)
+        #expect(events.last == "[DONE]")
+        let texts = try events.dropLast().map { e -> String in
+            let j = try JSON.parse(Array(e.utf8))
+            guard case .array(let ch)? = j["choices"], case .string(let t)? = ch.first?["text"] else { return "" }
+            return t
+        }
+        #expect(texts.joined() == "x y")
+        #expect(!r.bodyText.contains("usage"))
+    }
+
+    @Test func keepAliveAndPipelining() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        for i in 0..<5 {
+            try c.send(request("POST", "/v1/completions", body: #"{"prompt":"n\#(i)"}"#))
+            let r = try c.read()
+            #expect(r.status == 200)
+            #expect(r.header("connection") == "keep-alive")
+        }
+        // Three requests in one write; responses come back in order.
+        let burst = request("POST", "/v1/completions", body: #"{"prompt":"first"}"#)
+            + request("GET", "/v1/models")
+            + request("POST", "/v1/completions", body: #"{"prompt":"third","stream":true}"#)
+        try c.send(burst)
+        let r1 = try c.read(), r2 = try c.read(), r3 = try c.read()
+        #expect(r1.bodyText.contains("\"text\":\"first\""))
+        #expect(r2.bodyText.contains("\"object\":\"list\""))
+        #expect(r3.bodyText.contains("third") && r3.bodyText.hasSuffix("data: [DONE]\n\n"))
+        // Connection: close is honoured.
+        try c.send(request("GET", "/health", headers: ["Connection: close"]))
+        #expect(try c.read().header("connection") == "close")
+        #expect(c.waitClosed())
+    }
+
+    @Test func chunkedRequestBodyAndExpectContinue() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let body = #"{"prompt":"chunky body"}"#
+        let half = body.utf8.count / 2
+        let a = String(body.prefix(half)), b = String(body.dropFirst(half))
+        try c.send("POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + String(a.utf8.count, radix: 16) + "\r\n" + a + "\r\n" + String(b.utf8.count, radix: 16) + "\r\n" + b + "\r\n0\r\n\r\n")
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(r.bodyText.contains("chunky body"))
+
+        try c.send("POST /v1/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+        let cont = try c.read(stopAt100: true)
+        #expect(cont.status == 100)
+        try c.send(body)
+        #expect(try c.read().status == 200)
+    }
+
+    /// Sends `raw`, expects `status` with an OpenAI-style error body, and checks the server still serves.
+    private func expectError(_ s: TestServer, _ raw: String, status: Int, closes: Bool, file: String = #fileID, line: Int = #line) throws {
+        let c = try RawClient(path: s.path)
+        try c.send(raw)
+        let r = try c.read()
+        #expect(r.status == status, "\(raw.prefix(60).debugDescription)")
+        let j = try r.json()
+        if case .string(let m)? = j["error"]?["message"] { #expect(!m.isEmpty) } else { Issue.record("no error.message") }
+        #expect(j["error"]?["type"] != nil)
+        #expect(j["error"]?["code"] != nil)
+        if closes { #expect(c.waitClosed()) }
+        let other = try RawClient(path: s.path)
+        try other.send(request("GET", "/health"))
+        #expect(try other.read().status == 200)
+    }
+
+    @Test func errorResponses() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        try expectError(s, "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 17000) + "\r\n\r\n", status: 431, closes: true)
+        try expectError(s, "POST /v1/completions HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", status: 413, closes: true)
+        try expectError(s, "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", status: 411, closes: true)
+        try expectError(s, "BAD\r\n\r\n", status: 400, closes: true)
+        try expectError(s, "GET / HTTP/1.1\r\n folded: x\r\n\r\n", status: 400, closes: true)
+        try expectError(s, "GET / HTTP/3.0\r\n\r\n", status: 505, closes: true)
+        try expectError(s, request("POST", "/v1/completions", body: "{nope"), status: 400, closes: false)
+        try expectError(s, request("POST", "/v1/chat/completions", body: #"{"messages":[{"role":"bard","content":"x"}]}"#), status: 400, closes: false)
+        try expectError(s, request("POST", "/v1/completions", body: #"{"prompt":"x","n":3}"#), status: 400, closes: false)
+        try expectError(s, request("GET", "/nowhere"), status: 404, closes: false)
+        try expectError(s, request("GET", "/v1/chat/completions"), status: 405, closes: false)
+        try expectError(s, request("POST", "/tokenize", body: #"{"content":3}"#), status: 400, closes: false)
+        let c = try RawClient(path: s.path)
+        try c.send(request("DELETE", "/health"))
+        #expect(try c.read().header("allow") == "GET")
+    }
+
+    @Test func requestTimeouts() throws {
+        let s = try TestServer(configure: { $0.requestTimeout = 0.3; $0.idleTimeout = 0.3 })
+        defer { s.stop() }
+        let slow = try RawClient(path: s.path)
+        try slow.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        let r = try slow.read()
+        #expect(r.status == 408)
+        #expect(slow.waitClosed())
+        let silent = try RawClient(path: s.path)
+        #expect(try silent.read().status == 408)
+        // A keep-alive connection idle between requests is closed quietly.
+        let idle = try RawClient(path: s.path)
+        try idle.send(request("GET", "/health"))
+        #expect(try idle.read().status == 200)
+        #expect(idle.waitClosed())
+    }
+
+    @Test func healthModelsMetricsTokenize() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("GET", "/health"))
+        let h = try c.read()
+        #expect(h.status == 200 && h.bodyText == #"{"status":"ok"}"#)
+        s.backend.setReady(false)
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 503)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"x"}"#))
+        #expect(try c.read().status == 503)
+        s.backend.setReady(true)
+
+        try c.send(request("GET", "/v1/models"))
+        let m = try c.read().json()
+        guard case .array(let data)? = m["data"] else { Issue.record("no data"); return }
+        #expect(data.first?["id"] == .string("echo"))
+
+        try c.send(request("POST", "/tokenize", body: #"{"content":"hi","add_special":false,"parse_special":true}"#))
+        let t = try c.read()
+        #expect(t.bodyText == #"{"tokens":[104,105]}"#)
+        #expect(t.header("X-Switchyard-Worker") != nil)
+        try c.send(request("POST", "/detokenize", body: #"{"tokens":[104,105]}"#))
+        #expect(try c.read().bodyText == #"{"content":"hi"}"#)
+
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b c"}"#))
+        #expect(try c.read().status == 200)
+        try c.send(request("GET", "/metrics"))
+        let text = try c.read().bodyText
+        #expect(text.contains(#"switchyard_requests_total{route="completions",status="200"} 1"#))
+        #expect(text.contains(#"switchyard_requests_total{route="completions",status="503"} 1"#))
+        #expect(text.contains("switchyard_tokens_generated_total 3"))
+        #expect(text.contains("switchyard_time_to_first_token_seconds_count 1"))
+        #expect(text.contains("switchyard_inter_token_seconds_count 2"))
+        #expect(text.contains(#"switchyard_worker_in_flight{worker="0"}"#))
+        #expect(text.contains(#"switchyard_worker_restarts_total{worker="1"} 0"#))
+        #expect(text.contains("switchyard_ring_occupancy"))
+    }
+
+    @Test func overloadedGets503RetryAfter() throws {
+        var opts = EchoBackend.Options()
+        opts.maxInFlight = 0
+        let s = try TestServer(echo: opts)
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/chat/completions", body: chatBody))
+        let r = try c.read()
+        #expect(r.status == 503)
+        #expect(r.header("retry-after") == "1")
+        #expect(try r.json()["error"]?["code"] == .string("overloaded"))
+    }
+
+    @Test func workerErrorMidStreamAndBeforeStart() throws {
+        var opts = EchoBackend.Options()
+        opts.failAfterDeltas = 2
+        let s = try TestServer(echo: opts)
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b c d e","stream":true}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        let events = sseEvents(r.bodyText)
+        #expect(events.last == "[DONE]")
+        #expect(events.contains { $0.contains("\"error\"") && $0.contains("echo worker failed") })
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b c d e"}"#))
+        let r2 = try c.read()
+        #expect(r2.status == 503)
+    }
+
+    @Test func clientDisconnectCancels() throws {
+        var opts = EchoBackend.Options()
+        opts.delayPerWord = 0.02
+        let s = try TestServer(echo: opts)
+        defer { s.stop() }
+        do {
+            let c = try RawClient(path: s.path)
+            let words = (0..<500).map { "w\($0)" }.joined(separator: " ")
+            try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","stream":true}"#))
+            var got = [UInt8](repeating: 0, count: 256)
+            let n = recv(c.fd, &got, got.count, 0)   // the stream has started
+            #expect(n > 0)
+        }   // the client closes here
+        var cancelled: [UInt64] = []
+        for _ in 0..<200 where cancelled.isEmpty {
+            usleep(10_000)
+            cancelled = s.backend.cancelledRequests
+        }
+        #expect(cancelled.count == 1)
+    }
+
+    @Test func staleSocketReplacedLiveSocketRefused() throws {
+        let dir = TestServer.tempDir()
+        let path = dir + "/front.sock"
+        // A socket file whose server is gone: bound, never listening, closed.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = try Sockets.makeUnixAddress(path)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(fd)
+        #expect(access(path, F_OK) == 0)
+        let s = try TestServer(dir: dir)
+        let c = try RawClient(path: path)
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        var st = stat()
+        #expect(stat(path, &st) == 0 && (st.st_mode & 0o777) == 0o660)
+
+        var cfg = FrontConfig()
+        cfg.socketPath = path
+        cfg.useSystemdSockets = false
+        let other = EchoBackend()
+        #expect(throws: FrontError.liveServer(path)) { _ = try FrontServer(config: cfg, backend: other) }
+        other.stop()
+        s.stop()
+        #expect(access(path, F_OK) != 0)   // removed at shutdown
+
+        let dir2 = TestServer.tempDir()
+        let file = dir2 + "/plain"
+        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        cfg.socketPath = file
+        let third = EchoBackend()
+        #expect(throws: FrontError.notASocket(file)) { _ = try FrontServer(config: cfg, backend: third) }
+        third.stop()
+        unlink(file)
+        rmdir(dir2)
+    }
+
+    @Test func gracefulShutdownFinishesInFlight() throws {
+        var opts = EchoBackend.Options()
+        opts.delayPerWord = 0.02
+        let s = try TestServer(echo: opts)
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b c d e f g h i j","stream":true}"#))
+        var first = [UInt8](repeating: 0, count: 16)
+        #expect(recv(c.fd, &first, first.count, Int32(MSG_PEEK)) > 0)
+        s.server.requestShutdown()
+        usleep(50_000)
+        #expect(access(s.path, F_OK) != 0)            // stopped accepting: socket file gone
+        #expect(throws: TestError.self) { _ = try RawClient(path: s.path) }
+        let r = try c.read()
+        #expect(r.bodyText.hasSuffix("data: [DONE]\n\n"))
+        #expect(c.waitClosed())                        // closed once its response is complete
+        let t0 = Date()
+        #expect(s.waitStopped(timeout: 5))
+        #expect(Date().timeIntervalSince(t0) < 3)
+        s.stop()
+    }
+
+    @Test func thousandConnectionsLeakNoDescriptors() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        // Warm up (lazy runtime descriptors), then take the baseline.
+        do { let c = try RawClient(path: s.path); try c.send(request("GET", "/health")); _ = try c.read() }
+        usleep(50_000)
+        let before = openFDCount()
+        for round in 0..<10 {
+            var clients: [RawClient] = []
+            for _ in 0..<100 { clients.append(try RawClient(path: s.path)) }
+            for (i, c) in clients.enumerated() {
+                if i % 3 == 0 { try c.send(request("POST", "/v1/completions", body: #"{"prompt":"r\#(round)"}"#)) }
+                else if i % 3 == 1 { try c.send(request("GET", "/health")) }
+            }
+            for (i, c) in clients.enumerated() where i % 3 != 2 { #expect(try c.read().status == 200) }
+        }
+        var after = openFDCount()
+        for _ in 0..<200 where after != before { usleep(10_000); after = openFDCount() }
+        #expect(after == before, "descriptors before \(before), after \(after)")
+    }
+
+    @Test func tcpListenerAndPeerIdentity() throws {
+        let s = try TestServer(configure: { $0.tcp = "127.0.0.1:0" })
+        defer { s.stop() }
+        let port = try #require(s.server.listeners.first { $0.family == .tcp }?.port)
+        let c = try RawClient(tcpPort: port)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"over tcp"}"#))
+        let r = try c.read()
+        #expect(r.status == 200 && r.bodyText.contains("over tcp"))
+    }
+
+    /// A tiny provided-buffer ring (2 × 64 B) forces -ENOBUFS and multishot re-arms; a 100 KB body must still
+    /// arrive intact.
+    @Test func smallBufferRingReArms() throws {
+        let s = try TestServer(configure: { $0.recvBufferCount = 2; $0.recvBufferSize = 64 })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let words = (0..<20000).map { "w\($0 % 10)" }.joined(separator: " ")
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)"}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        let j = try r.json()
+        guard case .array(let ch)? = j["choices"] else { Issue.record("no choices"); return }
+        #expect(ch.first?["text"] == .string(words))
+    }
+
+    @Test func http10StreamAndHead() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let body = #"{"prompt":"old client","stream":true}"#
+        try c.send("POST /v1/completions HTTP/1.0\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body)
+        let r = try c.read()   // close-delimited
+        #expect(r.header("transfer-encoding") == nil)
+        #expect(r.bodyText.hasSuffix("data: [DONE]\n\n"))
+        let h = try RawClient(path: s.path)
+        try h.send(request("HEAD", "/health"))
+        #expect(try h.read().status == 405)
+    }
+
+    /// With open but quiet connections the loop sleeps in io_uring_enter: the process uses (almost) no CPU.
+    @Test func idleUsesNoCPU() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let clients = try (0..<8).map { _ in try RawClient(path: s.path) }
+        try clients[0].send(request("GET", "/health"))
+        _ = try clients[0].read()
+        let t0 = processCPUSeconds()
+        usleep(500_000)
+        let used = processCPUSeconds() - t0
+        #expect(used < 0.05, "CPU used while idle: \(used) s in 0.5 s")
+    }
+}

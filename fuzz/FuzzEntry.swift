@@ -1,0 +1,39 @@
+// libFuzzer entry: feeds arbitrary bytes to the HTTP parser (whole, and split into two reads at a
+// data-derived point) and every parsed body to the JSON reader and the API decoder. Any crash, hang, or
+// out-of-bounds access (ASan) is a bug; every input must end in .incomplete, .complete or .failure.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    var limits = HTTPLimits()
+    limits.maxHeaderBytes = 4096
+    limits.maxBodyBytes = 64 * 1024
+    var p = HTTPRequestParser(limits: limits)
+    // Whole input, then requests pipelined after it.
+    var offset = 0
+    var rounds = 0
+    while offset < bytes.count && rounds < 64 {
+        rounds += 1
+        let r = bytes[offset...].withUnsafeBytes { p.parse($0) }
+        guard case .complete(let req, let consumed) = r else { break }
+        precondition(consumed > 0 && consumed <= bytes.count - offset)
+        offset += consumed
+        p.reset()
+        _ = try? APIDecoder.decodeGeneration(kind: .chatCompletions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
+        _ = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
+        _ = try? APIDecoder.decodeDetokenize(req.body)
+    }
+    // Incremental: the same bytes in two reads must give the same first answer as one read.
+    if size > 1 {
+        let cut = Int(bytes[0]) % size
+        var q = HTTPRequestParser(limits: limits)
+        var whole = HTTPRequestParser(limits: limits)
+        let first = bytes[..<cut].withUnsafeBytes { q.parse($0) }
+        let a: HTTPParseResult
+        if case .incomplete = first { a = bytes.withUnsafeBytes { q.parse($0) } } else { a = first }
+        let b = bytes.withUnsafeBytes { whole.parse($0) }
+        if case .failure = first {} else { precondition(a == b, "split parse differs") }
+    }
+    // Raw bytes as a JSON body too.
+    _ = try? JSON.parse(bytes)
+    return 0
+}
