@@ -1,2 +1,0 @@
-// Engine module (placeholder; filled in by its issue).
-enum _EnginePlaceholder {}
