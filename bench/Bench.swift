@@ -9,6 +9,7 @@ struct SwitchyardBench: ParsableCommand {
             RingBench.self,
             RingBenchPeer.self,
             RoutingBench.self,
+            TokenizerBench.self,
         ]
     )
 }

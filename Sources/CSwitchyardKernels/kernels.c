@@ -1,2 +1,742 @@
+// Quantized matmul, activation quantization, attention and a small thread pool.
+// Each hot kernel has a portable scalar version and an AVX-512 VNNI version compiled with
+// __attribute__((target(...))) and chosen at run time (syk_cpu_features / syk_set_isa).
+// Both versions do the same arithmetic in the same order, so they agree to the last bit on the matmul.
+#define _GNU_SOURCE
 #include "CSwitchyardKernels.h"
-int syk_cpu_features(void) { return 0; }
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <pthread.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include <limits.h>
+#include <sched.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SYK_X86 1
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma")))
+#endif
+
+// ============================================================================ CPU dispatch
+
+int syk_cpu_features(void) {
+#if SYK_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512dq"))
+        return SYK_ISA_AVX512VNNI;
+#endif
+    return SYK_ISA_SCALAR;
+}
+
+static _Atomic int g_isa = -1;
+
+int syk_get_isa(void) {
+    int v = atomic_load_explicit(&g_isa, memory_order_relaxed);
+    if (v < 0) { v = syk_cpu_features(); atomic_store_explicit(&g_isa, v, memory_order_relaxed); }
+    return v;
+}
+
+int syk_set_isa(int level) {
+    int best = syk_cpu_features();
+    int v = level < best ? level : best;
+    atomic_store_explicit(&g_isa, v, memory_order_relaxed);
+    return v;
+}
+
+// ============================================================================ fp16 / bf16
+
+float syk_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (mant == 0) bits = sign;
+        else {  // subnormal: normalize
+            exp = 113;
+            while (!(mant & 0x400)) { mant <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000 | (mant << 13);
+    else bits = sign | ((exp + 112) << 23) | (mant << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+uint16_t syk_fp32_to_fp16(float f) {  // round to nearest even
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    x &= 0x7fffffff;
+    if (x >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (x > 0x7f800000 ? 0x200 : 0));
+    if (x >= 0x477ff000) return (uint16_t)(sign | 0x7c00);           // >= 65520 rounds to inf
+    if (x < 0x38800000) {                                             // below 2^-14: subnormal half
+        if (x <= 0x33000000) return (uint16_t)sign;                   // <= 2^-25 rounds to 0
+        uint32_t e = x >> 23, m = (x & 0x7fffff) | 0x800000, shift = 126 - e;
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = (x >> 13) - (112u << 10), rem = x & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return (uint16_t)(sign | r);
+}
+
+static inline float fp16_round(float f) { return syk_fp16_to_fp32(syk_fp32_to_fp16(f)); }
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+// ============================================================================ dequantization (GGUF layout)
+
+void syk_dequant_f16(const void *src, float *dst, int n) {
+    const uint8_t *p = src;
+    for (int i = 0; i < n; i++) dst[i] = syk_fp16_to_fp32(rd16(p + 2 * i));
+}
+
+void syk_dequant_bf16(const void *src, float *dst, int n) {
+    const uint8_t *p = src;
+    for (int i = 0; i < n; i++) { uint32_t b = (uint32_t)rd16(p + 2 * i) << 16; memcpy(dst + i, &b, 4); }
+}
+
+// Q4_0 block (18 bytes): fp16 d | 16 bytes; element j = low nibble of byte j, element j+16 = high nibble.
+void syk_dequant_q4_0(const void *src, float *dst, int n) {
+    const uint8_t *p = src;
+    for (int b = 0; b < n / 32; b++, p += 18) {
+        float d = syk_fp16_to_fp32(rd16(p));
+        for (int j = 0; j < 16; j++) {
+            dst[32 * b + j] = d * (float)((p[2 + j] & 0xf) - 8);
+            dst[32 * b + j + 16] = d * (float)((p[2 + j] >> 4) - 8);
+        }
+    }
+}
+
+// Q4_1 block (20 bytes): fp16 d | fp16 m | 16 bytes of nibbles (same order as Q4_0); w = d*q + m.
+void syk_dequant_q4_1(const void *src, float *dst, int n) {
+    const uint8_t *p = src;
+    for (int b = 0; b < n / 32; b++, p += 20) {
+        float d = syk_fp16_to_fp32(rd16(p)), m = syk_fp16_to_fp32(rd16(p + 2));
+        for (int j = 0; j < 16; j++) {
+            dst[32 * b + j] = d * (float)(p[4 + j] & 0xf) + m;
+            dst[32 * b + j + 16] = d * (float)(p[4 + j] >> 4) + m;
+        }
+    }
+}
+
+// Q8_0 block (34 bytes): fp16 d | 32 x int8; w = d*q.
+void syk_dequant_q8_0(const void *src, float *dst, int n) {
+    const uint8_t *p = src;
+    for (int b = 0; b < n / 32; b++, p += 34) {
+        float d = syk_fp16_to_fp32(rd16(p));
+        for (int j = 0; j < 32; j++) dst[32 * b + j] = d * (float)(int8_t)p[2 + j];
+    }
+}
+
+void syk_quantize_row_q8_0_ref(const float *x, void *dst, int n) {
+    uint8_t *p = dst;
+    for (int b = 0; b < n / 32; b++, p += 34) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        float d = amax / 127.f, id = d != 0 ? 1.f / d : 0.f;
+        uint16_t h = syk_fp32_to_fp16(d); memcpy(p, &h, 2);
+        for (int j = 0; j < 32; j++) p[2 + j] = (uint8_t)(int8_t)lrintf(x[32 * b + j] * id);
+    }
+}
+
+void syk_quantize_row_q4_1_ref(const float *x, void *dst, int n) {
+    uint8_t *p = dst;
+    for (int b = 0; b < n / 32; b++, p += 20) {
+        float mn = x[32 * b], mx = x[32 * b];
+        for (int j = 1; j < 32; j++) { mn = fminf(mn, x[32 * b + j]); mx = fmaxf(mx, x[32 * b + j]); }
+        float d = (mx - mn) / 15.f, id = d != 0 ? 1.f / d : 0.f;
+        uint16_t hd = syk_fp32_to_fp16(d), hm = syk_fp32_to_fp16(mn);
+        memcpy(p, &hd, 2); memcpy(p + 2, &hm, 2);
+        for (int j = 0; j < 16; j++) {
+            int lo = (int)fminf(15.f, floorf((x[32 * b + j] - mn) * id + 0.5f));
+            int hi = (int)fminf(15.f, floorf((x[32 * b + j + 16] - mn) * id + 0.5f));
+            p[4 + j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
+
+// ============================================================================ activation quantization
+
+// Per block: amax, d = amax/127 (stored fp16-rounded), q = round-half-even(y * 127/amax),
+// isum = Σq, s = fp16(d * isum) — the same numbers as llama.cpp's x86 quantize_row_q8_0/q8_1.
+static void quantize_block_scalar(const float *y, const syk_act *a, int t, int b) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(y[j]));
+    float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+    int8_t *q = a->qs + (size_t)t * a->K + 32 * b;
+    int sum = 0;
+    for (int j = 0; j < 32; j++) {
+        float v = nearbyintf(y[j] * id);
+        v = fminf(127.f, fmaxf(-127.f, v));
+        q[j] = (int8_t)v;
+        sum += q[j];
+    }
+    size_t o = (size_t)t * (a->K / 32) + b;
+    a->d[o] = fp16_round(d);
+    a->isum[o] = sum;
+    a->s[o] = fp16_round(d * (float)sum);
+}
+
+static void quantize_act_scalar(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
+    int K = a->K;
+    float scale = 1.f;
+    if (norm) {
+        double sum = 0;
+        for (int i = 0; i < K; i++) sum += (double)(x[i] * x[i]);
+        scale = 1.0f / sqrtf((float)(sum / K) + eps);
+    }
+    float y[32];
+    for (int b = 0; b < K / 32; b++) {
+        for (int j = 0; j < 32; j++) {
+            float v = x[32 * b + j];
+            y[j] = norm ? (v * scale) * norm[32 * b + j] : v;
+            if (xout) xout[32 * b + j] = y[j];
+        }
+        quantize_block_scalar(y, a, t, b);
+    }
+}
+
+#if SYK_X86
+AVX512 static void quantize_act_avx512(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
+    int K = a->K, nb = K / 32;
+    float scale = 1.f;
+    if (norm) {
+        double sum = 0;   // double accumulation like llama.cpp's rms_norm
+        for (int i = 0; i < K; i++) sum += (double)(x[i] * x[i]);
+        scale = 1.0f / sqrtf((float)(sum / K) + eps);
+    }
+    const __m512 vs = _mm512_set1_ps(scale);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    int8_t *qrow = a->qs + (size_t)t * K;
+    for (int b = 0; b < nb; b++) {
+        __m512 y0 = _mm512_loadu_ps(x + 32 * b), y1 = _mm512_loadu_ps(x + 32 * b + 16);
+        if (norm) {
+            y0 = _mm512_mul_ps(_mm512_mul_ps(y0, vs), _mm512_loadu_ps(norm + 32 * b));
+            y1 = _mm512_mul_ps(_mm512_mul_ps(y1, vs), _mm512_loadu_ps(norm + 32 * b + 16));
+        }
+        if (xout) { _mm512_storeu_ps(xout + 32 * b, y0); _mm512_storeu_ps(xout + 32 * b + 16, y1); }
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(y0, absmask), _mm512_and_ps(y1, absmask)));
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(y0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(y1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm_storeu_si128((__m128i *)(qrow + 32 * b), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(qrow + 32 * b + 16), _mm512_cvtsepi32_epi8(q1));
+        int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        size_t o = (size_t)t * nb + b;
+        a->d[o] = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
+        a->isum[o] = sum;
+        a->s[o] = _cvtsh_ss(_cvtss_sh(d * (float)sum, _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+#endif
+
+void syk_quantize_act(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { quantize_act_avx512(x, norm, eps, a, t, xout); return; }
+#endif
+    quantize_act_scalar(x, norm, eps, a, t, xout);
+}
+
+// ============================================================================ repacking
+
+void syk_repack_q4_1(const void *src, void *dst, int rows, int K) {
+    const uint8_t *s = src;
+    uint8_t *o = dst;
+    int nb = K / 32;
+    for (int g = 0; g < rows / 16; g++)
+        for (int b = 0; b < nb; b++, o += SYK_R16_Q4_1_CHUNK)
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *blk = s + ((size_t)(16 * g + r) * nb + b) * 20;
+                memcpy(o + 2 * r, blk, 2);        // d
+                memcpy(o + 32 + 2 * r, blk + 2, 2); // m
+                uint8_t q[32];
+                for (int j = 0; j < 16; j++) { q[j] = blk[4 + j] & 0xf; q[j + 16] = blk[4 + j] >> 4; }
+                for (int j = 0; j < 4; j++)
+                    for (int i = 0; i < 4; i++)
+                        o[64 + j * 64 + r * 4 + i] = (uint8_t)(q[8 * j + i] | (q[8 * j + 4 + i] << 4));
+            }
+}
+
+void syk_repack_q4_0_as_q4_1(const void *src, void *dst, int rows, int K) {
+    // Rewrite each Q4_0 block as Q4_1 (d, m = -8d) in a temporary row, then repack.
+    int nb = K / 32;
+    uint8_t *tmp = malloc((size_t)16 * nb * 20);
+    if (!tmp) return;
+    const uint8_t *s = src;
+    uint8_t *o = dst;
+    for (int g = 0; g < rows / 16; g++) {
+        for (int r = 0; r < 16; r++)
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = s + ((size_t)(16 * g + r) * nb + b) * 18;
+                uint8_t *t = tmp + ((size_t)r * nb + b) * 20;
+                memcpy(t, blk, 2);
+                uint16_t m = syk_fp32_to_fp16(-8.f * syk_fp16_to_fp32(rd16(blk)));  // exact: x8 is a power of 2
+                memcpy(t + 2, &m, 2);
+                memcpy(t + 4, blk + 2, 16);
+            }
+        syk_repack_q4_1(tmp, o + (size_t)g * nb * SYK_R16_Q4_1_CHUNK, 16, K);
+    }
+    free(tmp);
+}
+
+void syk_repack_q8_0(const void *src, void *dst, int rows, int K) {
+    const uint8_t *s = src;
+    uint8_t *o = dst;
+    int nb = K / 32;
+    for (int g = 0; g < rows / 16; g++)
+        for (int b = 0; b < nb; b++, o += SYK_R16_Q8_0_CHUNK)
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *blk = s + ((size_t)(16 * g + r) * nb + b) * 34;
+                memcpy(o + 2 * r, blk, 2);
+                for (int j = 0; j < 8; j++)
+                    for (int i = 0; i < 4; i++)
+                        o[32 + j * 64 + r * 4 + i] = (uint8_t)((int)(int8_t)blk[2 + 4 * j + i] + 128);
+            }
+}
+
+// ============================================================================ matmul
+
+static void gemm_scalar(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int K = w->K, nb = K / 32;
+    int q41 = w->type == SYK_W_R16_Q4_1;
+    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = w->data + (size_t)g * nb * chunk;
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *aq = a->qs + (size_t)t * K;
+            float acc[16] = {0};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *c = wg + (size_t)b * chunk;
+                float da = a->d[(size_t)t * nb + b], sa = a->s[(size_t)t * nb + b];
+                int isum = a->isum[(size_t)t * nb + b];
+                for (int r = 0; r < 16; r++) {
+                    int sumi = 0;
+                    float dw = syk_fp16_to_fp32(rd16(c + 2 * r));
+                    if (q41) {
+                        for (int j = 0; j < 4; j++)
+                            for (int i = 0; i < 4; i++) {
+                                uint8_t byte = c[64 + j * 64 + r * 4 + i];
+                                sumi += (byte & 0xf) * aq[32 * b + 8 * j + i] + (byte >> 4) * aq[32 * b + 8 * j + 4 + i];
+                            }
+                        float mw = syk_fp16_to_fp32(rd16(c + 32 + 2 * r));
+                        acc[r] = fmaf((float)sumi, dw * da, acc[r]);
+                        acc[r] = fmaf(mw, sa, acc[r]);
+                    } else {
+                        for (int j = 0; j < 8; j++)
+                            for (int i = 0; i < 4; i++)
+                                sumi += c[32 + j * 64 + r * 4 + i] * aq[32 * b + 4 * j + i];
+                        sumi -= 128 * isum;
+                        acc[r] = fmaf((float)sumi, dw * da, acc[r]);
+                    }
+                }
+            }
+            float *o = out + (size_t)t * ldo + 16 * g;
+            for (int r = 0; r < 16; r++) o[r] = accumulate ? o[r] + acc[r] : acc[r];
+        }
+    }
+}
+
+#if SYK_X86
+AVX512 static inline __attribute__((always_inline)) __m512i bcast4(const int8_t *p) {
+    int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v);
+}
+
+// One row group x NT tokens (NT a compile-time constant after inlining): the 16-row weight block is
+// unpacked once and reused for every token of the tile.
+AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+                                                                   float *out, int ldo, int accumulate) {
+    const int K = a->K;
+    __m512 facc[8];
+    for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+        __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32)));
+        __m512i v0 = _mm512_loadu_si512(c + 64), v1 = _mm512_loadu_si512(c + 128);
+        __m512i v2 = _mm512_loadu_si512(c + 192), v3 = _mm512_loadu_si512(c + 256);
+        __m512i l0 = _mm512_and_si512(v0, m4), h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+        __m512i l1 = _mm512_and_si512(v1, m4), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+        __m512i l2 = _mm512_and_si512(v2, m4), h2 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4);
+        __m512i l3 = _mm512_and_si512(v3, m4), h3 = _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4);
+        for (int t = 0; t < NT; t++) {
+            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
+            __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, bcast4(aq));
+            acc = _mm512_dpbusd_epi32(acc, h0, bcast4(aq + 4));
+            acc = _mm512_dpbusd_epi32(acc, l1, bcast4(aq + 8));
+            acc = _mm512_dpbusd_epi32(acc, h1, bcast4(aq + 12));
+            acc = _mm512_dpbusd_epi32(acc, l2, bcast4(aq + 16));
+            acc = _mm512_dpbusd_epi32(acc, h2, bcast4(aq + 20));
+            acc = _mm512_dpbusd_epi32(acc, l3, bcast4(aq + 24));
+            acc = _mm512_dpbusd_epi32(acc, h3, bcast4(aq + 28));
+            size_t o = (size_t)(t0 + t) * nb + b;
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o])), facc[t]);
+            facc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), facc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = out + (size_t)(t0 + t) * ldo;
+        __m512 r = facc[t];
+        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, r);
+    }
+}
+
+AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+                                                                   float *out, int ldo, int accumulate) {
+    const int K = a->K;
+    __m512 facc[8];
+    for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+        __m512i w0 = _mm512_loadu_si512(c + 32), w1 = _mm512_loadu_si512(c + 96);
+        __m512i w2 = _mm512_loadu_si512(c + 160), w3 = _mm512_loadu_si512(c + 224);
+        __m512i w4 = _mm512_loadu_si512(c + 288), w5 = _mm512_loadu_si512(c + 352);
+        __m512i w6 = _mm512_loadu_si512(c + 416), w7 = _mm512_loadu_si512(c + 480);
+        for (int t = 0; t < NT; t++) {
+            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
+            size_t o = (size_t)(t0 + t) * nb + b;
+            // Start from -128*Σq to remove the +128 weight bias.
+            __m512i acc = _mm512_set1_epi32(-128 * a->isum[o]);
+            acc = _mm512_dpbusd_epi32(acc, w0, bcast4(aq));
+            acc = _mm512_dpbusd_epi32(acc, w1, bcast4(aq + 4));
+            acc = _mm512_dpbusd_epi32(acc, w2, bcast4(aq + 8));
+            acc = _mm512_dpbusd_epi32(acc, w3, bcast4(aq + 12));
+            acc = _mm512_dpbusd_epi32(acc, w4, bcast4(aq + 16));
+            acc = _mm512_dpbusd_epi32(acc, w5, bcast4(aq + 20));
+            acc = _mm512_dpbusd_epi32(acc, w6, bcast4(aq + 24));
+            acc = _mm512_dpbusd_epi32(acc, w7, bcast4(aq + 28));
+            facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o])), facc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = out + (size_t)(t0 + t) * ldo;
+        __m512 r = facc[t];
+        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, r);
+    }
+}
+
+#define SYK_TILE_CASES(fn)                                                           \
+    switch (nt) {                                                                    \
+    case 8: fn(wg, nb, a, t, 8, o, ldo, accumulate); break;                          \
+    case 7: fn(wg, nb, a, t, 7, o, ldo, accumulate); break;                          \
+    case 6: fn(wg, nb, a, t, 6, o, ldo, accumulate); break;                          \
+    case 5: fn(wg, nb, a, t, 5, o, ldo, accumulate); break;                          \
+    case 4: fn(wg, nb, a, t, 4, o, ldo, accumulate); break;                          \
+    case 3: fn(wg, nb, a, t, 3, o, ldo, accumulate); break;                          \
+    case 2: fn(wg, nb, a, t, 2, o, ldo, accumulate); break;                          \
+    default: fn(wg, nb, a, t, 1, o, ldo, accumulate); break;                         \
+    }
+
+AVX512 static void gemm_avx512(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int nb = w->K / 32;
+    int q41 = w->type == SYK_W_R16_Q4_1;
+    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = w->data + (size_t)g * nb * chunk;   // this group's K range stays in L1/L2
+        float *o = out + 16 * g;
+        for (int t = 0; t < ntok; t += 8) {
+            int nt = ntok - t < 8 ? ntok - t : 8;
+            if (q41) { SYK_TILE_CASES(tile_q4_1) } else { SYK_TILE_CASES(tile_q8_0) }
+        }
+    }
+}
+#endif
+
+void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
+#endif
+    gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
+}
+
+// ============================================================================ attention
+
+void syk_store_f16(const float *x, uint16_t *dst, int n) {
+    for (int i = 0; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
+}
+
+static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+                          float scale, float *scores, float *out) {
+    float mx = -INFINITY;
+    for (int j = 0; j < npos; j++) {
+        const uint16_t *kj = k + (size_t)j * stride;
+        float s = 0;
+        for (int i = 0; i < hd; i++) s += q[i] * syk_fp16_to_fp32(kj[i]);
+        scores[j] = s * scale;
+        mx = fmaxf(mx, scores[j]);
+    }
+    float sum = 0;
+    for (int j = 0; j < npos; j++) { scores[j] = expf(scores[j] - mx); sum += scores[j]; }
+    float inv = 1.f / sum;
+    for (int i = 0; i < hd; i++) out[i] = 0;
+    for (int j = 0; j < npos; j++) {
+        const uint16_t *vj = v + (size_t)j * stride;
+        float p = scores[j] * inv;
+        for (int i = 0; i < hd; i++) out[i] += p * syk_fp16_to_fp32(vj[i]);
+    }
+}
+
+#if SYK_X86
+// e^x for x <= 0 (softmax after max subtraction): 2^(x log2 e) with a degree-6 polynomial on [-0.5, 0.5].
+AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.5403530e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+                                 float scale, float *scores, float *out) {
+    int nc = hd / 16;   // hd % 16 == 0 checked by the caller; nc <= 16
+    __m512 qv[16];
+    for (int c = 0; c < nc; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale));
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    // Scores: one dot product per position (q pre-scaled).
+    for (; j < npos; j++) {
+        const uint16_t *kj = k + (size_t)j * stride;
+        __m512 s = _mm512_mul_ps(qv[0], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)kj)));
+        for (int c = 1; c < nc; c++)
+            s = _mm512_fmadd_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), s);
+        scores[j] = _mm512_reduce_add_ps(s);
+    }
+    for (j = 0; j + 16 <= npos; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(scores + j));
+    float mx = _mm512_reduce_max_ps(vmax);
+    for (; j < npos; j++) mx = fmaxf(mx, scores[j]);
+    __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= npos; j += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vm));
+        _mm512_storeu_ps(scores + j, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    if (j < npos) {
+        __mmask16 m = (__mmask16)((1u << (npos - j)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), vm));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(scores + j, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    float inv = 1.f / _mm512_reduce_add_ps(vsum);
+    __m512 acc[16];
+    for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+    for (j = 0; j < npos; j++) {
+        const uint16_t *vj = v + (size_t)j * stride;
+        __m512 p = _mm512_set1_ps(scores[j]);
+        for (int c = 0; c < nc; c++)
+            acc[c] = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), acc[c]);
+    }
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
+}
+#endif
+
+void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+                float scale, float *scores, float *out) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && hd % 16 == 0 && hd <= 256) {
+        attend_avx512(q, k, v, stride, npos, hd, scale, scores, out);
+        return;
+    }
+#endif
+    attend_scalar(q, k, v, stride, npos, hd, scale, scores, out);
+}
+
+void syk_swiglu(const float *g, const float *u, float *h, int n) {
+    for (int i = 0; i < n; i++) h[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
+// ============================================================================ thread pool
+//
+// Workers wait for `gen` to change: spin `spin` iterations (cheap hand-off while the model runs), then
+// sleep on a futex. The caller publishes (fn, ctx), sets `pending`, then bumps `gen` (release); workers
+// acquire `gen`, run, and decrement `pending` (release); the caller spins until `pending` is 0 (acquire).
+// Sleep/wake handshake: a worker increments `sleepers` before FUTEX_WAIT(gen, seen); the caller bumps
+// gen before reading `sleepers` (both seq_cst), so either the caller sees the sleeper and wakes it, or
+// the worker's FUTEX_WAIT sees the new gen and returns at once.
+
+struct syk_pool {
+    int n;
+    int spin;
+    pthread_t *threads;
+    _Atomic int *tids;
+    _Atomic uint32_t gen;
+    _Atomic int pending;
+    _Atomic int sleepers;
+    _Atomic int stop;
+    syk_fn fn;
+    void *ctx;
+};
+
+typedef struct { syk_pool *p; int i; } worker_arg;
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val) {
+    return syscall(SYS_futex, (uint32_t *)addr, op, val, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void) {
+#if SYK_X86
+    _mm_pause();
+#endif
+}
+
+static void *worker_main(void *argp) {
+    worker_arg arg = *(worker_arg *)argp;
+    free(argp);
+    syk_pool *p = arg.p;
+    atomic_store(&p->tids[arg.i], (int)syscall(SYS_gettid));
+    uint32_t seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+    for (;;) {
+        uint32_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
+            if (++spins < p->spin) { cpu_relax(); continue; }
+            atomic_fetch_add(&p->sleepers, 1);
+            futex(&p->gen, FUTEX_WAIT_PRIVATE, seen);
+            atomic_fetch_sub(&p->sleepers, 1);
+            spins = 0;
+        }
+        seen = g;
+        if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        p->fn(p->ctx, arg.i, p->n);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+}
+
+syk_pool *syk_pool_create(int nthreads, int spin) {
+    if (nthreads < 1) nthreads = 1;
+    syk_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = nthreads;
+    p->spin = spin < 0 ? 0 : spin;
+    p->threads = calloc((size_t)nthreads, sizeof(pthread_t));
+    p->tids = calloc((size_t)nthreads, sizeof(_Atomic int));
+    if (!p->threads || !p->tids) { free(p->threads); free((void *)p->tids); free(p); return NULL; }
+    for (int i = 1; i < nthreads; i++) {
+        worker_arg *a = malloc(sizeof *a);
+        if (!a) { p->n = i; break; }
+        a->p = p; a->i = i;
+        if (pthread_create(&p->threads[i], NULL, worker_main, a) != 0) { free(a); p->n = i; break; }
+    }
+    return p;
+}
+
+int syk_pool_threads(const syk_pool *p) { return p->n; }
+
+int syk_pool_worker_tid(const syk_pool *p, int i) {
+    if (i <= 0 || i >= p->n) return 0;
+    // Wait for the worker to publish its tid (it does so first thing).
+    int t;
+    while ((t = atomic_load((_Atomic int *)&p->tids[i])) == 0) cpu_relax();
+    return t;
+}
+
+void syk_pool_run(syk_pool *p, syk_fn fn, void *ctx) {
+    if (p->n == 1) { fn(ctx, 0, 1); return; }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    atomic_fetch_add(&p->gen, 1);   // seq_cst: publishes fn/ctx/pending (release) and orders before the sleepers read
+    if (atomic_load(&p->sleepers) > 0) futex(&p->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
+    fn(ctx, 0, p->n);
+    int spins = 0;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
+        if (++spins < 1 << 16) cpu_relax(); else { sched_yield(); spins = 0; }
+    }
+}
+
+void syk_pool_destroy(syk_pool *p) {
+    if (!p) return;
+    atomic_store_explicit(&p->stop, 1, memory_order_release);
+    atomic_fetch_add(&p->gen, 1);
+    futex(&p->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
+    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    free((void *)p->tids);
+    free(p);
+}
+
+// ============================================================================ pool tasks
+
+static inline void split(int n, int ith, int nth, int *b, int *e) {
+    *b = (int)((long)n * ith / nth);
+    *e = (int)((long)n * (ith + 1) / nth);
+}
+
+void syk_gemm_run(void *task, int ith, int nth) {
+    const syk_gemm_task *t = task;
+    int total = 0;
+    for (int p = 0; p < t->nparts; p++) total += t->parts[p].rows / 16;
+    int b, e;
+    split(total, ith, nth, &b, &e);
+    int base = 0;   // first group of part p in the concatenation
+    for (int p = 0; p < t->nparts && b < e; p++) {
+        int ng = t->parts[p].rows / 16;
+        int lo = b > base ? b - base : 0, hi = e - base < ng ? e - base : ng;
+        if (lo < hi) syk_gemm(&t->parts[p], t->act, t->ntok, t->out + 16 * base, t->ldo, t->accumulate, lo, hi);
+        base += ng;
+    }
+}
+
+void syk_quant_run(void *task, int ith, int nth) {
+    const syk_quant_task *t = task;
+    int b, e;
+    split(t->ntok, ith, nth, &b, &e);
+    for (int i = b; i < e; i++) syk_quantize_act(t->x + (size_t)i * t->ldx, t->norm, t->eps, t->act, i, NULL);
+}
+
+#if SYK_X86
+AVX512 static void swiglu_avx512(const float *g, const float *u, float *h, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 gv = _mm512_loadu_ps(g + i);
+        __m512 e = exp512(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv), _mm512_set1_ps(88.f)));
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) h[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+#endif
+
+void syk_swiglu_run(void *task, int ith, int nth) {
+    const syk_swiglu_task *t = task;
+    int b, e;
+    split(t->ntok, ith, nth, &b, &e);
+    for (int i = b; i < e; i++) {
+        const float *g = t->gu + (size_t)i * 2 * t->ff;
+        float *h = t->h + (size_t)i * t->ff;
+#if SYK_X86
+        if (syk_get_isa() >= SYK_ISA_AVX512VNNI) swiglu_avx512(g, g + t->ff, h, t->ff);
+        else
+#endif
+        syk_swiglu(g, g + t->ff, h, t->ff);
+        syk_quantize_act(h, NULL, 0, t->act, i, NULL);
+    }
+}
+
+void syk_attn_run(void *task, int ith, int nth) {
+    const syk_attn_task *t = task;
+    float *scores = t->scratch + (size_t)ith * t->scratch_per_thread;
+    int group = t->nhead / t->nkv, kvdim = t->nkv * t->hd;
+    int items = t->ntok * t->nhead;
+    // Interleaved assignment balances long and short (causal) rows across threads.
+    for (int it = ith; it < items; it += nth) {
+        const syk_attn_tok *tk = &t->toks[it / t->nhead];
+        int h = it % t->nhead, kvh = h / group;
+        syk_attend(tk->q + (size_t)h * t->hd, tk->k + (size_t)kvh * t->hd, tk->v + (size_t)kvh * t->hd, kvdim,
+                   tk->npos, t->hd, t->scale, scores, tk->out + (size_t)h * t->hd);
+    }
+}

@@ -1,0 +1,42 @@
+import Foundation
+import Testing
+@testable import Engine
+
+/// Paths shared by the engine tests.
+enum TestPaths {
+    /// Package root, found by walking up from this file.
+    static let root: URL = {
+        var u = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        while u.path != "/" {
+            if FileManager.default.fileExists(atPath: u.appendingPathComponent("Package.swift").path) { return u }
+            u = u.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: "/")
+    }()
+
+    /// The real model: SWITCHYARD_MODEL or <root>/models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    static func model() throws -> String {
+        let p = ProcessInfo.processInfo.environment["SWITCHYARD_MODEL"]
+            ?? root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        try #require(FileManager.default.fileExists(atPath: p),
+                     "model file \(p) is missing: run tools/fetch-model")
+        return p
+    }
+
+    static var goldens: URL { root.deletingLastPathComponent().appendingPathComponent("shared/fixtures/llama-cpp-goldens.json") }
+
+    static func tempFile(_ name: String) -> String {
+        NSTemporaryDirectory() + "sy-engine-\(getpid())-\(UInt64.random(in: 0..<UInt64.max))-\(name)"
+    }
+}
+
+/// Deterministic xorshift generator for synthetic data.
+struct TestRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        return state
+    }
+    mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { Float.random(in: lo..<hi, using: &self) }
+}
