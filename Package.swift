@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "Wire"),
         .target(name: "Routing"),
         .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardKernels"]),
-        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit"]),
+        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"]),
         .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"]),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
         .target(name: "ClientKit", dependencies: ["SysKit"]),

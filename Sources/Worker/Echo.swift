@@ -32,16 +32,21 @@ public final class EchoRunner: ModelRunner {
 
     public var freeSlots: Int { lengths.reduce(0) { $0 + ($1 < 0 ? 1 : 0) } }
 
-    public func forward(_ items: [StepItem], logits: UnsafeMutableBufferPointer<Float>) throws {
+    public func forward(_ items: [StepItem], logits: (_ item: Int, _ row: UnsafeBufferPointer<Float>) -> Void) throws {
         forwardCalls += 1
         lastBatchSize = items.count
-        for (i, item) in items.enumerated() {
-            precondition(lengths[item.sequence] == item.position, "echo: position mismatch")
+        for item in items {
+            guard lengths[item.sequence] == item.position else {
+                throw RequestRejection(.internalError, "echo: sequence \(item.sequence) is at \(lengths[item.sequence]), not \(item.position)")
+            }
             lengths[item.sequence] += item.tokens.count
-            // Uniform logits: the echo state ignores them.
-            for v in 0..<vocabSize { logits[i * vocabSize + v] = 0 }
+        }
+        // Uniform logits: the echo state ignores them.
+        uniform.withUnsafeBufferPointer { row in
+            for i in items.indices { logits(i, row) }
         }
     }
+    let uniform = [Float](repeating: 0, count: 257)
 }
 
 public final class EchoText: TextEngine {

@@ -27,9 +27,9 @@ public protocol ModelRunner: AnyObject {
     func releaseSequence(_ sequence: Int)
     /// Keeps the first `length` positions of the sequence's KV cache and forgets the rest.
     func truncateSequence(_ sequence: Int, to length: Int)
-    /// Runs one forward pass over `items`; writes the logits of each item's LAST token to
-    /// `logits[i * vocabSize ..< (i + 1) * vocabSize]`. `logits.count >= items.count * vocabSize`.
-    func forward(_ items: [StepItem], logits: UnsafeMutableBufferPointer<Float>) throws
+    /// Runs one forward pass over `items`, then calls `logits(i, row)` with the logits of item i's LAST
+    /// token (vocabSize floats, valid only during the call), for every item in order.
+    func forward(_ items: [StepItem], logits: (_ item: Int, _ row: UnsafeBufferPointer<Float>) -> Void) throws
 }
 
 /// Why a request was refused before it started.

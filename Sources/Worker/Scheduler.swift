@@ -77,19 +77,15 @@ public final class Scheduler {
     // Reused every step (no per-step allocation once warmed up).
     var items: [StepItem] = []
     var itemOwners: [Request] = []
-    var logits: UnsafeMutableBufferPointer<Float>
-    var logitsRows: Int
+    let maxItems: Int
 
     public init(runner: ModelRunner, text: TextEngine, config: SchedulerConfig,
                 clock: @escaping () -> UInt64, publish: @escaping (Record) -> Void) {
         self.runner = runner; self.text = text; self.config = config; self.publish = publish; self.clock = clock
-        logitsRows = max(1, min(config.maxRunning, runner.maxBatchTokens))
-        logits = .allocate(capacity: logitsRows * runner.vocabSize)
-        items.reserveCapacity(logitsRows)
-        itemOwners.reserveCapacity(logitsRows)
+        maxItems = max(1, config.maxRunning)
+        items.reserveCapacity(maxItems)
+        itemOwners.reserveCapacity(maxItems)
     }
-
-    deinit { logits.deallocate() }
 
     public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
 
@@ -155,13 +151,13 @@ public final class Scheduler {
         // Decode tokens first: every sequence whose last sampled token is not yet in its KV cache advances by
         // exactly that token.
         for r in running where r.promptRemaining == 0 && r.kvLength == r.history.count - 1
-            && budget > 0 && items.count < logitsRows {
+            && budget > 0 && items.count < maxItems {
             items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.history[r.kvLength...]))
             itemOwners.append(r)
             budget -= 1
         }
         // Prefill chunks in arrival order with what is left of the token budget.
-        for r in running where r.promptRemaining > 0 && budget > 0 && items.count < logitsRows {
+        for r in running where r.promptRemaining > 0 && budget > 0 && items.count < maxItems {
             let n = min(r.promptRemaining, budget)
             items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.prompt[r.kvLength ..< r.kvLength + n]))
             itemOwners.append(r)
@@ -169,36 +165,47 @@ public final class Scheduler {
         }
         guard !items.isEmpty else { return false }
 
-        try runner.forward(items, logits: logits)
-        stats.steps += 1
-
-        let vocab = runner.vocabSize
-        for (i, r) in itemOwners.enumerated() {
-            r.kvLength += items[i].tokens.count
-            guard r.promptRemaining == 0 else { continue }      // still reading its prompt
-            let row = UnsafeBufferPointer(rebasing: logits[(i * vocab) ..< ((i + 1) * vocab)])
-            let outcome = r.state.next(logits: row)
-            if r.firstToken == 0 { r.firstToken = clock() }
-            if outcome.counts { r.completionTokens += 1; stats.tokensGenerated += 1 }
-            r.history.append(outcome.token)
-            var finish = outcome.finish
-            if finish == nil && r.history.count >= runner.contextLength { finish = .length }
-            if let finish {
-                let tail = r.state.flush()
-                let textOut = outcome.text + tail
-                if !textOut.isEmpty {
-                    publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: textOut)))
-                }
-                complete(r, finish)
-            } else {
-                if !outcome.text.isEmpty {
-                    publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: outcome.text)))
-                }
-            }
+        for (i, r) in itemOwners.enumerated() { r.kvLength += items[i].tokens.count }
+        try runner.forward(items) { i, row in
+            let r = itemOwners[i]
+            guard r.promptRemaining == 0 else { return }      // still reading its prompt
+            sample(r, row)
         }
+        stats.steps += 1
         running.removeAll { $0.sequence < 0 }
         updateStats()
         return true
+    }
+
+    /// Samples the next token of `r` and publishes what it produced.
+    func sample(_ r: Request, _ row: UnsafeBufferPointer<Float>) {
+        let outcome = r.state.next(logits: row)
+        if r.firstToken == 0 { r.firstToken = clock() }
+        if outcome.counts { r.completionTokens += 1; stats.tokensGenerated += 1 }
+        r.history.append(outcome.token)
+        var finish = outcome.finish
+        if finish == nil && r.history.count >= runner.contextLength { finish = .length }
+        var text = outcome.text
+        if finish != nil { text += r.state.flush() }
+        if !text.isEmpty {
+            publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: text)))
+        }
+        if let finish { complete(r, finish) }
+    }
+
+    /// Ends every running and waiting request with an error (the forward pass failed). Sequences are
+    /// released and the session cache is dropped, since their KV state can no longer be trusted.
+    public func failAll(_ message: String) {
+        for r in running + waiting {
+            publish(.error(ErrorRecord(requestID: r.id, code: .internalError, message: message)))
+            publish(.done(DoneRecord(requestID: r.id, finish: .error, promptTokens: UInt32(r.prompt.count),
+                                     completionTokens: UInt32(r.completionTokens), cachedTokens: UInt32(r.cached))))
+            if r.sequence >= 0 { runner.releaseSequence(r.sequence) }
+        }
+        running.removeAll()
+        waiting.removeAll()
+        while evictLRU() {}
+        updateStats()
     }
 
     func retireCancelled() {

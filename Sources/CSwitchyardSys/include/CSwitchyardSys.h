@@ -8,5 +8,6 @@
 #include "sy_sys.h"     // errno, futex, memfd, pidfd, signals, CPU affinity, C11 atomics
 #include "sy_uring.h"   // liburing helpers used by the front's event loop
 #include "sy_numa.h"    // libnuma wrappers
+#include "sy_control.h" // the worker control block (heartbeat, load) shared with the front
 
 #endif

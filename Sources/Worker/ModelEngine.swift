@@ -1,0 +1,140 @@
+// The real model behind the scheduler's two interfaces: `ModelRunner` over Engine's batched forward and
+// KV sequences, `TextEngine` over the tokenizer, chat template, sampler and stop strings.
+import Engine
+import Wire
+
+public final class ModelRunnerAdapter: ModelRunner {
+    public let engine: Engine
+    public let vocabSize: Int
+    public let contextLength: Int
+    public let maxBatchTokens: Int
+    public let kvBytesPerToken: Int
+    /// Sequence slots; each slot's KV cache holds up to `contextLength` tokens.
+    let maxSlots: Int
+    var slots: [SequenceID?]
+    var batch: [BatchItem] = []
+
+    /// - Parameters:
+    ///   - contextLength: per-sequence context (≤ the model's); KV memory per slot is this × kvBytesPerToken.
+    ///   - slots: most sequences alive at once (running + parked in the session cache).
+    public init(engine: Engine, contextLength: Int, slots: Int) {
+        self.engine = engine
+        vocabSize = engine.config.vocabSize
+        self.contextLength = max(2, min(contextLength, engine.config.contextLength))
+        maxBatchTokens = engine.maxBatchTokens
+        kvBytesPerToken = engine.kvBytesPerToken
+        maxSlots = max(1, slots)
+        self.slots = [SequenceID?](repeating: nil, count: maxSlots)
+    }
+
+    public func acquireSequence() -> Int? {
+        guard let i = slots.firstIndex(where: { $0 == nil }),
+              let id = try? engine.createSequence(maxContext: contextLength) else { return nil }
+        slots[i] = id
+        return i
+    }
+
+    public func releaseSequence(_ sequence: Int) {
+        guard slots.indices.contains(sequence), let id = slots[sequence] else { return }
+        engine.freeSequence(id)
+        slots[sequence] = nil
+    }
+
+    public func truncateSequence(_ sequence: Int, to length: Int) {
+        guard slots.indices.contains(sequence), let id = slots[sequence] else { return }
+        try? engine.truncate(id, to: length)
+    }
+
+    public func forward(_ items: [StepItem], logits: (_ item: Int, _ row: UnsafeBufferPointer<Float>) -> Void) throws {
+        batch.removeAll(keepingCapacity: true)
+        for item in items {
+            guard slots.indices.contains(item.sequence), let id = slots[item.sequence] else {
+                throw RequestRejection(.internalError, "no KV sequence in slot \(item.sequence)")
+            }
+            batch.append(BatchItem(sequence: id, tokens: Array(item.tokens)))
+        }
+        let out = try engine.forward(batch, logits: .last)
+        for i in items.indices { logits(i, out.logits(item: i)) }
+    }
+}
+
+public final class ModelTextEngine: TextEngine {
+    public let tokenizer: Tokenizer
+    public let template: ChatTemplate
+    public let modelName: String
+
+    public init(tokenizer: Tokenizer, template: ChatTemplate, modelName: String) {
+        self.tokenizer = tokenizer; self.template = template; self.modelName = modelName
+    }
+
+    public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
+        let text: String
+        switch submit.kind {
+        case .completion:
+            text = submit.prompt
+        case .chat:
+            do {
+                text = try template.render(submit.messages.map { ChatMessage(role: $0.role, content: $0.content) },
+                                           addGenerationPrompt: true)
+            } catch {
+                throw RequestRejection(.invalidRequest, "\(error)")
+            }
+        }
+        // Special tokens in the rendered template (and in raw completion prompts, as llama-server does) are
+        // parsed; the model's BOS is added when its metadata asks for it.
+        let prompt = tokenizer.encode(text, parseSpecial: true, addSpecial: true)
+        let s = submit.sampling
+        let params = SamplingParams(temperature: s.temperature, topK: Int(s.topK), topP: s.topP, minP: s.minP,
+                                    seed: s.seed, maxTokens: Int(max(1, s.maxTokens)), stop: s.stop)
+        do {
+            let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
+            return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop))
+        } catch {
+            throw RequestRejection(.invalidRequest, "\(error)")
+        }
+    }
+
+    public func tokenize(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {
+        tokenizer.encode(text, parseSpecial: parseSpecial, addSpecial: addSpecial)
+    }
+
+    public func detokenize(_ tokens: [Int32]) -> String { tokenizer.decode(tokens) }
+}
+
+/// One request's sampling chain: sampler → end-of-generation check → streaming detokenizer → stop strings.
+final class ModelGeneration: GenerationState {
+    let tokenizer: Tokenizer
+    var sampler: Sampler
+    var detok: StreamingDetokenizer
+    var stops: StopMatcher
+    let maxTokens: Int
+    var generated = 0
+    var stopped = false
+
+    init(tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int, stops: [String]) {
+        self.tokenizer = tokenizer; self.sampler = sampler; self.maxTokens = maxTokens
+        detok = StreamingDetokenizer(tokenizer: tokenizer)
+        self.stops = StopMatcher(stops: stops)
+    }
+
+    func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
+        let token = sampler.sample(logits)
+        if tokenizer.isEndOfGeneration(token) {
+            return TokenOutcome(token: token, text: "", finish: .stop, counts: false)
+        }
+        generated += 1
+        let out = stops.push(detok.append(token))
+        if out.stop != nil {
+            stopped = true
+            return TokenOutcome(token: token, text: out.text, finish: .stop)
+        }
+        return TokenOutcome(token: token, text: out.text, finish: generated >= maxTokens ? .length : nil)
+    }
+
+    func flush() -> String {
+        guard !stopped else { return "" }
+        let tail = stops.push(detok.finish())
+        if tail.stop != nil { stopped = true; return tail.text }
+        return tail.text + stops.finish().text
+    }
+}

@@ -1,0 +1,184 @@
+// The worker process: `switchyard worker …`, spawned by the front with its rings, its control block and
+// the front's eventfd inherited as file descriptors. It talks to the front only through those.
+import CSwitchyardSys
+import Engine
+import Glibc
+import ShmRing
+import SysKit
+import Wire
+
+public enum EngineKind: String, Sendable, CaseIterable {
+    case model
+    case echo
+}
+
+public struct WorkerOptions: Sendable {
+    public var id = 0
+    /// Inherited descriptors: request ring (front → worker), response ring (worker → front), the front's
+    /// eventfd (the response ring wakes the front's io_uring loop through it), the control block.
+    public var requestFD: Int32 = 3
+    public var responseFD: Int32 = 4
+    public var notifyFD: Int32 = 5
+    public var controlFD: Int32 = 6
+    public var parentPID: Int32 = 0
+    public var engine: EngineKind = .model
+    public var modelPath: String?
+    public var threads = 1
+    public var cpus: [Int] = []
+    public var node: Int?
+    public var sessionCacheMB = 256
+    public var maxQueue = 64
+    public var maxRunning = 16
+    public var contextLength = 2048
+    public var maxBatchTokens = 512
+    public init() {}
+}
+
+public enum WorkerError: Error, CustomStringConvertible {
+    case setup(String)
+    public var description: String {
+        switch self {
+        case .setup(let s): "worker setup: \(s)"
+        }
+    }
+}
+
+public enum WorkerProcess {
+    /// Runs the worker until the front closes the request ring (exit status 0) or dies (1).
+    public static func run(_ o: WorkerOptions, log: @escaping (String) -> Void) throws -> Int32 {
+        // Die with the front: a worker is never left running on its own.
+        _ = sy_set_parent_death_signal(SIGKILL)
+        if o.parentPID > 0 && getppid() != o.parentPID { return 1 }
+
+        // Placement first, so every page the worker touches from here on is allocated on its node.
+        if !o.cpus.isEmpty { try CPUAffinity.set(o.cpus) }
+        if let node = o.node, NUMA.isAvailable { try NUMA.setMemoryBinding(node: node) }
+
+        let control = try ControlBlock(inheritedDescriptor: o.controlFD)
+        control.store(.numaNode, o.node.map { UInt64($0) } ?? .max)
+        let peer = o.parentPID > 0 ? try PeerMonitor.parent(expected: o.parentPID) : nil
+        let notifier = RingNotifier(EventFD(adopting: FileDescriptor(adopting: o.notifyFD)))
+        let channel = try RingChannel(sending: ShmRing(inheritedDescriptor: o.responseFD),
+                                      receiving: ShmRing(inheritedDescriptor: o.requestFD),
+                                      peer: peer, policy: .futex(spinMicroseconds: 50), txNotifier: notifier)
+
+        // The engine: load, pin its threads (one core each), warm up.
+        let runner: ModelRunner
+        let text: TextEngine
+        switch o.engine {
+        case .echo:
+            runner = EchoRunner(slots: o.maxRunning + 256, contextLength: 1 << 16, maxBatchTokens: 1 << 16)
+            text = EchoText()
+        case .model:
+            guard let path = o.modelPath else { throw WorkerError.setup("--model is required for --engine model") }
+            let model = try Model(path: path)
+            let tokenizerConfig = try TokenizerConfig(gguf: model.gguf)
+            let tokenizer = try Tokenizer(config: tokenizerConfig)
+            let template = try ChatTemplate(template: tokenizerConfig.chatTemplate)
+            let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens)
+            if o.cpus.count > 1 {
+                for (i, tid) in engine.workerThreadIDs.enumerated() {
+                    try CPUAffinity.set([o.cpus[(i + 1) % o.cpus.count]], pid: tid)
+                }
+                try CPUAffinity.set([o.cpus[0]])
+            }
+            let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, engine.kvBytesPerToken * 256))
+            let adapter = ModelRunnerAdapter(engine: engine, contextLength: o.contextLength, slots: min(slots, 1024))
+            // Warm-up: one token through every layer, so the first request doesn't pay for page faults.
+            if let s = adapter.acquireSequence() {
+                try adapter.forward([StepItem(sequence: s, position: 0, tokens: [tokenizer.bosID ?? 0][...])]) { _, _ in }
+                adapter.releaseSequence(s)
+            }
+            let name = model.gguf.metadata["general.name"]?.string ?? "model"
+            runner = adapter
+            text = ModelTextEngine(tokenizer: tokenizer, template: template, modelName: name)
+        }
+
+        var writer = WireWriter(capacity: 1 << 12)
+        var sendError: RingError?
+        let publish: (Record) -> Void = { record in
+            writer.reset()
+            do {
+                try record.encode(into: &writer)
+            } catch {
+                // A delta or message over the wire limits: report it as an error for that request.
+                writer.reset()
+                try? Record.error(ErrorRecord(requestID: record.requestID, code: .internalError,
+                                              message: "response too large: \(error)")).encode(into: &writer)
+            }
+            let bytes = writer.bytes
+            let result: RingError? = bytes.withUnsafeBytes { src in
+                do throws(RingError) {
+                    // Reserve + copy without committing: the loop commits once per step (batching).
+                    let dst = try channel.tx.reserve(type: UInt16(record.type.rawValue), length: src.count)
+                    if let d = dst.baseAddress, let s = src.baseAddress { d.copyMemory(from: s, byteCount: src.count) }
+                    return nil
+                } catch { return error }
+            }
+            if let result { sendError = result }
+        }
+        let scheduler = Scheduler(
+            runner: runner, text: text,
+            config: SchedulerConfig(maxQueue: o.maxQueue, sessionCacheBytes: o.sessionCacheMB << 20, maxRunning: o.maxRunning),
+            clock: { sy_monotonic_ns() }, publish: publish)
+
+        publish(.ready(ReadyRecord(workerID: UInt32(o.id), pid: getpid(), numaNode: Int32(o.node ?? -1),
+                                   contextLength: UInt32(runner.contextLength), modelName: text.modelName,
+                                   cpus: ((try? CPUAffinity.get()) ?? o.cpus).map { Int32($0) })))
+        channel.tx.commit()
+        control.store(.state, ControlBlock.State.ready.rawValue)
+        control.beat()
+        log("worker \(o.id) ready: pid \(getpid()), engine \(o.engine.rawValue), node \(o.node.map(String.init) ?? "none"), cpus \(o.cpus)")
+
+        // The engine loop: drain the request ring → one scheduler step → publish → repeat; sleep when idle.
+        while true {
+            control.beat()
+            do {
+                _ = try channel.rx.drain { type, payload in
+                    do {
+                        scheduler.handle(try Record.decode(type: UInt32(type), payload: payload))
+                    } catch {
+                        log("worker \(o.id): dropped a malformed request record: \(error)")
+                    }
+                }
+            } catch {
+                switch error {
+                case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); return 0
+                case .peerDied: return 1
+                default: log("worker \(o.id): request ring failed: \(error)"); return 1
+                }
+            }
+            if scheduler.hasWork {
+                do { try scheduler.step() } catch {
+                    log("worker \(o.id): forward pass failed: \(error)")
+                    scheduler.failAll("forward pass failed: \(error)")
+                }
+            }
+            channel.tx.commit()
+            if let e = sendError {
+                log("worker \(o.id): response ring failed: \(e)")
+                return e == .closed ? 0 : 1
+            }
+            let st = scheduler.stats
+            control.store(.running, UInt64(st.running))
+            control.store(.waiting, UInt64(st.waiting))
+            control.store(.cachedSessions, UInt64(st.cachedSessions))
+            control.store(.cachedBytes, UInt64(st.cachedBytes))
+            control.store(.tokensGenerated, st.tokensGenerated)
+            control.store(.steps, st.steps)
+            if !scheduler.hasWork {
+                do {
+                    // Idle: sleep on the request ring; wake at least every 100 ms to beat the heartbeat.
+                    try channel.rx.waitForData(timeoutNanoseconds: 100_000_000)
+                } catch {
+                    switch error {
+                    case .timedOut: continue
+                    case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); return 0
+                    case .peerDied: return 1
+                    default: log("worker \(o.id): request ring failed: \(error)"); return 1
+                    }
+                }
+            }
+        }
+    }
+}
