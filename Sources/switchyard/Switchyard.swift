@@ -5,6 +5,10 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Shared-memory multi-process LLM inference server.",
-        subcommands: [RingPeerCommand.self]
+        subcommands: [
+            ServeCommand.self,
+            WorkerCommand.self,
+            RingPeerCommand.self,
+        ]
     )
 }

@@ -36,4 +36,15 @@ _Static_assert(offsetof(sy_worker_control, steps) == 64, "steps offset");
 _Static_assert(offsetof(sy_worker_control, numa_node) == 72, "numa_node offset");
 _Static_assert(sizeof(sy_worker_control) <= SY_CONTROL_SIZE, "fits its page");
 
+
+
+// epoll helpers for the front's worker supervision (struct epoll_event is packed on x86-64, so Swift
+// code goes through these): the pool's epoll fd is what the io_uring loop polls.
+int sy_epoll_create(void);
+int sy_epoll_add(int epfd, int fd, uint64_t data);
+int sy_epoll_del(int epfd, int fd);
+/// Waits up to timeout_ms (0: poll) and stores up to `max` ready entries' data; returns the count or -errno.
+int sy_epoll_ready(int epfd, uint64_t *data, int max, int timeout_ms);
+/// A CLOCK_MONOTONIC timerfd firing every `interval_ns` (non-blocking, close-on-exec), or -errno.
+int sy_timerfd_periodic(uint64_t interval_ns);
 #endif

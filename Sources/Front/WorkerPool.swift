@@ -1,0 +1,541 @@
+// WorkerPool: the FrontBackend that runs generation in worker processes behind shared-memory rings.
+//
+// It spawns the workers (the same binary, `switchyard worker …`, with its request ring, response ring,
+// the pool's eventfd and its control block inherited as fds 3-6), routes each request with the Router,
+// encodes it into the chosen worker's request ring, and turns response records into BackendEvents.
+//
+// Everything runs on the front's event-loop thread. The loop polls one descriptor, `wakeFD`: an epoll set
+// holding the eventfd every response ring signals, every worker's pidfd, and a 100 ms timerfd for
+// heartbeat checks and respawns. So the front sleeps in the kernel when idle and learns of a worker's
+// death the moment its pidfd becomes readable.
+//
+// Failure handling:
+// - a worker exits or is killed (pidfd readable): requests that already streamed something get an error
+//   event (the front turns it into an SSE error event), requests that had not started are routed again to
+//   their next-ranked worker (503 if none is left), the worker is marked dead in the router (its sessions
+//   go to their next-ranked worker) and respawned with exponential backoff (0.1 s doubling to 5 s);
+// - a worker hangs (its heartbeat does not move for `heartbeatTimeout` while it is ready): SIGKILL, then
+//   the same as above;
+// - a malformed record from a worker (a buggy or dying peer): the worker is killed and handled as above.
+import CSwitchyardSys
+import Glibc
+import Routing
+import ShmRing
+import SysKit
+import Wire
+
+public struct WorkerSpec: Sendable {
+    public var id: Int
+    /// Arguments after `worker --id N --parent PID` (engine, model, threads, placement, limits).
+    public var arguments: [String]
+    /// For logs and metrics.
+    public var numaNode: Int?
+    public var cpus: [Int]
+    public init(id: Int, arguments: [String], numaNode: Int?, cpus: [Int]) {
+        self.id = id; self.arguments = arguments; self.numaNode = numaNode; self.cpus = cpus
+    }
+}
+
+public struct WorkerPoolConfig: Sendable {
+    public var executable: String
+    public var workers: [WorkerSpec]
+    public var policy: RoutingPolicy = .consistentHash
+    public var balanceFactor: Double = Router.defaultBalanceFactor
+    public var ringCapacity = 1 << 20
+    /// A worker whose heartbeat stands still this long while ready is considered hung and killed.
+    public var heartbeatTimeout: Double = 15
+    public var restartBackoffMin: Double = 0.1
+    public var restartBackoffMax: Double = 5
+    public var modelID = "switchyard"
+    /// Sampling defaults for fields a request leaves out.
+    public var defaultMaxTokens = 256
+    public var log: @Sendable (String) -> Void = { msg in
+        var line = "pool: " + msg + "\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+    public init(executable: String, workers: [WorkerSpec]) { self.executable = executable; self.workers = workers }
+}
+
+/// Owns a spawned worker process (killed and reaped when dropped).
+final class ProcessHandle {
+    var child: ChildProcess
+    init(_ child: consuming ChildProcess) { self.child = child }
+}
+
+final class WorkerSlot {
+    let spec: WorkerSpec
+    let routerSlot: Int
+    var process: ProcessHandle?
+    var channel: RingChannel?
+    var control: ControlBlock?
+    var ready = false
+    var restarts = 0
+    var consecutiveFailures = 0
+    var respawnAt: UInt64 = 0          // monotonic ns; 0 = not scheduled
+    var readySince: UInt64 = 0
+    var lastBeat: UInt64 = 0
+    var lastBeatChange: UInt64 = 0
+    var requests: Set<UInt64> = []
+    var readyInfo: ReadyRecord?
+    init(spec: WorkerSpec, routerSlot: Int) { self.spec = spec; self.routerSlot = routerSlot }
+}
+
+public final class WorkerPool: FrontBackend {
+    struct InFlight {
+        var worker: Int
+        var ticket: Ticket?
+        var started = false
+        var cancelled = false
+        var errored = false
+        var request: APIRequest?          // kept until started, to re-route if the worker dies
+        var retries = 0
+    }
+
+    public let config: WorkerPoolConfig
+    let router: Router
+    var slots: [WorkerSlot] = []
+    var inFlight: [UInt64: InFlight] = [:]
+    let epoll: FileDescriptor
+    let eventFD: EventFD
+    let timerFD: FileDescriptor
+    var writer = WireWriter(capacity: 4096)
+    var pending: [BackendEvent] = []
+    var shuttingDown = false
+    public private(set) var totalRestarts = 0
+
+    // epoll data tags: kind in the high 32 bits, index in the low.
+    static let tagEvent: UInt64 = 1 << 32
+    static let tagTimer: UInt64 = 2 << 32
+    static let tagPid: UInt64 = 3 << 32
+
+    public init(config: WorkerPoolConfig) throws {
+        self.config = config
+        guard !config.workers.isEmpty else { throw WorkerError.config("at least one worker is needed") }
+        router = try Router(policy: config.policy, balanceFactor: config.balanceFactor,
+                            maxTargets: max(1, config.workers.count))
+        let ep = sy_epoll_create()
+        guard ep >= 0 else { throw SysError(errno: -ep, call: "epoll_create1") }
+        epoll = FileDescriptor(adopting: ep)
+        eventFD = try EventFD()
+        let tfd = sy_timerfd_periodic(100_000_000)
+        guard tfd >= 0 else { throw SysError(errno: -tfd, call: "timerfd_create") }
+        timerFD = FileDescriptor(adopting: tfd)
+        try Self.check(sy_epoll_add(epoll.rawValue, eventFD.rawValue, Self.tagEvent), "epoll_ctl(eventfd)")
+        try Self.check(sy_epoll_add(epoll.rawValue, timerFD.rawValue, Self.tagTimer), "epoll_ctl(timerfd)")
+        for spec in config.workers {
+            let slot = try router.addTarget(TargetSpec(id: "worker-\(spec.id)"))
+            router.setHealth(.dead, slot: slot)       // until its ready record arrives
+            slots.append(WorkerSlot(spec: spec, routerSlot: slot))
+        }
+        for i in slots.indices { spawn(i) }
+    }
+
+    enum WorkerError: Error, CustomStringConvertible {
+        case config(String)
+        var description: String {
+            switch self {
+            case .config(let s): "worker pool: \(s)"
+            }
+        }
+    }
+
+    static func check(_ rc: Int32, _ call: String) throws {
+        if rc < 0 { throw SysError(errno: -rc, call: call) }
+    }
+
+    static func now() -> UInt64 { sy_monotonic_ns() }
+
+    // MARK: Spawning and supervision
+
+    func spawn(_ i: Int) {
+        let w = slots[i]
+        w.respawnAt = 0
+        do {
+            let requests = try ShmRing(capacity: config.ringCapacity, name: "switchyard-req-\(w.spec.id)")
+            let responses = try ShmRing(capacity: config.ringCapacity, consumerUsesEventFD: true,
+                                        name: "switchyard-resp-\(w.spec.id)")
+            let control = try ControlBlock()
+            let args = ["worker", "--id", "\(w.spec.id)", "--parent", "\(getpid())"] + w.spec.arguments
+            let child = try ChildProcess.spawn(
+                path: config.executable, arguments: args,
+                inherit: [InheritedDescriptor(requests.fileDescriptor, as: 3),
+                          InheritedDescriptor(responses.fileDescriptor, as: 4),
+                          InheritedDescriptor(eventFD.rawValue, as: 5),
+                          InheritedDescriptor(control.fileDescriptor, as: 6)])
+            let pid = child.pid
+            let pidfd = child.pidfd.fd.rawValue
+            let handle = ProcessHandle(child)
+            let rxNotifier = RingNotifier(EventFD(adopting: try eventFD.fd.duplicate()))
+            let channel = try RingChannel(sending: requests, receiving: responses, peer: PeerMonitor(pid: pid),
+                                          rxNotifier: rxNotifier)
+            // Announce that we sleep, so the worker's first commit (its ready record) writes the eventfd.
+            _ = try channel.rx.prepareToSleep()
+            try Self.check(sy_epoll_add(epoll.rawValue, pidfd, Self.tagPid | UInt64(i)), "epoll_ctl(pidfd)")
+            w.process = handle
+            w.channel = channel
+            w.control = control
+            w.ready = false
+            w.lastBeat = 0
+            w.lastBeatChange = Self.now()
+            config.log("worker \(w.spec.id): started pid \(pid)")
+        } catch {
+            config.log("worker \(w.spec.id): could not start: \(error)")
+            scheduleRespawn(i)
+        }
+    }
+
+    func scheduleRespawn(_ i: Int) {
+        guard !shuttingDown else { return }
+        let w = slots[i]
+        let backoff = min(config.restartBackoffMax, config.restartBackoffMin * Double(1 << min(w.consecutiveFailures, 16)))
+        w.consecutiveFailures += 1
+        w.respawnAt = Self.now() + UInt64(backoff * 1e9)
+        config.log("worker \(w.spec.id): restarting in \(backoff) s")
+    }
+
+    /// The worker is gone (exited, killed, or declared hung and killed): clean up and recover its requests.
+    func workerDied(_ i: Int, reason: String) {
+        let w = slots[i]
+        guard let handle = w.process else { return }
+        _ = sy_epoll_del(epoll.rawValue, handle.child.pidfd.fd.rawValue)
+        let status = (try? handle.child.wait(timeoutMs: 1000)) ?? nil
+        w.process = nil                       // kills and reaps if it was still running
+        w.channel?.close()
+        w.channel = nil
+        w.control = nil
+        w.ready = false
+        router.setHealth(.dead, slot: w.routerSlot)
+        if w.readySince > 0 && Self.now() - w.readySince > 30_000_000_000 { w.consecutiveFailures = 0 }
+        w.readySince = 0
+        if !shuttingDown {
+            w.restarts += 1
+            totalRestarts += 1
+        }
+        config.log("worker \(w.spec.id): \(reason)\(status.map { " (\($0))" } ?? "")")
+        let affected = w.requests
+        w.requests.removeAll()
+        for id in affected {
+            guard var f = inFlight[id] else { continue }
+            if let t = f.ticket { router.release(t) }
+            f.ticket = nil
+            if f.cancelled {
+                inFlight[id] = nil
+            } else if !f.started, let req = f.request, f.retries < 2, !shuttingDown {
+                // Not started: route it again (the dead worker no longer ranks).
+                inFlight[id] = nil
+                if case .admitted = route(req, retries: f.retries + 1) {} else {
+                    pending.append(.error(requestID: id, message: "worker \(w.spec.id) died and no other worker could take the request"))
+                }
+            } else {
+                inFlight[id] = nil
+                pending.append(.error(requestID: id, message: "worker \(w.spec.id) died while generating"))
+            }
+        }
+        if !shuttingDown { scheduleRespawn(i) }
+    }
+
+    func tick() {
+        let now = Self.now()
+        for (i, w) in slots.enumerated() {
+            if w.process == nil {
+                if w.respawnAt != 0 && now >= w.respawnAt { spawn(i) }
+                continue
+            }
+            guard w.ready, let control = w.control else { continue }
+            let beat = control.load(.heartbeat)
+            if beat != w.lastBeat {
+                w.lastBeat = beat
+                w.lastBeatChange = now
+            } else if Double(now - w.lastBeatChange) / 1e9 > config.heartbeatTimeout {
+                config.log("worker \(w.spec.id): heartbeat stopped for \(config.heartbeatTimeout) s; killing it")
+                try? w.process?.child.send(signal: SIGKILL)
+                workerDied(i, reason: "hung (heartbeat timeout)")
+            }
+        }
+    }
+
+    // MARK: Routing and submission
+
+    func submitRecord(for r: APIRequest) -> SubmitRecord {
+        var s = WireSampling()
+        s.temperature = Float(r.sampling.temperature ?? 1.0)
+        s.topP = Float(r.sampling.topP ?? 1.0)
+        s.minP = Float(r.sampling.minP ?? 0.0)
+        s.topK = Int32(clamping: r.sampling.topK ?? 0)
+        s.maxTokens = UInt32(clamping: r.sampling.maxTokens ?? config.defaultMaxTokens)
+        s.seed = r.sampling.seed.map { UInt64(bitPattern: $0) }
+        s.stop = r.sampling.stop
+        switch r.kind {
+        case .chatCompletions:
+            return SubmitRecord(requestID: r.id, kind: .chat, sessionKey: r.sessionKey ?? "", sampling: s,
+                                messages: r.messages.map { WireMessage(role: $0.role.rawValue, content: $0.content) })
+        default:
+            return SubmitRecord(requestID: r.id, kind: .completion, sessionKey: r.sessionKey ?? "", sampling: s,
+                                prompt: r.prompt)
+        }
+    }
+
+    static func routingPeer(_ p: PeerIdentity) -> Routing.PeerIdentity {
+        switch p {
+        case .unix(let uid, _): return .unix(uid: uid)
+        case .tcp(let address):
+            var a = in_addr()
+            if inet_pton(AF_INET, address, &a) == 1 { return .ipv4(UInt32(bigEndian: a.s_addr)) }
+            var a6 = in6_addr()
+            if inet_pton(AF_INET6, address, &a6) == 1 {
+                let bytes = withUnsafeBytes(of: a6) { Array($0) }
+                let hi = bytes[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                let lo = bytes[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                return .ipv6(high: hi, low: lo)
+            }
+            return .unknown
+        case .unknown: return .unknown
+        }
+    }
+
+    /// Admits through the router and writes the record into the chosen worker's ring (never blocks).
+    func route(_ r: APIRequest, retries: Int = 0) -> Admission {
+        switch router.admit(session: r.sessionKey, peer: Self.routingPeer(r.peer)) {
+        case .unavailable:
+            return .notReady(reason: "no worker is ready")
+        case .overloaded:
+            return .overloaded(retryAfterSeconds: 1)
+        case .admitted(let ticket):
+            let i = slotIndex(router: ticket.target)
+            let w = slots[i]
+            guard send(.submit(submitRecord(for: r)), to: w) else {
+                router.release(ticket)
+                return .overloaded(retryAfterSeconds: 1)
+            }
+            inFlight[r.id] = InFlight(worker: i, ticket: ticket, request: r, retries: retries)
+            w.requests.insert(r.id)
+            return .admitted(workerID: w.spec.id)
+        }
+    }
+
+    func slotIndex(router s: Int) -> Int { slots.firstIndex { $0.routerSlot == s } ?? 0 }
+
+    /// Encodes and publishes one record to the worker without waiting; false if its ring is full or gone.
+    func send(_ record: Record, to w: WorkerSlot) -> Bool {
+        guard let channel = w.channel else { return false }
+        writer.reset()
+        do { try record.encode(into: &writer) } catch { return false }
+        let ok: Bool = writer.bytes.withUnsafeBytes { src in
+            do throws(RingError) {
+                guard let dst = try channel.tx.tryReserve(type: UInt16(record.type.rawValue), length: src.count) else { return false }
+                if let d = dst.baseAddress, let s = src.baseAddress { d.copyMemory(from: s, byteCount: src.count) }
+                channel.tx.commit()   // release-publishes and wakes the worker if it sleeps
+                return true
+            } catch { return false }
+        }
+        return ok
+    }
+
+    /// A worker for a request that is not a generation (tokenize / detokenize): any ready one.
+    func anyReadyWorker() -> Int? {
+        slots.indices.first { slots[$0].ready }
+    }
+
+    // MARK: FrontBackend
+
+    public var wakeFD: Int32 { epoll.rawValue }
+
+    public func submit(_ request: APIRequest) -> Admission { route(request) }
+
+    public func tokenize(requestID: UInt64, content: String, addSpecial: Bool, parseSpecial: Bool) -> Admission {
+        sendSide(requestID, .tokenize(TokenizeRecord(requestID: requestID, addSpecial: addSpecial,
+                                                     parseSpecial: parseSpecial, content: content)))
+    }
+
+    public func detokenize(requestID: UInt64, tokens: [Int32]) -> Admission {
+        sendSide(requestID, .detokenize(TokensRecord(requestID: requestID, tokens: tokens)))
+    }
+
+    func sendSide(_ id: UInt64, _ record: Record) -> Admission {
+        guard let i = anyReadyWorker() else { return .notReady(reason: "no worker is ready") }
+        guard send(record, to: slots[i]) else { return .overloaded(retryAfterSeconds: 1) }
+        inFlight[id] = InFlight(worker: i, ticket: nil, started: true)
+        slots[i].requests.insert(id)
+        return .admitted(workerID: slots[i].spec.id)
+    }
+
+    public func cancel(requestID: UInt64) {
+        guard var f = inFlight[requestID], !f.cancelled else { return }
+        f.cancelled = true
+        inFlight[requestID] = f
+        // The worker answers with a done(cancelled) record, which releases the ticket.
+        if !send(.cancel(CancelRecord(requestID: requestID)), to: slots[f.worker]) {
+            // Ring full or worker gone: forget it here; the worker's done record is ignored when it comes.
+            if let t = f.ticket { router.release(t) }
+            slots[f.worker].requests.remove(requestID)
+            inFlight[requestID] = nil
+        }
+    }
+
+    public func drain(_ deliver: (BackendEvent) -> Void) {
+        var tags = [UInt64](repeating: 0, count: 64)
+        let n = tags.withUnsafeMutableBufferPointer { sy_epoll_ready(epoll.rawValue, $0.baseAddress, 64, 0) }
+        var timer = false
+        var dead: [Int] = []
+        for k in 0..<max(0, Int(n)) {
+            let tag = tags[k]
+            switch tag & 0xFFFF_FFFF_0000_0000 {
+            case Self.tagEvent: _ = try? eventFD.consume()
+            case Self.tagTimer:
+                var ticks: UInt64 = 0
+                _ = read(timerFD.rawValue, &ticks, 8)
+                timer = true
+            case Self.tagPid: dead.append(Int(tag & 0xFFFF_FFFF))
+            default: break
+            }
+        }
+        // Responses first (a dying worker's last records are still in its ring), then deaths, then timers.
+        drainRings()
+        for i in dead where slots.indices.contains(i) {
+            drainRing(i)
+            workerDied(i, reason: "exited")
+        }
+        if timer { tick() }
+        let events = pending
+        pending.removeAll(keepingCapacity: true)
+        for e in events { deliver(e) }
+    }
+
+    func drainRings() {
+        for i in slots.indices { drainRing(i) }
+    }
+
+    /// Reads every record of worker i's response ring, then re-announces sleep (looping if data arrived
+    /// meanwhile), so the next record the worker commits writes the eventfd.
+    func drainRing(_ i: Int) {
+        let w = slots[i]
+        var corrupt: String?
+        while let channel = w.channel {
+            channel.rx.finishSleep()
+            do {
+                _ = try channel.rx.drain { type, payload in
+                    do {
+                        handle(try Record.decode(type: UInt32(type), payload: payload), from: i)
+                    } catch {
+                        corrupt = "\(error)"
+                    }
+                }
+                if corrupt != nil { break }
+                if try channel.rx.prepareToSleep() != nil { break }
+            } catch {
+                corrupt = "\(error)"
+                break
+            }
+        }
+        if let corrupt, w.process != nil {
+            config.log("worker \(w.spec.id): bad response ring (\(corrupt)); killing it")
+            try? w.process?.child.send(signal: SIGKILL)
+            workerDied(i, reason: "killed after a corrupt record")
+        }
+    }
+
+    func handle(_ record: Record, from i: Int) {
+        let w = slots[i]
+        switch record {
+        case .ready(let r):
+            w.ready = true
+            w.readyInfo = r
+            w.readySince = Self.now()
+            w.lastBeatChange = w.readySince
+            router.setHealth(.healthy, slot: w.routerSlot)
+            config.log("worker \(w.spec.id): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))")
+        case .delta(let d):
+            guard var f = inFlight[d.requestID], !f.cancelled else { return }
+            if !f.started { f.started = true; f.request = nil; inFlight[d.requestID] = f }
+            pending.append(.delta(requestID: d.requestID, text: d.text))
+        case .done(let d):
+            guard let f = inFlight.removeValue(forKey: d.requestID) else { return }
+            w.requests.remove(d.requestID)
+            if let t = f.ticket { router.release(t) }
+            guard !f.cancelled, !f.errored, d.finish != .error else { return }
+            let reason: FinishReason = d.finish == .length ? .length : (d.finish == .cancelled ? .cancelled : .stop)
+            pending.append(.final(requestID: d.requestID, finishReason: reason,
+                                  usage: Usage(promptTokens: Int(d.promptTokens), completionTokens: Int(d.completionTokens),
+                                               cachedTokens: Int(d.cachedTokens))))
+        case .error(let e):
+            guard var f = inFlight[e.requestID] else { return }
+            if !f.cancelled && !f.errored {
+                pending.append(.error(requestID: e.requestID, message: e.message))
+            }
+            f.errored = true
+            inFlight[e.requestID] = f
+            // A refusal before the request started ends it now (no done record follows an error of a
+            // request the worker never admitted).
+            if !f.started || e.code == .overloaded || e.code == .invalidRequest {
+                inFlight[e.requestID] = nil
+                w.requests.remove(e.requestID)
+                if let t = f.ticket { router.release(t) }
+            }
+        case .tokens(let t):
+            guard inFlight.removeValue(forKey: t.requestID) != nil else { return }
+            w.requests.remove(t.requestID)
+            pending.append(.tokens(requestID: t.requestID, tokens: t.tokens))
+        case .text(let t):
+            guard inFlight.removeValue(forKey: t.requestID) != nil else { return }
+            w.requests.remove(t.requestID)
+            pending.append(.text(requestID: t.requestID, content: t.text))
+        case .submit, .cancel, .tokenize, .detokenize:
+            config.log("worker \(w.spec.id): sent a request-side record; ignored")
+        }
+    }
+
+    public var modelIDs: [String] { [config.modelID] }
+
+    public func health() -> BackendHealth {
+        BackendHealth(workersTotal: slots.count, workersReady: slots.filter(\.ready).count)
+    }
+
+    public func collectMetrics(into m: MetricsRegistry) {
+        m.set(MetricsRegistry.workerRestarts, help: "Worker processes restarted", Double(totalRestarts))
+        for w in slots {
+            let labels = [("worker", "\(w.spec.id)"), ("node", w.spec.numaNode.map(String.init) ?? "none"),
+                          ("cpus", w.spec.cpus.map(String.init).joined(separator: ","))]
+            let id = [("worker", "\(w.spec.id)")]
+            m.set(MetricsRegistry.workerReady, help: "1 when the worker is ready", labels: labels, w.ready ? 1 : 0)
+            m.set(MetricsRegistry.workerInFlight, help: "Requests in flight per worker", labels: id,
+                  Double(router.inFlight(slot: w.routerSlot)))
+            if let c = w.control {
+                m.set(MetricsRegistry.workerQueueDepth, help: "Requests waiting in the worker's scheduler", labels: id,
+                      Double(c.load(.waiting)))
+                m.set("switchyard_worker_running", help: "Sequences in the worker's batch", labels: id, Double(c.load(.running)))
+                m.set("switchyard_worker_cached_sessions", help: "Idle sessions holding KV cache", labels: id,
+                      Double(c.load(.cachedSessions)))
+                m.set("switchyard_worker_cached_kv_bytes", help: "KV cache bytes held by idle sessions", labels: id,
+                      Double(c.load(.cachedBytes)))
+            }
+            if let ch = w.channel {
+                let (h, t) = ch.tx.ring.positions
+                m.set(MetricsRegistry.ringOccupancy, help: "Bytes in use in a ring", labels: id + [("ring", "request")],
+                      Double(h &- t))
+                let (h2, t2) = ch.rx.ring.positions
+                m.set(MetricsRegistry.ringOccupancy, help: "Bytes in use in a ring", labels: id + [("ring", "response")],
+                      Double(h2 &- t2))
+            }
+        }
+    }
+
+    /// Graceful stop: close every request ring (workers exit 0 once drained), wait up to `grace` seconds,
+    /// then SIGKILL what is left. Call after the server's run() returned.
+    public func shutdown(grace: Double = 5) {
+        shuttingDown = true
+        for w in slots { w.channel?.tx.close() }
+        let deadline = Self.now() + UInt64(grace * 1e9)
+        for w in slots {
+            guard let h = w.process else { continue }
+            let left = deadline > Self.now() ? Int32((deadline - Self.now()) / 1_000_000) : 0
+            if (try? h.child.wait(timeoutMs: max(1, left))) ?? nil == nil {
+                config.log("worker \(w.spec.id): did not stop in time; killing it")
+            }
+            w.process = nil  // kills if still running, reaps
+            w.channel = nil
+        }
+    }
+
+    /// Worker process ids (tests and logs).
+    public var workerPIDs: [Int32?] { slots.map { $0.process?.child.pid } }
+}

@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import Front
+import Glibc
+import Routing
+import SysKit
+import Worker
+
+/// `switchyard serve`: the front process. It places and spawns the workers, then runs the io_uring loop
+/// until SIGTERM/SIGINT.
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve the OpenAI-compatible API on a Unix socket (and optionally TCP)."
+    )
+
+    @Option(help: "Unix socket path.") var socket = "./switchyard.sock"
+    @Option(help: "Permissions of the socket file (octal).") var socketMode = "0660"
+    @Option(help: "Also listen on TCP HOST:PORT.") var tcp: String?
+    @Option(help: "Worker processes (default: one per core / threads-per-worker).") var workers: Int?
+    @Option(help: "Engine threads per worker.") var threadsPerWorker = 1
+    @Option(help: "Tensor-parallel group size.") var tp = 1
+    @Option(help: "consistent-hash | round-robin | least-connections | client-hash") var policy = "consistent-hash"
+    @Option(help: "Bounded-load factor c for consistent-hash (cap = ceil(c·(in flight + 1)/N)).") var balanceFactor = 1.25
+    @Option(help: "auto | off") var numa = "auto"
+    @Option(help: "model | echo") var engine = "model"
+    @Option(help: "GGUF model (default: models/\(ModelPath.fileName) from tools/fetch-model).") var model: String?
+    @Option(help: "Requests a worker queues beyond its running batch before answering 503.") var maxQueue = 64
+    @Option(help: "Sequences a worker decodes together.") var maxRunning = 16
+    @Option(help: "Per-sequence context length in tokens.") var context = 2048
+    @Option(help: "KV cache for idle sessions per worker, MiB (default: from free memory and the worker count).") var sessionCacheMb: Int?
+    @Option(help: "Request body limit in bytes.") var maxBody = 1 << 20
+    @Option(help: "error | warn | info | debug") var logLevel = "info"
+
+    func validate() throws {
+        if let w = workers, !(1...256).contains(w) { throw ValidationError("--workers must be 1...256") }
+        guard (1...256).contains(threadsPerWorker) else { throw ValidationError("--threads-per-worker must be 1...256") }
+        guard tp >= 1 else { throw ValidationError("--tp must be at least 1") }
+        guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
+        guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
+        guard RoutingPolicy(rawValue: policy) != nil else {
+            throw ValidationError("--policy must be one of \(RoutingPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard mode_t(socketMode, radix: 8) != nil else { throw ValidationError("--socket-mode must be octal, e.g. 0660") }
+        guard (1...4096).contains(maxQueue), (1...256).contains(maxRunning) else {
+            throw ValidationError("--max-queue must be 1...4096 and --max-running 1...256")
+        }
+        guard (16...131072).contains(context) else { throw ValidationError("--context must be 16...131072") }
+        guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("--log-level must be error, warn, info or debug") }
+    }
+
+    func run() throws {
+        FrontServer.blockShutdownSignals()
+        let engineKind = EngineKind(rawValue: engine) ?? .model
+        if tp > 1 {
+            throw ValidationErrorMessage("--tp \(tp): tensor-parallel groups are not implemented yet; use --tp 1 (replicas)")
+        }
+        let modelPath = engineKind == .model ? try ModelPath.resolve(model) : nil
+        let online = (try? CPUAffinity.get()) ?? Array(0..<max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let workerCount = workers ?? max(1, online.count / threadsPerWorker)
+        let topology = try NumaTopology.discover(fallbackCPUs: online)
+        let plan = planPlacement(workers: workerCount, threadsPerWorker: threadsPerWorker, tp: tp,
+                                 mode: NumaMode(rawValue: numa) ?? .auto, topology: topology)
+        let log: @Sendable (String) -> Void = { msg in
+            var line = "switchyard: " + msg + "\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
+        log("topology: \(topology.nodes.map { "node\($0.id)=\($0.cpus.count) cpus" }.joined(separator: ", ")); \(workerCount) worker(s) × \(threadsPerWorker) thread(s)")
+        if plan.oversubscribed { log("warning: more threads than cores; cores are shared") }
+        let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount)
+
+        var specs: [WorkerSpec] = []
+        for p in plan.workers {
+            var args = ["--engine", engineKind.rawValue, "--threads", "\(threadsPerWorker)",
+                        "--session-cache-mb", "\(cacheMB)", "--max-queue", "\(maxQueue)",
+                        "--max-running", "\(maxRunning)", "--context", "\(context)"]
+            if let modelPath { args += ["--model", modelPath] }
+            if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
+            if let n = p.node { args += ["--node", "\(n)"] }
+            specs.append(WorkerSpec(id: p.worker, arguments: args, numaNode: p.node, cpus: p.cpus))
+            log("worker \(p.worker): node \(p.node.map(String.init) ?? "none"), cpus \(p.cpus.isEmpty ? "unpinned" : p.cpus.map(String.init).joined(separator: ","))")
+        }
+
+        var poolConfig = WorkerPoolConfig(executable: try currentExecutablePath(), workers: specs)
+        poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
+        poolConfig.balanceFactor = balanceFactor
+        poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
+        poolConfig.log = log
+        let pool = try WorkerPool(config: poolConfig)
+
+        var fc = FrontConfig()
+        fc.socketPath = socket
+        fc.socketMode = mode_t(socketMode, radix: 8) ?? 0o660
+        fc.tcp = tcp
+        fc.limits.maxBodyBytes = maxBody
+        fc.defaultModel = poolConfig.modelID
+        fc.log = log
+        let server = try FrontServer(config: fc, backend: pool)
+        log("policy \(poolConfig.policy.rawValue); try: curl --unix-socket \(socket) http://localhost/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'")
+        try server.run()
+        log("shutting down workers")
+        pool.shutdown()
+        log("bye")
+    }
+
+    /// A quarter of the available memory split over the workers, at most 2 GiB each, at least 64 MiB.
+    static func defaultSessionCacheMB(workers: Int) -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 256 }
+        return max(64, min(2048, kb / 1024 / 4 / max(1, workers)))
+    }
+}

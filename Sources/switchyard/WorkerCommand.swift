@@ -1,0 +1,51 @@
+import ArgumentParser
+import Glibc
+import Worker
+
+/// `switchyard worker`: started by `switchyard serve` with its rings as inherited descriptors; not for
+/// direct use.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run one worker process (started by `switchyard serve`).",
+        shouldDisplay: false
+    )
+
+    @Option var id = 0
+    @Option var parent: Int32 = 0
+    @Option var engine: String = "model"
+    @Option var model: String?
+    @Option var threads = 1
+    @Option(help: "CPUs to pin to, comma-separated (empty: no pinning)") var cpus = ""
+    @Option var node: Int?
+    @Option var sessionCacheMb = 256
+    @Option var maxQueue = 64
+    @Option var maxRunning = 16
+    @Option var context = 2048
+    @Option var maxBatchTokens = 512
+
+    func run() throws {
+        var o = WorkerOptions()
+        o.id = id
+        o.parentPID = parent
+        guard let kind = EngineKind(rawValue: engine) else {
+            throw ValidationError("--engine must be one of \(EngineKind.allCases.map(\.rawValue))")
+        }
+        o.engine = kind
+        o.modelPath = model
+        o.threads = threads
+        o.cpus = cpus.split(separator: ",").compactMap { Int($0) }
+        o.node = node
+        o.sessionCacheMB = sessionCacheMb
+        o.maxQueue = maxQueue
+        o.maxRunning = maxRunning
+        o.contextLength = context
+        o.maxBatchTokens = maxBatchTokens
+        let workerID = id
+        let code = try WorkerProcess.run(o) { msg in
+            var line = "worker[\(workerID)]: " + msg + "\n"
+            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        }
+        throw ExitCode(code)
+    }
+}
