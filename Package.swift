@@ -36,6 +36,12 @@ let package = Package(
         .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"]),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
         .target(name: "ClientKit", dependencies: ["SysKit"]),
+        // Pure parts of `switchyard-bench serve`: statistics (HdrHistogram summaries), metric definitions,
+        // seeded workload generator, SVG plots, and the runner on ClientKit. Used by the bench and its tests.
+        .target(
+            name: "BenchKit",
+            dependencies: ["ClientKit", .product(name: "Histogram", package: "hdrhistogram-swift")]
+        ),
         .executableTarget(
             name: "switchyard",
             dependencies: [
@@ -52,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire",
+                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire", "BenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
@@ -66,5 +72,6 @@ let package = Package(
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine"]),
         .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClientKit"]),
+        .testTarget(name: "BenchStatsTests", dependencies: ["BenchKit", "ClientKit"]),
     ]
 )

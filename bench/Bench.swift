@@ -5,11 +5,13 @@ struct SwitchyardBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard-bench",
         abstract: "Switchyard benchmarks (JSON output with --json).",
+<<<<<<< HEAD
         subcommands: [
             RingBench.self,
             RingBenchPeer.self,
             RoutingBench.self,
             TokenizerBench.self,
+            ServeBench.self,
         ]
     )
 }
