@@ -307,6 +307,22 @@ struct ToyTokenizerTests {
         #expect(t.encode("x<u>y", parseSpecial: false) == [Self.byteID("x"), u, Self.byteID("y")])
     }
 
+    @Test func longerSpecialTokensWinOverlapsLikeLlamaCpp() throws {
+        // llama.cpp claims special tokens longest first over the whole text, not leftmost first:
+        // in "abcd" with specials "ab" and "bcd", "bcd" wins and "a" stays text.
+        var tokens = (0..<256).map { ByteLevel.encode([UInt8($0)]) }
+        tokens += ["ab", "bcd", "xx"]
+        var types = [Int32](repeating: 1, count: tokens.count)
+        types[256] = 3; types[257] = 3; types[258] = 3
+        let t = try Tokenizer(tokens: tokens, tokenTypes: types, merges: [], bosID: nil, eosID: nil, eotID: nil,
+                              addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        #expect(t.encode("abcd") == [Self.byteID("a"), 257])
+        #expect(t.encode("ab bcd") == [256, 0x20, 257])
+        // The same token overlapping itself: left to right, non-overlapping.
+        #expect(t.encode("xxx") == [258, Self.byteID("x")])
+        #expect(t.encode("xxxx") == [258, 258])
+    }
+
     @Test func nonTokenMergeResultFallsBackLikeLlamaCpp() throws {
         // The merge "a b" produces "ab", which is not in this vocabulary: llama.cpp emits the printable
         // ASCII bytes of the symbol as single-byte tokens.
