@@ -12,8 +12,10 @@
 //      ids, plus "synthetic" ids above the vocabulary for merge operands/results that are not tokens),
 //      and merges are looked up by integer pair, never by string.
 //   4. a final symbol that is not a vocabulary token falls back as llama.cpp does: one token per byte
-//      of its byte-level text that is itself a token (only printable ASCII can be). Cannot happen with
-//      this model: every merge operand and result of SmolLM2's vocabulary is a token.
+//      of its byte-level text that is itself a token (only printable ASCII can be). With SmolLM2 every
+//      merge operand and result is a token, but 21 byte values have no token of their own (0x04, 0x06,
+//      0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5-0xFF): such bytes are dropped, as in
+//      llama.cpp, so text containing them does not round-trip.
 // decode(ids): each token's bytes (byte-level text mapped back through the byte map; CONTROL / UNKNOWN /
 // USER_DEFINED tokens as their text), concatenated, then decoded as UTF-8 (U+FFFD for invalid bytes).
 
