@@ -6,12 +6,14 @@ struct SwitchyardBench: ParsableCommand {
         commandName: "switchyard-bench",
         abstract: "Switchyard benchmarks (JSON output with --json).",
 <<<<<<< HEAD
+<<<<<<< HEAD
         subcommands: [
             RingBench.self,
             RingBenchPeer.self,
             RoutingBench.self,
             TokenizerBench.self,
             ServeBench.self,
+            SamplerBench.self,
         ]
     )
 }

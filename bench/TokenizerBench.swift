@@ -65,3 +65,53 @@ struct TokenizerBench: ParsableCommand {
         }
     }
 }
+
+/// Sampler cost per token on vocabulary-sized random logits.
+struct SamplerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sampler",
+        abstract: "Sampler cost per token (greedy, default chain, top-p only, top-5 logprobs).")
+
+    @Option(help: "Vocabulary size.") var vocab = 49152
+    @Option(help: "Tokens sampled per configuration.") var tokens = 2000
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        // Logits with a realistic shape: a few strong candidates over a broad low tail.
+        var rng = Xoshiro256StarStar(seed: 1)
+        var sets: [[Float]] = []
+        for _ in 0..<8 {
+            // Normal(0, 2.5) via Box-Muller, plus 20 tokens lifted by 8...16 (the plausible continuations).
+            var l = (0..<vocab).map { _ -> Float in
+                let u1 = max(rng.nextUnit(), 1e-12), u2 = rng.nextUnit()
+                return Float(2.5 * (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2))
+            }
+            for _ in 0..<20 { l[Int(rng.next() % UInt64(vocab))] += Float(8 + rng.nextUnit() * 8) }
+            sets.append(l)
+        }
+        let configs: [(String, SamplingParams)] = [
+            ("greedy", .greedy()),
+            ("default_chain", SamplingParams(temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05, seed: 1)),
+            ("top_p_only", SamplingParams(temperature: 1, topK: 0, topP: 0.9, minP: 0, seed: 1)),
+            ("temperature_only", SamplingParams(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 1)),
+        ]
+        var result: [String: Double] = ["vocab": Double(vocab)]
+        var sink: Int64 = 0
+        for (name, p) in configs {
+            var s = try Sampler(params: p, vocabSize: vocab)
+            let t0 = Date()
+            for i in 0..<tokens { sink &+= Int64(sets[i % sets.count].withUnsafeBufferPointer { s.sample($0) }) }
+            result["\(name)_us_per_token"] = Date().timeIntervalSince(t0) / Double(tokens) * 1e6
+        }
+        let t0 = Date()
+        for i in 0..<tokens { sink &+= Int64(sets[i % sets.count].withUnsafeBufferPointer { Logprobs.top($0, count: 5) }.count) }
+        result["top5_logprobs_us_per_token"] = Date().timeIntervalSince(t0) / Double(tokens) * 1e6
+        if sink == 42 { print("") }   // keep the work observable
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            for k in result.keys.sorted() { print("\(k): \(result[k] ?? 0)") }
+        }
+    }
+}

@@ -147,14 +147,28 @@ public struct Sampler: Sendable {
 
     /// Index of the highest logit (ties: lowest index; NaN ignored; 0 when there is none).
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
-        var best = 0
-        var bestV = -Float.infinity
-        var found = false
-        for i in 0..<logits.count {
-            let v = logits[i]
-            if v > bestV || (!found && v == bestV) { best = i; bestV = v; found = true }
+        let m = maxIgnoringNaN(logits)
+        guard m > -Float.infinity else { return 0 }
+        for i in 0..<logits.count where logits[i] == m { return Int32(i) }
+        return 0
+    }
+
+    /// The largest value, NaN ignored (-inf when there is none). 16 lanes at a time.
+    public static func maxIgnoringNaN(_ x: UnsafeBufferPointer<Float>) -> Float {
+        let n = x.count
+        var i = 0
+        var acc = SIMD16<Float>(repeating: -.infinity)
+        if let base = x.baseAddress {
+            while i + 16 <= n {
+                let v = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
+                // NaN lanes compare false and keep the accumulator.
+                acc.replace(with: v, where: v .> acc)
+                i += 16
+            }
         }
-        return Int32(best)
+        var m = acc.max()
+        while i < n { if x[i] > m { m = x[i] }; i += 1 }
+        return m
     }
 
     /// The next token id for `logits` (one value per vocabulary id). An empty buffer returns 0. A
@@ -198,13 +212,26 @@ public struct Sampler: Sendable {
             // Min-heap of the k best so far, root = the worst of them.
             for i in 0..<c { id[i] = Int32(i); v[i] = clean(logits[i]) }
             for i in stride(from: c / 2 - 1, through: 0, by: -1) { siftDownMin(id, v, i, c) }
-            for i in c..<n {
-                let x = clean(logits[i])
-                if above(x, Int32(i), v[0], id[0]) {
+            // Later ids never win a tie, so only logits strictly above the root enter; whole chunks of
+            // 16 with none above the root (the common case once the heap is warm) are skipped at once.
+            var i = c
+            @inline(__always) func offer(_ i: Int) {
+                let x = logits[i]
+                if x > v[0] {
                     id[0] = Int32(i); v[0] = x
                     siftDownMin(id, v, 0, c)
                 }
             }
+            if let base = logits.baseAddress {
+                while i + 16 <= n {
+                    let chunk = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
+                    if any(chunk .> SIMD16<Float>(repeating: v[0])) {
+                        for j in i..<(i + 16) { offer(j) }
+                    }
+                    i += 16
+                }
+            }
+            while i < n { offer(i); i += 1 }
         } else {
             c = n
             for i in 0..<n { id[i] = Int32(i); v[i] = clean(logits[i]) }
@@ -314,8 +341,7 @@ public struct TokenLogprob: Sendable, Equatable {
 public enum Logprobs {
     /// log(sum(exp(logits))), computed in Double around the maximum; NaN entries are ignored.
     public static func logSumExp(_ logits: UnsafeBufferPointer<Float>) -> Double {
-        var m = -Float.infinity
-        for x in logits where x > m { m = x }
+        let m = Sampler.maxIgnoringNaN(logits)
         guard m.isFinite else { return Double(m) }
         var s = 0.0
         for x in logits where !x.isNaN { s += Double(exp(x - m)) }
@@ -337,14 +363,28 @@ public enum Logprobs {
         // Keep the k best in a small sorted array (k is small: typically <= 20).
         var best: [(id: Int32, v: Float)] = []
         best.reserveCapacity(k + 1)
-        for i in 0..<logits.count {
+        func offer(_ i: Int) {
             let x = logits[i].isNaN ? -Float.infinity : logits[i]
-            if best.count == k, let last = best.last, !(x > last.v) { continue }
+            if best.count == k, let last = best.last, !(x > last.v) { return }
             var j = best.count
             while j > 0 && x > best[j - 1].v { j -= 1 }
             best.insert((Int32(i), x), at: j)
             if best.count > k { best.removeLast() }
         }
+        var i = 0
+        let n = logits.count
+        // Once k are held, skip chunks of 16 with nothing above the k-th best (later ids lose ties).
+        if let base = logits.baseAddress {
+            while i + 16 <= n {
+                if best.count == k, let last = best.last {
+                    let chunk = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD16<Float>.self)
+                    if !any(chunk .> SIMD16<Float>(repeating: last.v)) { i += 16; continue }
+                }
+                for j in i..<(i + 16) { offer(j) }
+                i += 16
+            }
+        }
+        while i < n { offer(i); i += 1 }
         return best.map { TokenLogprob(id: $0.id, logprob: Float(Double($0.v) - lse)) }
     }
 }

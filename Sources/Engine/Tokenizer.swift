@@ -12,8 +12,10 @@
 //      ids, plus "synthetic" ids above the vocabulary for merge operands/results that are not tokens),
 //      and merges are looked up by integer pair, never by string.
 //   4. a final symbol that is not a vocabulary token falls back as llama.cpp does: one token per byte
-//      of its byte-level text that is itself a token (only printable ASCII can be). Cannot happen with
-//      this model: every merge operand and result of SmolLM2's vocabulary is a token.
+//      of its byte-level text that is itself a token (only printable ASCII can be). With SmolLM2 every
+//      merge operand and result is a token, but 21 byte values have no token of their own (0x04, 0x06,
+//      0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5-0xFF): such bytes are dropped, as in
+//      llama.cpp, so text containing them does not round-trip.
 // decode(ids): each token's bytes (byte-level text mapped back through the byte map; CONTROL / UNKNOWN /
 // USER_DEFINED tokens as their text), concatenated, then decoded as UTF-8 (U+FFFD for invalid bytes).
 
@@ -282,37 +284,47 @@ public final class Tokenizer: Sendable {
     private enum Fragment { case text(Int, Int), token(Int32) }
 
     /// llama.cpp's tokenizer_st_partition: special tokens in order (longest first); each one splits
-    /// every text fragment at all its non-overlapping occurrences, left to right.
+    /// every text fragment left over by the earlier ones at all its non-overlapping occurrences, left
+    /// to right. Computed in one scan: find every occurrence of every special token, then claim them
+    /// in that order - an occurrence is taken when it overlaps neither a claimed one nor the previous
+    /// occurrence taken for the same token, which is exactly what the fragment-by-fragment search finds.
     private func partition(_ buf: UnsafeBufferPointer<UInt8>, parseSpecial: Bool) -> [Fragment] {
-        var frags: [Fragment] = [.text(0, buf.count)]
-        // Fast path: no byte of the text can start a special token.
-        var possible = false
-        for b in buf where firstByteOfSpecial[Int(b)] { possible = true; break }
-        guard possible else { return frags }
-        for s in specials {
-            if s.onlyWhenParsingSpecial && !parseSpecial { continue }
-            var next: [Fragment] = []
-            next.reserveCapacity(frags.count + 2)
-            var changed = false
-            for f in frags {
-                guard case .text(let lo, let hi) = f else { next.append(f); continue }
-                var start = lo
-                var i = lo
-                let m = s.bytes.count
-                while i + m <= hi {
-                    if buf[i] == s.bytes[0] && Self.matches(buf, i, s.bytes) {
-                        if start < i { next.append(.text(start, i)) }
-                        next.append(.token(s.id))
-                        changed = true
-                        i += m; start = i
-                    } else {
-                        i += 1
-                    }
+        let n = buf.count
+        var hits: [[Int]]? = nil          // hits[k]: start offsets of specials[k], ascending
+        for i in 0..<n where firstByteOfSpecial[Int(buf[i])] {
+            for k in specials.indices {
+                let s = specials[k]
+                if s.bytes[0] != buf[i] || i + s.bytes.count > n { continue }
+                if s.onlyWhenParsingSpecial && !parseSpecial { continue }
+                if Self.matches(buf, i, s.bytes) {
+                    if hits == nil { hits = Array(repeating: [], count: specials.count) }
+                    hits?[k].append(i)
                 }
-                if start < hi { next.append(.text(start, hi)) }
             }
-            if changed { frags = next }
         }
+        guard let hits else { return [.text(0, n)] }
+        var claimed = [Bool](repeating: false, count: n)
+        var taken: [(at: Int, end: Int, id: Int32)] = []
+        for k in specials.indices where !hits[k].isEmpty {
+            let m = specials[k].bytes.count
+            var lastEnd = 0
+            for p in hits[k] where p >= lastEnd {
+                if claimed[p ..< p + m].contains(true) { continue }
+                for j in p ..< p + m { claimed[j] = true }
+                taken.append((p, p + m, specials[k].id))
+                lastEnd = p + m
+            }
+        }
+        taken.sort { $0.at < $1.at }
+        var frags: [Fragment] = []
+        frags.reserveCapacity(2 * taken.count + 1)
+        var pos = 0
+        for t in taken {
+            if pos < t.at { frags.append(.text(pos, t.at)) }
+            frags.append(.token(t.id))
+            pos = t.end
+        }
+        if pos < n { frags.append(.text(pos, n)) }
         return frags
     }
 
@@ -380,6 +392,8 @@ public final class Tokenizer: Sendable {
             emit(symbol: byteSymbol[Int(word[0])], bytes: word, &out)
             return
         }
+        // Short words merge faster than a cache lookup (hashing, locking, copying the key).
+        if word.count <= 3 { bpe(word, &w, &out); return }
         let key = Array(word)
         if let hit = wordCache.withLock({ $0[key] }) {
             out.append(contentsOf: hit)

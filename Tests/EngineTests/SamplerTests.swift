@@ -66,6 +66,27 @@ struct SamplerTests {
         #expect(h[1] > 0 && h[2] > 0 && h[3] > 0)
     }
 
+    @Test func topKTiesGoToLowerIDsAndNaNIsNeverPicked() throws {
+        // All equal: the k lowest ids form the top-k.
+        let flat = [Float](repeating: 1, count: 100)
+        let h = try Self.histogram(SamplingParams(temperature: 1, topK: 3, topP: 1, minP: 0, seed: 4), flat, draws: 3000)
+        #expect(h[3...].allSatisfy { $0 == 0 })
+        #expect(h[0] > 800 && h[1] > 800 && h[2] > 800)
+        // NaN logits count as -infinity in every configuration.
+        var l = Self.logits(300, seed: 9)
+        for i in stride(from: 0, to: 300, by: 3) { l[i] = .nan }
+        for p in [SamplingParams(temperature: 1, topK: 50, topP: 1, minP: 0, seed: 1),
+                  SamplingParams(temperature: 1, topK: 0, topP: 0.9, minP: 0, seed: 1),
+                  SamplingParams(temperature: 1, topK: 0, topP: 1, minP: 0.01, seed: 1),
+                  SamplingParams(temperature: 2, topK: 0, topP: 1, minP: 0, seed: 1)] {
+            let hn = try Self.histogram(p, l, draws: 500)
+            #expect(stride(from: 0, to: 300, by: 3).allSatisfy { hn[$0] == 0 })
+        }
+        // Logprobs ignore NaN too.
+        let top = l.withUnsafeBufferPointer { Logprobs.top($0, count: 5) }
+        #expect(top.allSatisfy { $0.id % 3 != 0 && $0.logprob.isFinite })
+    }
+
     @Test func topPKeepsTheSmallestPrefixReachingP() throws {
         // probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625
         let l: [Float] = [log(0.5), log(0.25), log(0.125), log(0.0625), log(0.0625)]

@@ -307,6 +307,38 @@ struct ToyTokenizerTests {
         #expect(t.encode("x<u>y", parseSpecial: false) == [Self.byteID("x"), u, Self.byteID("y")])
     }
 
+    @Test func longerSpecialTokensWinOverlapsLikeLlamaCpp() throws {
+        // llama.cpp claims special tokens longest first over the whole text, not leftmost first:
+        // in "abcd" with specials "ab" and "bcd", "bcd" wins and "a" stays text.
+        var tokens = (0..<256).map { ByteLevel.encode([UInt8($0)]) }
+        tokens += ["ab", "bcd", "xx"]
+        var types = [Int32](repeating: 1, count: tokens.count)
+        types[256] = 3; types[257] = 3; types[258] = 3
+        let t = try Tokenizer(tokens: tokens, tokenTypes: types, merges: [], bosID: nil, eosID: nil, eotID: nil,
+                              addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        #expect(t.encode("abcd") == [Self.byteID("a"), 257])
+        #expect(t.encode("ab bcd") == [256, 0x20, 257])
+        // The same token overlapping itself: left to right, non-overlapping.
+        #expect(t.encode("xxx") == [258, Self.byteID("x")])
+        #expect(t.encode("xxxx") == [258, 258])
+    }
+
+    @Test func scalarClassesFollowLlamaCppTables() {
+        // llama.cpp's whitespace set: exactly the 25 White_Space code points.
+        let ws: Set<UInt32> = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003,
+                               0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+        for v in UInt32(0)...0x3100 where ScalarClass.of(v) == .whitespace { #expect(ws.contains(v), "\(v)") }
+        for v in ws { #expect(ScalarClass.of(v) == .whitespace) }
+        #expect(ScalarClass.of(0x1C) == .other)          // FS: Python str.isspace() but not \s
+        #expect(ScalarClass.of(0x4E00) == .letter)
+        #expect(ScalarClass.of(0x2EBF0) == .letter)      // CJK Ext. I, Unicode 15.1: in llama.cpp's table
+        #expect(ScalarClass.of(0x1C89) == .other)        // Unicode 16.0: undefined for llama.cpp
+        #expect(ScalarClass.of(0x0661) == .number)       // Arabic-Indic digit
+        #expect(ScalarClass.of(0x00B2) == .number)       // superscript two (No)
+        #expect(ScalarClass.of(0x0301) == .other)        // combining mark
+        #expect(ScalarClass.of(0xE000) == .other)        // private use
+    }
+
     @Test func nonTokenMergeResultFallsBackLikeLlamaCpp() throws {
         // The merge "a b" produces "ab", which is not in this vocabulary: llama.cpp emits the printable
         // ASCII bytes of the symbol as single-byte tokens.
