@@ -301,7 +301,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
 
         let dir2 = TestServer.tempDir()
         let file = dir2 + "/plain"
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
         cfg.socketPath = file
         let third = EchoBackend()
         #expect(throws: FrontError.notASocket(file)) { _ = try FrontServer(config: cfg, backend: third) }
@@ -402,5 +402,20 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         usleep(500_000)
         let used = processCPUSeconds() - t0
         #expect(used < 0.05, "CPU used while idle: \(used) s in 0.5 s")
+    }
+
+    /// SIGTERM reaches the loop through its signalfd (polled in io_uring): the server drains and exits. The
+    /// signal is sent to the loop thread only (it blocks SIGTERM), so the test process is never at risk.
+    @Test func sigtermShutsDownGracefully() throws {
+        let s = try TestServer(configure: { $0.handleSignals = true })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        let t = try #require(s.loopThread)
+        #expect(pthread_kill(t, SIGTERM) == 0)
+        #expect(c.waitClosed())
+        #expect(s.waitStopped(timeout: 5))
+        #expect(access(s.path, F_OK) != 0)
     }
 }
