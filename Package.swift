@@ -52,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire",
+                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire", "Front",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

@@ -270,14 +270,21 @@ public final class FrontServer: @unchecked Sendable {
         case .recv: onRecv(slot: slot, gen: gen, res: res, flags: flags)
         case .send: onSend(slot: slot, gen: gen, res: res)
         case .wake:
+            if res < 0 {
+                // A bad wake fd would fail every re-arm at once: report it instead of spinning.
+                config.log("backend wake fd poll failed: \(String(cString: strerror(-res))); backend events stop")
+                return
+            }
             backend.drain { self.onEvent($0) }
             if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
         case .control:
+            if res < 0 { config.log("control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
             var v: UInt64 = 0
             _ = read(controlFD, &v, 8)
             if sy_cqe_has_more(flags) == 0 { armPoll(controlFD, .control) }
             beginShutdown(reason: "shutdown requested")
         case .signal:
+            if res < 0 { config.log("signalfd poll failed: \(String(cString: strerror(-res)))"); return }
             let signo = sy_fr_signalfd_read(signalFD)
             if sy_cqe_has_more(flags) == 0 && !draining { armPoll(signalFD, .signal) }
             if signo != 0 { beginShutdown(reason: signo == SIGINT ? "SIGINT" : "SIGTERM") }
