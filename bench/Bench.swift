@@ -5,8 +5,6 @@ struct SwitchyardBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard-bench",
         abstract: "Switchyard benchmarks (JSON output with --json).",
-<<<<<<< HEAD
-<<<<<<< HEAD
         subcommands: [
             RingBench.self,
             RingBenchPeer.self,
@@ -14,6 +12,7 @@ struct SwitchyardBench: ParsableCommand {
             TokenizerBench.self,
             ServeBench.self,
             SamplerBench.self,
+            FrontBench.self,
         ]
     )
 }

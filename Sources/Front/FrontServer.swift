@@ -49,6 +49,12 @@ public struct FrontConfig: Sendable {
     }
 
     public init() {}
+
+    /// Parses an octal mode such as "0660" or "660" (for --socket-mode).
+    public static func parseMode(_ text: String) -> mode_t? {
+        guard !text.isEmpty, text.count <= 4, let v = mode_t(text, radix: 8), v <= 0o777 else { return nil }
+        return v
+    }
 }
 
 /// Front server. Create it (binds the listeners, so clients may connect right away), then call `run()` on the
@@ -83,7 +89,7 @@ public final class FrontServer: @unchecked Sendable {
     private var scratch: [UInt8] = []
 
     private enum Op: UInt64 {
-        case accept = 1, recv, send, wake, control, signal, timer, ignore
+        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel
     }
 
     public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
@@ -264,14 +270,21 @@ public final class FrontServer: @unchecked Sendable {
         case .recv: onRecv(slot: slot, gen: gen, res: res, flags: flags)
         case .send: onSend(slot: slot, gen: gen, res: res)
         case .wake:
+            if res < 0 {
+                // A bad wake fd would fail every re-arm at once: report it instead of spinning.
+                config.log("backend wake fd poll failed: \(String(cString: strerror(-res))); backend events stop")
+                return
+            }
             backend.drain { self.onEvent($0) }
             if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
         case .control:
+            if res < 0 { config.log("control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
             var v: UInt64 = 0
             _ = read(controlFD, &v, 8)
             if sy_cqe_has_more(flags) == 0 { armPoll(controlFD, .control) }
             beginShutdown(reason: "shutdown requested")
         case .signal:
+            if res < 0 { config.log("signalfd poll failed: \(String(cString: strerror(-res)))"); return }
             let signo = sy_fr_signalfd_read(signalFD)
             if sy_cqe_has_more(flags) == 0 && !draining { armPoll(signalFD, .signal) }
             if signo != 0 { beginShutdown(reason: signo == SIGINT ? "SIGINT" : "SIGTERM") }
@@ -280,6 +293,15 @@ public final class FrontServer: @unchecked Sendable {
             onTick()
         case .ignore:
             break
+        case .cancel:
+            // IORING_ASYNC_CANCEL_FD needs Linux 5.19; older kernels refuse it: cancel by user_data instead.
+            if res == -EINVAL, let c = connection(slot, gen), c.closing {
+                for op in [Op.recv, Op.send] {
+                    let s = getSQE()
+                    sy_prep_cancel_data(s, Self.data(op, slot: c.slot, gen: c.gen), 1)
+                    sy_sqe_set_data64(s, Self.data(.ignore))
+                }
+            }
         }
     }
 
@@ -295,6 +317,11 @@ public final class FrontServer: @unchecked Sendable {
             if draining || liveConnections >= config.maxConnections {
                 close(fd)
             } else {
+                if listeners[i].family == .tcp {
+                    // Streamed deltas are small writes: send them now, not after Nagle's delay.
+                    var one: Int32 = 1
+                    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                }
                 openConnection(fd: fd, listener: listeners[i])
             }
         } else if res != -ECANCELED && res != -EINVAL {
@@ -307,7 +334,7 @@ public final class FrontServer: @unchecked Sendable {
     private func openConnection(fd: Int32, listener: Listener) {
         let slot: Int
         if let s = freeSlots.popLast() { slot = s } else { slot = conns.count; conns.append(nil) }
-        nextGeneration = nextGeneration &+ 1 & 0xFF_FFFF
+        nextGeneration = (nextGeneration &+ 1) & 0xFF_FFFF   // 24 bits: what fits in user_data
         if nextGeneration == 0 { nextGeneration = 1 }
         let c = Connection(fd: fd, slot: slot, gen: nextGeneration, limits: config.limits,
                            peer: Sockets.peerIdentity(fd, family: listener.family))
@@ -457,7 +484,7 @@ public final class FrontServer: @unchecked Sendable {
             // before finishCloseIfIdle lets the fd and the send buffer go.
             let s = getSQE()
             sy_prep_cancel_fd(s, c.fd)
-            sy_sqe_set_data64(s, Self.data(.ignore))
+            sy_sqe_set_data64(s, Self.data(.cancel, slot: c.slot, gen: c.gen))
         }
         finishCloseIfIdle(c)
     }

@@ -19,6 +19,8 @@ final class TestServer: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private(set) var runError: (any Error)? = nil
     private var stopped = false
+    /// The thread running the event loop (for thread-directed signals in tests).
+    private(set) var loopThread: pthread_t? = nil
     private var finished = false   // run() has returned and its semaphore signal was consumed
 
     static func tempDir() -> String {
@@ -41,6 +43,7 @@ final class TestServer: @unchecked Sendable {
         backend = EchoBackend(options: echo)
         do { server = try FrontServer(config: cfg, backend: backend) } catch { backend.stop(); throw error }
         let t = Thread { [self] in
+            loopThread = pthread_self()
             do { try server.run() } catch { runError = error }
             done.signal()
         }
