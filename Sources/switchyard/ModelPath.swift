@@ -15,9 +15,12 @@ enum ModelPath {
         }
         var candidates = ["models/" + fileName]
         if let exe = try? currentExecutablePath() {
-            let root = URL(fileURLWithPath: exe).deletingLastPathComponent().deletingLastPathComponent()
-                .deletingLastPathComponent().path
-            candidates.append(root + "/models/" + fileName)
+            // Walk up from the binary (.build/<triple>/<config>/switchyard) to the repository root.
+            var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+            for _ in 0..<5 {
+                dir = dir.deletingLastPathComponent()
+                candidates.append(dir.path + "/models/" + fileName)
+            }
         }
         if let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) { return found }
         throw ValidationErrorMessage("the default model is missing (looked for \(candidates.joined(separator: ", "))): run tools/fetch-model")
