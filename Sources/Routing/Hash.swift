@@ -4,11 +4,12 @@
 // per-process random seed (unlike Swift's `Hasher`). Two functions are defined, and their exact outputs are
 // part of the routing contract (changing them re-homes every session):
 //
-//   RouteHash.bytes(_:)  "wyhash-style" string hash. The input is consumed in 16-byte blocks (two
-//                        little-endian UInt64 words a, b); each block folds into the state with one 64x64->128
-//                        multiply: h = mum(a ^ P1, b ^ h), where mum(x, y) = high64(x*y) ^ low64(x*y). The tail
-//                        (< 16 bytes) is zero-padded into a final block. The length is mixed in at the start and
-//                        the result goes through `mix64` so every output bit depends on every input bit.
+//   RouteHash.bytes(_:)  "wyhash-style" string hash. h0 = P0 ^ n·P1. While more than 16 bytes remain, a
+//                        16-byte block (little-endian words a, b) folds in with one 64x64->128 multiply:
+//                        h = mum(a ^ P1, b ^ h), where mum(x, y) = high64(x*y) ^ low64(x*y). Then the last 16
+//                        bytes of the input (overlapping, for n > 16) or the first and last 8 (8 ≤ n ≤ 16) fold
+//                        in as h = mum(a ^ P2, b ^ h); 1 ... 7 bytes are zero-padded into a, with b = 0.
+//                        Result: mix64(mum(h ^ P3, n ^ P0)), so every output bit depends on every input bit.
 //   RouteHash.mix64(_:)  the SplitMix64 / Stafford "variant 13" finalizer, a bijection on UInt64 with full
 //                        avalanche. Rendezvous scores are mix64(keyHash ^ targetSeed).
 //
@@ -40,33 +41,30 @@ public enum RouteHash {
     public static func bytes(_ buf: UnsafeRawBufferPointer) -> UInt64 {
         let n = buf.count
         var h = p0 ^ (UInt64(truncatingIfNeeded: n) &* p1)
-        var i = 0
-        // Full 16-byte blocks: i + 16 <= n, so both 8-byte loads are in bounds.
-        while i &+ 16 <= n {
-            let a = UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            let b = UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: i &+ 8, as: UInt64.self))
-            h = mum(a ^ p1, b ^ h)
-            i &+= 16
+        @inline(__always) func load64(_ off: Int) -> UInt64 {
+            UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: off, as: UInt64.self))
         }
-        let rest = n &- i  // 0 ..< 16 bytes left
-        if rest > 0 {
-            var a: UInt64 = 0
-            var b: UInt64 = 0
-            if rest >= 8 {
-                a = UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-                var k = 0
-                while i &+ 8 &+ k < n {  // little-endian byte order, same as a full load would give
-                    b |= UInt64(buf[i &+ 8 &+ k]) << UInt64(8 &* k)
-                    k &+= 1
-                }
-            } else {
-                var k = 0
-                while i &+ k < n {
-                    a |= UInt64(buf[i &+ k]) << UInt64(8 &* k)
-                    k &+= 1
-                }
+        if n > 16 {
+            // Full blocks while more than 16 bytes remain; the last 1 ... 16 bytes are read as the final 16
+            // bytes of the buffer (overlapping the previous block), so there is no byte loop.
+            var i = 0
+            while n &- i > 16 {
+                h = mum(load64(i) ^ p1, load64(i &+ 8) ^ h)
+                i &+= 16
             }
-            h = mum(a ^ p2, b ^ h)
+            h = mum(load64(n &- 16) ^ p2, load64(n &- 8) ^ h)
+        } else if n >= 8 {
+            // 8 ... 16 bytes: first and last 8 (overlapping when n < 16).
+            h = mum(load64(0) ^ p2, load64(n &- 8) ^ h)
+        } else if n > 0 {
+            // 1 ... 7 bytes: little-endian, zero-padded.
+            var a: UInt64 = 0
+            var k = 0
+            while k < n {
+                a |= UInt64(buf[k]) << UInt64(8 &* k)
+                k &+= 1
+            }
+            h = mum(a ^ p2, h)
         }
         return mix64(mum(h ^ p3, UInt64(truncatingIfNeeded: n) ^ p0))
     }

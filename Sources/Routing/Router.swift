@@ -416,7 +416,6 @@ public final class Router {
         var best = -1
         if uniformWeights {
             // Equal weights: the cap is the same for every target, computed once.
-            let cap = bounded ? loadCapUniform() : Int.max
             // Fast path: the best healthy target (packed seeds, no per-slot checks); usually it has room.
             // Unrolled by 4 with independent maxima so the multiplies of neighbouring targets overlap.
             var t0: UInt64 = 0, t1: UInt64 = 0, t2: UInt64 = 0, t3: UInt64 = 0
@@ -436,7 +435,9 @@ public final class Router {
             let top = max(max(t0, t1), max(t2, t3))
             guard top != 0 else { return -1 }
             let home = hotSlot[Int(truncatingIfNeeded: top & 0xFFFF) - 1]
-            if inFlightCount[home] < min(limit[home], cap) { return home }
+            let f = inFlightCount[home]
+            if f < limit[home] && (!bounded || underCapUniform(f)) { return home }
+            let cap = bounded ? loadCapUniform() : Int.max
             // Slow path: highest-ranked slot with room. Branch-free body: an ineligible slot scores 0 and every
             // packed score is >= 1. Ties order by slot in both scans, so both agree on the ranking.
             var bestScore: UInt64 = 0
@@ -485,6 +486,16 @@ public final class Router {
             i += 1
         }
         return best
+    }
+
+    /// f < ceil(c·(T+1)/N) without a division: for integer f that is f < c·(T+1)/N, i.e.
+    /// f·N·65536 < cFixed·(T+1) (overflow means "huge cap": true).
+    @inline(__always)
+    private func underCapUniform(_ f: Int) -> Bool {
+        let lhs = UInt64(f).multipliedReportingOverflow(by: UInt64(healthyCount) << 16)
+        let rhs = UInt64(healthyInFlight + 1).multipliedReportingOverflow(by: cFixed)
+        if rhs.overflow { return true }
+        return !lhs.overflow && lhs.partialValue < rhs.partialValue
     }
 
     /// ceil(c·(T+1)/N) over healthy targets, exact (c in 1/65536 units).

@@ -19,11 +19,17 @@ func homes(_ r: Router, _ keys: [UInt64]) -> [Int] {
     }
 
     /// Removing a worker (dead, draining or unregistered) moves exactly the keys it owned, and nothing moves
-    /// between survivors. Every worker is removed for N <= 8; a seeded sample of 4 for larger N.
+    /// between survivors. Every worker is removed for N <= 8; a seeded sample of 4 for larger N (2 in debug
+    /// builds, which are ~20x slower; CI runs release).
     @Test(arguments: sizes)
     func removingMovesOnlyTheOwnedKeys(n: Int) throws {
         var rng = SplitMix64(seed: UInt64(n))
-        let victims = n <= 8 ? Array(0..<n) : Array((0..<n).shuffled(using: &rng).prefix(4))
+        #if DEBUG
+        let sample = 2
+        #else
+        let sample = 4
+        #endif
+        let victims = n <= 8 ? Array(0..<n) : Array((0..<n).shuffled(using: &rng).prefix(sample))
         let r = try Router(targets: workerIDs(n))
         let before = homes(r, millionKeys)
         for (j, v) in victims.enumerated() {
@@ -47,9 +53,10 @@ func homes(_ r: Router, _ keys: [UInt64]) -> [Int] {
             let diff = abs(Double(moved - owned)) / Double(millionKeys.count)
             #expect(diff <= 0.005, "N=\(n) remove w\(v): moved \(moved), owned \(owned)")
             #expect(betweenSurvivors == 0, "N=\(n) remove w\(v): \(betweenSurvivors) keys moved between survivors")
-            // The worker comes back: every key returns to its original home.
+            // The worker comes back: every key returns to its original home (checked on the first 100k keys).
             if how == 2 { try r.addTarget(TargetSpec(id: "w\(v)")) } else { r.setHealth(.healthy, slot: v) }
-            #expect(homes(r, millionKeys).map { r.id(ofSlot: $0) } == before.map { "w\($0)" })
+            let back = homes(r, Array(millionKeys.prefix(100_000))).map { r.id(ofSlot: $0) }
+            #expect(back == before.prefix(100_000).map { "w\($0)" })
         }
     }
 

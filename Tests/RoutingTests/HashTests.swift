@@ -8,7 +8,7 @@ import Testing
         #expect(RouteHash.string("") == RouteHash.bytes([UInt8]()))
         #expect(RouteHash.string("") == 16927039725350548919)
         #expect(RouteHash.string("w0") == 3111985445077257695)
-        #expect(RouteHash.string("session-0123456789abcdef") == 6364990185334289833)
+        #expect(RouteHash.string("session-0123456789abcdef") == 14021876788940297952)
         #expect(RouteHash.mix64(1) == 6238072747940578789)
         // Independent check of the finalizer: the first output of SplitMix64 seeded with 0.
         #expect(RouteHash.mix64(0x9e37_79b9_7f4a_7c15) == 0xe220_a839_7b1d_cdaf)
@@ -82,6 +82,6 @@ import Testing
         let got = ["alice", "bob", "session-1", "session-2", "3f2c9d1e-0000-4000-8000-123456789abc"].map {
             r.id(ofSlot: r.admit(session: $0).ticket?.target ?? -1) ?? "-"
         }
-        #expect(got == ["w7", "w1", "w2", "w6", "w3"])
+        #expect(got == ["w7", "w1", "w4", "w3", "w5"])
     }
 }
