@@ -120,6 +120,18 @@ public final class FrontServer: @unchecked Sendable {
     deinit {
         timespec.deallocate()
         close(controlFD)
+        if !listenersClosed { closeListeners() }
+    }
+
+    private var listenersClosed = false
+
+    /// Closes the listening sockets and removes the socket files this process created.
+    private func closeListeners() {
+        listenersClosed = true
+        for l in listeners {
+            close(l.fd)
+            if let p = l.ownedPath { unlink(p) }
+        }
     }
 
     /// Blocks SIGTERM and SIGINT in the calling thread (and threads it starts later), so they reach the loop's
@@ -504,15 +516,12 @@ public final class FrontServer: @unchecked Sendable {
         draining = true
         drainDeadline = now() + nanos(config.shutdownGrace)
         config.log("\(reason): stopping accepts, draining \(owners.count) in-flight request(s) (grace \(config.shutdownGrace)s)")
-        for (i, l) in listeners.enumerated() {
-            if acceptArmed[i] {
-                let s = getSQE()
-                sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
-                sy_sqe_set_data64(s, Self.data(.ignore))
-            }
-            close(l.fd)
-            if let p = l.ownedPath { unlink(p) }
+        for i in listeners.indices where acceptArmed[i] {
+            let s = getSQE()
+            sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
+            sy_sqe_set_data64(s, Self.data(.ignore))
         }
+        closeListeners()
         for case let c? in conns where !c.closing {
             c.closeAfterResponse = true
             if c.active == nil {
