@@ -87,9 +87,13 @@ public final class FrontServer: @unchecked Sendable {
     private var multishotAccept = true
     private var acceptArmed: [Bool] = []
     private var scratch: [UInt8] = []
+    /// Backend fds with an armed one-shot poll → the token in its user_data (stale completions are dropped).
+    private var watched: [Int32: UInt32] = [:]
+    private var nextWatchToken: UInt32 = 1
+    private var lastBackendTick: UInt64 = 0
 
     private enum Op: UInt64 {
-        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel
+        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch
     }
 
     public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
@@ -179,6 +183,7 @@ public final class FrontServer: @unchecked Sendable {
         defer { if signalFD >= 0 { close(signalFD); signalFD = -1 } }
         armPoll(controlFD, .control)
         armPoll(backend.wakeFD, .wake)
+        syncWatched()
         acceptArmed = Array(repeating: false, count: listeners.count)
         for i in listeners.indices { armAccept(i) }
         for l in listeners {
@@ -189,7 +194,7 @@ public final class FrontServer: @unchecked Sendable {
         let cqes = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: batch)
         defer { cqes.deallocate() }
         while !(draining && liveConnections == 0) {
-            if liveConnections > 0 || draining { armTimer() }
+            if liveConnections > 0 || draining || backend.tickInterval != nil { armTimer() }
             let rc = sy_uring_submit_and_wait(r, 1)
             if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
                 throw FrontError.system("io_uring_enter", -rc)
@@ -243,6 +248,29 @@ public final class FrontServer: @unchecked Sendable {
         sy_sqe_set_data64(s, Self.data(op))
     }
 
+    /// Arms a one-shot poll for every fd the backend lists and is not yet watched; cancels polls of fds it
+    /// no longer lists.
+    private func syncWatched() {
+        let want = backend.watchedFDs()
+        for fd in want where fd >= 0 && watched[fd] == nil {
+            nextWatchToken = (nextWatchToken &+ 1) & 0xFF_FFFF
+            if nextWatchToken == 0 { nextWatchToken = 1 }
+            watched[fd] = nextWatchToken
+            let s = getSQE()
+            sy_prep_poll_add(s, fd, UInt32(POLLIN))
+            sy_sqe_set_data64(s, Self.data(.watch, slot: Int(fd), gen: nextWatchToken))
+        }
+        if watched.count > 0 {
+            let keep = Set(want)
+            for (fd, token) in watched where !keep.contains(fd) {
+                let s = getSQE()
+                sy_prep_cancel_data(s, Self.data(.watch, slot: Int(fd), gen: token), 0)
+                sy_sqe_set_data64(s, Self.data(.ignore))
+                watched[fd] = nil
+            }
+        }
+    }
+
     private func armAccept(_ i: Int) {
         guard !draining, !acceptArmed[i] else { return }
         let s = getSQE()
@@ -262,7 +290,8 @@ public final class FrontServer: @unchecked Sendable {
 
     private func armTimer() {
         guard !timerArmed else { return }
-        let period = max(0.005, min(1.0, min(config.requestTimeout, config.idleTimeout) / 4))
+        var period = max(0.005, min(1.0, min(config.requestTimeout, config.idleTimeout) / 4))
+        if let t = backend.tickInterval { period = min(period, max(0.005, t)) }
         timespec.pointee.tv_sec = Int64(period)
         timespec.pointee.tv_nsec = Int64((period - Double(Int64(period))) * 1e9)
         let s = getSQE()
@@ -289,6 +318,7 @@ public final class FrontServer: @unchecked Sendable {
             }
             backend.drain { self.onEvent($0) }
             if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
+            syncWatched()
         case .control:
             if res < 0 { config.log("control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
             var v: UInt64 = 0
@@ -303,6 +333,21 @@ public final class FrontServer: @unchecked Sendable {
         case .timer:
             timerArmed = false
             onTick()
+            if let interval = backend.tickInterval {
+                let t = now()
+                if t - lastBackendTick >= nanos(interval) {
+                    lastBackendTick = t
+                    backend.tick()
+                    syncWatched()
+                }
+            }
+        case .watch:
+            let fd = Int32(truncatingIfNeeded: slot)
+            guard watched[fd] == gen, res != -ECANCELED else { return }
+            watched[fd] = nil
+            if res < 0 { config.log("watched fd \(fd): poll failed: \(String(cString: strerror(-res)))") }
+            backend.fdReadable(fd)
+            syncWatched()
         case .ignore:
             break
         case .cancel:

@@ -236,6 +236,15 @@ func openFDCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
 }
 
+/// CPU seconds used so far by one thread (its CPU-time clock), so other tests running in parallel don't count.
+func threadCPUSeconds(_ t: pthread_t) -> Double {
+    var clock = clockid_t()
+    guard pthread_getcpuclockid(t, &clock) == 0 else { return -1 }
+    var ts = timespec()
+    clock_gettime(clock, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
 /// User + system CPU seconds of this process so far.
 func processCPUSeconds() -> Double {
     var ru = rusage()
