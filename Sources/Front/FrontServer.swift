@@ -495,6 +495,7 @@ public final class FrontServer: @unchecked Sendable {
             c.takeQueued()
         }
         let s = getSQE()
+        c.lastSendProgress = now()   // submitted right after a completion or onto an idle socket
         sy_prep_send(s, c.fd, c.sendBuf + c.sendOffset, c.sendLength - c.sendOffset)
         sy_sqe_set_data64(s, Self.data(.send, slot: c.slot, gen: c.gen))
         c.sendInFlight = true
@@ -584,6 +585,13 @@ public final class FrontServer: @unchecked Sendable {
                 clientGone(c)
             }
             return
+        }
+        // A client that stops reading: a send that makes no progress for idleTimeout drops the connection
+        // (and cancels its request), so a stalled reader cannot pin a slot and its output forever.
+        let stall = nanos(config.idleTimeout)
+        for case let c? in conns where !c.closing && c.sendInFlight && t - c.lastSendProgress > stall {
+            config.log("dropping a client whose socket accepted nothing for \(config.idleTimeout)s")
+            clientGone(c)
         }
         for case let c? in conns where !c.closing && c.deadline != 0 && t >= c.deadline {
             switch c.deadlineKind {
@@ -937,6 +945,8 @@ final class Connection {
     var sendLength = 0
     var queued: [UInt8] = []
     var sendInFlight = false
+    /// Monotonic time the send in flight was submitted (each submission follows a completion or an idle socket).
+    var lastSendProgress: UInt64 = 0
     var recvArmed = false
 
     var closing = false
