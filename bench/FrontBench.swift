@@ -198,16 +198,37 @@ final class BenchClient {
     func readResponse() throws {
         while true {
             if let end = headerEnd() {
-                let head = String(decoding: buf[0..<end], as: UTF8.self).lowercased()
-                guard let r = head.range(of: "content-length: ") else { throw BenchError("no content-length") }
-                let digits = head[r.upperBound...].prefix { $0.isNumber }
-                guard let len = Int(digits) else { throw BenchError("bad content-length") }
+                guard let len = contentLength(end) else { throw BenchError("no content-length") }
                 while have < end + len { try fill() }
                 consume(end + len)
                 return
             }
             try fill()
         }
+    }
+
+    /// Content-Length from the header block buf[0..<end], matched on bytes (no String work in the timed loop).
+    private func contentLength(_ end: Int) -> Int? {
+        let key = Array("\r\ncontent-length:".utf8)
+        var i = 0
+        while i + key.count <= end {
+            var match = true
+            for k in 0..<key.count {
+                var c = buf[i + k]
+                if c >= 65 && c <= 90 { c += 32 }
+                if c != key[k] { match = false; break }
+            }
+            if match {
+                var j = i + key.count
+                while j < end && buf[j] == 32 { j += 1 }
+                var v = 0
+                var digits = 0
+                while j < end && buf[j] >= 48 && buf[j] <= 57 { v = v * 10 + Int(buf[j] - 48); j += 1; digits += 1 }
+                return digits > 0 ? v : nil
+            }
+            i += 1
+        }
+        return nil
     }
 
     private func headerEnd() -> Int? {

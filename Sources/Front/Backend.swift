@@ -79,4 +79,24 @@ public protocol FrontBackend: AnyObject {
     /// Called on every GET /metrics before rendering: set per-worker gauges (in-flight, queue depth, ring
     /// occupancy) and counters (worker restarts) on `metrics`.
     func collectMetrics(into metrics: MetricsRegistry)
+
+    // Supervision hooks (defaults: none). They let a backend that supervises worker processes watch their
+    // pidfds and heartbeats from the loop's thread, with no thread of its own.
+
+    /// Descriptors the loop should watch (one-shot POLLIN each, e.g. worker pidfds). Re-read after every
+    /// drain, fdReadable and tick; fds that disappear from the list are un-watched (a readable fd is un-armed
+    /// until it is listed again after fdReadable returns). Remove an fd from the list before closing it.
+    func watchedFDs() -> [Int32]
+    /// A watched fd became readable (a worker exited).
+    func fdReadable(_ fd: Int32)
+    /// Seconds between tick() calls (heartbeat checks, respawn backoff); nil for none.
+    var tickInterval: Double? { get }
+    func tick()
+}
+
+extension FrontBackend {
+    public func watchedFDs() -> [Int32] { [] }
+    public func fdReadable(_ fd: Int32) {}
+    public var tickInterval: Double? { nil }
+    public func tick() {}
 }

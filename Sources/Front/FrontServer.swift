@@ -87,9 +87,13 @@ public final class FrontServer: @unchecked Sendable {
     private var multishotAccept = true
     private var acceptArmed: [Bool] = []
     private var scratch: [UInt8] = []
+    /// Backend fds with an armed one-shot poll → the token in its user_data (stale completions are dropped).
+    private var watched: [Int32: UInt32] = [:]
+    private var nextWatchToken: UInt32 = 1
+    private var lastBackendTick: UInt64 = 0
 
     private enum Op: UInt64 {
-        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel
+        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch
     }
 
     public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
@@ -120,6 +124,18 @@ public final class FrontServer: @unchecked Sendable {
     deinit {
         timespec.deallocate()
         close(controlFD)
+        if !listenersClosed { closeListeners() }
+    }
+
+    private var listenersClosed = false
+
+    /// Closes the listening sockets and removes the socket files this process created.
+    private func closeListeners() {
+        listenersClosed = true
+        for l in listeners {
+            close(l.fd)
+            if let p = l.ownedPath { unlink(p) }
+        }
     }
 
     /// Blocks SIGTERM and SIGINT in the calling thread (and threads it starts later), so they reach the loop's
@@ -167,6 +183,7 @@ public final class FrontServer: @unchecked Sendable {
         defer { if signalFD >= 0 { close(signalFD); signalFD = -1 } }
         armPoll(controlFD, .control)
         armPoll(backend.wakeFD, .wake)
+        syncWatched()
         acceptArmed = Array(repeating: false, count: listeners.count)
         for i in listeners.indices { armAccept(i) }
         for l in listeners {
@@ -177,7 +194,7 @@ public final class FrontServer: @unchecked Sendable {
         let cqes = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: batch)
         defer { cqes.deallocate() }
         while !(draining && liveConnections == 0) {
-            if liveConnections > 0 || draining { armTimer() }
+            if liveConnections > 0 || draining || backend.tickInterval != nil { armTimer() }
             let rc = sy_uring_submit_and_wait(r, 1)
             if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
                 throw FrontError.system("io_uring_enter", -rc)
@@ -231,6 +248,29 @@ public final class FrontServer: @unchecked Sendable {
         sy_sqe_set_data64(s, Self.data(op))
     }
 
+    /// Arms a one-shot poll for every fd the backend lists and is not yet watched; cancels polls of fds it
+    /// no longer lists.
+    private func syncWatched() {
+        let want = backend.watchedFDs()
+        for fd in want where fd >= 0 && watched[fd] == nil {
+            nextWatchToken = (nextWatchToken &+ 1) & 0xFF_FFFF
+            if nextWatchToken == 0 { nextWatchToken = 1 }
+            watched[fd] = nextWatchToken
+            let s = getSQE()
+            sy_prep_poll_add(s, fd, UInt32(POLLIN))
+            sy_sqe_set_data64(s, Self.data(.watch, slot: Int(fd), gen: nextWatchToken))
+        }
+        if watched.count > 0 {
+            let keep = Set(want)
+            for (fd, token) in watched where !keep.contains(fd) {
+                let s = getSQE()
+                sy_prep_cancel_data(s, Self.data(.watch, slot: Int(fd), gen: token), 0)
+                sy_sqe_set_data64(s, Self.data(.ignore))
+                watched[fd] = nil
+            }
+        }
+    }
+
     private func armAccept(_ i: Int) {
         guard !draining, !acceptArmed[i] else { return }
         let s = getSQE()
@@ -250,7 +290,8 @@ public final class FrontServer: @unchecked Sendable {
 
     private func armTimer() {
         guard !timerArmed else { return }
-        let period = max(0.005, min(1.0, min(config.requestTimeout, config.idleTimeout) / 4))
+        var period = max(0.005, min(1.0, min(config.requestTimeout, config.idleTimeout) / 4))
+        if let t = backend.tickInterval { period = min(period, max(0.005, t)) }
         timespec.pointee.tv_sec = Int64(period)
         timespec.pointee.tv_nsec = Int64((period - Double(Int64(period))) * 1e9)
         let s = getSQE()
@@ -277,6 +318,7 @@ public final class FrontServer: @unchecked Sendable {
             }
             backend.drain { self.onEvent($0) }
             if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
+            syncWatched()
         case .control:
             if res < 0 { config.log("control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
             var v: UInt64 = 0
@@ -291,6 +333,21 @@ public final class FrontServer: @unchecked Sendable {
         case .timer:
             timerArmed = false
             onTick()
+            if let interval = backend.tickInterval {
+                let t = now()
+                if t - lastBackendTick >= nanos(interval) {
+                    lastBackendTick = t
+                    backend.tick()
+                    syncWatched()
+                }
+            }
+        case .watch:
+            let fd = Int32(truncatingIfNeeded: slot)
+            guard watched[fd] == gen, res != -ECANCELED else { return }
+            watched[fd] = nil
+            if res < 0 { config.log("watched fd \(fd): poll failed: \(String(cString: strerror(-res)))") }
+            backend.fdReadable(fd)
+            syncWatched()
         case .ignore:
             break
         case .cancel:
@@ -438,6 +495,7 @@ public final class FrontServer: @unchecked Sendable {
             c.takeQueued()
         }
         let s = getSQE()
+        c.lastSendProgress = now()   // submitted right after a completion or onto an idle socket
         sy_prep_send(s, c.fd, c.sendBuf + c.sendOffset, c.sendLength - c.sendOffset)
         sy_sqe_set_data64(s, Self.data(.send, slot: c.slot, gen: c.gen))
         c.sendInFlight = true
@@ -504,15 +562,12 @@ public final class FrontServer: @unchecked Sendable {
         draining = true
         drainDeadline = now() + nanos(config.shutdownGrace)
         config.log("\(reason): stopping accepts, draining \(owners.count) in-flight request(s) (grace \(config.shutdownGrace)s)")
-        for (i, l) in listeners.enumerated() {
-            if acceptArmed[i] {
-                let s = getSQE()
-                sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
-                sy_sqe_set_data64(s, Self.data(.ignore))
-            }
-            close(l.fd)
-            if let p = l.ownedPath { unlink(p) }
+        for i in listeners.indices where acceptArmed[i] {
+            let s = getSQE()
+            sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
+            sy_sqe_set_data64(s, Self.data(.ignore))
         }
+        closeListeners()
         for case let c? in conns where !c.closing {
             c.closeAfterResponse = true
             if c.active == nil {
@@ -530,6 +585,13 @@ public final class FrontServer: @unchecked Sendable {
                 clientGone(c)
             }
             return
+        }
+        // A client that stops reading: a send that makes no progress for idleTimeout drops the connection
+        // (and cancels its request), so a stalled reader cannot pin a slot and its output forever.
+        let stall = nanos(config.idleTimeout)
+        for case let c? in conns where !c.closing && c.sendInFlight && t - c.lastSendProgress > stall {
+            config.log("dropping a client whose socket accepted nothing for \(config.idleTimeout)s")
+            clientGone(c)
         }
         for case let c? in conns where !c.closing && c.deadline != 0 && t >= c.deadline {
             switch c.deadlineKind {
@@ -883,6 +945,8 @@ final class Connection {
     var sendLength = 0
     var queued: [UInt8] = []
     var sendInFlight = false
+    /// Monotonic time the send in flight was submitted (each submission follows a completion or an idle socket).
+    var lastSendProgress: UInt64 = 0
     var recvArmed = false
 
     var closing = false

@@ -2,6 +2,7 @@
 // HTTP/1.1 client that reads Content-Length, chunked and close-delimited responses.
 import Foundation
 import Glibc
+import Synchronization
 @testable import Front
 
 struct TestError: Error, CustomStringConvertible {
@@ -19,6 +20,9 @@ final class TestServer: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private(set) var runError: (any Error)? = nil
     private var stopped = false
+    /// Everything the server logged.
+    let logSink = LogSink()
+    var logs: [String] { logSink.lines.withLock { $0 } }
     /// The thread running the event loop (for thread-directed signals in tests).
     private(set) var loopThread: pthread_t? = nil
     private var finished = false   // run() has returned and its semaphore signal was consumed
@@ -38,7 +42,8 @@ final class TestServer: @unchecked Sendable {
         cfg.handleSignals = false
         cfg.useSystemdSockets = false
         cfg.shutdownGrace = 2
-        cfg.log = { _ in }
+        let sink = logSink
+        cfg.log = { line in sink.lines.withLock { $0.append(line) } }
         configure(&cfg)
         backend = EchoBackend(options: echo)
         do { server = try FrontServer(config: cfg, backend: backend) } catch { backend.stop(); throw error }
@@ -70,6 +75,10 @@ final class TestServer: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+final class LogSink: Sendable {
+    let lines = Mutex<[String]>([])
 }
 
 struct RawResponse {
@@ -234,6 +243,15 @@ func sseEvents(_ body: String) -> [String] {
 
 func openFDCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+/// CPU seconds used so far by one thread (its CPU-time clock), so other tests running in parallel don't count.
+func threadCPUSeconds(_ t: pthread_t) -> Double {
+    var clock = clockid_t()
+    guard pthread_getcpuclockid(t, &clock) == 0 else { return -1 }
+    var ts = timespec()
+    clock_gettime(clock, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
 /// User + system CPU seconds of this process so far.
