@@ -234,7 +234,7 @@ public final class WorkerPool: FrontBackend {
         if !shuttingDown { scheduleRespawn(i) }
     }
 
-    func tick() {
+    func supervise() {
         let now = Self.now()
         for (i, w) in slots.enumerated() {
             if w.process == nil {
@@ -395,7 +395,7 @@ public final class WorkerPool: FrontBackend {
             drainRing(i)
             workerDied(i, reason: "exited")
         }
-        if timer { tick() }
+        if timer { supervise() }
         let events = pending
         pending.removeAll(keepingCapacity: true)
         for e in events { deliver(e) }
