@@ -35,6 +35,10 @@ public enum BackendEvent: Sendable, Equatable {
     /// The request failed (worker died, internal error). Streams already started get an SSE error event;
     /// otherwise the client gets 503.
     case error(requestID: UInt64, message: String)
+    /// The worker refused the request before generating anything, with an HTTP status: 400 (e.g. the prompt
+    /// does not fit the context, a role the chat template refuses), 503 (its queue is full; Retry-After is
+    /// sent). If a stream has already started it is handled like `.error`.
+    case rejected(requestID: UInt64, status: Int, message: String)
     /// Answer to `tokenize`.
     case tokens(requestID: UInt64, tokens: [Int32])
     /// Answer to `detokenize`.
@@ -42,7 +46,7 @@ public enum BackendEvent: Sendable, Equatable {
 
     public var requestID: UInt64 {
         switch self {
-        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .tokens(let id, _), .text(let id, _): return id
+        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _), .tokens(let id, _), .text(let id, _): return id
         }
     }
 }

@@ -829,7 +829,7 @@ public final class FrontServer: @unchecked Sendable {
                 let body = OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage)
                 finishWithJSON(c, a, body)
             }
-        case .error(_, let message):
+        case .error(_, let message), .rejected(_, _, let message):
             if a.headersSent {
                 var out: [UInt8] = []
                 frame(a, &out, OpenAIEncoder.streamError(message: message))
@@ -842,7 +842,13 @@ public final class FrontServer: @unchecked Sendable {
                 owners[a.id] = nil
                 c.active = nil
                 updateInFlight()
-                sendError(c, status: 503, message: message, code: "worker_error", close: false, route: a.route, worker: a.worker)
+                if case .rejected(_, let status, _) = e, status != 503 {
+                    sendError(c, status: status, message: message, code: status == 400 ? "invalid_request" : "worker_error",
+                              close: false, route: a.route, worker: a.worker)
+                } else {
+                    sendError(c, status: 503, message: message, code: "worker_error", close: false, route: a.route,
+                              worker: a.worker, extra: [("Retry-After", "1")])
+                }
                 processInput(c)
             }
         case .tokens(_, let tokens):

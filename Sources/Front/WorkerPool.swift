@@ -460,7 +460,12 @@ public final class WorkerPool: FrontBackend {
         case .error(let e):
             guard var f = inFlight[e.requestID] else { return }
             if !f.cancelled && !f.errored {
-                pending.append(.error(requestID: e.requestID, message: e.message))
+                if f.started {
+                    pending.append(.error(requestID: e.requestID, message: e.message))
+                } else {
+                    let status = e.code == .invalidRequest ? 400 : (e.code == .overloaded ? 503 : 500)
+                    pending.append(.rejected(requestID: e.requestID, status: status, message: e.message))
+                }
             }
             f.errored = true
             inFlight[e.requestID] = f
