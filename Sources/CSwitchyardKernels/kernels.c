@@ -598,7 +598,7 @@ static void *worker_main(void *argp) {
     free(argp);
     syk_pool *p = arg.p;
     atomic_store(&p->tids[arg.i], (int)syscall(SYS_gettid));
-    uint32_t seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+    uint32_t seen = 0;   // gen starts at 0; a run published before this thread started is still seen as new
     for (;;) {
         uint32_t g;
         int spins = 0;
