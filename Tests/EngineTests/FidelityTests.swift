@@ -61,6 +61,7 @@ func argmax(_ l: UnsafeBufferPointer<Float>) -> Int32 {
             for _ in 0..<8 {
                 let next = argmax(out.logits(item: 0))
                 gen.append(next)
+                if tok.isEndOfGeneration(next) { break }   // llama.cpp stops there too
                 out = try engine.forward([BatchItem(sequence: seq, tokens: [next])])
             }
             // First token must match wherever llama.cpp's top-1/top-2 gap exceeds 0.1 nats: a smaller gap

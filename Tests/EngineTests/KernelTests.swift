@@ -118,13 +118,14 @@ import CSwitchyardKernels
         #expect(syk_fp16_to_fp32(syk_fp32_to_fp16(1e6)).isInfinite)
     }
 
-    @Test func attentionMatchesFloat() {
+    @Test func attentionMatchesFloatAndPathsAgree() {
         var rng = TestRNG(seed: 3)
         let hd = 64, npos = 37, stride = 3 * hd
         let q = (0..<hd).map { _ in rng.float() }
         let kf = (0..<(npos * stride)).map { _ in rng.float() }
         let vf = (0..<(npos * stride)).map { _ in rng.float() }
         let k16 = kf.map { syk_fp32_to_fp16($0) }, v16 = vf.map { syk_fp32_to_fp16($0) }
+        var outs: [[Float]] = []
         for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
             let prev = syk_get_isa(); syk_set_isa(isa); defer { syk_set_isa(prev) }
             var scores = [Float](repeating: 0, count: npos), out = [Float](repeating: 0, count: hd)
@@ -135,8 +136,11 @@ import CSwitchyardKernels
             let z = s.reduce(0, +)
             for i in 0..<hd {
                 let ref = (0..<npos).reduce(Float(0)) { $0 + s[$1] / z * syk_fp16_to_fp32(v16[$1 * stride + i]) }
-                #expect(abs(out[i] - ref) < 1e-4, "isa \(isa) dim \(i)")
+                // fp16 accumulation of V (llama.cpp's flash-attention numerics): ~1e-3 relative.
+                #expect(abs(out[i] - ref) < 4e-3, "isa \(isa) dim \(i): \(out[i]) vs \(ref)")
             }
+            outs.append(out)
         }
+        for i in 0..<hd { #expect(abs(outs[0][i] - outs[1][i]) < 1e-5, "scalar vs vector attention dim \(i)") }
     }
 }
