@@ -14,9 +14,11 @@
 //     is its own word (the implicit trailing `\s+` alternative);
 //   - "the end of the step-1 word" behaves like a code point with no category at all, so " " at the
 //     end of a word never starts a ` ?X+` match.
-// Categories: llama.cpp's table is generated with Python's `regex` module (\p{L}, \p{N}, \s); we use
-// Unicode.Scalar.Properties (generalCategory, isWhitespace = the White_Space property, the same set
-// as `regex`'s \s). They can differ only for code points assigned in different Unicode versions.
+// Categories: llama.cpp's table (unicode-data.cpp) is generated with Python's `regex` module (\p{L},
+// \p{N}, \s) at Unicode 15.1 (CJK Extension I, new in 15.1, is there; U+1C89, new in 16.0, is not).
+// We use Unicode.Scalar.Properties (generalCategory; isWhitespace = the White_Space property, the
+// same 25 code points as llama.cpp's whitespace set) and treat code points assigned after 15.1 as
+// unassigned, as llama.cpp does, so that newer letters do not change word boundaries.
 
 /// The only distinctions the GPT-2 regex makes between code points.
 enum ScalarClass: UInt8 {
@@ -25,21 +27,19 @@ enum ScalarClass: UInt8 {
     case number = 2      // \p{N}
     case whitespace = 3  // \s (White_Space)
 
-    /// Classes of the 128 ASCII code points (the hot path).
-    private static let ascii: [ScalarClass] = (0..<128).map { v -> ScalarClass in
-        switch v {
-        case 0x09...0x0D, 0x20: return .whitespace
-        case 0x30...0x39: return .number
-        case 0x41...0x5A, 0x61...0x7A: return .letter
-        default: return .other
-        }
-    }
-
     static func of(_ value: UInt32) -> ScalarClass {
-        if value < 128 { return ascii[Int(value)] }
+        if value < 128 {   // the hot path: plain comparisons
+            switch value {
+            case 0x61...0x7A, 0x41...0x5A: return .letter
+            case 0x30...0x39: return .number
+            case 0x20, 0x09...0x0D: return .whitespace
+            default: return .other
+            }
+        }
         guard let s = Unicode.Scalar(value) else { return .other }
         let p = s.properties
         if p.isWhitespace { return .whitespace }
+        guard let age = p.age, age.major < 15 || (age.major == 15 && age.minor <= 1) else { return .other }
         switch p.generalCategory {
         case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
             return .letter

@@ -5,6 +5,6 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "Shared-memory multi-process LLM inference server.",
-        subcommands: []
+        subcommands: [GenerateCommand.self, TokenizeCommand.self]
     )
 }

@@ -79,3 +79,273 @@ struct TokenizerGoldenTests {
         }
     }
 }
+
+@Suite("Tokenizer behaviour")
+struct TokenizerBehaviourTests {
+    @Test func specialTokensAreControlAndEndOfGeneration() throws {
+        let tok = try RealVocab.tokenizer()
+        #expect(tok.vocabSize == 49152)
+        #expect(tok.tokenID("<|im_start|>") == 1)
+        #expect(tok.tokenID("<|im_end|>") == 2)
+        #expect(tok.isEndOfGeneration(2))            // eos = <|im_end|>
+        #expect(tok.isEndOfGeneration(0))            // <|endoftext|>
+        #expect(!tok.isEndOfGeneration(1))
+        #expect(!tok.isEndOfGeneration(198))
+        #expect(!tok.isEndOfGeneration(-1))
+        #expect(tok.isSpecial(1) && !tok.isSpecial(198) && !tok.isSpecial(49152))
+        #expect(tok.decode([1, 4093, 198, 26843, 2]) == "<|im_start|>user\nHi<|im_end|>")
+    }
+
+    @Test func parseSpecialOffNeverProducesSpecialIDs() throws {
+        let tok = try RealVocab.tokenizer()
+        let text = "<|im_start|>user\nHi<|im_end|><|endoftext|><repo_name><jupyter_code>"
+        let on = tok.encode(text)
+        #expect(on.contains(1) && on.contains(2) && on.contains(0))
+        for s in trickyStrings + [text] {
+            let ids = tok.encode(s, parseSpecial: false)
+            #expect(!ids.contains { tok.isSpecial($0) }, "special id produced for \(s.debugDescription)")
+            #expect(tok.decode(ids) == s)
+        }
+    }
+
+    @Test func specialLookalikesStayText() throws {
+        let tok = try RealVocab.tokenizer()
+        for s in ["<|im_start", "<|im_end|", "im_start|>", "<|im_start|x", "< |im_start|>"] {
+            let ids = tok.encode(s)
+            #expect(!ids.contains { tok.isSpecial($0) }, "\(s)")
+            #expect(tok.decode(ids) == s)
+        }
+        // Adjacent and nested: the full markers inside are still found.
+        #expect(tok.encode("<<|im_start|>>").filter { tok.isSpecial($0) } == [1])
+        #expect(tok.encode("<|im_start|><|im_start|><|im_end|>") == [1, 1, 2])
+    }
+
+    @Test func addSpecialFollowsTheModel() throws {
+        let tok = try RealVocab.tokenizer()
+        // SmolLM2: tokenizer.ggml.add_bos_token = false, so add_special adds nothing.
+        #expect(!tok.addBOS)
+        #expect(tok.encode("Hello", addSpecial: true) == tok.encode("Hello"))
+        #expect(tok.encode("") == [])
+    }
+
+    @Test func outOfRangeIDsAreSkipped() throws {
+        let tok = try RealVocab.tokenizer()
+        #expect(tok.tokenBytes(-1) == [])
+        #expect(tok.tokenBytes(Int32(tok.vocabSize)) == [])
+        #expect(tok.tokenBytes(Int32.max) == [])
+        #expect(tok.decode([19556, -5, 49152, Int32.min, 28]) == "Hello,")
+        var s = StreamingDetokenizer(tokenizer: tok)
+        #expect(s.append(-1) == "")
+        #expect(s.append(Int32.max) == "")
+        #expect(s.finish() == "")
+    }
+
+    @Test func bytesWithoutATokenAreDroppedLikeLlamaCpp() throws {
+        // SmolLM2's vocabulary has no token for 21 byte values (0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0,
+        // 0xC1, 0xF1, 0xF2, 0xF5-0xFF). llama.cpp's byte fallback finds no token for them and drops them,
+        // so such text does not round-trip; we reproduce that instead of inventing ids.
+        let tok = try RealVocab.tokenizer()
+        #expect(tok.tokenID(ByteLevel.encode([0x04])) == nil)
+        #expect(tok.encode("a\u{4}b") == tok.encode("a") + tok.encode("b"))
+        #expect(tok.decode(tok.encode("x\u{4}\u{6}y")) == "xy")
+    }
+
+    @Test func tokenBytesUseTheByteMap() throws {
+        let tok = try RealVocab.tokenizer()
+        #expect(tok.tokenBytes(198) == [0x0A])                     // "Ċ"
+        #expect(tok.tokenBytes(216) == [0x20])                     // "Ġ"
+        #expect(tok.tokenBytes(1) == Array("<|im_start|>".utf8))   // control token: its text
+    }
+
+    @Test func streamingDecoderHoldsSplitCharacters() throws {
+        let tok = try RealVocab.tokenizer()
+        let goldens = try RealVocab.goldens().tokenize.map(\.text)
+        var sawSplit = false
+        for s in goldens + trickyStrings {
+            let ids = tok.encode(s)
+            var d = StreamingDetokenizer(tokenizer: tok)
+            var text = ""
+            for (k, id) in ids.enumerated() {
+                let piece = d.append(id)
+                #expect(!piece.unicodeScalars.contains("\u{FFFD}") || s.unicodeScalars.contains("\u{FFFD}"),
+                        "replacement character in piece \(k) of \(s.debugDescription)")
+                text += piece
+                // The released text is always a prefix of the full text.
+                #expect(s.utf8.starts(with: text.utf8))
+                if d.heldByteCount > 0 { sawSplit = true }
+                #expect(d.heldByteCount <= 3)
+            }
+            text += d.finish()
+            #expect(text == s)
+        }
+        #expect(sawSplit, "no test string split a character across tokens")
+    }
+
+    @Test func streamingDecoderReplacesDanglingBytes() throws {
+        let tok = try RealVocab.tokenizer()
+        // Find the tokens of a 4-byte emoji and feed only part of them.
+        let ids = tok.encode("😀")
+        #expect(ids.count >= 2)
+        var d = StreamingDetokenizer(tokenizer: tok)
+        #expect(d.append(ids[0]) == "")
+        #expect(d.finish() == "\u{FFFD}")
+        // Invalid byte sequences: a lone continuation byte becomes U+FFFD at once; a lead byte followed
+        // by another lead byte becomes U+FFFD when the second arrives (which is then held).
+        guard let cont = tok.tokenID(ByteLevel.encode([0x80])), let c2 = tok.tokenID(ByteLevel.encode([0xC2])) else {
+            Issue.record("byte tokens missing"); return
+        }
+        var e = StreamingDetokenizer(tokenizer: tok)
+        #expect(e.append(cont) == "\u{FFFD}")
+        #expect(e.append(c2) == "")
+        #expect(e.append(c2) == "\u{FFFD}")
+        #expect(e.append(cont) == "\u{80}")
+        #expect(e.append(19556) == "Hello")
+        // A lead byte followed by a non-continuation: the lead alone becomes U+FFFD.
+        guard let lead = tok.tokenID(ByteLevel.encode([0xE2])) else { Issue.record("byte token missing"); return }
+        var f = StreamingDetokenizer(tokenizer: tok)
+        #expect(f.append(lead) == "")
+        #expect(f.append(19556) == "\u{FFFD}Hello")
+        #expect(tok.decode([lead, 19556]) == "\u{FFFD}Hello")
+    }
+
+    @Test func utf8PrefixScannerMatchesWholeDecoding() {
+        // Every split of every byte string of length <= 3 over an interesting alphabet: decoding the
+        // released prefix then the rest equals decoding the whole, and only valid-incomplete tails wait.
+        let alphabet: [UInt8] = [0x41, 0x80, 0x9F, 0xA0, 0xBF, 0xC2, 0xE0, 0xED, 0xF0, 0xF4, 0xFF]
+        var strings: [[UInt8]] = [[]]
+        for _ in 0..<4 { strings = strings + strings.flatMap { s in alphabet.map { s + [$0] } }.filter { $0.count <= 4 } }
+        for s in Set(strings.map { $0 }) {
+            let k = s.withUnsafeBufferPointer { UTF8Stream.decodablePrefixLength($0) }
+            #expect(k <= s.count && s.count - k <= 3)
+            let whole = String(decoding: s, as: UTF8.self)
+            let split = String(decoding: s[..<k], as: UTF8.self) + String(decoding: s[k...], as: UTF8.self)
+            #expect(whole == split, "\(s)")
+        }
+    }
+
+    @Test func configErrorsAreTyped() throws {
+        let cfg = try RealVocab.get().config
+        #expect(throws: TokenizerError.unsupportedModel("llama")) {
+            try Tokenizer(tokens: ["a"], tokenTypes: [1], merges: [], bosID: nil, eosID: nil, eotID: nil,
+                          addBOS: false, preTokenizer: "smollm", model: "llama")
+        }
+        #expect(throws: TokenizerError.unsupportedPreTokenizer("qwen2")) {
+            try Tokenizer(tokens: cfg.tokens, tokenTypes: cfg.tokenTypes, merges: cfg.merges, bosID: nil, eosID: nil,
+                          eotID: nil, addBOS: false, preTokenizer: "qwen2", model: "gpt2")
+        }
+        #expect(throws: TokenizerError.emptyVocabulary) {
+            try Tokenizer(tokens: [], tokenTypes: [], merges: [], bosID: nil, eosID: nil, eotID: nil,
+                          addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        }
+        #expect(throws: TokenizerError.tokenTypeCountMismatch(tokens: 2, types: 1)) {
+            try Tokenizer(tokens: ["a", "b"], tokenTypes: [1], merges: [], bosID: nil, eosID: nil, eotID: nil,
+                          addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        }
+        #expect(throws: TokenizerError.specialTokenOutOfRange(name: "EOS", id: 7, vocabSize: 1)) {
+            try Tokenizer(tokens: ["a"], tokenTypes: [1], merges: [], bosID: nil, eosID: 7, eotID: nil,
+                          addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        }
+    }
+}
+
+/// BPE and pre-tokenizer rules on a hand-made vocabulary (no model file needed).
+@Suite("Tokenizer on a toy vocabulary")
+struct ToyTokenizerTests {
+    /// All 256 byte tokens, then the given merge results, then <|s|> (control) and <u> (user-defined).
+    static func make(_ merges: [String], pre: String = "smollm") throws -> Tokenizer {
+        var tokens = (0..<256).map { ByteLevel.encode([UInt8($0)]) }
+        for m in merges { tokens.append(m.replacingOccurrences(of: " ", with: "")) }
+        tokens += ["<|s|>", "<u>"]
+        var types = [Int32](repeating: 1, count: tokens.count)
+        types[types.count - 2] = 3
+        types[types.count - 1] = 4
+        return try Tokenizer(tokens: tokens, tokenTypes: types, merges: merges, bosID: nil, eosID: nil, eotID: nil,
+                             addBOS: false, preTokenizer: pre, model: "gpt2")
+    }
+    static func byteID(_ c: Character) -> Int32 { Int32(c.asciiValue ?? 0) }
+
+    @Test func lowestRankMergesFirstLeftmostOnTies() throws {
+        // "a b" (rank 0) beats "b c" (rank 1): "abc" -> "ab" + "c".
+        let t = try Self.make(["a b", "b c"])
+        #expect(t.encode("abc") == [256, Self.byteID("c")])
+        // Ranks reversed: "bc" first -> "a" + "bc".
+        let u = try Self.make(["b c", "a b"])
+        #expect(u.encode("abc") == [Self.byteID("a"), 256])
+        // Same pair twice in a word ("aaaa" with "a a"): leftmost first -> "aa" "aa".
+        let v = try Self.make(["a a", "aa aa"])
+        #expect(v.encode("aaaa") == [257])
+        #expect(v.encode("aaa") == [256, Self.byteID("a")])
+    }
+
+    @Test func mergesChainThroughNewSymbols() throws {
+        let t = try Self.make(["h e", "l l", "he ll", "hell o"])
+        #expect(t.encode("hello") == [259])
+        #expect(t.decode([259]) == "hello")
+    }
+
+    @Test func preTokenizerSplitsDigitsAndSpaces() throws {
+        let t = try Self.make(["1 2", "Ġ a", "Ġ Ġ"])
+        // smollm: digits are never merged with each other.
+        #expect(t.encode("12") == [Self.byteID("1"), Self.byteID("2")])
+        // gpt2 (no digit split) merges them.
+        let g = try Self.make(["1 2"], pre: "gpt2")
+        #expect(g.encode("12") == [256])
+        // "  a": \s+(?!\S) leaves the last space to " a".
+        // Byte tokens have id = byte value here; 257 = "Ġa", 258 = "ĠĠ".
+        #expect(t.encode("  a") == [0x20, 257])
+        #expect(t.encode("   a") == [258, 257])
+        #expect(t.encode("  ") == [258])                 // at the end the whole run is one word
+        #expect(t.encode("a  \nb") == [Self.byteID("a"), 258, 0x0A, Self.byteID("b")])
+    }
+
+    @Test func specialAndUserDefinedTokens() throws {
+        let t = try Self.make([])
+        let s = Int32(256), u = Int32(257)
+        #expect(t.encode("x<|s|>y") == [Self.byteID("x"), s, Self.byteID("y")])
+        #expect(!t.encode("x<|s|>y", parseSpecial: false).contains(s))
+        // USER_DEFINED tokens are matched even with parseSpecial off (llama.cpp behaviour).
+        #expect(t.encode("x<u>y", parseSpecial: false) == [Self.byteID("x"), u, Self.byteID("y")])
+    }
+
+    @Test func longerSpecialTokensWinOverlapsLikeLlamaCpp() throws {
+        // llama.cpp claims special tokens longest first over the whole text, not leftmost first:
+        // in "abcd" with specials "ab" and "bcd", "bcd" wins and "a" stays text.
+        var tokens = (0..<256).map { ByteLevel.encode([UInt8($0)]) }
+        tokens += ["ab", "bcd", "xx"]
+        var types = [Int32](repeating: 1, count: tokens.count)
+        types[256] = 3; types[257] = 3; types[258] = 3
+        let t = try Tokenizer(tokens: tokens, tokenTypes: types, merges: [], bosID: nil, eosID: nil, eotID: nil,
+                              addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        #expect(t.encode("abcd") == [Self.byteID("a"), 257])
+        #expect(t.encode("ab bcd") == [256, 0x20, 257])
+        // The same token overlapping itself: left to right, non-overlapping.
+        #expect(t.encode("xxx") == [258, Self.byteID("x")])
+        #expect(t.encode("xxxx") == [258, 258])
+    }
+
+    @Test func scalarClassesFollowLlamaCppTables() {
+        // llama.cpp's whitespace set: exactly the 25 White_Space code points.
+        let ws: Set<UInt32> = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003,
+                               0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+        for v in UInt32(0)...0x3100 where ScalarClass.of(v) == .whitespace { #expect(ws.contains(v), "\(v)") }
+        for v in ws { #expect(ScalarClass.of(v) == .whitespace) }
+        #expect(ScalarClass.of(0x1C) == .other)          // FS: Python str.isspace() but not \s
+        #expect(ScalarClass.of(0x4E00) == .letter)
+        #expect(ScalarClass.of(0x2EBF0) == .letter)      // CJK Ext. I, Unicode 15.1: in llama.cpp's table
+        #expect(ScalarClass.of(0x1C89) == .other)        // Unicode 16.0: undefined for llama.cpp
+        #expect(ScalarClass.of(0x0661) == .number)       // Arabic-Indic digit
+        #expect(ScalarClass.of(0x00B2) == .number)       // superscript two (No)
+        #expect(ScalarClass.of(0x0301) == .other)        // combining mark
+        #expect(ScalarClass.of(0xE000) == .other)        // private use
+    }
+
+    @Test func nonTokenMergeResultFallsBackLikeLlamaCpp() throws {
+        // The merge "a b" produces "ab", which is not in this vocabulary: llama.cpp emits the printable
+        // ASCII bytes of the symbol as single-byte tokens.
+        var tokens = (0..<256).map { ByteLevel.encode([UInt8($0)]) }
+        tokens.append("zz")
+        let t = try Tokenizer(tokens: tokens, tokenTypes: [Int32](repeating: 1, count: tokens.count), merges: ["a b"],
+                              bosID: nil, eosID: nil, eotID: nil, addBOS: false, preTokenizer: "smollm", model: "gpt2")
+        #expect(t.encode("ab") == [Self.byteID("a"), Self.byteID("b")])
+    }
+}
