@@ -9,6 +9,8 @@ struct Switchyard: ParsableCommand {
             ServeCommand.self,
             WorkerCommand.self,
             RingPeerCommand.self,
+            GenerateCommand.self,
+            TokenizeCommand.self,
         ]
     )
 }
