@@ -31,18 +31,15 @@ struct ConnectionOptions: ParsableArguments {
                               sessionID: session, stream: !json)
         req.stream = !json
         let result = try client.complete(req) { piece in
-            if !json {
-                FileHandle.standardOutput.write(Data(piece.utf8))
-            }
+            if !json { out(piece) }
         }
-        if json {
-            print(result.raw)
-        } else {
-            print()
-        }
+        out(json ? result.raw + "\n" : "\n")
         return result.text
     }
 }
+
+/// Writes to stdout unbuffered (streamed pieces, prompts and newlines must come out in order).
+func out(_ s: String) { FileHandle.standardOutput.write(Data(s.utf8)) }
 
 /// Prints a ClientError as one line and exits 1 (2 while the server is loading, 3 when overloaded).
 func fail(_ e: Error) -> ExitCode {
@@ -91,7 +88,8 @@ struct Chat: ParsableCommand {
     @OptionGroup var options: ConnectionOptions
 
     func run() throws {
-        let session = options.session ?? "chat-" + String(UInt64.random(in: 1...UInt64.max), radix: 16)
+        func freshSession() -> String { "chat-" + String(UInt64.random(in: 1...UInt64.max), radix: 16) }
+        var session = options.session ?? freshSession()
         let client: ChatClient
         do { client = ChatClient(endpoint: try options.endpoint(), timeout: options.timeout) } catch { throw fail(error) }
         var history: [ChatMessage] = []
@@ -101,16 +99,18 @@ struct Chat: ParsableCommand {
         reset()
         FileHandle.standardError.write(Data("session \(session); /reset clears the history, Ctrl-D quits\n".utf8))
         while true {
-            FileHandle.standardOutput.write(Data("> ".utf8))
+            out("> ")
             guard let line = readLine() else {
-                print()
+                out("\n")
                 return
             }
             let text = line.trimmingCharacters(in: .whitespaces)
             if text.isEmpty { continue }
             if text == "/reset" {
                 reset()
-                print("(history cleared)")
+                // A new session id (unless --session pinned one), so the server starts from an empty cache.
+                if options.session == nil { session = freshSession() }
+                out("(history cleared; session \(session))\n")
                 continue
             }
             history.append(ChatMessage(role: "user", content: text))
