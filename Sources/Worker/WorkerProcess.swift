@@ -44,6 +44,17 @@ public enum WorkerError: Error, CustomStringConvertible {
 }
 
 public enum WorkerProcess {
+    /// `<model dir>/.switchyard-cache/node<N>` (created if needed), or nil when it can't be created.
+    static func repackDirectory(modelPath: String, node: Int?) -> String? {
+        let dir = modelPath.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let base = (dir.isEmpty ? "." : dir) + "/.switchyard-cache"
+        let path = base + "/node\(node ?? 0)"
+        for d in [base, path] {
+            if mkdir(d, 0o755) != 0 && errno != EEXIST { return nil }
+        }
+        return access(path, W_OK) == 0 ? path : nil
+    }
+
     /// Runs the worker until the front closes the request ring (exit status 0) or dies (1).
     public static func run(_ o: WorkerOptions, log: @escaping (String) -> Void) throws -> Int32 {
         // Die with the front: a worker is never left running on its own.
@@ -71,7 +82,17 @@ public enum WorkerProcess {
             text = EchoText()
         case .model:
             guard let path = o.modelPath else { throw WorkerError.setup("--model is required for --engine model") }
-            let model = try Model(path: path)
+            // Repacked weights go to a file shared by every worker on this NUMA node (mapped read-only,
+            // MAP_SHARED), so N workers hold one copy; the file survives restarts. Private memory if the
+            // cache directory can't be used.
+            let cacheDir = Self.repackDirectory(modelPath: path, node: o.node)
+            let model: Model
+            if let cacheDir, let m = try? Model(path: path, options: ModelOptions(repack: .sharedFile(directory: cacheDir))) {
+                model = m
+            } else {
+                log("worker \(o.id): repack cache unavailable; weights repacked into private memory")
+                model = try Model(path: path)
+            }
             let tokenizerConfig = try TokenizerConfig(gguf: model.gguf)
             let tokenizer = try Tokenizer(config: tokenizerConfig)
             let template = try ChatTemplate(template: tokenizerConfig.chatTemplate)
