@@ -47,7 +47,7 @@ struct FrontBench: ParsableCommand {
         cfg.socketPath = dir + "/front.sock"
         cfg.handleSignals = false
         cfg.useSystemdSockets = false
-        cfg.log = { _ in }
+        cfg.log = { _, _ in }
         let backend = EchoBackend()
         let server = try FrontServer(config: cfg, backend: backend)
         let done = DispatchSemaphore(value: 0)

@@ -43,10 +43,7 @@ public struct FrontConfig: Sendable {
     public var listenBacklog: Int32 = 1024
     /// Model name reported when a request names none and the backend lists none.
     public var defaultModel = "switchyard"
-    public var log: @Sendable (String) -> Void = { msg in
-        var line = "front: " + msg + "\n"
-        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-    }
+    public var log: @Sendable (LogLevel, String) -> Void = LogLevel.stderrLogger(prefix: "front", threshold: .info)
 
     public init() {}
 
@@ -187,7 +184,7 @@ public final class FrontServer: @unchecked Sendable {
         acceptArmed = Array(repeating: false, count: listeners.count)
         for i in listeners.indices { armAccept(i) }
         for l in listeners {
-            config.log(l.family == .unix ? "listening on unix:\(l.ownedPath ?? "fd \(l.fd)")" : "listening on tcp port \(l.port.map(String.init) ?? "?")")
+            config.log(.info, l.family == .unix ? "listening on unix:\(l.ownedPath ?? "fd \(l.fd)")" : "listening on tcp port \(l.port.map(String.init) ?? "?")")
         }
 
         let batch = 256
@@ -210,7 +207,7 @@ public final class FrontServer: @unchecked Sendable {
             }
         }
         // Listeners are closed by beginShutdown; every connection is gone.
-        config.log("shut down")
+        config.log(.info, "shut down")
     }
 
     private func logProbe(_ setupUsed: UInt32) {
@@ -221,7 +218,7 @@ public final class FrontServer: @unchecked Sendable {
         var flags: [String] = []
         if setupUsed & UInt32(SY_SETUP_SINGLE_ISSUER) != 0 { flags.append("SINGLE_ISSUER") }
         if setupUsed & UInt32(SY_SETUP_COOP_TASKRUN) != 0 { flags.append("COOP_TASKRUN") }
-        config.log("io_uring: setup flags [\(flags.joined(separator: ","))], \(n) opcodes probed; "
+        config.log(.info, "io_uring: setup flags [\(flags.joined(separator: ","))], \(n) opcodes probed; "
             + "IORING_OP_FUTEX_WAIT \(futex ? "available" : "unavailable: eventfd wake-ups")"
             + "; backend wake-ups via eventfd poll (multishot); recv: multishot with provided buffers "
             + "(\(config.recvBufferCount)×\(config.recvBufferSize) B), falls back to one-shot on -EINVAL")
@@ -313,20 +310,20 @@ public final class FrontServer: @unchecked Sendable {
         case .wake:
             if res < 0 {
                 // A bad wake fd would fail every re-arm at once: report it instead of spinning.
-                config.log("backend wake fd poll failed: \(String(cString: strerror(-res))); backend events stop")
+                config.log(.warn, "backend wake fd poll failed: \(String(cString: strerror(-res))); backend events stop")
                 return
             }
             backend.drain { self.onEvent($0) }
             if sy_cqe_has_more(flags) == 0 { armPoll(backend.wakeFD, .wake) }
             syncWatched()
         case .control:
-            if res < 0 { config.log("control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
+            if res < 0 { config.log(.warn, "control eventfd poll failed: \(String(cString: strerror(-res)))"); return }
             var v: UInt64 = 0
             _ = read(controlFD, &v, 8)
             if sy_cqe_has_more(flags) == 0 { armPoll(controlFD, .control) }
             beginShutdown(reason: "shutdown requested")
         case .signal:
-            if res < 0 { config.log("signalfd poll failed: \(String(cString: strerror(-res)))"); return }
+            if res < 0 { config.log(.warn, "signalfd poll failed: \(String(cString: strerror(-res)))"); return }
             let signo = sy_fr_signalfd_read(signalFD)
             if sy_cqe_has_more(flags) == 0 && !draining { armPoll(signalFD, .signal) }
             if signo != 0 { beginShutdown(reason: signo == SIGINT ? "SIGINT" : "SIGTERM") }
@@ -345,7 +342,7 @@ public final class FrontServer: @unchecked Sendable {
             let fd = Int32(truncatingIfNeeded: slot)
             guard watched[fd] == gen, res != -ECANCELED else { return }
             watched[fd] = nil
-            if res < 0 { config.log("watched fd \(fd): poll failed: \(String(cString: strerror(-res)))") }
+            if res < 0 { config.log(.warn, "watched fd \(fd): poll failed: \(String(cString: strerror(-res)))") }
             backend.fdReadable(fd)
             syncWatched()
         case .ignore:
@@ -367,7 +364,7 @@ public final class FrontServer: @unchecked Sendable {
         if !more { acceptArmed[i] = false }
         if res == -EINVAL && multishotAccept && !more {
             multishotAccept = false
-            config.log("io_uring: multishot accept refused (-EINVAL); using one-shot accept")
+            config.log(.warn, "io_uring: multishot accept refused (-EINVAL); using one-shot accept")
         }
         if res >= 0 {
             let fd = res
@@ -383,7 +380,7 @@ public final class FrontServer: @unchecked Sendable {
             }
         } else if res != -ECANCELED && res != -EINVAL {
             // EMFILE/ENFILE and friends: keep serving existing clients; accept is re-armed below.
-            if res == -EMFILE || res == -ENFILE { config.log("accept: out of descriptors") }
+            if res == -EMFILE || res == -ENFILE { config.log(.warn, "accept: out of descriptors") }
         }
         if !draining { armAccept(i) }
     }
@@ -427,7 +424,7 @@ public final class FrontServer: @unchecked Sendable {
         }
         if res == -EINVAL && multishotRecv && !more {
             multishotRecv = false
-            config.log("io_uring: multishot recv refused (-EINVAL); using one-shot recv with buffer select")
+            config.log(.warn, "io_uring: multishot recv refused (-EINVAL); using one-shot recv with buffer select")
             armRecv(c)
             return
         }
@@ -474,7 +471,7 @@ public final class FrontServer: @unchecked Sendable {
         guard !c.closing else { return }
         c.queued.append(contentsOf: bytes)
         if c.queued.count > config.maxQueuedOutput {
-            config.log("dropping a client that does not read its responses")
+            config.log(.warn, "dropping a client that does not read its responses")
             clientGone(c)
             return
         }
@@ -561,7 +558,7 @@ public final class FrontServer: @unchecked Sendable {
         guard !draining else { return }
         draining = true
         drainDeadline = now() + nanos(config.shutdownGrace)
-        config.log("\(reason): stopping accepts, draining \(owners.count) in-flight request(s) (grace \(config.shutdownGrace)s)")
+        config.log(.info, "\(reason): stopping accepts, draining \(owners.count) in-flight request(s) (grace \(config.shutdownGrace)s)")
         for i in listeners.indices where acceptArmed[i] {
             let s = getSQE()
             sy_prep_cancel_data(s, Self.data(.accept, slot: i), 1)
@@ -581,7 +578,7 @@ public final class FrontServer: @unchecked Sendable {
         let t = now()
         if draining && t >= drainDeadline {
             for case let c? in conns where !c.closing {
-                if c.active != nil { config.log("grace period over: cancelling request \(c.active?.id ?? 0)") }
+                if c.active != nil { config.log(.warn, "grace period over: cancelling request \(c.active?.id ?? 0)") }
                 clientGone(c)
             }
             return
@@ -590,7 +587,7 @@ public final class FrontServer: @unchecked Sendable {
         // (and cancels its request), so a stalled reader cannot pin a slot and its output forever.
         let stall = nanos(config.idleTimeout)
         for case let c? in conns where !c.closing && c.sendInFlight && t - c.lastSendProgress > stall {
-            config.log("dropping a client whose socket accepted nothing for \(config.idleTimeout)s")
+            config.log(.warn, "dropping a client whose socket accepted nothing for \(config.idleTimeout)s")
             clientGone(c)
         }
         for case let c? in conns where !c.closing && c.deadline != 0 && t >= c.deadline {

@@ -49,10 +49,7 @@ public struct WorkerPoolConfig: Sendable {
     public var modelID = "switchyard"
     /// Sampling defaults for fields a request leaves out.
     public var defaultMaxTokens = 256
-    public var log: @Sendable (String) -> Void = { msg in
-        var line = "pool: " + msg + "\n"
-        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-    }
+    public var log: @Sendable (LogLevel, String) -> Void = LogLevel.stderrLogger(prefix: "pool", threshold: .info)
     public init(executable: String, workers: [WorkerSpec]) { self.executable = executable; self.workers = workers }
 }
 
@@ -177,9 +174,9 @@ public final class WorkerPool: FrontBackend {
             w.ready = false
             w.lastBeat = 0
             w.lastBeatChange = Self.now()
-            config.log("worker \(w.spec.id): started pid \(pid)")
+            config.log(.info, "worker \(w.spec.id): started pid \(pid)")
         } catch {
-            config.log("worker \(w.spec.id): could not start: \(error)")
+            config.log(.warn, "worker \(w.spec.id): could not start: \(error)")
             scheduleRespawn(i)
         }
     }
@@ -190,7 +187,7 @@ public final class WorkerPool: FrontBackend {
         let backoff = min(config.restartBackoffMax, config.restartBackoffMin * Double(1 << min(w.consecutiveFailures, 16)))
         w.consecutiveFailures += 1
         w.respawnAt = Self.now() + UInt64(backoff * 1e9)
-        config.log("worker \(w.spec.id): restarting in \(backoff) s")
+        config.log(.info, "worker \(w.spec.id): restarting in \(backoff) s")
     }
 
     /// The worker is gone (exited, killed, or declared hung and killed): clean up and recover its requests.
@@ -211,7 +208,7 @@ public final class WorkerPool: FrontBackend {
             w.restarts += 1
             totalRestarts += 1
         }
-        config.log("worker \(w.spec.id): \(reason)\(status.map { " (\($0))" } ?? "")")
+        config.log(shuttingDown ? .info : .warn, "worker \(w.spec.id): \(reason)\(status.map { " (\($0))" } ?? "")")
         let affected = w.requests
         w.requests.removeAll()
         for id in affected {
@@ -247,7 +244,7 @@ public final class WorkerPool: FrontBackend {
                 w.lastBeat = beat
                 w.lastBeatChange = now
             } else if Double(now - w.lastBeatChange) / 1e9 > config.heartbeatTimeout {
-                config.log("worker \(w.spec.id): heartbeat stopped for \(config.heartbeatTimeout) s; killing it")
+                config.log(.warn, "worker \(w.spec.id): heartbeat stopped for \(config.heartbeatTimeout) s; killing it")
                 try? w.process?.child.send(signal: SIGKILL)
                 workerDied(i, reason: "hung (heartbeat timeout)")
             }
@@ -428,7 +425,7 @@ public final class WorkerPool: FrontBackend {
             }
         }
         if let corrupt, w.process != nil {
-            config.log("worker \(w.spec.id): bad response ring (\(corrupt)); killing it")
+            config.log(.warn, "worker \(w.spec.id): bad response ring (\(corrupt)); killing it")
             try? w.process?.child.send(signal: SIGKILL)
             workerDied(i, reason: "killed after a corrupt record")
         }
@@ -443,7 +440,7 @@ public final class WorkerPool: FrontBackend {
             w.readySince = Self.now()
             w.lastBeatChange = w.readySince
             router.setHealth(.healthy, slot: w.routerSlot)
-            config.log("worker \(w.spec.id): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))")
+            config.log(.info, "worker \(w.spec.id): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))")
         case .delta(let d):
             guard var f = inFlight[d.requestID], !f.cancelled else { return }
             if !f.started { f.started = true; f.request = nil; inFlight[d.requestID] = f }
@@ -485,7 +482,7 @@ public final class WorkerPool: FrontBackend {
             w.requests.remove(t.requestID)
             pending.append(.text(requestID: t.requestID, content: t.text))
         case .submit, .cancel, .tokenize, .detokenize:
-            config.log("worker \(w.spec.id): sent a request-side record; ignored")
+            config.log(.warn, "worker \(w.spec.id): sent a request-side record; ignored")
         }
     }
 
@@ -534,7 +531,7 @@ public final class WorkerPool: FrontBackend {
             guard let h = w.process else { continue }
             let left = deadline > Self.now() ? Int32((deadline - Self.now()) / 1_000_000) : 0
             if (try? h.child.wait(timeoutMs: max(1, left))) ?? nil == nil {
-                config.log("worker \(w.spec.id): did not stop in time; killing it")
+                config.log(.warn, "worker \(w.spec.id): did not stop in time; killing it")
             }
             w.process = nil  // kills if still running, reaps
             w.channel = nil

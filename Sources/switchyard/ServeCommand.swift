@@ -61,12 +61,11 @@ struct ServeCommand: ParsableCommand {
         let topology = try NumaTopology.discover(fallbackCPUs: online)
         let plan = planPlacement(workers: workerCount, threadsPerWorker: threadsPerWorker, tp: tp,
                                  mode: NumaMode(rawValue: numa) ?? .auto, topology: topology)
-        let log: @Sendable (String) -> Void = { msg in
-            var line = "switchyard: " + msg + "\n"
-            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-        }
+        let level = LogLevel(name: logLevel) ?? .info
+        let logger = LogLevel.stderrLogger(prefix: "switchyard", threshold: level)
+        let log: @Sendable (String) -> Void = { logger(.info, $0) }
         log("topology: \(topology.nodes.map { "node\($0.id)=\($0.cpus.count) cpus" }.joined(separator: ", ")); \(workerCount) worker(s) × \(threadsPerWorker) thread(s)")
-        if plan.oversubscribed { log("warning: more threads than cores; cores are shared") }
+        if plan.oversubscribed { logger(.warn, "more threads than cores; cores are shared") }
         let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount)
 
         var specs: [WorkerSpec] = []
@@ -77,6 +76,7 @@ struct ServeCommand: ParsableCommand {
             if let modelPath { args += ["--model", modelPath] }
             if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
             if let n = p.node { args += ["--node", "\(n)"] }
+            args += ["--log-level", level.name]
             specs.append(WorkerSpec(id: p.worker, arguments: args, numaNode: p.node, cpus: p.cpus))
             log("worker \(p.worker): node \(p.node.map(String.init) ?? "none"), cpus \(p.cpus.isEmpty ? "unpinned" : p.cpus.map(String.init).joined(separator: ","))")
         }
@@ -85,7 +85,7 @@ struct ServeCommand: ParsableCommand {
         poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
         poolConfig.balanceFactor = balanceFactor
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
-        poolConfig.log = log
+        poolConfig.log = logger
         let pool = try WorkerPool(config: poolConfig)
 
         var fc = FrontConfig()
@@ -94,7 +94,7 @@ struct ServeCommand: ParsableCommand {
         fc.tcp = tcp
         fc.limits.maxBodyBytes = maxBody
         fc.defaultModel = poolConfig.modelID
-        fc.log = log
+        fc.log = logger
         let server = try FrontServer(config: fc, backend: pool)
         log("policy \(poolConfig.policy.rawValue); try: curl --unix-socket \(socket) http://localhost/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'")
         try server.run()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Front
 import Worker
 
 /// `switchyard worker`: started by `switchyard serve` with its rings as inherited descriptors; not for
@@ -23,6 +24,7 @@ struct WorkerCommand: ParsableCommand {
     @Option var maxRunning = 16
     @Option var context = 2048
     @Option var maxBatchTokens = 512
+    @Option var logLevel = "info"
 
     func run() throws {
         var o = WorkerOptions()
@@ -41,11 +43,8 @@ struct WorkerCommand: ParsableCommand {
         o.maxRunning = maxRunning
         o.contextLength = context
         o.maxBatchTokens = maxBatchTokens
-        let workerID = id
-        let code = try WorkerProcess.run(o) { msg in
-            var line = "worker[\(workerID)]: " + msg + "\n"
-            line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-        }
+        let logger = LogLevel.stderrLogger(prefix: "worker[\(id)]", threshold: LogLevel(name: logLevel) ?? .info)
+        let code = try WorkerProcess.run(o) { msg in logger(.info, msg) }
         throw ExitCode(code)
     }
 }

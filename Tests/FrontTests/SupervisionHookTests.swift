@@ -43,7 +43,7 @@ extension FrontServerTests {
         cfg.socketPath = dir + "/s.sock"
         cfg.handleSignals = false
         cfg.useSystemdSockets = false
-        cfg.log = { _ in }
+        cfg.log = { _, _ in }
         let b = WatchingBackend()
         let server = try FrontServer(config: cfg, backend: b)
         let done = DispatchSemaphore(value: 0)

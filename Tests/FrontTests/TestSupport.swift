@@ -43,7 +43,7 @@ final class TestServer: @unchecked Sendable {
         cfg.useSystemdSockets = false
         cfg.shutdownGrace = 2
         let sink = logSink
-        cfg.log = { line in sink.lines.withLock { $0.append(line) } }
+        cfg.log = { _, line in sink.lines.withLock { $0.append(line) } }
         configure(&cfg)
         backend = EchoBackend(options: echo)
         do { server = try FrontServer(config: cfg, backend: backend) } catch { backend.stop(); throw error }
