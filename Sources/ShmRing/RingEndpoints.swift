@@ -218,7 +218,9 @@ public final class RingProducer: @unchecked Sendable {
     }
 
     func waitForSpace(_ n: UInt64, clock: inout WaitClock) throws(RingError) {
-        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
+        let spinStart = sy_monotonic_ns()
+        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : spinStart &+ policy.spinNanoseconds
+        let yieldFrom = spinStart &+ policy.yieldAfterNanoseconds
         var spins = 0
         while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasSpace(n) { return }
@@ -229,6 +231,9 @@ public final class RingProducer: @unchecked Sendable {
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
                 if policy.sleeps && now >= spinUntil { break }
+                // A long fruitless spin probably means the other side is not running (more runnable
+                // threads than CPUs): give our CPU away so that it can.
+                if now >= yieldFrom { sched_yield() }
             }
         }
         while true {
@@ -390,7 +395,9 @@ public final class RingConsumer: @unchecked Sendable {
         if let poisoned { throw poisoned }
         if try hasData() { return }
         var clock = WaitClock(timeoutNanoseconds: timeoutNanoseconds, policy: policy)
-        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
+        let spinStart = sy_monotonic_ns()
+        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : spinStart &+ policy.spinNanoseconds
+        let yieldFrom = spinStart &+ policy.yieldAfterNanoseconds
         var spins = 0
         while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasData() { return }
@@ -401,6 +408,9 @@ public final class RingConsumer: @unchecked Sendable {
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
                 if policy.sleeps && now >= spinUntil { break }
+                // A long fruitless spin probably means the other side is not running (more runnable
+                // threads than CPUs): give our CPU away so that it can.
+                if now >= yieldFrom { sched_yield() }
             }
         }
         while true {

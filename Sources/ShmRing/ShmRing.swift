@@ -168,11 +168,16 @@ public struct WaitPolicy: Sendable {
     public var sleeps: Bool
     /// How often a waiting side checks that the peer is alive (also the futex sleep slice).
     public var peerCheckNanoseconds: UInt64
+    /// After spinning this long without success, call sched_yield() between spins, so that a spinning side
+    /// does not starve the other side when there are more runnable threads than CPUs.
+    public var yieldAfterNanoseconds: UInt64
 
-    public init(spinNanoseconds: UInt64, sleeps: Bool, peerCheckNanoseconds: UInt64 = 20_000_000) {
+    public init(spinNanoseconds: UInt64, sleeps: Bool, peerCheckNanoseconds: UInt64 = 20_000_000,
+                yieldAfterNanoseconds: UInt64 = 50_000) {
         self.spinNanoseconds = spinNanoseconds
         self.sleeps = sleeps
         self.peerCheckNanoseconds = max(1_000_000, peerCheckNanoseconds)
+        self.yieldAfterNanoseconds = yieldAfterNanoseconds
     }
 
     /// Spin only: lowest latency, burns a core.
