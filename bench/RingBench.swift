@@ -141,16 +141,18 @@ struct RingBench: ParsableCommand {
         let warmup = min(10_000, messages / 10)
         var peer = try spawnRingPeer(exe: exe, role: "echo", mode: mode, childCPU: childCPU, count: warmup + messages)
         let channel = peer.channel
+        // Hold the endpoints in locals: reading them through the channel in the loop retains/releases.
+        let tx = channel.tx, rx = channel.rx
         var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         for i in 0..<(warmup + messages) {
             let t0 = sy_monotonic_ns()
-            let out = try channel.tx.reserve(type: 1, length: size)
+            let out = try tx.reserve(type: 1, length: size)
             out.storeBytes(of: UInt64(i), as: UInt64.self)
-            channel.tx.commit()
+            tx.commit()
             var echoed: UInt64 = .max
             while echoed == .max {
-                try channel.rx.waitForData()
-                try channel.rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
+                try rx.waitForData()
+                try rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
             }
             let t1 = sy_monotonic_ns()
             guard echoed == UInt64(i) else { throw ValidationError("echo out of order: \(echoed) != \(i)") }
@@ -192,18 +194,19 @@ struct RingBench: ParsableCommand {
         let size = self.size, batch = self.batch
         var peer = try spawnRingPeer(exe: exe, role: "sink", mode: mode, childCPU: childCPU, count: records)
         let channel = peer.channel
+        let tx = channel.tx  // a local: reading it through the channel in the loop retains/releases
         // Wait for the child's "ready" record so that process start-up is not timed.
         try channel.rx.waitForData(timeoutNanoseconds: 10_000_000_000)
         try channel.rx.drain { _, _ in }
         let t0 = sy_monotonic_ns()
         var sent = 0
         while sent < records {
-            let out = try channel.tx.reserve(type: 2, length: size)
+            let out = try tx.reserve(type: 2, length: size)
             out.storeBytes(of: UInt64(sent), as: UInt64.self)
             sent += 1
-            if sent % batch == 0 { channel.tx.commit() }
+            if sent % batch == 0 { tx.commit() }
         }
-        channel.tx.commit()
+        tx.commit()
         // The sink answers with one record holding how many it received (and checked in order).
         var received: UInt64 = 0
         try channel.rx.waitForData(timeoutNanoseconds: 60_000_000_000)
