@@ -57,7 +57,7 @@ public final class RingProducer: @unchecked Sendable {
         /// Last `tail` we read; the consumer's real tail is >= this.
         var cachedTail: UInt64
     }
-    let state = UnsafeMutablePointer<State>.allocate(capacity: 1)
+    let state: UnsafeMutablePointer<State>
     var writePos: UInt64 {
         @inline(__always) get { state.pointee.writePos }
         @inline(__always) set { state.pointee.writePos = newValue }
@@ -95,9 +95,15 @@ public final class RingProducer: @unchecked Sendable {
         producerSleeping = ring.word32(SY_RING_OFF_PRODUCER_SLEEPING)
         closedWord = ring.word32(SY_RING_OFF_CLOSED)
         maxPayloadValue = ring.maxPayload
-        // Resume from the shared positions (validated by ShmRing at attach).
+        // Resume from the shared positions, re-validated (the peer may have written them since attach).
         let head = sy_load_acquire_u64(headWord)
-        state.initialize(to: State(writePos: head, published: head, cachedTail: sy_load_acquire_u64(tailWord)))
+        let tail = sy_load_acquire_u64(tailWord)
+        guard tail <= head, head - tail <= cap, head & 7 == 0, tail & 7 == 0 else {
+            throw .corruptHeader("positions head \(head) tail \(tail) are inconsistent")
+        }
+        // Allocated last, so that a throw above leaves nothing to free.
+        state = UnsafeMutablePointer<State>.allocate(capacity: 1)
+        state.initialize(to: State(writePos: head, published: head, cachedTail: tail))
     }
 
     deinit { state.deallocate() }

@@ -11,7 +11,7 @@ import SysKit
 ///      0     8  magic              creator      0x474E495259535753 ("SWSYRING")
 ///      8     4  version            creator      1
 ///     12     4  flags              creator      bit 0: consumer is woken through an eventfd
-///     16     8  capacity           creator      data bytes, power of two, 4 KiB ... 1 TiB
+///     16     8  capacity           creator      data bytes, power of two, 4 KiB ... 2 GiB
 ///     24     8  data_offset        creator      320
 ///     32     8  mapping_size       creator      data_offset + capacity (== memfd size, sealed)
 ///     40     4  closed             either       bit 0 producer closed, bit 1 consumer closed
@@ -43,7 +43,7 @@ public final class ShmRing: @unchecked Sendable {
 
     /// The smallest and largest data capacities accepted.
     public static let minCapacity = 4096
-    public static let maxCapacity = 1 << 40
+    public static let maxCapacity = 1 << 31  // record lengths (incl. padding) are 32-bit
 
     let memfd: MemFD
     let mapping: MemoryMapping

@@ -207,6 +207,9 @@ private func duplicateDescriptor(_ ring: ShmRing) -> FileDescriptor {
         #expect(throws: RingError.self) {
             for _ in 0..<1000 { _ = try tx.tryReserve(type: 1, length: 100); tx.commit() }
         }
+        // A producer attached after the damage refuses to start.
+        #expect(throws: RingError.self) { _ = try RingProducer(ring: ring) }
+        #expect(throws: RingError.self) { _ = try ShmRing(attaching: duplicateDescriptor(ring)) }
     }
 
     @Test func corruptRecordsAreDetected() throws {

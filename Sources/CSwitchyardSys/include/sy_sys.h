@@ -147,7 +147,7 @@ typedef struct sy_ring_header {
     uint64_t magic;         // 0: SY_RING_MAGIC
     uint32_t version;       // 8: SY_RING_VERSION
     uint32_t flags;         // 12: SY_RING_FLAG_*
-    uint64_t capacity;      // 16: data bytes, a power of two, >= 4096
+    uint64_t capacity;      // 16: data bytes, a power of two, 4096 ... 2^31
     uint64_t data_offset;   // 24: == SY_RING_HEADER_SIZE
     uint64_t mapping_size;  // 32: data_offset + capacity (== the memfd's size)
     uint32_t closed;        // 40: SY_RING_CLOSED_* bits, each set once by its side (seq_cst RMW)
