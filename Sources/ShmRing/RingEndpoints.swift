@@ -262,6 +262,8 @@ public final class RingProducer: @unchecked Sendable {
                 sy_store_relaxed_u32(producerSleeping, 0)
                 throw error
             }
+            // Any return (woken, EAGAIN: already bumped, ETIMEDOUT: time to check the peer, EINTR) just
+            // leads back to the checks at the top of the loop, so EINTR needs no retry here.
             _ = sy_futex_wait(producerWake, seq, clock.sleepSlice(now: now))
             sy_store_relaxed_u32(producerSleeping, 0)
         }
@@ -436,6 +438,7 @@ public final class RingConsumer: @unchecked Sendable {
                         throw RingError.system(error)
                     }
                 } else {
+                    // Every outcome (woken, EAGAIN, ETIMEDOUT, EINTR) loops back to the checks.
                     _ = sy_futex_wait(consumerWake, seq, slice)
                 }
             } catch {

@@ -127,7 +127,7 @@ public struct ChildProcess: ~Copyable, Sendable {
         if !reaped {
             _ = sy_pidfd_send_signal(pidfd.fd.rawValue, SIGKILL)
             var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && sy_errno() == EINTR {}
+            _ = try? retryOnEINTR("waitpid") { waitpid(pid, &status, 0) }
         }
     }
 }
