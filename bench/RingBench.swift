@@ -17,6 +17,7 @@ struct RingBench: ParsableCommand {
     @Option(help: "Records per commit in the throughput run.") var batch: Int = 32
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
     @Flag(help: "Do not pin the two processes to separate CPUs.") var noPin = false
+    @Option(help: "Phases to run (comma-separated): uds, rtt, unpinned, local, throughput.") var phases = "uds,rtt,unpinned,local,throughput"
 
     func run() throws {
         guard messages > 0, size >= 8, size <= capacity / 4 else {
@@ -31,24 +32,49 @@ struct RingBench: ParsableCommand {
         func log(_ s: String) { if json != "-" { print(s) } }
 
         log("ring bench: \(messages) round trips, \(size)-byte payloads, capacity \(capacity), pinned: \(pin)")
-        let uds = try udsRoundTrips(exe: exe, childCPU: childCPU)
-        results += summary("uds_rtt", uds)
-        log(describe("uds socketpair RTT", uds))
-
-        for (name, mode) in [("spin", "spin"), ("futex", "futex"), ("futex_spin20us", "futex-spin")] {
+        let run = Set(phases.split(separator: ",").map(String.init))
+        // Pinned: the two processes on two different CPUs (what spinning needs, and cross-CPU wake-ups for
+        // the sleeping modes). Unpinned: the scheduler may run both on one CPU, where a wake-up needs no
+        // inter-processor interrupt; the socket baseline and the always-sleeping futex mode are measured
+        // both ways so that each comparison is like for like.
+        if run.contains("uds") {
+            let uds = try udsRoundTrips(exe: exe, childCPU: childCPU)
+            results += summary("uds_rtt", uds)
+            log(describe("uds socketpair RTT (pinned)", uds))
+        }
+        let modes = [("spin", "spin", "ring spin RTT"),
+                     ("futex", "futex-spin", "ring futex RTT (default policy: spin 20 us, then futex sleep)"),
+                     ("futex_sleep", "futex", "ring futex RTT (always sleep, pinned)")]
+        for (name, mode, label) in modes where run.contains("rtt") {
             let h = try ringRoundTrips(exe: exe, mode: mode, childCPU: childCPU)
             results += summary("\(name)_rtt", h)
-            log(describe("ring \(name) RTT", h))
+            log(describe(label, h))
+        }
+        if run.contains("unpinned") {
+            try CPUAffinity.set(cpus)
+            let uds = try udsRoundTrips(exe: exe, childCPU: -1)
+            results += summary("uds_unpinned_rtt", uds)
+            log(describe("uds socketpair RTT (unpinned)", uds))
+            let h = try ringRoundTrips(exe: exe, mode: "futex", childCPU: -1)
+            results += summary("futex_sleep_unpinned_rtt", h)
+            log(describe("ring futex RTT (always sleep, unpinned)", h))
+            if pin { try CPUAffinity.set([cpus[0]]) }
         }
 
         let records = messages * 20
-        for mode in ["spin", "futex"] {
+        if run.contains("local") {
+            let localNs = try localCost(records: records)
+            results.append(("local_ns_per_record", localNs))
+            log("ring single-thread reserve+commit+drain: \(fmt(localNs)) ns/record (batch \(batch))")
+        }
+        for mode in ["spin", "futex-spin"] where run.contains("throughput") {
             let seconds = try ringThroughput(exe: exe, mode: mode, records: records, childCPU: childCPU)
             let rate = Double(records) / seconds
             let gbps = rate * Double(size) / 1e9
-            results.append(("\(mode)_throughput_msgs_per_s", rate))
-            results.append(("\(mode)_throughput_gb_per_s", gbps))
-            log("ring \(mode) one-way: \(fmt(rate / 1e6)) M records/s, \(fmt(gbps)) GB/s payload (\(records) x \(size) B, batch \(batch))")
+            let name = mode == "spin" ? "spin" : "futex"
+            results.append(("\(name)_throughput_msgs_per_s", rate))
+            results.append(("\(name)_throughput_gb_per_s", gbps))
+            log("ring \(name) one-way: \(fmt(rate / 1e6)) M records/s, \(fmt(gbps)) GB/s payload (\(records) x \(size) B, batch \(batch))")
         }
         let best = max(results.first { $0.0 == "spin_throughput_msgs_per_s" }?.1 ?? 0,
                        results.first { $0.0 == "futex_throughput_msgs_per_s" }?.1 ?? 0)
@@ -70,10 +96,12 @@ struct RingBench: ParsableCommand {
     // MARK: Unix socketpair ping-pong baseline
 
     func udsRoundTrips(exe: String, childCPU: Int) throws -> Histogram<UInt64> {
+        let size = self.size, messages = self.messages
         let pair = try SocketPair()
         var child = try ChildProcess.spawn(
-            path: exe, arguments: ["ring-peer", "--mode", "uds", "--size", "\(size)", "--cpu", "\(childCPU)"],
+            path: exe, arguments: ["ring-peer", "--mode", "uds", "--size", "\(size)", "--cpu=\(childCPU)"],
             inherit: [InheritedDescriptor(pair.second.rawValue, as: 3)])
+        let socket = pair.keepingFirst()  // our copy of the child's end is closed: its death reads as EOF
         var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
         defer { buffer.deallocate() }
@@ -82,12 +110,12 @@ struct RingBench: ParsableCommand {
         for i in 0..<(warmup + messages) {
             buffer.storeBytes(of: UInt64(i), as: UInt64.self)
             let t0 = sy_monotonic_ns()
-            try pair.first.writeAll(UnsafeRawBufferPointer(buffer))
-            guard try pair.first.readExactly(into: buffer) else { throw SysError(errno: EPIPE, call: "uds peer closed") }
+            try socket.writeAll(UnsafeRawBufferPointer(buffer))
+            guard try socket.readExactly(into: buffer) else { throw SysError(errno: EPIPE, call: "uds peer closed") }
             let t1 = sy_monotonic_ns()
             if i >= warmup { _ = h.record(t1 - t0) }
         }
-        _ = shutdown(pair.first.rawValue, Int32(SHUT_WR))  // EOF for the echo child
+        _ = shutdown(socket.rawValue, Int32(SHUT_WR))  // EOF for the echo child
         _ = try child.wait()
         return h
     }
@@ -99,7 +127,7 @@ struct RingBench: ParsableCommand {
         let responses = try ShmRing(capacity: capacity)
         let child = try ChildProcess.spawn(
             path: exe,
-            arguments: ["ring-peer", "--mode", role, "--policy", mode, "--size", "\(size)", "--cpu", "\(childCPU)",
+            arguments: ["ring-peer", "--mode", role, "--policy", mode, "--size", "\(size)", "--cpu=\(childCPU)",
                         "--count", "\(count)", "--parent", "\(getpid())"],
             inherit: [InheritedDescriptor(requests.fileDescriptor, as: 3),
                       InheritedDescriptor(responses.fileDescriptor, as: 4)])
@@ -109,19 +137,22 @@ struct RingBench: ParsableCommand {
     }
 
     func ringRoundTrips(exe: String, mode: String, childCPU: Int) throws -> Histogram<UInt64> {
+        let size = self.size, messages = self.messages
         let warmup = min(10_000, messages / 10)
         var peer = try spawnRingPeer(exe: exe, role: "echo", mode: mode, childCPU: childCPU, count: warmup + messages)
         let channel = peer.channel
+        // Hold the endpoints in locals: reading them through the channel in the loop retains/releases.
+        let tx = channel.tx, rx = channel.rx
         var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         for i in 0..<(warmup + messages) {
             let t0 = sy_monotonic_ns()
-            let out = try channel.tx.reserve(type: 1, length: size)
+            let out = try tx.reserve(type: 1, length: size)
             out.storeBytes(of: UInt64(i), as: UInt64.self)
-            channel.tx.commit()
+            tx.commit()
             var echoed: UInt64 = .max
             while echoed == .max {
-                try channel.rx.waitForData()
-                try channel.rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
+                try rx.waitForData()
+                try rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
             }
             let t1 = sy_monotonic_ns()
             guard echoed == UInt64(i) else { throw ValidationError("echo out of order: \(echoed) != \(i)") }
@@ -132,23 +163,50 @@ struct RingBench: ParsableCommand {
         return h
     }
 
+    // MARK: Single-thread cost (no cross-core traffic): the floor for the two-process numbers
+
+    func localCost(records: Int) throws -> Double {
+        // Option wrappers are slow to read (generic metadata look-ups): copy them out of the hot loops.
+        let size = self.size, batch = self.batch
+        let ring = try ShmRing(capacity: capacity)
+        let tx = try RingProducer(ring: ring)
+        let rx = try RingConsumer(ring: ring)
+        var sum: UInt64 = 0
+        let t0 = sy_monotonic_ns()
+        var sent = 0
+        while sent < records {
+            for _ in 0..<batch {
+                let out = try tx.reserve(type: 2, length: size)
+                out.storeBytes(of: UInt64(sent), as: UInt64.self)
+                sent += 1
+            }
+            tx.commit()
+            try rx.drain { _, payload in sum &+= payload.load(as: UInt64.self) }
+        }
+        let t1 = sy_monotonic_ns()
+        guard sum == UInt64(sent) * UInt64(sent - 1) / 2 else { throw ValidationError("local checksum mismatch") }
+        return Double(t1 - t0) / Double(sent)
+    }
+
     // MARK: One-way throughput
 
     func ringThroughput(exe: String, mode: String, records: Int, childCPU: Int) throws -> Double {
+        let size = self.size, batch = self.batch
         var peer = try spawnRingPeer(exe: exe, role: "sink", mode: mode, childCPU: childCPU, count: records)
         let channel = peer.channel
+        let tx = channel.tx  // a local: reading it through the channel in the loop retains/releases
         // Wait for the child's "ready" record so that process start-up is not timed.
         try channel.rx.waitForData(timeoutNanoseconds: 10_000_000_000)
         try channel.rx.drain { _, _ in }
         let t0 = sy_monotonic_ns()
         var sent = 0
         while sent < records {
-            let out = try channel.tx.reserve(type: 2, length: size)
+            let out = try tx.reserve(type: 2, length: size)
             out.storeBytes(of: UInt64(sent), as: UInt64.self)
             sent += 1
-            if sent % batch == 0 { channel.tx.commit() }
+            if sent % batch == 0 { tx.commit() }
         }
-        channel.tx.commit()
+        tx.commit()
         // The sink answers with one record holding how many it received (and checked in order).
         var received: UInt64 = 0
         try channel.rx.waitForData(timeoutNanoseconds: 60_000_000_000)
@@ -187,6 +245,7 @@ struct RingBenchPeer: ParsableCommand {
     @Option var parent: Int32 = 0
 
     func run() throws {
+        let size = self.size, count = self.count  // out of the option wrappers, for the hot loops
         if cpu >= 0 { try CPUAffinity.set([cpu]) }
         if mode == "uds" {
             let fd = FileDescriptor(adopting: 3)

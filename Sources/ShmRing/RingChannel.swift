@@ -19,6 +19,20 @@ import SysKit
 /// let channel = try RingChannel(sending: ShmRing(inheritedDescriptor: 4), receiving: ShmRing(inheritedDescriptor: 3),
 ///                               peer: .parent(expected: parentPid))
 /// ```
+/// A consumer inside an io_uring loop (the front): create its receiving rings with
+/// `ShmRing(capacity:consumerUsesEventFD: true)`, make one `RingNotifier` (eventfd), pass its descriptor to
+/// each worker (inherited like the ring fds) and give it to the worker's `RingProducer(notifier:)`; the
+/// front's `RingConsumer` gets the same notifier. Loop: drain every ring; then call `prepareToSleep()` on
+/// every ring (any nil: data arrived, call `finishSleep()` on those already prepared and drain again);
+/// then wait for the eventfd (IORING_OP_POLL_ADD / READ on `notifier.fileDescriptor`), read it
+/// (`notifier.eventFD.consume()`), `finishSleep()` on every ring and drain. Alternatively, with
+/// IORING_OP_FUTEX_WAIT, leave `consumerUsesEventFD` false and wait on `rx.wakeWord` for the value
+/// `prepareToSleep()` returned (a shared, 32-bit futex). A producer in the front should use `tryReserve`
+/// (never block the loop) and retry on a later loop iteration when it returns nil.
+///
+/// Hot loops: hold `tx` / `rx` in locals (`let tx = channel.tx`); reading them through the channel on every
+/// record costs a retain/release pair, which is more than a whole record.
+///
 /// When the peer dies, drop the channel and create fresh rings for its replacement (a dead peer may have
 /// left a half-written record or a stale sleeping flag behind).
 public final class RingChannel: Sendable {

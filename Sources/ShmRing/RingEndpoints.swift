@@ -46,12 +46,31 @@ public final class RingProducer: @unchecked Sendable {
     let producerSleeping: UnsafeMutablePointer<UInt32>
     let closedWord: UnsafeMutablePointer<UInt32>
 
-    /// End of the last reserved record (bytes), >= published.
-    var writePos: UInt64
-    /// What `head` holds (only this side writes it).
-    var published: UInt64
-    /// Last `tail` we read; the consumer's real tail is >= this.
-    var cachedTail: UInt64
+    /// This side's private positions. They live behind a pointer rather than in stored properties
+    /// because Swift checks exclusive access to a class's stored `var`s dynamically, which would cost more
+    /// than the rest of the hot path.
+    struct State {
+        /// End of the last reserved record (bytes), >= published.
+        var writePos: UInt64
+        /// What `head` holds (only this side writes it).
+        var published: UInt64
+        /// Last `tail` we read; the consumer's real tail is >= this.
+        var cachedTail: UInt64
+    }
+    let state: UnsafeMutablePointer<State>
+    var writePos: UInt64 {
+        @inline(__always) get { state.pointee.writePos }
+        @inline(__always) set { state.pointee.writePos = newValue }
+    }
+    var published: UInt64 {
+        @inline(__always) get { state.pointee.published }
+        @inline(__always) set { state.pointee.published = newValue }
+    }
+    var cachedTail: UInt64 {
+        @inline(__always) get { state.pointee.cachedTail }
+        @inline(__always) set { state.pointee.cachedTail = newValue }
+    }
+    let maxPayloadValue: Int
 
     /// - Parameters:
     ///   - notifier: required when the ring was created with `consumerUsesEventFD` (the consumer's eventfd,
@@ -75,11 +94,19 @@ public final class RingProducer: @unchecked Sendable {
         producerWake = ring.word32(SY_RING_OFF_PRODUCER_WAKE)
         producerSleeping = ring.word32(SY_RING_OFF_PRODUCER_SLEEPING)
         closedWord = ring.word32(SY_RING_OFF_CLOSED)
-        // Resume from the shared positions (validated by ShmRing at attach).
-        published = sy_load_acquire_u64(headWord)
-        writePos = published
-        cachedTail = sy_load_acquire_u64(tailWord)
+        maxPayloadValue = ring.maxPayload
+        // Resume from the shared positions, re-validated (the peer may have written them since attach).
+        let head = sy_load_acquire_u64(headWord)
+        let tail = sy_load_acquire_u64(tailWord)
+        guard tail <= head, head - tail <= cap, head & 7 == 0, tail & 7 == 0 else {
+            throw .corruptHeader("positions head \(head) tail \(tail) are inconsistent")
+        }
+        // Allocated last, so that a throw above leaves nothing to free.
+        state = UnsafeMutablePointer<State>.allocate(capacity: 1)
+        state.initialize(to: State(writePos: head, published: head, cachedTail: tail))
     }
+
+    deinit { state.deallocate() }
 
     /// Largest payload one record can carry.
     public var maxPayload: Int { ring.maxPayload }
@@ -92,7 +119,7 @@ public final class RingProducer: @unchecked Sendable {
     @inline(__always)
     public func tryReserve(type: UInt16, length: Int) throws(RingError) -> UnsafeMutableRawBufferPointer? {
         guard type != UInt16(SY_RING_TYPE_PADDING) else { throw .invalidArgument("record type 0xFFFF is reserved") }
-        guard length >= 0, length <= ring.maxPayload else { throw .recordTooLarge(length: length, max: ring.maxPayload) }
+        guard length >= 0, length <= maxPayloadValue else { throw .recordTooLarge(length: length, max: maxPayloadValue) }
         let need = align8(UInt64(length) + UInt64(SY_RING_RECORD_HEADER_SIZE))
         var offset = writePos & mask
         let toEnd = cap - offset
@@ -197,7 +224,9 @@ public final class RingProducer: @unchecked Sendable {
     }
 
     func waitForSpace(_ n: UInt64, clock: inout WaitClock) throws(RingError) {
-        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
+        let spinStart = sy_monotonic_ns()
+        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : spinStart &+ policy.spinNanoseconds
+        let yieldFrom = spinStart &+ policy.yieldAfterNanoseconds
         var spins = 0
         while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasSpace(n) { return }
@@ -208,6 +237,9 @@ public final class RingProducer: @unchecked Sendable {
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
                 if policy.sleeps && now >= spinUntil { break }
+                // A long fruitless spin probably means the other side is not running (more runnable
+                // threads than CPUs): give our CPU away so that it can.
+                if now >= yieldFrom { sched_yield() }
             }
         }
         while true {
@@ -230,6 +262,8 @@ public final class RingProducer: @unchecked Sendable {
                 sy_store_relaxed_u32(producerSleeping, 0)
                 throw error
             }
+            // Any return (woken, EAGAIN: already bumped, ETIMEDOUT: time to check the peer, EINTR) just
+            // leads back to the checks at the top of the loop, so EINTR needs no retry here.
             _ = sy_futex_wait(producerWake, seq, clock.sleepSlice(now: now))
             sy_store_relaxed_u32(producerSleeping, 0)
         }
@@ -259,14 +293,32 @@ public final class RingConsumer: @unchecked Sendable {
     let producerSleeping: UnsafeMutablePointer<UInt32>
     let closedWord: UnsafeMutablePointer<UInt32>
 
-    /// Start of the next record to read.
-    var readPos: UInt64
-    /// What `tail` holds (only this side writes it).
-    var released: UInt64
-    /// Last `head` we read; the producer's real head is >= this.
-    var cachedHead: UInt64
-    /// Set once corruption was found: the ring is unusable from then on.
-    var poisoned: RingError?
+    /// This side's private positions, behind a pointer for the same reason as RingProducer.State.
+    struct State {
+        /// Start of the next record to read.
+        var readPos: UInt64
+        /// What `tail` holds (only this side writes it).
+        var released: UInt64
+        /// Last `head` we read; the producer's real head is >= this.
+        var cachedHead: UInt64
+        /// Set once corruption was found (the error is in `poisonError`): the ring is unusable from then on.
+        var isPoisoned: Bool
+    }
+    let state = UnsafeMutablePointer<State>.allocate(capacity: 1)
+    var readPos: UInt64 {
+        @inline(__always) get { state.pointee.readPos }
+        @inline(__always) set { state.pointee.readPos = newValue }
+    }
+    var released: UInt64 {
+        @inline(__always) get { state.pointee.released }
+        @inline(__always) set { state.pointee.released = newValue }
+    }
+    var cachedHead: UInt64 {
+        @inline(__always) get { state.pointee.cachedHead }
+        @inline(__always) set { state.pointee.cachedHead = newValue }
+    }
+    var poisonError: RingError = .corruptHeader("unknown")
+    var poisoned: RingError? { state.pointee.isPoisoned ? poisonError : nil }
 
     /// - Parameter notifier: the eventfd the producer writes when the ring was created with
     ///   `consumerUsesEventFD` (an io_uring loop polls it; `waitForData` polls it too). Ignored otherwise.
@@ -289,10 +341,11 @@ public final class RingConsumer: @unchecked Sendable {
         producerWake = ring.word32(SY_RING_OFF_PRODUCER_WAKE)
         producerSleeping = ring.word32(SY_RING_OFF_PRODUCER_SLEEPING)
         closedWord = ring.word32(SY_RING_OFF_CLOSED)
-        released = sy_load_acquire_u64(tailWord)
-        readPos = released
-        cachedHead = readPos
+        let tail = sy_load_acquire_u64(tailWord)
+        state.initialize(to: State(readPos: tail, released: tail, cachedHead: tail, isPoisoned: false))
     }
+
+    deinit { state.deallocate() }
 
     /// Whether at least one record (or padding) is published and unread. Throws on a corrupt head.
     @inline(__always)
@@ -306,7 +359,7 @@ public final class RingConsumer: @unchecked Sendable {
     /// many records were handed over (0: none available). Never waits.
     @discardableResult
     public func drain(limit: Int = .max, _ body: (_ type: UInt16, _ payload: UnsafeRawBufferPointer) -> Void) throws(RingError) -> Int {
-        if let poisoned { throw poisoned }
+        if state.pointee.isPoisoned { throw poisonError }
         guard try hasData() else { return 0 }
         var count = 0
         defer { releaseConsumed() }
@@ -350,7 +403,9 @@ public final class RingConsumer: @unchecked Sendable {
         if let poisoned { throw poisoned }
         if try hasData() { return }
         var clock = WaitClock(timeoutNanoseconds: timeoutNanoseconds, policy: policy)
-        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : sy_monotonic_ns() &+ policy.spinNanoseconds
+        let spinStart = sy_monotonic_ns()
+        let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : spinStart &+ policy.spinNanoseconds
+        let yieldFrom = spinStart &+ policy.yieldAfterNanoseconds
         var spins = 0
         while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasData() { return }
@@ -361,6 +416,9 @@ public final class RingConsumer: @unchecked Sendable {
                 let now = sy_monotonic_ns()
                 try clock.check(now: now, peer: peer)
                 if policy.sleeps && now >= spinUntil { break }
+                // A long fruitless spin probably means the other side is not running (more runnable
+                // threads than CPUs): give our CPU away so that it can.
+                if now >= yieldFrom { sched_yield() }
             }
         }
         while true {
@@ -380,6 +438,7 @@ public final class RingConsumer: @unchecked Sendable {
                         throw RingError.system(error)
                     }
                 } else {
+                    // Every outcome (woken, EAGAIN, ETIMEDOUT, EINTR) loops back to the checks.
                     _ = sy_futex_wait(consumerWake, seq, slice)
                 }
             } catch {
@@ -449,12 +508,13 @@ public final class RingConsumer: @unchecked Sendable {
     }
 
     func poison(_ error: RingError) -> RingError {
-        poisoned = error
+        poisonError = error
+        state.pointee.isPoisoned = true
         return error
     }
 
     func refreshHead() throws(RingError) {
-        if let poisoned { throw poisoned }
+        if state.pointee.isPoisoned { throw poisonError }
         // ACQUIRE: pairs with the producer's RELEASE store of `head` in commit(): every record byte below
         // the new head is visible to us before we read it.
         let h = sy_load_acquire_u64(headWord)

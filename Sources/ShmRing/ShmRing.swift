@@ -11,20 +11,23 @@ import SysKit
 ///      0     8  magic              creator      0x474E495259535753 ("SWSYRING")
 ///      8     4  version            creator      1
 ///     12     4  flags              creator      bit 0: consumer is woken through an eventfd
-///     16     8  capacity           creator      data bytes, power of two, 4 KiB ... 1 TiB
-///     24     8  data_offset        creator      256
+///     16     8  capacity           creator      data bytes, power of two, 4 KiB ... 2 GiB
+///     24     8  data_offset        creator      320
 ///     32     8  mapping_size       creator      data_offset + capacity (== memfd size, sealed)
+///     40     4  closed             either       bit 0 producer closed, bit 1 consumer closed
 ///     64     8  head               producer     bytes ever published (monotonic, multiple of 8)
-///     72     4  consumer_wake      producer     futex word the consumer sleeps on (bumped to wake)
-///     76     4  producer_sleeping  producer     1 while the producer waits for space
 ///    128     8  tail               consumer     bytes ever consumed (monotonic, multiple of 8)
-///    136     4  producer_wake      consumer     futex word the producer sleeps on (bumped to wake)
-///    140     4  consumer_sleeping  consumer     1 while the consumer waits for data
-///    192     4  closed             either       bit 0 producer closed, bit 1 consumer closed
-///    256     -  data[capacity]                  records
+///    192     4  consumer_sleeping  consumer     1 while the consumer waits for data
+///    196     4  producer_wake      consumer     futex word the producer sleeps on (bumped to wake)
+///    256     4  producer_sleeping  producer     1 while the producer waits for space
+///    260     4  consumer_wake      producer     futex word the consumer sleeps on (bumped to wake)
+///    320     -  data[capacity]                  records
 /// ```
-/// Lines 0-3 are separate 64-byte cache lines, so the producer's and the consumer's hot words never
-/// share a line. Positions are byte counters that never wrap in practice (2^64 bytes); the byte offset of
+/// Offsets 0, 64, 128, 192 and 256 start separate 64-byte cache lines. Line 0 is read-only after creation
+/// except `closed` (set once per side); every other line has a single writer: head
+/// and tail (written on every commit / release) have lines of their own, and the sleeping flags (read by
+/// the other side on every commit / release) live on lines written only around sleeping, so reading them
+/// usually hits the reader's cache. Positions are byte counters that never wrap in practice (2^64 bytes); the byte offset of
 /// a position is `position & (capacity - 1)`. Invariants both sides check on every load:
 /// `tail <= head`, `head - tail <= capacity`, both multiples of 8, neither moves backwards.
 ///
@@ -40,7 +43,7 @@ public final class ShmRing: @unchecked Sendable {
 
     /// The smallest and largest data capacities accepted.
     public static let minCapacity = 4096
-    public static let maxCapacity = 1 << 40
+    public static let maxCapacity = 1 << 31  // record lengths (incl. padding) are 32-bit
 
     let memfd: MemFD
     let mapping: MemoryMapping
@@ -61,7 +64,7 @@ public final class ShmRing: @unchecked Sendable {
     /// Whether the consumer is woken through an eventfd rather than FUTEX_WAKE.
     public var consumerUsesEventFD: Bool { flags & SY_RING_FLAG_CONSUMER_EVENTFD != 0 }
 
-    /// Creates a fresh ring: a memfd of 256 + `capacity` bytes, sealed against resizing, mapped shared.
+    /// Creates a fresh ring: a memfd of 320 + `capacity` bytes, sealed against resizing, mapped shared.
     /// Nothing appears in /dev/shm. Use a new ring (never an old one) for a respawned peer.
     public init(capacity: Int, consumerUsesEventFD: Bool = false, name: String = "switchyard-ring") throws(RingError) {
         guard capacity >= Self.minCapacity, capacity <= Self.maxCapacity, capacity & (capacity - 1) == 0 else {
@@ -165,11 +168,16 @@ public struct WaitPolicy: Sendable {
     public var sleeps: Bool
     /// How often a waiting side checks that the peer is alive (also the futex sleep slice).
     public var peerCheckNanoseconds: UInt64
+    /// After spinning this long without success, call sched_yield() between spins, so that a spinning side
+    /// does not starve the other side when there are more runnable threads than CPUs.
+    public var yieldAfterNanoseconds: UInt64
 
-    public init(spinNanoseconds: UInt64, sleeps: Bool, peerCheckNanoseconds: UInt64 = 20_000_000) {
+    public init(spinNanoseconds: UInt64, sleeps: Bool, peerCheckNanoseconds: UInt64 = 20_000_000,
+                yieldAfterNanoseconds: UInt64 = 50_000) {
         self.spinNanoseconds = spinNanoseconds
         self.sleeps = sleeps
         self.peerCheckNanoseconds = max(1_000_000, peerCheckNanoseconds)
+        self.yieldAfterNanoseconds = yieldAfterNanoseconds
     }
 
     /// Spin only: lowest latency, burns a core.

@@ -110,6 +110,12 @@ public struct SocketPair: ~Copyable, Sendable {
         first = FileDescriptor(adopting: fds[0])
         second = FileDescriptor(adopting: fds[1])
     }
+
+    /// Keeps `first` and closes `second` (e.g. after handing `second` to a child).
+    public consuming func keepingFirst() -> FileDescriptor {
+        _ = second
+        return first
+    }
 }
 
 /// Counts this process's open descriptors (entries of /proc/self/fd, minus the one used to list them).

@@ -63,6 +63,19 @@ public struct ChildProcess: ~Copyable, Sendable {
             if rc != 0 { throw SysError(errno: rc, call: "posix_spawn_file_actions_adddup2") }
         }
 
+        // The child starts with no blocked signals and every signal at its default action, whatever this
+        // process (a test runner, a server that ignores SIGPIPE) has set.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        var allSignals = sigset_t()
+        sigemptyset(&noSignals)
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
         let argv = [path] + arguments
         let env = environment ?? currentEnvironment()
         var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
@@ -72,7 +85,7 @@ public struct ChildProcess: ~Copyable, Sendable {
             for p in cEnv { free(p) }
         }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, &cArgs, &cEnv)
+        let rc = posix_spawn(&pid, path, &actions, &attributes, &cArgs, &cEnv)
         if rc != 0 { throw SysError(errno: rc, call: "posix_spawn(\(path))") }
         do {
             let pidfd = try PidFD(pid: pid)
@@ -114,7 +127,7 @@ public struct ChildProcess: ~Copyable, Sendable {
         if !reaped {
             _ = sy_pidfd_send_signal(pidfd.fd.rawValue, SIGKILL)
             var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && sy_errno() == EINTR {}
+            _ = try? retryOnEINTR("waitpid") { waitpid(pid, &status, 0) }
         }
     }
 }

@@ -181,7 +181,7 @@ private func duplicateDescriptor(_ ring: ShmRing) -> FileDescriptor {
         _ = try ShmRing(attaching: duplicateDescriptor(ring))
 
         // An unsealed memfd or a tiny one is refused.
-        let unsealed = try MemFD(name: "unsealed", size: 4096 + 256, sealSize: false)
+        let unsealed = try MemFD(name: "unsealed", size: 4096 + Int(SY_RING_HEADER_SIZE), sealSize: false)
         #expect(throws: RingError.self) { _ = try ShmRing(attaching: unsealed.fd.duplicate()) }
         let tiny = try MemFD(name: "tiny", size: 64)
         #expect(throws: RingError.self) { _ = try ShmRing(attaching: tiny.fd.duplicate()) }
@@ -207,6 +207,9 @@ private func duplicateDescriptor(_ ring: ShmRing) -> FileDescriptor {
         #expect(throws: RingError.self) {
             for _ in 0..<1000 { _ = try tx.tryReserve(type: 1, length: 100); tx.commit() }
         }
+        // A producer attached after the damage refuses to start.
+        #expect(throws: RingError.self) { _ = try RingProducer(ring: ring) }
+        #expect(throws: RingError.self) { _ = try ShmRing(attaching: duplicateDescriptor(ring)) }
     }
 
     @Test func corruptRecordsAreDetected() throws {
@@ -233,7 +236,7 @@ private func duplicateDescriptor(_ ring: ShmRing) -> FileDescriptor {
             let rx = try RingConsumer(ring: ring)
             _ = try #require(try tx.tryReserve(type: 1, length: 40))
             tx.commit()
-            damage(ring.unsafeMapping.baseAddress! + 256)
+            damage(ring.unsafeMapping.baseAddress! + Int(SY_RING_HEADER_SIZE))
             var delivered = 0
             do {
                 try rx.drain { _, _ in delivered += 1 }

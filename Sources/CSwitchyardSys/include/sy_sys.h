@@ -126,7 +126,7 @@ static inline void sy_cpu_relax(void) {
 #define SY_RING_MAGIC 0x474E495259535753ULL /* "SWSYRING" little-endian */
 #define SY_RING_VERSION 1U
 #define SY_RING_CACHE_LINE 64
-#define SY_RING_HEADER_SIZE 256
+#define SY_RING_HEADER_SIZE 320
 /// Record header: 8 bytes, then the payload, then zero padding to the next multiple of 8.
 #define SY_RING_RECORD_HEADER_SIZE 8
 /// Record type reserved for the padding record written at wrap-around.
@@ -137,34 +137,39 @@ static inline void sy_cpu_relax(void) {
 #define SY_RING_CLOSED_PRODUCER 0x1U
 #define SY_RING_CLOSED_CONSUMER 0x2U
 
-/// The first 256 bytes of a ring mapping; the data area (capacity bytes) follows at `data_offset`.
+/// The first 320 bytes of a ring mapping; the data area (capacity bytes) follows at `data_offset`.
 /// Offsets are from the start of the mapping; there are no pointers (each process maps it elsewhere).
+/// Each 64-byte line has a single writer. The two hot positions (head, tail) have lines of their own; the
+/// sleeping flags, which the other side reads on every commit/release, sit on lines that are written only
+/// when a side goes to sleep, so that reading them does not pull a freshly written line across cores.
 typedef struct sy_ring_header {
-    // Line 0 (bytes 0-63): written once by the creator before the fd is shared, read-only afterwards.
+    // Line 0 (0-63): configuration, written once by the creator before the fd is shared; plus `closed`.
     uint64_t magic;         // 0: SY_RING_MAGIC
     uint32_t version;       // 8: SY_RING_VERSION
     uint32_t flags;         // 12: SY_RING_FLAG_*
-    uint64_t capacity;      // 16: data bytes, a power of two, >= 4096
+    uint64_t capacity;      // 16: data bytes, a power of two, 4096 ... 2^31
     uint64_t data_offset;   // 24: == SY_RING_HEADER_SIZE
     uint64_t mapping_size;  // 32: data_offset + capacity (== the memfd's size)
-    uint8_t _pad0[24];      // 40..63
+    uint32_t closed;        // 40: SY_RING_CLOSED_* bits, each set once by its side (seq_cst RMW)
+    uint8_t _pad0[20];      // 44..63
 
-    // Line 1 (64-127): written by the producer only.
+    // Line 1 (64-127): the producer's position, written on every commit.
     _Alignas(SY_RING_CACHE_LINE) uint64_t head;  // 64: bytes ever published (monotonic, multiple of 8)
-    uint32_t consumer_wake;      // 72: futex word the consumer sleeps on; the producer bumps it to wake it
-    uint32_t producer_sleeping;  // 76: 1 while the producer is about to sleep / sleeps waiting for space
-    uint8_t _pad1[48];           // 80..127
+    uint8_t _pad1[56];
 
-    // Line 2 (128-191): written by the consumer only.
+    // Line 2 (128-191): the consumer's position, written on every release.
     _Alignas(SY_RING_CACHE_LINE) uint64_t tail;  // 128: bytes ever consumed (monotonic, multiple of 8)
-    uint32_t producer_wake;      // 136: futex word the producer sleeps on; the consumer bumps it
-    uint32_t consumer_sleeping;  // 140: 1 while the consumer is about to sleep / sleeps waiting for data
-    uint8_t _pad2[48];           // 144..191
+    uint8_t _pad2[56];
 
-    // Line 3 (192-255): rarely written by either side.
-    _Alignas(SY_RING_CACHE_LINE) uint32_t closed;  // 192: SY_RING_CLOSED_* bits (fetch-add/or, seq_cst)
-    uint32_t _reserved;          // 196
-    uint8_t _pad3[56];           // 200..255
+    // Line 3 (192-255): written by the consumer, only around sleeping / waking the producer.
+    _Alignas(SY_RING_CACHE_LINE) uint32_t consumer_sleeping;  // 192: 1 while the consumer waits for data
+    uint32_t producer_wake;  // 196: futex word the producer sleeps on; the consumer bumps it to wake it
+    uint8_t _pad3[56];
+
+    // Line 4 (256-319): written by the producer, only around sleeping / waking the consumer.
+    _Alignas(SY_RING_CACHE_LINE) uint32_t producer_sleeping;  // 256: 1 while the producer waits for space
+    uint32_t consumer_wake;  // 260: futex word the consumer sleeps on; the producer bumps it to wake it
+    uint8_t _pad4[56];
 } sy_ring_header;
 
 // Swift does not import over-aligned structs, so Swift code addresses the header through these offsets;
@@ -175,15 +180,15 @@ typedef struct sy_ring_header {
 #define SY_RING_OFF_CAPACITY 16
 #define SY_RING_OFF_DATA_OFFSET 24
 #define SY_RING_OFF_MAPPING_SIZE 32
+#define SY_RING_OFF_CLOSED 40
 #define SY_RING_OFF_HEAD 64
-#define SY_RING_OFF_CONSUMER_WAKE 72
-#define SY_RING_OFF_PRODUCER_SLEEPING 76
 #define SY_RING_OFF_TAIL 128
-#define SY_RING_OFF_PRODUCER_WAKE 136
-#define SY_RING_OFF_CONSUMER_SLEEPING 140
-#define SY_RING_OFF_CLOSED 192
+#define SY_RING_OFF_CONSUMER_SLEEPING 192
+#define SY_RING_OFF_PRODUCER_WAKE 196
+#define SY_RING_OFF_PRODUCER_SLEEPING 256
+#define SY_RING_OFF_CONSUMER_WAKE 260
 
-_Static_assert(sizeof(sy_ring_header) == SY_RING_HEADER_SIZE, "ring header is 256 bytes");
+_Static_assert(sizeof(sy_ring_header) == SY_RING_HEADER_SIZE, "ring header is 320 bytes");
 _Static_assert(_Alignof(sy_ring_header) == SY_RING_CACHE_LINE, "ring header is cache-line aligned");
 _Static_assert(offsetof(sy_ring_header, magic) == SY_RING_OFF_MAGIC, "magic");
 _Static_assert(offsetof(sy_ring_header, version) == SY_RING_OFF_VERSION, "version");
