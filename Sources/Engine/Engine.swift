@@ -84,7 +84,8 @@ final class KVSequence {
     func v(_ layer: Int) -> UnsafeMutablePointer<UInt16> { cache + layer * layerStride + maxContext * kvDim }
 }
 
-public final class Engine {
+/// Not thread-safe: one thread at a time drives an Engine (@unchecked Sendable so it can be handed to it).
+public final class Engine: @unchecked Sendable {
     public let model: Model
     public let config: ModelConfig
     public let threads: Int

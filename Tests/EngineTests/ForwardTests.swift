@@ -22,10 +22,15 @@ import CSwitchyardKernels
             let top = theirs.indices.sorted { theirs[$0] > theirs[$1] }.prefix(5)
             var d = 0.0
             for j in top { d = max(d, abs(ours[j] - theirs[j])) }
+            // The most likely token: 8-bit activations move it by up to ~0.27 right after the attention-sink token
+            // (its huge residual values make the 32-element blocks around them coarse); later positions < 0.05.
+            #expect(abs(ours[top[top.startIndex]] - theirs[top[top.startIndex]]) < 0.35, "pos \(i) top-1")
             print("reference: pos \(i) diff \(d) top \(Array(top)) ours \(top.map { ours[$0] }) ref \(top.map { theirs[$0] })")
             maxDiff = max(maxDiff, d)
         }
         print("reference: max top-5 logprob diff \(maxDiff)")
-        #expect(maxDiff < 0.25)
+        // Tail of the top 5 (log-probs down to about -5): quantizing every matmul input to 8 bits over 30 layers
+        // moves these by up to ~0.4 (measured 0.41); a wrong RoPE, GQA mapping or norm moves them by whole nats.
+        #expect(maxDiff < 0.6)
     }
 }

@@ -144,3 +144,30 @@ func tinyModel(types: [GGMLType], seed: UInt64 = 1, tiedOutput: Bool = true) -> 
         #expect(throws: (any Error).self) { try Model(gguf: GGUFFile(bytes: missing.serialize())) }
     }
 }
+
+@Suite struct RepackStorageTests {
+    /// Repacked weights in a shared file: the second load maps the same file and computes the same logits.
+    @Test func sharedRepackFileIsReused() throws {
+        let dir = TestPaths.tempFile("repack")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/tiny.gguf"
+        try tinyModel(types: [.q4_1, .q8_0]).write(to: path)
+        func logits(_ m: Model) throws -> [Float] {
+            let e = try Engine(model: m, threads: 1, maxBatchTokens: 8)
+            let s = try e.createSequence(maxContext: 8)
+            return Array(try e.forward([BatchItem(sequence: s, tokens: [1, 2, 3])]).logits(item: 0))
+        }
+        let priv = try logits(Model(path: path))
+        let m1 = try Model(path: path, options: ModelOptions(repack: .sharedFile(directory: dir)))
+        #expect(m1.repackIsShared)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("switchyard-repack-") }
+        #expect(files.count == 1)
+        let m2 = try Model(path: path, options: ModelOptions(repack: .sharedFile(directory: dir)))
+        #expect(try logits(m1) == priv)
+        #expect(try logits(m2) == priv)
+        #expect(throws: ModelError.self) {
+            try Model(path: path, options: ModelOptions(repack: .sharedFile(directory: dir + "/missing")))
+        }
+    }
+}
