@@ -47,14 +47,19 @@ func sessionsPerWorker(_ s: Server) throws -> [String: String] {
 /// The reference output: `switchyard generate … --json` when the binary has that command, else nil.
 func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
     let bin = try Paths.binary()
+    // Is `generate` among the subcommands `switchyard --help` lists?
     let help = Process()
     help.executableURL = URL(fileURLWithPath: bin)
-    help.arguments = ["generate", "--help"]
-    help.standardOutput = FileHandle.nullDevice
+    help.arguments = ["--help"]
+    let helpOut = Pipe()
+    help.standardOutput = helpOut
     help.standardError = FileHandle.nullDevice
     try help.run()
+    let helpText = String(decoding: helpOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     help.waitUntilExit()
-    guard help.terminationStatus == 0 else { return nil }
+    guard helpText.split(separator: "\n").contains(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("generate ") }) else {
+        return nil
+    }
 
     let p = Process()
     p.executableURL = URL(fileURLWithPath: bin)
