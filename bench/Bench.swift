@@ -13,6 +13,8 @@ struct SwitchyardBench: ParsableCommand {
             ServeBench.self,
             SamplerBench.self,
             FrontBench.self,
+            EngineBenchCommand.self,
+            MakeModelCommand.self,
         ]
     )
 }

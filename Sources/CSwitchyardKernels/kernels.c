@@ -462,25 +462,34 @@ void syk_store_f16(const float *x, uint16_t *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
 }
 
+// Attention with llama.cpp's CPU flash-attention numerics (its default): q rounded to fp16, scores
+// s_j = (q16 · k_j) * scale, online softmax over positions in order (running max M, sum S), and the V
+// accumulator kept in fp16 — rounded after every update, rescaled by e^(Mold-M) when the max grows.
+// Matching these roundings keeps greedy decoding on llama.cpp's path (fidelity tests).
 static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                           float scale, float *scores, float *out) {
-    float mx = -INFINITY;
+    (void)scores;
+    float q16[256], acc[256];
+    for (int i = 0; i < hd; i++) { q16[i] = fp16_round(q[i]); acc[i] = 0; }
+    float M = -INFINITY, S = 0;
     for (int j = 0; j < npos; j++) {
-        const uint16_t *kj = k + (size_t)j * stride;
-        float s = 0;
-        for (int i = 0; i < hd; i++) s += q[i] * syk_fp16_to_fp32(kj[i]);
-        scores[j] = s * scale;
-        mx = fmaxf(mx, scores[j]);
+        const uint16_t *kj = k + (size_t)j * stride, *vj = v + (size_t)j * stride;
+        float dot = 0;
+        for (int i = 0; i < hd; i++) dot += q16[i] * syk_fp16_to_fp32(kj[i]);
+        float sj = dot * scale, ms = 1, vs = 1;
+        if (sj > M) {
+            float Mold = M;
+            M = sj;
+            ms = expf(Mold - M);
+            for (int i = 0; i < hd; i++) acc[i] = fp16_round(acc[i] * ms);
+        } else {
+            vs = expf(sj - M);
+        }
+        for (int i = 0; i < hd; i++) acc[i] = fp16_round(fmaf(syk_fp16_to_fp32(vj[i]), vs, acc[i]));
+        S = S * ms + vs;
     }
-    float sum = 0;
-    for (int j = 0; j < npos; j++) { scores[j] = expf(scores[j] - mx); sum += scores[j]; }
-    float inv = 1.f / sum;
-    for (int i = 0; i < hd; i++) out[i] = 0;
-    for (int j = 0; j < npos; j++) {
-        const uint16_t *vj = v + (size_t)j * stride;
-        float p = scores[j] * inv;
-        for (int i = 0; i < hd; i++) out[i] += p * syk_fp16_to_fp32(vj[i]);
-    }
+    float inv = 1.f / S;
+    for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
 }
 
 #if SYK_X86
@@ -500,47 +509,44 @@ AVX512 static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+AVX512 static inline __m512 round16(__m512 x) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                                  float scale, float *scores, float *out) {
     int nc = hd / 16;   // hd % 16 == 0 checked by the caller; nc <= 16
-    __m512 qv[16];
-    for (int c = 0; c < nc; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(scale));
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    int j = 0;
-    // Scores: one dot product per position (q pre-scaled).
-    for (; j < npos; j++) {
+    __m512 qv[16], acc[16];
+    for (int c = 0; c < nc; c++) { qv[c] = round16(_mm512_loadu_ps(q + 16 * c)); acc[c] = _mm512_setzero_ps(); }
+    // Pass 1: scores (vectorized dot products).
+    for (int j = 0; j < npos; j++) {
         const uint16_t *kj = k + (size_t)j * stride;
         __m512 s = _mm512_mul_ps(qv[0], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)kj)));
         for (int c = 1; c < nc; c++)
             s = _mm512_fmadd_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), s);
-        scores[j] = _mm512_reduce_add_ps(s);
+        scores[j] = _mm512_reduce_add_ps(s) * scale;
     }
-    for (j = 0; j + 16 <= npos; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(scores + j));
-    float mx = _mm512_reduce_max_ps(vmax);
-    for (; j < npos; j++) mx = fmaxf(mx, scores[j]);
-    __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
-    for (j = 0; j + 16 <= npos; j += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vm));
-        _mm512_storeu_ps(scores + j, e);
-        vsum = _mm512_add_ps(vsum, e);
-    }
-    if (j < npos) {
-        __mmask16 m = (__mmask16)((1u << (npos - j)) - 1);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + j), vm));
-        e = _mm512_maskz_mov_ps(m, e);
-        _mm512_mask_storeu_ps(scores + j, m, e);
-        vsum = _mm512_add_ps(vsum, e);
-    }
-    float inv = 1.f / _mm512_reduce_add_ps(vsum);
-    __m512 acc[16];
-    for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
-    for (j = 0; j < npos; j++) {
+    // Pass 2: the online-softmax recurrence of attend_scalar, fp16 accumulator.
+    float M = -INFINITY, S = 0;
+    for (int j = 0; j < npos; j++) {
         const uint16_t *vj = v + (size_t)j * stride;
-        __m512 p = _mm512_set1_ps(scores[j]);
+        float sj = scores[j], ms = 1, vs = 1;
+        if (sj > M) {
+            float Mold = M;
+            M = sj;
+            ms = expf(Mold - M);
+            __m512 vms = _mm512_set1_ps(ms);
+            for (int c = 0; c < nc; c++) acc[c] = round16(_mm512_mul_ps(acc[c], vms));
+        } else {
+            vs = expf(sj - M);
+        }
+        __m512 p = _mm512_set1_ps(vs);
         for (int c = 0; c < nc; c++)
-            acc[c] = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), acc[c]);
+            acc[c] = round16(_mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), p, acc[c]));
+        S = S * ms + vs;
     }
-    for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv)));
+    __m512 inv = _mm512_set1_ps(1.f / S);
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
 }
 #endif
 
@@ -598,7 +604,7 @@ static void *worker_main(void *argp) {
     free(argp);
     syk_pool *p = arg.p;
     atomic_store(&p->tids[arg.i], (int)syscall(SYS_gettid));
-    uint32_t seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+    uint32_t seen = 0;   // gen starts at 0; a run published before this thread started is still seen as new
     for (;;) {
         uint32_t g;
         int spins = 0;

@@ -98,7 +98,7 @@ public final class Tokenizer: Sendable {
     private let firstByteOfSpecial: [Bool]
     private let endOfGeneration: Set<Int32>
     /// Words already merged (bytes -> ids); bounded, cleared when full.
-    private let wordCache = Mutex<[[UInt8]: [Int32]]>([:])
+    private let wordCache = Mutex<[WordKey: [Int32]]>([:])
     private static let wordCacheLimit = 1 << 16
 
     /// Token texts that end a generation in llama.cpp (llama-vocab.cpp: special_eog_ids by text).
@@ -333,18 +333,47 @@ public final class Tokenizer: Sendable {
         return true
     }
 
+    /// A word's bytes as a cache key, hashed in one call rather than byte by byte.
+    private struct WordKey: Hashable, Sendable {
+        let bytes: [UInt8]
+        func hash(into h: inout Hasher) { bytes.withUnsafeBytes { h.combine(bytes: $0) } }
+    }
+
     /// Scratch buffers reused across the words of one encode call.
     private struct Work {
         var scalars: [UInt32] = []
         var classes: [ScalarClass] = []
         var offsets: [Int] = []          // byte offset of each scalar, plus the end
         var words: [Range<Int>] = []
-        // BPE state of one word, one entry per initial byte position:
-        var sym: [Int32] = []            // symbol id starting at i (meaningful while len[i] > 0)
-        var len: [Int32] = []            // byte length of that symbol; 0 once merged into its left
-        var prev: [Int32] = []           // previous live symbol, -1 at the start
-        var next: [Int32] = []           // next live symbol, -1 at the end
-        var heap: [UInt64] = []          // min-heap of candidate merges, rank << 32 | left position
+        let bpe = BPEScratch()
+    }
+
+    /// BPE state of one word, one slot per initial byte position i (raw memory, grown as needed):
+    ///   sym[i]  symbol id starting at i (meaningful while len[i] > 0)
+    ///   len[i]  byte length of that symbol; 0 once it has been merged into its left neighbour
+    ///   prev[i], next[i]  neighbouring live symbols, -1 at the ends
+    ///   heap    binary min-heap of candidate merges, rank << 32 | left position; a word of n bytes
+    ///           pushes at most n - 1 initial pairs plus 2 per merge (at most n - 1 merges): < 3n.
+    private final class BPEScratch {
+        private(set) var capacity = 0
+        private(set) var sym = UnsafeMutablePointer<Int32>.allocate(capacity: 0)
+        private(set) var len = UnsafeMutablePointer<Int32>.allocate(capacity: 0)
+        private(set) var prev = UnsafeMutablePointer<Int32>.allocate(capacity: 0)
+        private(set) var next = UnsafeMutablePointer<Int32>.allocate(capacity: 0)
+        private(set) var heap = UnsafeMutablePointer<UInt64>.allocate(capacity: 0)
+
+        func reserve(_ n: Int) {
+            guard n > capacity else { return }
+            release()
+            capacity = max(n, 2 * capacity, 64)
+            sym = .allocate(capacity: capacity); len = .allocate(capacity: capacity)
+            prev = .allocate(capacity: capacity); next = .allocate(capacity: capacity)
+            heap = .allocate(capacity: 3 * capacity)
+        }
+        private func release() {
+            sym.deallocate(); len.deallocate(); prev.deallocate(); next.deallocate(); heap.deallocate()
+        }
+        deinit { release() }
     }
 
     private func encodeFragment(_ text: UnsafeBufferPointer<UInt8>, _ w: inout Work, _ out: inout [Int32]) {
@@ -394,7 +423,7 @@ public final class Tokenizer: Sendable {
         }
         // Short words merge faster than a cache lookup (hashing, locking, copying the key).
         if word.count <= 3 { bpe(word, &w, &out); return }
-        let key = Array(word)
+        let key = WordKey(bytes: Array(word))
         if let hit = wordCache.withLock({ $0[key] }) {
             out.append(contentsOf: hit)
             return
@@ -422,17 +451,18 @@ public final class Tokenizer: Sendable {
     /// Lowest-rank-first BPE over one word (llama.cpp's llm_tokenizer_bpe_session::tokenize loop).
     private func bpe(_ word: UnsafeBufferPointer<UInt8>, _ w: inout Work, _ out: inout [Int32]) {
         let n = word.count
-        w.sym.removeAll(keepingCapacity: true); w.len.removeAll(keepingCapacity: true)
-        w.prev.removeAll(keepingCapacity: true); w.next.removeAll(keepingCapacity: true)
-        w.heap.removeAll(keepingCapacity: true)
+        let b = w.bpe
+        b.reserve(n)
+        let sym = b.sym, len = b.len, prev = b.prev, next = b.next, heap = b.heap
+        var heapCount = 0
         for i in 0..<n {
-            w.sym.append(byteSymbol[Int(word[i])])
-            w.len.append(1)
-            w.prev.append(Int32(i - 1))
-            w.next.append(i + 1 < n ? Int32(i + 1) : -1)
+            sym[i] = byteSymbol[Int(word[i])]
+            len[i] = 1
+            prev[i] = Int32(i - 1)
+            next[i] = i + 1 < n ? Int32(i + 1) : -1
         }
         for i in 0..<(n - 1) {
-            if let m = merges.lookup(w.sym[i], w.sym[i + 1]) { Self.heapPush(&w.heap, UInt64(UInt32(m.rank)) << 32 | UInt64(i)) }
+            if let m = merges.lookup(sym[i], sym[i + 1]) { Self.heapPush(heap, &heapCount, UInt64(UInt32(m.rank)) << 32 | UInt64(i)) }
         }
         // Invariant: every adjacent live pair (a, next[a]) that has a merge rank has an entry
         // rank << 32 | a in the heap. Entries can go stale (a was merged away, or a's or its right
@@ -440,37 +470,38 @@ public final class Tokenizer: Sendable {
         // rank - ranks identify a merge uniquely, so that pair is exactly the one llama.cpp would merge
         // next (same rank, same position), and a stale duplicate can never validate later because
         // symbols only grow.
-        while let top = Self.heapPop(&w.heap) {
+        while let top = Self.heapPop(heap, &heapCount) {
             let left = Int(top & 0xFFFF_FFFF), rank = Int32(truncatingIfNeeded: top >> 32)
-            guard w.len[left] > 0 else { continue }
-            let right = Int(w.next[left])
-            guard right >= 0, let m = merges.lookup(w.sym[left], w.sym[right]), m.rank == rank else { continue }
-            w.sym[left] = m.merged
-            w.len[left] += w.len[right]
-            w.len[right] = 0
-            let after = w.next[right]
-            w.next[left] = after
-            if after >= 0 { w.prev[Int(after)] = Int32(left) }
-            let before = Int(w.prev[left])
-            if before >= 0, let mb = merges.lookup(w.sym[before], w.sym[left]) {
-                Self.heapPush(&w.heap, UInt64(UInt32(mb.rank)) << 32 | UInt64(before))
+            guard len[left] > 0 else { continue }
+            let right = Int(next[left])
+            guard right >= 0, let m = merges.lookup(sym[left], sym[right]), m.rank == rank else { continue }
+            sym[left] = m.merged
+            len[left] += len[right]
+            len[right] = 0
+            let after = next[right]
+            next[left] = after
+            if after >= 0 { prev[Int(after)] = Int32(left) }
+            let before = Int(prev[left])
+            if before >= 0, let mb = merges.lookup(sym[before], sym[left]) {
+                Self.heapPush(heap, &heapCount, UInt64(UInt32(mb.rank)) << 32 | UInt64(before))
             }
-            if after >= 0, let ma = merges.lookup(w.sym[left], w.sym[Int(after)]) {
-                Self.heapPush(&w.heap, UInt64(UInt32(ma.rank)) << 32 | UInt64(left))
+            if after >= 0, let ma = merges.lookup(sym[left], sym[Int(after)]) {
+                Self.heapPush(heap, &heapCount, UInt64(UInt32(ma.rank)) << 32 | UInt64(left))
             }
         }
         var i = 0
         while i >= 0 {
-            let span = UnsafeBufferPointer(rebasing: word[i ..< i + Int(w.len[i])])
-            emit(symbol: w.sym[i], bytes: span, &out)
-            i = Int(w.next[i])
+            let span = UnsafeBufferPointer(rebasing: word[i ..< i + Int(len[i])])
+            emit(symbol: sym[i], bytes: span, &out)
+            i = Int(next[i])
         }
     }
 
-    // Binary min-heap on UInt64 (rank in the high half, so ties go to the leftmost position).
-    private static func heapPush(_ h: inout [UInt64], _ x: UInt64) {
-        h.append(x)
-        var i = h.count - 1
+    // Binary min-heap on UInt64 keys in h[0 ..< count] (rank in the high half, so ties go to the
+    // leftmost position). The caller guarantees room (see BPEScratch).
+    @inline(__always) private static func heapPush(_ h: UnsafeMutablePointer<UInt64>, _ count: inout Int, _ x: UInt64) {
+        var i = count
+        count += 1
         while i > 0 {
             let p = (i - 1) >> 1
             if h[p] <= x { break }
@@ -479,11 +510,13 @@ public final class Tokenizer: Sendable {
         h[i] = x
     }
 
-    private static func heapPop(_ h: inout [UInt64]) -> UInt64? {
-        guard let last = h.popLast() else { return nil }
-        guard !h.isEmpty else { return last }
+    @inline(__always) private static func heapPop(_ h: UnsafeMutablePointer<UInt64>, _ count: inout Int) -> UInt64? {
+        guard count > 0 else { return nil }
+        count -= 1
+        let n = count
         let top = h[0]
-        let n = h.count
+        guard n > 0 else { return top }
+        let last = h[n]
         var i = 0
         while true {
             var c = 2 * i + 1

@@ -27,18 +27,15 @@ enum ScalarClass: UInt8 {
     case number = 2      // \p{N}
     case whitespace = 3  // \s (White_Space)
 
-    /// Classes of the 128 ASCII code points (the hot path).
-    private static let ascii: [ScalarClass] = (0..<128).map { v -> ScalarClass in
-        switch v {
-        case 0x09...0x0D, 0x20: return .whitespace
-        case 0x30...0x39: return .number
-        case 0x41...0x5A, 0x61...0x7A: return .letter
-        default: return .other
-        }
-    }
-
     static func of(_ value: UInt32) -> ScalarClass {
-        if value < 128 { return ascii[Int(value)] }
+        if value < 128 {   // the hot path: plain comparisons
+            switch value {
+            case 0x61...0x7A, 0x41...0x5A: return .letter
+            case 0x30...0x39: return .number
+            case 0x20, 0x09...0x0D: return .whitespace
+            default: return .other
+            }
+        }
         guard let s = Unicode.Scalar(value) else { return .other }
         let p = s.properties
         if p.isWhitespace { return .whitespace }
