@@ -352,6 +352,47 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// A request queued on a worker that dies before starting it goes to the other worker.
+    @Test func aRequestNotYetStartedMovesToTheOtherWorkerWhenItsWorkerDies() throws {
+        try withServer(echoArgs) { s in
+            let workers = try s.waitWorkers(2)
+            // A session that lands on worker 0.
+            var session: String?
+            for i in 0..<64 where session == nil {
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": "p", "max_tokens": 1],
+                                      headers: [("X-Session-Id", "stopped-\(i)")])
+                if r.head.header("x-switchyard-worker") == "0" { session = "stopped-\(i)" }
+            }
+            let sid = try #require(session, "no session routed to worker 0")
+            let victim = try #require(workers[0])
+            // Freeze worker 0, queue a request on it, then kill it: the request never started.
+            kill(victim, SIGSTOP)
+            final class Box: @unchecked Sendable { var result: Result<HTTPResponse, Error>? }   // written before group.leave
+            let box = Box()
+            let group = DispatchGroup()
+            group.enter()
+            let endpoint = s.endpoint
+            Thread {
+                let c = HTTPConnection(endpoint: endpoint, timeout: 30)
+                box.result = Result { try c.request(method: "POST", path: "/v1/completions", headers: [("X-Session-Id", sid)],
+                                                    body: jsonBytes(["prompt": "rerouted", "max_tokens": 32])) }
+                group.leave()
+            }.start()
+            usleep(300_000)
+            #expect(group.wait(timeout: .now()) == .timedOut, "the request finished although its worker was stopped")
+            kill(victim, SIGKILL)
+            #expect(group.wait(timeout: .now() + 20) == .success, "the request hung after its worker died")
+            let r = try #require(try box.result?.get())
+            #expect(r.head.status == 200, "\(r.text)")
+            // Known bug: the request is re-routed inside WorkerPool, but the front's X-Switchyard-Worker still
+            // names the first-chosen worker (BackendEvent has no way to report the move).
+            withKnownIssue("X-Switchyard-Worker names the dead worker after a re-route") {
+                #expect(r.head.header("x-switchyard-worker") == "1", "served by \(r.head.header("x-switchyard-worker") ?? "none")")
+            }
+            #expect(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String == "rerouted")
+        }
+    }
+
     // MARK: Shutdown
 
     @Test func sigtermLetsAStreamFinishThenExitsCleanly() throws {

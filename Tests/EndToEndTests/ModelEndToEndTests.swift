@@ -86,21 +86,32 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
     /// log (started with --numa auto so pinning happens).
     @Test func greedyOutputIsTheSameOnEveryWorkerAndMatchesTheReference() throws {
         var served: [String: [String]] = [:]     // worker → texts, in greedyUsers order
-        try withServer(try modelArgs(numa: "auto"), readyTimeout: 120) { s in
-            let sessions = try sessionsPerWorker(s)
-            #expect(Set(sessions.keys) == ["0", "1"], "could not find sessions for both workers: \(sessions)")
-            for (worker, session) in sessions.sorted(by: { $0.key < $1.key }) {
-                // The same session for every prompt: later prompts reuse the common ChatML prefix from the
-                // session cache, which must not change the greedy output.
-                for user in greedyUsers {
-                    let (text, w) = try greedyCompletion(s, chatMLPrompt(user), session: session)
-                    #expect(w == worker, "session \(session) moved from worker \(worker) to \(w)")
-                    #expect(!text.isEmpty)
-                    served[worker, default: []].append(text)
-                }
-            }
-            checkPinning(s)
+        // /health answers 503 while the workers load the model, then 200.
+        let s = try Server.launch(try modelArgs(numa: "auto"))
+        defer { s.stop() }
+        var statuses: [Int] = []
+        let healthy = waitUntil(120) {
+            let st = (try? s.request("GET", "/health", timeout: 5).head.status) ?? 0
+            if st != 0 && statuses.last != st { statuses.append(st) }
+            return st == 200 || s.reap(block: false)
         }
+        try #require(healthy && statuses.last == 200, "never healthy: \(statuses); log:\n\(s.logTail())")
+        #expect(statuses.first == 503, "/health while loading, then ready: \(statuses)")
+
+        let sessions = try sessionsPerWorker(s)
+        #expect(Set(sessions.keys) == ["0", "1"], "could not find sessions for both workers: \(sessions)")
+        for (worker, session) in sessions.sorted(by: { $0.key < $1.key }) {
+            // The same session for every prompt: later prompts reuse the common ChatML prefix from the
+            // session cache, which must not change the greedy output.
+            for user in greedyUsers {
+                let (text, w) = try greedyCompletion(s, chatMLPrompt(user), session: session)
+                #expect(w == worker, "session \(session) moved from worker \(worker) to \(w)")
+                #expect(!text.isEmpty)
+                served[worker, default: []].append(text)
+            }
+        }
+        checkPinning(s)
+        s.stop()
         #expect(served["0"] == served["1"], "greedy outputs differ between workers:\n0: \(served["0"] ?? [])\n1: \(served["1"] ?? [])")
 
         var reference: [String] = []
@@ -240,7 +251,7 @@ func checkPinning(_ s: Server, sourceLocation: SourceLocation = #_sourceLocation
             #expect(reported == planned, "worker \(id): log plan \(planned), worker reported \(reported)", sourceLocation: sourceLocation)
         }
         var union = Set<Int>()
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let tasks = Proc.list("/proc/\(pid)/task")
         for tid in tasks {
             guard let list = Proc.status(pid_t(tid) ?? pid, "Cpus_allowed_list") else { continue }
             let cpus = Set(Proc.expandCPUList(list))
@@ -251,5 +262,10 @@ func checkPinning(_ s: Server, sourceLocation: SourceLocation = #_sourceLocation
         let main = Proc.status(pid, "Cpus_allowed_list").map { Set(Proc.expandCPUList($0)) }
         #expect(main != nil && main!.isSubset(of: planned), "worker \(id) main thread: \(main ?? [])", sourceLocation: sourceLocation)
         #expect(union == planned, "worker \(id): threads cover \(union), log says \(planned)", sourceLocation: sourceLocation)
+        // /metrics labels the worker with the same CPUs.
+        let cpuLabel = "cpus=\"\(planned.sorted().map(String.init).joined(separator: ","))\""
+        let metrics = (try? s.request("GET", "/metrics").text) ?? ""
+        #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("switchyard_worker_ready{") && $0.contains("worker=\"\(id)\"") && $0.contains(cpuLabel) },
+                "no switchyard_worker_ready{worker=\"\(id)\",…,\(cpuLabel)} in /metrics", sourceLocation: sourceLocation)
     }
 }

@@ -85,10 +85,24 @@ enum Proc {
         return s[s.index(after: close)...].split(separator: " ").first?.first
     }
 
+    /// Names in a directory via readdir (FileManager's listing of /proc can fail while processes come and
+    /// go, which it does constantly when other suites run in parallel).
+    static func list(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { p in
+                String(decoding: p.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out
+    }
+
     /// Live (not zombie) direct children of `pid`.
     static func children(of pid: pid_t) -> [pid_t] {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return entries.compactMap { pid_t($0) }.filter { parent(of: $0) == pid && state(of: $0) != "Z" }.sorted()
+        list("/proc").compactMap { pid_t($0) }.filter { parent(of: $0) == pid && state(of: $0) != "Z" }.sorted()
     }
 
     static func cmdline(_ pid: pid_t) -> [String] {
@@ -98,7 +112,7 @@ enum Proc {
 
     /// Number of open descriptors of `pid`.
     static func fdCount(_ pid: pid_t) -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"))?.count ?? -1
+        access("/proc/\(pid)/fd", F_OK) == 0 ? list("/proc/\(pid)/fd").count : -1
     }
 
     /// A field of /proc/PID/status, e.g. "Cpus_allowed_list".
