@@ -102,6 +102,19 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
                 #expect(text == "keep \(i)")
             }
 
+            // Expect: 100-continue: the interim response comes before the body is sent.
+            do {
+                let c = try RawConnection(path: s.socketPath)
+                let body = "{\"prompt\":\"continued\",\"max_tokens\":32}"
+                #expect(c.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n"))
+                let interim = try #require(try c.readResponse(), "no 100 Continue")
+                #expect(interim.status == 100)
+                #expect(c.write(body))
+                let r = try #require(try c.readResponse())
+                #expect(r.status == 200)
+                #expect(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String == "continued")
+            }
+
             // Pipelining: six requests in one write, answered in order.
             let p = try RawConnection(path: s.socketPath)
             var batch = ""
@@ -148,7 +161,7 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         try withServer(echoArgs) { s in
             // A stream in flight on another connection must not be disturbed by the bad requests.
             let bystander = try RawConnection(path: s.socketPath, timeout: 30)
-            let long = String(repeating: "0123456789", count: 2000)
+            let long = String(repeating: "0123456789", count: 500)   // ~0.5 s of echo streaming
             let body = "{\"prompt\":\"\(long)\",\"max_tokens\":100000,\"stream\":true}"
             #expect(bystander.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"))
 
@@ -179,6 +192,13 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
                 raw.write("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: \(big)\r\n\r\n")
                 let r = try #require(try raw.readResponse(), "no answer to 20 KiB of headers")
                 expectOpenAIError(r, status: 431, "20 KiB header")
+            }
+            // A transfer coding other than chunked: 411 (a length is required).
+            do {
+                let raw = try RawConnection(path: s.socketPath)
+                raw.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+                let r = try #require(try raw.readResponse(), "no answer to Transfer-Encoding: gzip")
+                expectOpenAIError(r, status: 411, "Transfer-Encoding: gzip")
             }
             // Garbage instead of a request line.
             do {
@@ -413,6 +433,7 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             }
             return true
         })
+        conn.close()   // else the server lingers (waits for our EOF) before it closes the connection and exits
         #expect(refusedWhileDraining, "the socket still accepted connections after SIGTERM")
         #expect(r.endsWithDone, "stream cut by the shutdown; last events \(r.events.suffix(2))")
         #expect(r.finishReason == "stop")

@@ -102,7 +102,9 @@ func expectOpenAIError(status got: Int, contentType: String?, body: [UInt8], exp
 /// (Content-Length or chunked bodies).
 final class RawConnection {
     let fd: Int32
+    /// Received bytes not yet consumed: buf[pos...].
     private var buf: [UInt8] = []
+    private var pos = 0
 
     struct Response {
         var status: Int
@@ -149,6 +151,10 @@ final class RawConnection {
 
     /// Reads more; false at EOF or error.
     private func fill() -> Bool {
+        if pos > 0 {   // drop consumed bytes before growing
+            buf.removeFirst(pos)
+            pos = 0
+        }
         var tmp = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = tmp.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 65536, 0) }
@@ -160,19 +166,25 @@ final class RawConnection {
     }
 
     private func readLine() throws -> String {
+        var scanned = 0   // bytes after `pos` already searched (relative: fill() may move `pos`)
         while true {
-            if let i = buf.indices.dropLast().first(where: { buf[$0] == 13 && buf[$0 + 1] == 10 }) {
-                let line = String(decoding: buf[0..<i], as: UTF8.self)
-                buf.removeFirst(i + 2)
-                return line
+            var i = pos + scanned
+            while i + 1 < buf.count {
+                if buf[i] == 13 && buf[i + 1] == 10 {
+                    let line = String(decoding: buf[pos..<i], as: UTF8.self)
+                    pos = i + 2
+                    return line
+                }
+                i += 1
             }
+            scanned = max(0, buf.count - 1 - pos)
             guard fill() else { throw HarnessError("connection closed while reading a line") }
         }
     }
 
     /// Reads one response (nil if the server closed the connection before one began).
     func readResponse() throws -> Response? {
-        if buf.isEmpty && !fill() { return nil }
+        if buf.count == pos && !fill() { return nil }
         let statusLine = try readLine()
         let parts = statusLine.split(separator: " ")
         guard parts.count >= 2, let status = Int(parts[1]) else { throw HarnessError("bad status line: \(statusLine)") }
@@ -190,14 +202,14 @@ final class RawConnection {
                 let sizeLine = try readLine()
                 guard let n = Int(sizeLine.split(separator: ";").first ?? "", radix: 16) else { throw HarnessError("bad chunk size \(sizeLine)") }
                 if n == 0 { while try !readLine().isEmpty {}; break }
-                while buf.count < n + 2 { guard fill() else { throw HarnessError("closed inside a chunk") } }
-                body += buf[0..<n]
-                buf.removeFirst(n + 2)
+                while buf.count - pos < n + 2 { guard fill() else { throw HarnessError("closed inside a chunk") } }
+                body += buf[pos..<(pos + n)]
+                pos += n + 2
             }
         } else if let cl = headers["content-length"], let n = Int(cl) {
-            while buf.count < n { guard fill() else { throw HarnessError("closed inside a body") } }
-            body = Array(buf[0..<n])
-            buf.removeFirst(n)
+            while buf.count - pos < n { guard fill() else { throw HarnessError("closed inside a body") } }
+            body = Array(buf[pos..<(pos + n)])
+            pos += n
         }
         return Response(status: status, headers: headers, body: body)
     }
