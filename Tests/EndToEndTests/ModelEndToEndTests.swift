@@ -228,11 +228,20 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
     }
 }
 
+/// The placement the server log gives for worker `id`: "worker 0: node 0, cpus 0,1" (nil if unpinned).
+func placementInLog(_ log: String, worker id: Int) -> (node: Int?, cpus: Set<Int>)? {
+    guard let line = log.split(separator: "\n").first(where: { $0.contains("worker \(id): node ") && $0.contains("cpus ") }),
+          let n = line.range(of: "node "), let c = line.range(of: "cpus ") else { return nil }
+    let node = Int(line[n.upperBound...].prefix { $0.isNumber })
+    let cpus = Set(line[c.upperBound...].split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) })
+    return cpus.isEmpty ? nil : (node, cpus)
+}
+
 /// Each worker's Cpus_allowed_list (every thread of it) equals the CPUs the server log gives for it.
-func checkPinning(_ s: Server, sourceLocation: SourceLocation = #_sourceLocation) {
+func checkPinning(_ s: Server, workers count: Int = 2, sourceLocation: SourceLocation = #_sourceLocation) {
     let log = s.log
-    let workers = (try? s.waitWorkers(2)) ?? [:]
-    #expect(workers.count == 2, sourceLocation: sourceLocation)
+    let workers = (try? s.waitWorkers(count)) ?? [:]
+    #expect(workers.count == count, sourceLocation: sourceLocation)
     for (id, pid) in workers {
         // "switchyard: worker 0: node 0, cpus 0" (the placement plan) and
         // "pool: worker 0: ready (pid N, node 0, cpus 0, …)" (what the worker reported).
