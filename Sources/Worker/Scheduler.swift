@@ -145,6 +145,8 @@ public final class Scheduler {
     /// Runs one iteration. Returns false when there was nothing to do.
     @discardableResult
     public func step() throws -> Bool {
+        // Also on the early returns: a step that only retires cancelled requests must publish the new counts.
+        defer { updateStats() }
         retireCancelled()
         admit()
         guard !running.isEmpty else { return false }
@@ -186,7 +188,6 @@ public final class Scheduler {
         }
         stats.steps += 1
         running.removeAll { $0.sequence < 0 }
-        updateStats()
         return true
     }
 
