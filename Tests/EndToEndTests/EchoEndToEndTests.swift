@@ -372,6 +372,30 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// A client that hangs up mid-stream cancels its request on the worker (long before it would end).
+    @Test func aClientHangUpCancelsItsRequestOnTheWorker() throws {
+        try withServer(echoArgs) { s in
+            func busy() -> Double {   // in-flight requests + running sequences over all workers
+                let m = (try? s.request("GET", "/metrics").text) ?? ""
+                return m.split(separator: "\n")
+                    .filter { $0.hasPrefix("switchyard_worker_in_flight{") || $0.hasPrefix("switchyard_worker_running{") }
+                    .reduce(0) { $0 + (Double($1.split(separator: " ").last ?? "") ?? 0) }
+            }
+            let long = String(repeating: "cancel-me ", count: 3_000)   // ~3 s of echo streaming
+            let raw = try RawConnection(path: s.socketPath)
+            let body = "{\"prompt\":\"\(long)\",\"max_tokens\":100000,\"stream\":true}"
+            #expect(raw.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"))
+            #expect(waitUntil(5) { busy() >= 1 }, "the stream never showed up in /metrics")
+            let hungUp = Date()
+            Glibc.shutdown(raw.fd, Int32(SHUT_RDWR))
+            #expect(waitUntil(10) { busy() == 0 }, "request still in flight after the client left")
+            let took = Date().timeIntervalSince(hungUp)
+            #expect(took < 1.5, "the cancelled request stayed in flight \(took) s (the whole stream takes ~3 s)")
+            let r = try s.request("POST", "/v1/completions", json: ["prompt": "next", "max_tokens": 8])
+            #expect(r.head.status == 200)
+        }
+    }
+
     /// A request queued on a worker that dies before starting it goes to the other worker.
     @Test func aRequestNotYetStartedMovesToTheOtherWorkerWhenItsWorkerDies() throws {
         try withServer(echoArgs) { s in
