@@ -218,7 +218,12 @@ final class Server {
         self.pid = pid; self.dir = dir; self.socketPath = socketPath; self.logPath = logPath; self.arguments = arguments
     }
 
-    deinit { stop() }
+    /// Stops the server and removes its directory (log included) unless SWITCHYARD_E2E_KEEP is set; failure
+    /// messages carry the log's tail.
+    deinit {
+        stop()
+        if ProcessInfo.processInfo.environment["SWITCHYARD_E2E_KEEP"] == nil { cleanUp() }
+    }
 
     /// The server's combined stdout/stderr so far (its workers log there too).
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
