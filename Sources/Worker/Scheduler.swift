@@ -47,6 +47,10 @@ public final class Scheduler {
         var history: [Int32]              // prompt + sampled tokens; the last one is fed at the next step
         var completionTokens = 0
         var cancelled = false
+        /// Done (its final record is published), but its last sampled token, part of the answer, is not in
+        /// the KV cache yet: the next step feeds it without sampling, then the sequence is parked. Without
+        /// this a follow-up turn (whose prompt repeats the whole answer) would re-prefill that token.
+        var feedingFinalToken = false
         init(id: UInt64, sessionKey: String, prompt: [Int32], state: any GenerationState, now: UInt64) {
             self.id = id; self.sessionKey = sessionKey; self.prompt = prompt; self.state = state
             self.admitted = now; self.history = prompt
@@ -131,7 +135,7 @@ public final class Scheduler {
             let r = waiting.remove(at: i)
             publish(.done(DoneRecord(requestID: r.id, finish: .cancelled, promptTokens: UInt32(r.prompt.count),
                                      completionTokens: 0, cachedTokens: 0)))
-        } else if let r = running.first(where: { $0.id == id }) {
+        } else if let r = running.first(where: { $0.id == id && !$0.feedingFinalToken }) {
             r.cancelled = true  // stops at the next step
         }
     }
@@ -141,6 +145,8 @@ public final class Scheduler {
     /// Runs one iteration. Returns false when there was nothing to do.
     @discardableResult
     public func step() throws -> Bool {
+        // Also on the early returns: a step that only retires cancelled requests must publish the new counts.
+        defer { updateStats() }
         retireCancelled()
         admit()
         guard !running.isEmpty else { return false }
@@ -166,14 +172,22 @@ public final class Scheduler {
         guard !items.isEmpty else { return false }
 
         for (i, r) in itemOwners.enumerated() { r.kvLength += items[i].tokens.count }
+        // Requests finishing in this step (sample → complete) set `feedingFinalToken` during the forward
+        // pass; only those that had it set before are fed now and parked afterwards.
+        let toPark = itemOwners.contains { $0.feedingFinalToken } ? itemOwners.filter { $0.feedingFinalToken } : []
         try runner.forward(items) { i, row in
             let r = itemOwners[i]
-            guard r.promptRemaining == 0 else { return }      // still reading its prompt
+            // Still reading its prompt, or feeding its final token: nothing to sample.
+            guard r.promptRemaining == 0, !r.feedingFinalToken else { return }
             sample(r, row)
+        }
+        for r in toPark {
+            r.feedingFinalToken = false
+            park(r, now: clock())
+            r.sequence = -1
         }
         stats.steps += 1
         running.removeAll { $0.sequence < 0 }
-        updateStats()
         return true
     }
 
@@ -196,12 +210,13 @@ public final class Scheduler {
     /// Ends every running and waiting request with an error (the forward pass failed). Sequences are
     /// released and the session cache is dropped, since their KV state can no longer be trusted.
     public func failAll(_ message: String) {
-        for r in running + waiting {
+        for r in running + waiting where !r.feedingFinalToken {
             publish(.error(ErrorRecord(requestID: r.id, code: .internalError, message: message)))
             publish(.done(DoneRecord(requestID: r.id, finish: .error, promptTokens: UInt32(r.prompt.count),
                                      completionTokens: UInt32(r.completionTokens), cachedTokens: UInt32(r.cached))))
             if r.sequence >= 0 { runner.releaseSequence(r.sequence) }
         }
+        for r in running where r.feedingFinalToken { runner.releaseSequence(r.sequence) }
         running.removeAll()
         waiting.removeAll()
         while evictLRU() {}
@@ -223,6 +238,12 @@ public final class Scheduler {
                                  firstTokenNanos: r.firstToken > 0 ? r.firstToken - r.admitted : 0,
                                  totalNanos: now - r.admitted)))
         if !r.sessionKey.isEmpty && finish != .cancelled && r.kvLength > 0 {
+            // Cut by max_tokens: the last token belongs to the answer a follow-up turn repeats, so feed it
+            // (one more step, no sampling) before parking. Stop tokens are not fed: they are not answer text.
+            if finish == .length && r.kvLength == r.history.count - 1 && r.history.count <= runner.contextLength {
+                r.feedingFinalToken = true   // stays in `running`; step() feeds it, then parks
+                return
+            }
             park(r, now: now)
         } else {
             runner.releaseSequence(r.sequence)

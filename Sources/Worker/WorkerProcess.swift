@@ -63,7 +63,15 @@ public enum WorkerProcess {
 
         // Placement first, so every page the worker touches from here on is allocated on its node.
         if !o.cpus.isEmpty { try CPUAffinity.set(o.cpus) }
-        if let node = o.node, NUMA.isAvailable { try NUMA.setMemoryBinding(node: node) }
+        // Memory binding needs a node the kernel knows. An injected topology (SWITCHYARD_NUMA_TOPOLOGY) may
+        // name nodes this machine lacks: then only the CPUs are pinned, instead of failing on every respawn.
+        if let node = o.node, NUMA.isAvailable {
+            if node <= NUMA.maxNode {
+                try NUMA.setMemoryBinding(node: node)
+            } else {
+                log("worker \(o.id): node \(node) does not exist here (highest is \(NUMA.maxNode)); memory not bound")
+            }
+        }
 
         let control = try ControlBlock(inheritedDescriptor: o.controlFD)
         control.store(.numaNode, o.node.map { UInt64($0) } ?? .max)

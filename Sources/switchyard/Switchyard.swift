@@ -8,6 +8,8 @@ struct Switchyard: ParsableCommand {
         subcommands: [
             ServeCommand.self,
             WorkerCommand.self,
+            GenerateCommand.self,
+            TokenizeCommand.self,
             RingPeerCommand.self,
             GenerateCommand.self,
             TokenizeCommand.self,

@@ -1,0 +1,280 @@
+// End-to-end tests with the real model (issue 6): two worker processes each hosting SmolLM2-135M Q4_1.
+// They need the model file (SWITCHYARD_MODEL or models/…); without it they fail naming tools/fetch-model.
+import ClientKit
+import Foundation
+import Glibc
+import Testing
+
+/// The ChatML prompt of ../shared/fixtures/README.md for one user message.
+func chatMLPrompt(_ user: String) -> String {
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n\(user)<|im_end|>\n<|im_start|>assistant\n"
+}
+
+let greedyUsers = ["What is the capital of France?", "Write a haiku about the sea.", "What is 2 + 2?"]
+let greedyMaxTokens = 24
+let concurrencyMaxTokens = 16
+
+func modelArgs(workers: Int = 2, numa: String = "off", policy: String? = nil) throws -> [String] {
+    var a = ["--engine", "model", "--model", try Paths.model(), "--workers", "\(workers)", "--numa", numa,
+             "--threads-per-worker", "1", "--session-cache-mb", "64"]
+    if let policy { a += ["--policy", policy] }
+    return a
+}
+
+/// Non-streamed greedy completion; returns (text, worker).
+func greedyCompletion(_ s: Server, _ prompt: String, session: String, maxTokens: Int = greedyMaxTokens) throws -> (String, String) {
+    let r = try s.request("POST", "/v1/completions",
+                          json: ["prompt": prompt, "max_tokens": maxTokens, "temperature": 0],
+                          headers: [("X-Session-Id", session)], timeout: 120)
+    guard r.head.status == 200, let text = ((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String else {
+        throw HarnessError("completion failed: HTTP \(r.head.status) \(r.text)")
+    }
+    return (text, r.head.header("x-switchyard-worker") ?? "none")
+}
+
+/// Session ids that land on worker "0" and on worker "1" (found by asking the server).
+func sessionsPerWorker(_ s: Server) throws -> [String: String] {
+    var found: [String: String] = [:]
+    for i in 0..<64 where found.count < 2 {
+        let session = "probe-\(i)"
+        let c = try s.request("POST", "/v1/completions", json: ["prompt": "Hi", "max_tokens": 1, "temperature": 0],
+                              headers: [("X-Session-Id", session)], timeout: 120)
+        if let w = c.head.header("x-switchyard-worker"), found[w] == nil { found[w] = session }
+    }
+    return found
+}
+
+/// The reference output: `switchyard generate … --json` when the binary has that command, else nil.
+func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
+    let bin = try Paths.binary()
+    // Is `generate` among the subcommands `switchyard --help` lists?
+    let help = Process()
+    help.executableURL = URL(fileURLWithPath: bin)
+    help.arguments = ["--help"]
+    let helpOut = Pipe()
+    help.standardOutput = helpOut
+    help.standardError = FileHandle.nullDevice
+    try help.run()
+    let helpText = String(decoding: helpOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    help.waitUntilExit()
+    guard helpText.split(separator: "\n").contains(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("generate ") }) else {
+        return nil
+    }
+
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: bin)
+    p.arguments = ["generate", "--model", try Paths.model(), "--prompt", prompt, "--max-tokens", "\(maxTokens)",
+                   "--temperature", "0", "--json"]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw HarnessError("switchyard generate exited \(p.terminationStatus)") }
+    let text = String(decoding: data, as: UTF8.self)
+    // One JSON object (possibly after other lines): take the last line that parses and has "text".
+    for line in text.split(separator: "\n").reversed() {
+        if let o = jsonObject(String(line)), let t = (o["text"] ?? o["content"] ?? o["completion"]) as? String { return t }
+    }
+    if let o = jsonObject(text), let t = (o["text"] ?? o["content"]) as? String { return t }
+    throw HarnessError("switchyard generate --json printed no text field: \(text.prefix(500))")
+}
+
+@Suite(.serialized) struct ModelEndToEndTests {
+    /// Greedy /v1/completions equals the reference on both workers; each worker's CPU affinity matches the
+    /// log (started with --numa auto so pinning happens).
+    @Test func greedyOutputIsTheSameOnEveryWorkerAndMatchesTheReference() throws {
+        var served: [String: [String]] = [:]     // worker → texts, in greedyUsers order
+        // /health answers 503 while the workers load the model, then 200.
+        let s = try Server.launch(try modelArgs(numa: "auto"))
+        defer { s.stop() }
+        var statuses: [Int] = []
+        let healthy = waitUntil(120) {
+            let st = (try? s.request("GET", "/health", timeout: 5).head.status) ?? 0
+            if st != 0 && statuses.last != st { statuses.append(st) }
+            return st == 200 || s.reap(block: false)
+        }
+        try #require(healthy && statuses.last == 200, "never healthy: \(statuses); log:\n\(s.logTail())")
+        #expect(statuses.first == 503, "/health while loading, then ready: \(statuses)")
+
+        let sessions = try sessionsPerWorker(s)
+        #expect(Set(sessions.keys) == ["0", "1"], "could not find sessions for both workers: \(sessions)")
+        for (worker, session) in sessions.sorted(by: { $0.key < $1.key }) {
+            // The same session for every prompt: later prompts reuse the common ChatML prefix from the
+            // session cache, which must not change the greedy output.
+            for user in greedyUsers {
+                let (text, w) = try greedyCompletion(s, chatMLPrompt(user), session: session)
+                #expect(w == worker, "session \(session) moved from worker \(worker) to \(w)")
+                #expect(!text.isEmpty)
+                served[worker, default: []].append(text)
+            }
+        }
+        checkPinning(s)
+        s.stop()
+        #expect(served["0"] == served["1"], "greedy outputs differ between workers:\n0: \(served["0"] ?? [])\n1: \(served["1"] ?? [])")
+
+        var reference: [String] = []
+        var how = "switchyard generate"
+        if let first = try generateReference(chatMLPrompt(greedyUsers[0]), maxTokens: greedyMaxTokens) {
+            reference.append(first)
+            for user in greedyUsers.dropFirst() {
+                reference.append(try generateReference(chatMLPrompt(user), maxTokens: greedyMaxTokens) ?? "")
+            }
+        } else {
+            // `switchyard generate` is not in this build: compare with a single-worker server.
+            how = "a single-worker server"
+            try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+                for user in greedyUsers { reference.append(try greedyCompletion(s, chatMLPrompt(user), session: "").0) }
+            }
+        }
+        print("greedy reference from \(how): \(reference.map { $0.debugDescription })")
+        for w in ["0", "1"] {
+            #expect(served[w] == reference, "worker \(w) differs from \(how):\nserved:    \(served[w] ?? [])\nreference: \(reference)")
+        }
+    }
+
+    /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
+    @Test func multiTurnChatReusesTheSessionCache() throws {
+        let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]
+        func converse(_ s: Server) throws -> [(worker: String, prompt: Int, completion: Int, cached: Int)] {
+            var messages: [[String: String]] = [["role": "system", "content": "You are a helpful assistant."]]
+            var out: [(worker: String, prompt: Int, completion: Int, cached: Int)] = []
+            for user in turns {
+                messages.append(["role": "user", "content": user])
+                let r = try s.request("POST", "/v1/chat/completions",
+                                      json: ["messages": messages, "max_tokens": 16, "temperature": 0],
+                                      headers: [("X-Session-Id", "conversation-1")], timeout: 120)
+                guard r.head.status == 200, let o = jsonObject(r.body),
+                      let answer = (((o["choices"] as? [[String: Any]])?.first?["message"]) as? [String: Any])?["content"] as? String,
+                      let usage = o["usage"] as? [String: Any] else {
+                    throw HarnessError("turn failed: HTTP \(r.head.status) \(r.text)")
+                }
+                let cached = ((usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int) ?? -1
+                out.append((r.head.header("x-switchyard-worker") ?? "none", usage["prompt_tokens"] as? Int ?? -1,
+                            usage["completion_tokens"] as? Int ?? -1, cached))
+                messages.append(["role": "assistant", "content": answer])
+            }
+            return out
+        }
+        let sticky = try withServer(try modelArgs(), readyTimeout: 120) { try converse($0) }
+        print("consistent-hash turns (worker, prompt, completion, cached): \(sticky)")
+        #expect(Set(sticky.map(\.worker)).count == 1, "the conversation moved between workers: \(sticky.map(\.worker))")
+        #expect(sticky[0].cached == 0)
+        for t in 1..<sticky.count {
+            let prev = sticky[t - 1]
+            #expect(sticky[t].cached >= prev.prompt + prev.completion,
+                    "turn \(t + 1): cached \(sticky[t].cached) < previous prompt \(prev.prompt) + completion \(prev.completion)")
+            #expect(sticky[t].cached < sticky[t].prompt)
+        }
+
+        let rr = try withServer(try modelArgs(policy: "round-robin"), readyTimeout: 120) { try converse($0) }
+        print("round-robin turns (worker, prompt, completion, cached): \(rr)")
+        #expect(Set(rr.map(\.worker)).count == 2, "round-robin kept the conversation on one worker")
+        let stickyCached = sticky.reduce(0) { $0 + $1.cached }
+        let rrCached = rr.reduce(0) { $0 + $1.cached }
+        #expect(rrCached < stickyCached, "cached tokens: round-robin \(rrCached), consistent-hash \(stickyCached)")
+    }
+
+    /// Eight concurrent streams finish in clearly less wall time than the same eight one after another.
+    @Test func concurrentStreamsBeatSequentialOnes() throws {
+        try withServer(try modelArgs(), readyTimeout: 120) { s in
+            let prompts = (0..<8).map { chatMLPrompt("Tell me fact number \($0 + 1) about trains.") }
+            let endpoint = s.endpoint
+            @Sendable func run(_ i: Int, tag: String) throws -> StreamedResponse {
+                let conn = HTTPConnection(endpoint: endpoint, timeout: 120)
+                return try streamRequest(conn, path: "/v1/completions",
+                                         json: ["prompt": prompts[i], "max_tokens": concurrencyMaxTokens, "temperature": 0,
+                                                "stream": true],
+                                         headers: [("X-Session-Id", "\(tag)-\(i)")])
+            }
+            _ = try run(0, tag: "warm")
+            var t0 = monotonicNanos()
+            var sequential: [StreamedResponse] = []
+            for i in 0..<8 { sequential.append(try run(i, tag: "seq")) }
+            let seqNs = monotonicNanos() - t0
+
+            final class Box: @unchecked Sendable {   // each thread writes only its own index; joined before reading
+                var results: [Result<StreamedResponse, Error>?] = Array(repeating: nil, count: 8)
+            }
+            let box = Box()
+            let group = DispatchGroup()
+            t0 = monotonicNanos()
+            for i in 0..<8 {
+                group.enter()
+                let t = Thread {
+                    box.results[i] = Result { try run(i, tag: "conc") }
+                    group.leave()
+                }
+                t.start()
+            }
+            #expect(group.wait(timeout: .now() + 180) == .success, "concurrent streams did not finish")
+            let concNs = monotonicNanos() - t0
+            let ratio = Double(concNs) / Double(seqNs)
+            print(String(format: "8 streams × \(concurrencyMaxTokens) tokens: sequential %.2f s, concurrent %.2f s, ratio %.2f",
+                         Double(seqNs) / 1e9, Double(concNs) / 1e9, ratio))
+            var workers = Set<String>()
+            for i in 0..<8 {
+                let r = try #require(try box.results[i]?.get(), "stream \(i) missing")
+                #expect(r.head.status == 200)
+                #expect(r.endsWithDone)
+                #expect(!r.text.isEmpty)
+                #expect(r.text == sequential[i].text, "stream \(i): batched output differs from the unbatched one")
+                workers.insert(r.head.header("x-switchyard-worker") ?? "none")
+            }
+            #expect(workers == ["0", "1"], "the concurrent streams did not use both workers: \(workers)")
+            #expect(ratio < 0.9, "concurrent/sequential wall time \(ratio)")
+        }
+    }
+}
+
+/// The placement the server log gives for worker `id`: "worker 0: node 0, cpus 0,1" (nil if unpinned).
+func placementInLog(_ log: String, worker id: Int) -> (node: Int?, cpus: Set<Int>)? {
+    guard let line = log.split(separator: "\n").first(where: { $0.contains("worker \(id): node ") && $0.contains("cpus ") }),
+          let n = line.range(of: "node "), let c = line.range(of: "cpus ") else { return nil }
+    let node = Int(line[n.upperBound...].prefix { $0.isNumber })
+    let cpus = Set(line[c.upperBound...].split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) })
+    return cpus.isEmpty ? nil : (node, cpus)
+}
+
+/// Each worker's Cpus_allowed_list (every thread of it) equals the CPUs the server log gives for it.
+func checkPinning(_ s: Server, workers count: Int = 2, sourceLocation: SourceLocation = #_sourceLocation) {
+    let log = s.log
+    let workers = (try? s.waitWorkers(count)) ?? [:]
+    #expect(workers.count == count, sourceLocation: sourceLocation)
+    for (id, pid) in workers {
+        // "switchyard: worker 0: node 0, cpus 0" (the placement plan) and
+        // "pool: worker 0: ready (pid N, node 0, cpus 0, …)" (what the worker reported).
+        let planLine = log.split(separator: "\n").first { $0.contains("worker \(id): node ") && $0.contains("cpus ") }
+        let cpusText = planLine.flatMap { l in l.range(of: "cpus ").map { String(l[$0.upperBound...]) } }
+        guard let cpusText, !cpusText.contains("unpinned") else {
+            Issue.record("no pinned placement for worker \(id) in the log:\n\(log.suffix(2000))", sourceLocation: sourceLocation)
+            continue
+        }
+        let planned = Set(cpusText.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) })
+        #expect(!planned.isEmpty, "worker \(id): cpus '\(cpusText)'", sourceLocation: sourceLocation)
+        let readyLine = log.split(separator: "\n").first { $0.contains("worker \(id): ready (pid \(pid)") }
+        #expect(readyLine != nil, "no ready line for worker \(id) pid \(pid)", sourceLocation: sourceLocation)
+        if let readyLine, let r = readyLine.range(of: "cpus ") {
+            let reported = Set(readyLine[r.upperBound...].prefix { $0.isNumber || $0 == "," }.split(separator: ",").compactMap { Int($0) })
+            #expect(reported == planned, "worker \(id): log plan \(planned), worker reported \(reported)", sourceLocation: sourceLocation)
+        }
+        var union = Set<Int>()
+        let tasks = Proc.list("/proc/\(pid)/task")
+        for tid in tasks {
+            guard let list = Proc.status(pid_t(tid) ?? pid, "Cpus_allowed_list") else { continue }
+            let cpus = Set(Proc.expandCPUList(list))
+            #expect(cpus.isSubset(of: planned), "worker \(id) thread \(tid): Cpus_allowed_list \(list), log says \(planned)",
+                    sourceLocation: sourceLocation)
+            union.formUnion(cpus)
+        }
+        let main = Proc.status(pid, "Cpus_allowed_list").map { Set(Proc.expandCPUList($0)) }
+        #expect(main != nil && main!.isSubset(of: planned), "worker \(id) main thread: \(main ?? [])", sourceLocation: sourceLocation)
+        #expect(union == planned, "worker \(id): threads cover \(union), log says \(planned)", sourceLocation: sourceLocation)
+        // /metrics labels the worker with the same CPUs.
+        let cpuLabel = "cpus=\"\(planned.sorted().map(String.init).joined(separator: ","))\""
+        let metrics = (try? s.request("GET", "/metrics").text) ?? ""
+        #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("switchyard_worker_ready{") && $0.contains("worker=\"\(id)\"") && $0.contains(cpuLabel) },
+                "no switchyard_worker_ready{worker=\"\(id)\",…,\(cpuLabel)} in /metrics", sourceLocation: sourceLocation)
+    }
+}
