@@ -115,7 +115,8 @@ final class FakeServer: @unchecked Sendable {  // counters guarded by `lock`
     private func respond(_ fd: Int32, path: String, session: String, body: [UInt8]) -> Bool {
         switch path {
         case "/loading":
-            let b = #"{"error":{"message":"model loading"}}"#
+            // Switchyard's answer while its workers load.
+            let b = #"{"error":{"message":"not ready: no worker is ready","type":"server_error","param":null,"code":"not_ready"}}"#
             return send(fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json\r\nContent-Length: \(b.utf8.count)\r\n\r\n\(b)")
         case "/busy":
             return send(fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 4\r\n\r\nbusy")
