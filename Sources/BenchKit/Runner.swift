@@ -223,6 +223,7 @@ public final class ServeBenchRunner: @unchecked Sendable {  // all mutable state
         case .overloaded: return "overloaded_503"
         case .httpStatus(let c, _): return "http_\(c)"
         case .badJSON: return "bad_json"
+        case .streamError: return "stream_error"
         }
     }
 }

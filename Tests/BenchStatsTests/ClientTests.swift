@@ -65,6 +65,18 @@ import Foundation
         #expect(throws: ClientError.serverLoading(retryAfter: 5)) {
             try chat.complete(ChatRequest(messages: [ChatMessage(role: "user", content: "hi")]))
         }
+        // An SSE error event after content is an error, not a short answer.
+        let broken = ChatClient(endpoint: .unix(path: server.path), timeout: 5)
+        broken.path = "/streamerror"
+        var seen = ""
+        #expect(throws: ClientError.streamError(message: "worker 0 exited")) {
+            try broken.complete(ChatRequest(messages: [ChatMessage(role: "user", content: "hi")])) { seen += $0 }
+        }
+        #expect(seen == "part")
+        // No "model" in the body unless one is given.
+        let body = String(decoding: try ChatRequest(messages: []).jsonBody(), as: UTF8.self)
+        #expect(!body.contains("\"model\""))
+        #expect(String(decoding: try ChatRequest(messages: [], model: "m").jsonBody(), as: UTF8.self).contains(#""model":"m""#))
     }
 
     @Test func loadingVersusOverloaded503() {
