@@ -24,6 +24,9 @@ struct FrontBench: ParsableCommand {
     @Option(help: "Concurrent keep-alive connections for the throughput runs.") var connections = 64
     @Option(help: "Seconds for each throughput run.") var seconds = 3.0
     @Option(name: .customLong("server-bin"), help: "The switchyard binary (default: next to this one).") var serverBin: String?
+    @Option(name: .customLong("server-args"), parsing: .unconditional,
+            help: "Extra `switchyard serve` arguments for the real server, one string (e.g. \"--numa off\").")
+    var serverArgs: String = ""
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
@@ -75,7 +78,8 @@ struct FrontBench: ParsableCommand {
             guard let bin = serverBin ?? ServerProcess.siblingBinary("switchyard") else {
                 throw FrontBenchError("no switchyard binary next to this one; build it or pass --server-bin (or --inproc-only)")
             }
-            let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"],
+            let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
+                                          + serverArgs.split(separator: " ").map(String.init),
                                       socketPath: dir + "/workers.sock", logPath: dir + "/server.log")
             real = p
             try p.waitHealthy(timeout: 60)
@@ -123,6 +127,7 @@ struct FrontBench: ParsableCommand {
             "bench": "front",
             "requests": requests,
             "request": "POST /v1/completions " + body,
+            "server_args": "--engine echo --workers 1 " + serverArgs,
             "load_average": load,
             "cpus_online": sysconf(Int32(_SC_NPROCESSORS_ONLN)),
             "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,

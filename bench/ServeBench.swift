@@ -41,7 +41,7 @@ struct ServeBench: ParsableCommand {
     @Option(name: .customLong("compare-policies"),
             help: "Start `switchyard serve --policy P` once per policy (comma list) on a temporary socket, run the same workload, print the results side by side.")
     var comparePolicies: String?
-    @Option(name: .customLong("server-args"), parsing: .unconditional, help: "With --compare-policies: extra `switchyard serve` arguments (default \"--workers 2\").")
+    @Option(name: .customLong("server-args"), parsing: .unconditional, help: "With --compare-policies: extra `switchyard serve` arguments, one string.")
     var serverArgs: String = "--workers 2"
     @Option(name: .customLong("server-bin"), help: "With --compare-policies: the switchyard binary (default: next to this one).")
     var serverBin: String?
