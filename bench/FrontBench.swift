@@ -1,31 +1,46 @@
-// switchyard-bench front: the front's added latency and throughput, with the in-process echo backend.
-//   1. Round trip of a small non-streaming POST /v1/completions through the front, against a raw Unix-socket
-//      echo (same request bytes, blocking echo thread) in the same run: p50/p99 of each and the difference.
-//   2. Requests/s with 64 concurrent keep-alive connections (one client thread per connection).
-// The echo backend hands each request to its own thread and back (two eventfd wake-ups), as a worker would.
+// switchyard-bench front: the front's added latency and throughput with the echo engine.
+//   1. Round trip of a small non-streaming POST /v1/completions (1-character prompt, max_tokens 1) measured
+//      three ways in the same run, interleaved in blocks so load changes on the machine hit all three alike:
+//        raw      a raw Unix-socket echo (same request bytes, a blocking echo thread): the floor;
+//        inproc   the front in this process with the in-process EchoBackend (a thread, two eventfd wake-ups);
+//        workers  the real system: `switchyard serve --engine echo --workers 1` (front process, worker
+//                 process, shared-memory rings) started from the binary next to this one.
+//      added = workers − raw (the targets: p50 ≤ 5 µs, p99 ≤ 25 µs); inproc − raw is reported too.
+//   2. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
+// The load average is printed with the results: the numbers mean little on a busy machine.
 import ArgumentParser
+import BenchKit
+import ClientKit
 import Foundation
 import Front
 import Glibc
 
 struct FrontBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "front", abstract: "Front round trip and requests/s (echo backend).")
+    static let configuration = CommandConfiguration(
+        commandName: "front",
+        abstract: "Front round trip vs raw Unix-socket echo (in-process and through a real echo worker), and requests/s.")
 
-    @Option(help: "Round trips per latency measurement.") var requests = 20000
-    @Option(help: "Concurrent keep-alive connections for the throughput run.") var connections = 64
-    @Option(help: "Seconds for the throughput run.") var seconds = 3.0
+    @Option(help: "Round trips per latency measurement (each of raw, inproc, workers).") var requests = 20000
+    @Option(help: "Concurrent keep-alive connections for the throughput runs.") var connections = 64
+    @Option(help: "Seconds for each throughput run.") var seconds = 3.0
+    @Option(name: .customLong("server-bin"), help: "The switchyard binary (default: next to this one).") var serverBin: String?
+    @Option(name: .customLong("server-args"), parsing: .unconditional,
+            help: "Extra `switchyard serve` arguments for the real server, one string (e.g. \"--numa off\").")
+    var serverArgs: String = ""
+    @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
     func run() throws {
         let dir = String(cString: mkdtemp(strdup("/tmp/sy-front-bench-XXXXXX")))
-        defer { rmdir(dir) }
-        let body = #"{"prompt":"hi","max_tokens":1}"#
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The smallest request the echo worker can answer: 1-character prompt, one token.
+        let body = #"{"prompt":"h","max_tokens":1}"#
         let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
 
-        // Raw echo baseline.
+        // Raw echo baseline: one connection, a blocking echo thread.
         let rawPath = dir + "/raw.sock"
         let rawFD = try listenUnix(rawPath)
-        let echoThread = Thread {
+        Thread {
             let c = accept(rawFD, nil, nil)
             var buf = [UInt8](repeating: 0, count: 65536)
             while true {
@@ -34,15 +49,10 @@ struct FrontBench: ParsableCommand {
                 _ = write(c, buf, n)
             }
             close(c)
-        }
-        echoThread.start()
+        }.start()
         let raw = try BenchClient(path: rawPath)
-        let rawLat = try measure(requests) { try raw.send(req); try raw.readExactly(req.count) }
-        raw.close()
-        close(rawFD)
-        unlink(rawPath)
 
-        // Through the front.
+        // The front in this process.
         var cfg = FrontConfig()
         cfg.socketPath = dir + "/front.sock"
         cfg.handleSignals = false
@@ -52,19 +62,134 @@ struct FrontBench: ParsableCommand {
         let server = try FrontServer(config: cfg, backend: backend)
         let done = DispatchSemaphore(value: 0)
         Thread { try? server.run(); done.signal() }.start()
-        let fc = try BenchClient(path: cfg.socketPath ?? "")
-        let frontLat = try measure(requests) { try fc.send(req); try fc.readResponse() }
-        // GET /health never reaches the backend's thread: the front's own cost without the handoff.
+        let inprocPath = cfg.socketPath ?? ""
+        let fc = try BenchClient(path: inprocPath)
+        defer {
+            fc.close()
+            server.requestShutdown()
+            done.wait()
+            backend.stop()
+        }
+
+        // The real system.
+        var real: ServerProcess?
+        var wc: BenchClient?
+        if !inprocOnly {
+            guard let bin = serverBin ?? ServerProcess.siblingBinary("switchyard") else {
+                throw FrontBenchError("no switchyard binary next to this one; build it or pass --server-bin (or --inproc-only)")
+            }
+            let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
+                                          + serverArgs.split(separator: " ").map(String.init),
+                                      socketPath: dir + "/workers.sock", logPath: dir + "/server.log")
+            real = p
+            try p.waitHealthy(timeout: 60)
+            wc = try BenchClient(path: p.socketPath)
+        }
+        defer {
+            wc?.close()
+            real?.stop()
+        }
+
+        // Latency: blocks of `block` round trips, rotating raw → inproc → workers.
+        let block = 500
+        var rawLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = []
+        rawLat.reserveCapacity(requests); inLat.reserveCapacity(requests); wLat.reserveCapacity(requests)
+        // Warm-up (also checks every path answers 200).
+        for _ in 0..<1000 {
+            try raw.send(req); try raw.readExactly(req.count)
+            try fc.send(req); try fc.readResponse(expect200: true)
+            if let wc { try wc.send(req); try wc.readResponse(expect200: true) }
+        }
+        var left = requests
+        while left > 0 {
+            let n = min(block, left)
+            try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
+            try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
+            if let wc { try measure(n, into: &wLat) { try wc.send(req); try wc.readResponse() } }
+            left -= n
+        }
+        // GET /health never reaches a backend: the front's own cost without the handoff.
         let health = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
-        let healthLat = try measure(requests) { try fc.send(health); try fc.readResponse() }
-        fc.close()
+        var healthLat: [UInt64] = []
+        try measure(requests, into: &healthLat) { try fc.send(health); try fc.readResponse() }
+        raw.close()
+        close(rawFD)
 
         // Throughput.
-        let path = cfg.socketPath ?? ""
+        let inRPS = throughput(path: inprocPath, req: req)
+        let wRPS = real.map { throughput(path: $0.socketPath, req: req) }
+
+        let r = pct(rawLat), i = pct(inLat), h = pct(healthLat)
+        let w = wLat.isEmpty ? nil : pct(wLat)
+        var load = [Double](repeating: 0, count: 3)
+        _ = getloadavg(&load, 3)
+        var result: [String: Any] = [
+            "bench": "front",
+            "requests": requests,
+            "request": "POST /v1/completions " + body,
+            "server_args": "--engine echo --workers 1 " + serverArgs,
+            "load_average": load,
+            "cpus_online": sysconf(Int32(_SC_NPROCESSORS_ONLN)),
+            "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
+            "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
+            "inproc_added_p50_ns": Int64(i.p50) - Int64(r.p50), "inproc_added_p99_ns": Int64(i.p99) - Int64(r.p99),
+            "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
+            "connections": connections,
+            "front_inproc_requests_per_second": inRPS,
+            "targets": ["added_p50_ns": 5000, "added_p99_ns": 25000],
+        ]
+        if let w, let wRPS {
+            result["front_workers_rtt_p50_ns"] = w.p50
+            result["front_workers_rtt_p99_ns"] = w.p99
+            result["added_p50_ns"] = Int64(w.p50) - Int64(r.p50)
+            result["added_p99_ns"] = Int64(w.p99) - Int64(r.p99)
+            result["front_workers_requests_per_second"] = wRPS
+        }
+        let out = json == "-" ? { (s: String) in FileHandle.standardError.write(Data((s + "\n").utf8)) } : { print($0) }
+        out(String(format: "load average %.2f %.2f %.2f on %d cpus (other processes share the machine)", load[0], load[1], load[2],
+                   Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)")
+        out(String(format: "raw echo            p50 %8.1f us  p99 %8.1f us", us(r.p50), us(r.p99)))
+        out(String(format: "front in-process    p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us)",
+                   us(i.p50), us(i.p99), us(i.p50) - us(r.p50), us(i.p99) - us(r.p99)))
+        if let w {
+            out(String(format: "front + worker      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us; targets 5 / 25 us)",
+                       us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99)))
+        }
+        out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
+        out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
+            + (wRPS.map { String(format: ", front + worker %.0f requests/s", $0) } ?? ""))
+        if let json {
+            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
+            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
+        }
+    }
+
+    private func us(_ ns: UInt64) -> Double { Double(ns) / 1000 }
+
+    /// Appends `n` timed runs of `body` (ns) to `lat`.
+    private func measure(_ n: Int, into lat: inout [UInt64], _ body: () throws -> Void) throws {
+        for _ in 0..<n {
+            let t = monotonicNanos()
+            try body()
+            lat.append(monotonicNanos() - t)
+        }
+    }
+
+    private func pct(_ v: [UInt64]) -> (p50: UInt64, p99: UInt64) {
+        guard !v.isEmpty else { return (0, 0) }
+        let s = v.sorted()
+        return (s[s.count / 2], s[min(s.count - 1, s.count * 99 / 100)])
+    }
+
+    /// Requests/s over `seconds` with `connections` keep-alive connections, one thread each.
+    private func throughput(path: String, req: [UInt8]) -> Double {
         let counts = UnsafeMutablePointer<Int>.allocate(capacity: connections)
         counts.initialize(repeating: 0, count: connections)
+        defer { counts.deallocate() }
         let group = DispatchGroup()
-        let deadline = Date().addingTimeInterval(seconds)
+        let deadline = monotonicNanos() + UInt64(seconds * 1e9)
+        let t0 = monotonicNanos()
         for i in 0..<connections {
             group.enter()
             // Each thread writes only its own slot; the main thread reads them after group.wait().
@@ -72,53 +197,16 @@ struct FrontBench: ParsableCommand {
             Thread {
                 defer { group.leave() }
                 guard let c = try? BenchClient(path: path) else { return }
-                while Date() < deadline {
+                while monotonicNanos() < deadline {
                     do { try c.send(req); try c.readResponse() } catch { break }
                     slot.pointee += 1
                 }
                 c.close()
             }.start()
         }
-        let t0 = Date()
         group.wait()
-        let elapsed = Date().timeIntervalSince(t0)
-        let total = (0..<connections).reduce(0) { $0 + counts[$1] }
-        counts.deallocate()
-        server.requestShutdown()
-        done.wait()
-        backend.stop()
-
-        let result: [String: Any] = [
-            "bench": "front",
-            "requests": requests,
-            "raw_echo_p50_us": rawLat.p50, "raw_echo_p99_us": rawLat.p99,
-            "front_p50_us": frontLat.p50, "front_p99_us": frontLat.p99,
-            "added_p50_us": frontLat.p50 - rawLat.p50, "added_p99_us": frontLat.p99 - rawLat.p99,
-            "front_health_p50_us": healthLat.p50, "front_health_p99_us": healthLat.p99,
-            "connections": connections, "requests_per_second": Double(total) / elapsed,
-        ]
-        print(String(format: "raw echo   p50 %.1f us  p99 %.1f us", rawLat.p50, rawLat.p99))
-        print(String(format: "front      p50 %.1f us  p99 %.1f us  (added p50 %.1f us, p99 %.1f us)",
-                     frontLat.p50, frontLat.p99, frontLat.p50 - rawLat.p50, frontLat.p99 - rawLat.p99))
-        print(String(format: "GET /health p50 %.1f us  p99 %.1f us  (front alone, no backend handoff)", healthLat.p50, healthLat.p99))
-        print(String(format: "%d keep-alive connections: %.0f requests/s", connections, Double(total) / elapsed))
-        if let json {
-            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
-            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
-        }
-    }
-
-    private func measure(_ n: Int, _ body: () throws -> Void) throws -> (p50: Double, p99: Double) {
-        for _ in 0..<min(1000, n) { try body() }   // warm-up
-        var lat = [Double]()
-        lat.reserveCapacity(n)
-        for _ in 0..<n {
-            let t = DispatchTime.now().uptimeNanoseconds
-            try body()
-            lat.append(Double(DispatchTime.now().uptimeNanoseconds - t) / 1000)
-        }
-        lat.sort()
-        return (lat[n / 2], lat[min(n - 1, n * 99 / 100)])
+        let elapsed = Double(monotonicNanos() - t0) / 1e9
+        return Double((0..<connections).reduce(0) { $0 + counts[$1] }) / elapsed
     }
 
     private func listenUnix(_ path: String) throws -> Int32 {
@@ -133,12 +221,12 @@ struct FrontBench: ParsableCommand {
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        if rc != 0 || listen(fd, 16) != 0 { throw BenchError("bind/listen \(path): \(errno)") }
+        if rc != 0 || listen(fd, 16) != 0 { throw FrontBenchError("bind/listen \(path): \(errno)") }
         return fd
     }
 }
 
-struct BenchError: Error, CustomStringConvertible {
+struct FrontBenchError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
 }
@@ -161,7 +249,7 @@ final class BenchClient {
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        if rc != 0 { Glibc.close(fd); throw BenchError("connect \(path): \(errno)") }
+        if rc != 0 { Glibc.close(fd); throw FrontBenchError("connect \(path): \(errno)") }
     }
 
     func close() { Glibc.close(fd) }
@@ -170,15 +258,15 @@ final class BenchClient {
         var off = 0
         while off < b.count {
             let n = b[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { throw BenchError("send failed") }
+            if n <= 0 { throw FrontBenchError("send failed") }
             off += n
         }
     }
 
     private func fill() throws {
-        if have == buf.count { throw BenchError("response too large") }
+        if have == buf.count { throw FrontBenchError("response too large") }
         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + have, $0.count - have, 0) }
-        if n <= 0 { throw BenchError("connection closed") }
+        if n <= 0 { throw FrontBenchError("connection closed") }
         have += n
     }
 
@@ -194,11 +282,14 @@ final class BenchClient {
         consume(n)
     }
 
-    /// One response with Content-Length.
-    func readResponse() throws {
+    /// One response with Content-Length; with `expect200`, anything but "HTTP/1.1 200" throws.
+    func readResponse(expect200: Bool = false) throws {
         while true {
             if let end = headerEnd() {
-                guard let len = contentLength(end) else { throw BenchError("no content-length") }
+                if expect200 && !(end > 12 && buf[9] == 50 && buf[10] == 48 && buf[11] == 48) {
+                    throw FrontBenchError("expected 200, got: " + String(decoding: buf[0..<min(end, 200)], as: UTF8.self))
+                }
+                guard let len = contentLength(end) else { throw FrontBenchError("no content-length") }
                 while have < end + len { try fill() }
                 consume(end + len)
                 return

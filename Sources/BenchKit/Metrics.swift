@@ -92,9 +92,12 @@ public struct GoodputSLO: Sendable, Hashable {
 /// Invalid bench options or workload parameters.
 public enum BenchError: Error, Hashable, CustomStringConvertible {
     case badOption(String, String)
+    /// Starting, reaching or stopping a server the bench launched failed.
+    case server(String)
     public var description: String {
         switch self {
         case .badOption(let o, let v): return "invalid \(o) '\(v)'"
+        case .server(let m): return m
         }
     }
 }
@@ -126,13 +129,16 @@ public struct BenchSummary: Sendable {
     public var itlHist: LatencyHistogram
     public var e2eHist: LatencyHistogram
 
-    public init(records: [RequestRecord], durationS: Double, slo: GoodputSLO? = nil) {
+    /// `affinityReference`: records whose turn-1 workers define each session's home (default `records`; the
+    /// runner passes warm-up requests too, since warm-up requests are often a session's first turn).
+    public init(records: [RequestRecord], durationS: Double, slo: GoodputSLO? = nil,
+                affinityReference: [RequestRecord]? = nil) {
         var ttftH = LatencyHistogram(), tpotH = LatencyHistogram(), itlH = LatencyHistogram(), e2eH = LatencyHistogram()
         var errors: [String: Int] = [:]
         var perWorker: [String: Int] = [:]
         var completed = 0, outTok = 0, promptTok = 0, cached = 0, cachedPrompt = 0, good = 0
         var firstWorker: [Int: String] = [:]
-        for r in records where r.turn == 1 { if let w = r.worker, r.error == nil { firstWorker[r.session] = w } }
+        for r in affinityReference ?? records where r.turn == 1 { if let w = r.worker, r.error == nil { firstWorker[r.session] = w } }
         var laterTurns = 0, sameWorker = 0
         for r in records {
             if let e = r.error {

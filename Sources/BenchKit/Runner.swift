@@ -134,7 +134,7 @@ public final class ServeBenchRunner: @unchecked Sendable {  // all mutable state
         let measured = Array(all.dropFirst(config.warmup))
         let t0 = measured.first?.sentNs ?? startNs
         let duration = Double(endNs - t0) / 1e9
-        let summary = BenchSummary(records: measured, durationS: duration, slo: config.slo)
+        let summary = BenchSummary(records: measured, durationS: duration, slo: config.slo, affinityReference: all)
         let overTime = measured.compactMap { r in r.ttftNs.map { (Double(r.sentNs - t0) / 1e9, Double($0) / 1e6) } }
         return ServeBenchResult(records: measured, summary: summary, ttftOverTime: overTime)
     }
@@ -223,6 +223,7 @@ public final class ServeBenchRunner: @unchecked Sendable {  // all mutable state
         case .overloaded: return "overloaded_503"
         case .httpStatus(let c, _): return "http_\(c)"
         case .badJSON: return "bad_json"
+        case .streamError: return "stream_error"
         }
     }
 }

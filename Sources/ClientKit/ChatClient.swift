@@ -38,11 +38,12 @@ public struct ChatRequest: Sendable, Hashable {
 
     /// The JSON body.
     public func jsonBody() throws(ClientError) -> [UInt8] {
+        // No "model" unless given: Switchyard and llama-server then use (and report) the model they serve.
         var o: [String: Any] = [
-            "model": model ?? "default",
             "messages": messages.map { ["role": $0.role, "content": $0.content] },
             "stream": stream,
         ]
+        if let m = model { o["model"] = m }
         if stream { o["stream_options"] = ["include_usage": true] }
         if let m = maxTokens { o["max_tokens"] = m }
         if let t = temperature { o["temperature"] = t }
@@ -133,6 +134,11 @@ public final class ChatClient {
                 raw += ev.data + "\n"
                 guard let obj = try? JSONSerialization.jsonObject(with: Data(ev.data.utf8)) as? [String: Any] else {
                     parseError = .badJSON("SSE event is not a JSON object: \(ev.data.prefix(200))")
+                    return false
+                }
+                if let e = obj["error"] {
+                    let m = (e as? [String: Any])?["message"] as? String ?? "\(e)"
+                    parseError = .streamError(message: m)
                     return false
                 }
                 if let u = ChatClient.parseUsage(obj["usage"]) { usage = u }

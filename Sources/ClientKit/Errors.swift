@@ -28,6 +28,8 @@ public enum ClientError: Error, Hashable, CustomStringConvertible {
     case overloaded(retryAfter: Int?)
     /// Any other non-2xx status.
     case httpStatus(code: Int, body: String)
+    /// A stream that had started ended with an SSE error event (`data: {"error":{...}}`), e.g. its worker died.
+    case streamError(message: String)
     /// A JSON body could not be built or parsed.
     case badJSON(String)
 
@@ -48,6 +50,7 @@ public enum ClientError: Error, Hashable, CustomStringConvertible {
         case .overloaded(let ra):
             return "server overloaded (503)" + (ra.map { "; retry after \($0) s" } ?? "")
         case .httpStatus(let c, let b): return "HTTP \(c): \(b.prefix(500))"
+        case .streamError(let m): return "the server ended the stream with an error: \(m.prefix(500))"
         case .badJSON(let m): return "bad JSON: \(m)"
         }
     }

@@ -32,17 +32,33 @@ public struct HTTPHead: Sendable, Hashable {
         return headers.first { $0.name == n }?.value
     }
 
-    /// The typed error for a non-2xx status (nil for 2xx): 503 becomes `.serverLoading` when the body or the
-    /// X-Switchyard-State header says "loading", else `.overloaded`, both with Retry-After when present.
+    /// The typed error for a non-2xx status (nil for 2xx). A 503 is `.serverLoading` when the server says it
+    /// is still starting — Switchyard's error code "not_ready" (`{"error":{...,"code":"not_ready"}}`), its
+    /// GET /health body `{"status":"loading",...}`, an X-Switchyard-State: loading header, or llama-server's
+    /// "Loading model" message — and `.overloaded` otherwise; both carry Retry-After when present.
     public func error(body: String) -> ClientError? {
         guard !(200..<300).contains(status) else { return nil }
         if status == 503 {
             let retry = header("retry-after").flatMap { Int($0.trimmingSpaces) }
             let state = header("x-switchyard-state")?.lowercased() ?? ""
-            if state.contains("loading") || body.lowercased().contains("loading") { return .serverLoading(retryAfter: retry) }
+            if state.contains("loading") || Self.saysLoading(body) { return .serverLoading(retryAfter: retry) }
             return .overloaded(retryAfter: retry)
         }
         return .httpStatus(code: status, body: body)
+    }
+
+    /// Whether a 503 body says "still loading". Matched on the body's first 4 KiB with ASCII whitespace removed
+    /// and letters lower-cased, so `"code": "not_ready"` and `"code":"not_ready"` both match, while an
+    /// "overloaded" message does not.
+    static func saysLoading(_ body: String) -> Bool {
+        var compact: [UInt8] = []
+        compact.reserveCapacity(min(body.utf8.count, 4096))
+        for b in body.utf8.prefix(4096) where b != 32 && b != 9 && b != 10 && b != 13 {
+            compact.append(b >= 65 && b <= 90 ? b + 32 : b)
+        }
+        let text = String(decoding: compact, as: UTF8.self)
+        return text.contains(#""code":"not_ready""#) || text.contains(#""status":"loading""#)
+            || text.contains("loadingmodel")
     }
 }
 

@@ -65,6 +65,40 @@ import Foundation
         #expect(throws: ClientError.serverLoading(retryAfter: 5)) {
             try chat.complete(ChatRequest(messages: [ChatMessage(role: "user", content: "hi")]))
         }
+        // An SSE error event after content is an error, not a short answer.
+        let broken = ChatClient(endpoint: .unix(path: server.path), timeout: 5)
+        broken.path = "/streamerror"
+        var seen = ""
+        #expect(throws: ClientError.streamError(message: "worker 0 exited")) {
+            try broken.complete(ChatRequest(messages: [ChatMessage(role: "user", content: "hi")])) { seen += $0 }
+        }
+        #expect(seen == "part")
+        // No "model" in the body unless one is given.
+        let body = String(decoding: try ChatRequest(messages: []).jsonBody(), as: UTF8.self)
+        #expect(!body.contains("\"model\""))
+        #expect(String(decoding: try ChatRequest(messages: [], model: "m").jsonBody(), as: UTF8.self).contains(#""model":"m""#))
+    }
+
+    @Test func loadingVersusOverloaded503() {
+        func head503(_ headers: [HTTPHead.HeaderField] = []) -> HTTPHead {
+            HTTPHead(status: 503, reason: "Service Unavailable", headers: headers)
+        }
+        let loading: [String] = [
+            #"{"error":{"message":"not ready: no worker is ready","type":"server_error","param":null,"code":"not_ready"}}"#,
+            #"{"status":"loading","workers_ready":0,"workers_total":2}"#,
+            #"{ "error": { "code" : "not_ready" } }"#,
+            #"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#,  // llama-server
+        ]
+        for b in loading { #expect(head503().error(body: b) == .serverLoading(retryAfter: nil), "\(b)") }
+        let busy: [String] = [
+            #"{"error":{"message":"all workers are busy; retry later","type":"server_error","param":null,"code":"overloaded"}}"#,
+            "busy", "", #"{"error":{"message":"overloaded while loading was done","code":"overloaded"}}"#,
+        ]
+        for b in busy { #expect(head503().error(body: b) == .overloaded(retryAfter: nil), "\(b)") }
+        let retry = head503([.init(name: "retry-after", value: "1")])
+        #expect(retry.error(body: loading[0]) == .serverLoading(retryAfter: 1))
+        #expect(HTTPHead(status: 500, reason: "x", headers: []).error(body: loading[0]) == .httpStatus(code: 500, body: loading[0]))
+        #expect(ClientError.serverLoading(retryAfter: 1).description.contains("still loading"))
     }
 
     @Test func streamingChat() throws {

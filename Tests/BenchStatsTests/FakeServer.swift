@@ -115,8 +115,14 @@ final class FakeServer: @unchecked Sendable {  // counters guarded by `lock`
     private func respond(_ fd: Int32, path: String, session: String, body: [UInt8]) -> Bool {
         switch path {
         case "/loading":
-            let b = #"{"error":{"message":"model loading"}}"#
+            // Switchyard's answer while its workers load.
+            let b = #"{"error":{"message":"not ready: no worker is ready","type":"server_error","param":null,"code":"not_ready"}}"#
             return send(fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json\r\nContent-Length: \(b.utf8.count)\r\n\r\n\(b)")
+        case "/streamerror":
+            // A stream that starts, then ends with Switchyard's SSE error event (worker died mid-stream).
+            let delta = #"data: {"choices":[{"index":0,"delta":{"content":"part"}}]}"# + "\n\n"
+            let err = #"data: {"error":{"message":"worker 0 exited","type":"server_error","param":null,"code":"worker_error"}}"# + "\n\n"
+            return send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + delta + err + "data: [DONE]\n\n") && false
         case "/busy":
             return send(fd, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 4\r\n\r\nbusy")
         case "/plain":
