@@ -11,8 +11,6 @@ struct Switchyard: ParsableCommand {
             GenerateCommand.self,
             TokenizeCommand.self,
             RingPeerCommand.self,
-            GenerateCommand.self,
-            TokenizeCommand.self,
         ]
     )
 }
