@@ -39,6 +39,9 @@ public enum BackendEvent: Sendable, Equatable {
     /// does not fit the context, a role the chat template refuses), 503 (its queue is full; Retry-After is
     /// sent). If a stream has already started it is handled like `.error`.
     case rejected(requestID: UInt64, status: Int, message: String)
+    /// The request moved to another worker before anything was sent (its first worker died): the response
+    /// names the new one in X-Switchyard-Worker.
+    case rerouted(requestID: UInt64, workerID: Int)
     /// Answer to `tokenize`.
     case tokens(requestID: UInt64, tokens: [Int32])
     /// Answer to `detokenize`.
@@ -46,7 +49,7 @@ public enum BackendEvent: Sendable, Equatable {
 
     public var requestID: UInt64 {
         switch self {
-        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _), .tokens(let id, _), .text(let id, _): return id
+        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _), .rerouted(let id, _), .tokens(let id, _), .text(let id, _): return id
         }
     }
 }

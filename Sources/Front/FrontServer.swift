@@ -826,6 +826,11 @@ public final class FrontServer: @unchecked Sendable {
                 let body = OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage)
                 finishWithJSON(c, a, body)
             }
+        case .rerouted(_, let worker):
+            if !a.headersSent {
+                a.worker = worker
+                c.active = a
+            }
         case .error(_, let message), .rejected(_, _, let message):
             if a.headersSent {
                 var out: [UInt8] = []

@@ -220,7 +220,9 @@ public final class WorkerPool: FrontBackend {
             } else if !f.started, let req = f.request, f.retries < 2, !shuttingDown {
                 // Not started: route it again (the dead worker no longer ranks).
                 inFlight[id] = nil
-                if case .admitted = route(req, retries: f.retries + 1) {} else {
+                if case .admitted(let to) = route(req, retries: f.retries + 1) {
+                    pending.append(.rerouted(requestID: id, workerID: to))
+                } else {
                     pending.append(.error(requestID: id, message: "worker \(w.spec.id) died and no other worker could take the request"))
                 }
             } else {

@@ -428,11 +428,8 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             #expect(group.wait(timeout: .now() + 20) == .success, "the request hung after its worker died")
             let r = try #require(try box.result?.get())
             #expect(r.head.status == 200, "\(r.text)")
-            // Known bug: the request is re-routed inside WorkerPool, but the front's X-Switchyard-Worker still
-            // names the first-chosen worker (BackendEvent has no way to report the move).
-            withKnownIssue("X-Switchyard-Worker names the dead worker after a re-route") {
-                #expect(r.head.header("x-switchyard-worker") == "1", "served by \(r.head.header("x-switchyard-worker") ?? "none")")
-            }
+            // The request was re-routed inside WorkerPool; the response names the worker that served it.
+            #expect(r.head.header("x-switchyard-worker") == "1", "served by \(r.head.header("x-switchyard-worker") ?? "none")")
             #expect(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String == "rerouted")
         }
     }
