@@ -30,6 +30,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Per-sequence context length in tokens.") var context = 2048
     @Option(help: "KV cache for idle sessions per worker, MiB (default: from free memory and the worker count).") var sessionCacheMb: Int?
     @Option(help: "Request body limit in bytes.") var maxBody = 1 << 20
+    @Option(help: "Seconds a ready worker's heartbeat may stand still before it is killed as hung.") var heartbeatTimeout = 15.0
     @Option(help: "error | warn | info | debug") var logLevel = "info"
 
     func validate() throws {
@@ -45,6 +46,7 @@ struct ServeCommand: ParsableCommand {
         guard (1...4096).contains(maxQueue), (1...256).contains(maxRunning) else {
             throw ValidationError("--max-queue must be 1...4096 and --max-running 1...256")
         }
+        guard heartbeatTimeout >= 0.5, heartbeatTimeout <= 3600 else { throw ValidationError("--heartbeat-timeout must be 0.5...3600 seconds") }
         guard (16...131072).contains(context) else { throw ValidationError("--context must be 16...131072") }
         guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("--log-level must be error, warn, info or debug") }
     }
@@ -84,6 +86,7 @@ struct ServeCommand: ParsableCommand {
         var poolConfig = WorkerPoolConfig(executable: try currentExecutablePath(), workers: specs)
         poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
         poolConfig.balanceFactor = balanceFactor
+        poolConfig.heartbeatTimeout = heartbeatTimeout
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
         poolConfig.log = logger
         let pool = try WorkerPool(config: poolConfig)

@@ -372,6 +372,28 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// A worker that hangs (SIGSTOP: alive, but its heartbeat stands still) is killed and respawned, and the
+    /// server serves meanwhile.
+    @Test func hungWorkerIsDetectedByItsHeartbeat() throws {
+        try withServer(echoArgs + ["--heartbeat-timeout", "1"]) { s in
+            let before = s.workers()
+            let victim = try #require(before[0], "no worker 0 among \(before)")
+            kill(victim, SIGSTOP)
+            defer { kill(victim, SIGCONT) }
+            var fresh: pid_t?
+            #expect(waitUntil(20) {
+                if let p = s.workers()[0], p != victim { fresh = p; return true }
+                return false
+            }, "the stopped worker was not replaced")
+            #expect(Proc.isGone(victim) || !s.workers().values.contains(victim))
+            #expect(s.log.contains("heartbeat"), "the log does not mention the heartbeat")
+            #expect(waitUntil(20) { (try? s.request("GET", "/health").head.status) == 200 }, "not healthy again")
+            let r = try s.request("POST", "/v1/completions", json: ["prompt": "still here", "max_tokens": 16])
+            #expect(r.head.status == 200)
+            #expect(fresh != nil)
+        }
+    }
+
     /// A client that hangs up mid-stream cancels its request on the worker (long before it would end).
     @Test func aClientHangUpCancelsItsRequestOnTheWorker() throws {
         try withServer(echoArgs) { s in
