@@ -77,12 +77,21 @@ func argmax(_ l: UnsafeBufferPointer<Float>) -> Int32 {
         return r
     }
 
-    /// The issue's acceptance thresholds. NOT MET YET (issue 3 stays open): 10/16 eight-token matches, top-5
-    /// differences up to 0.46, one first-token flip at a 0.15 gap. An independent float reference (numpy,
-    /// dequantized weights, no activation quantization) is itself up to ~0.44 away from llama.cpp on the same
-    /// prompts, so the gap is llama.cpp's own rounding path (8-bit activations, fp16 KV/attention) that we do
-    /// not yet reproduce exactly. Recorded as a known issue so the test runs and reports every time; once the
-    /// thresholds hold, `withKnownIssue` fails and this marker must be removed.
+    /// The issue's acceptance thresholds. NOT MET (issue 3 stays open): 10/16 eight-token matches, top-5
+    /// differences up to 0.46 nats (mean 0.09), one first-token flip at a 0.15 gap.
+    ///
+    /// Why: the engine already follows llama.cpp's discrete rounding steps (Q8_1 activations for Q4_1 matmuls
+    /// and Q8_0 for the output head, fp16-rounded block scales, fp16 K/V cache, flash-attention "one_chunk" with
+    /// fp16 Q and an fp16 V accumulator, RMSNorm sums in double, RoPE angles iterated in float). What is left is
+    /// float-order noise, and this model amplifies it: one-ulp changes flip 8-bit activation roundings, which
+    /// cascade through 30 layers. Measured (2026-11-26): replacing only SiLU's vectorized exp with libm's expf
+    /// (a few ulps) moves the engine's first-step top-5 logprobs by up to 0.45 nats (per-prompt maximum 0.16 on
+    /// average) and leaves its distance to llama.cpp unchanged (per-prompt max 0.189 vs 0.188 on average); in a numpy
+    /// reference, evaluating RMSNorm or SiLU in float64 instead of float32 moves them by 0.09–0.26 nats. So
+    /// 0.15 / 14 of 16 are reachable only by reproducing llama.cpp's float order bit for bit (its vectorized
+    /// expf, GCC's FMA contractions, the matmul kernel it picked on this CPU), not by any single rounding step.
+    /// Recorded as a known issue so the test runs and reports every time; once the thresholds hold,
+    /// `withKnownIssue` fails and this marker must be removed.
     @Test func greedyMatchesLlamaCpp() throws {
         let r = try Self.run()
         withKnownIssue("engine numerics differ from llama.cpp's beyond the issue's tolerances (issue 3)") {
@@ -103,5 +112,9 @@ func argmax(_ l: UnsafeBufferPointer<Float>) -> Int32 {
         #expect(r.firstTokenMismatches.count <= 1)
         let sorted = r.diffs.sorted()
         #expect(sorted[sorted.count / 2] <= 0.1, "median top-5 difference \(sorted[sorted.count / 2])")
+        // The mean over all 80 first-step differences is the least noisy summary: 0.092 today, 0.087 with the
+        // libm-expf SiLU variant above; 0.12 leaves room for float-order noise, not for a systematic shift.
+        let mean = r.diffs.reduce(0, +) / Double(r.diffs.count)
+        #expect(mean <= 0.12, "mean top-5 difference \(mean)")
     }
 }
