@@ -66,6 +66,13 @@ public final class FrontServer: @unchecked Sendable {
     private let controlFD: Int32
 
     public let metrics: MetricsRegistry
+    /// Cached metric handles for the per-request updates (see countRequest / updateInFlight).
+    private struct RouteStatus: Hashable { var route: String; var status: Int }
+    private var requestCounters: [RouteStatus: MetricsRegistry.Handle] = [:]
+    private var inFlightGauge: MetricsRegistry.Handle?
+    private var tokensCounter: MetricsRegistry.Handle?
+    private var ttftHistogram: MetricsRegistry.Handle?
+    private var interTokenHistogram: MetricsRegistry.Handle?
 
     private var ring: OpaquePointer! = nil
     private var bufRing: OpaquePointer? = nil
@@ -517,8 +524,7 @@ public final class FrontServer: @unchecked Sendable {
         if let a = c.active {
             backend.cancel(requestID: a.id)
             owners[a.id] = nil
-            metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                        labels: [("route", a.route), ("status", "499")])
+            countRequest(route: a.route, status: 499)
             c.active = nil
             updateInFlight()
         }
@@ -628,8 +634,7 @@ public final class FrontServer: @unchecked Sendable {
                 }
                 return
             case .failure(let e):
-                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                            labels: [("route", "invalid"), ("status", String(e.status))])
+                countRequest(route: "invalid", status: e.status)
                 sendError(c, status: e.status, message: e.message, code: e.code, close: true, count: false)
                 return
             case .complete(let req, let consumed):
@@ -655,8 +660,7 @@ public final class FrontServer: @unchecked Sendable {
         ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
                             worker: worker, extra: extra)
         if count {
-            metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                        labels: [("route", route), ("status", String(status))])
+            countRequest(route: route, status: status)
         }
         if !keep {
             c.closeAfterFlush = true
@@ -671,8 +675,7 @@ public final class FrontServer: @unchecked Sendable {
         scratch.removeAll(keepingCapacity: true)
         ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
                             worker: worker)
-        metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                    labels: [("route", route), ("status", String(status))])
+        countRequest(route: route, status: status)
         if !c.keepAlive { c.closeAfterFlush = true }
         enqueue(c, scratch)
     }
@@ -779,7 +782,30 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func updateInFlight() {
+        if let h = inFlightGauge { metrics.set(h, Double(owners.count)); return }
         metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
+        inFlightGauge = metrics.handle(MetricsRegistry.inFlight, kind: .gauge)
+    }
+
+    /// A latency observation through a cached handle (resolved after the series' first observation).
+    private func observe(_ h: inout MetricsRegistry.Handle?, _ name: String, help: String, _ value: Double) {
+        if let h { metrics.observe(h, value); return }
+        metrics.observe(name, help: help, value)
+        h = metrics.handle(name, kind: .histogram, buckets: MetricsRegistry.latencyBuckets)
+    }
+
+    /// Counts one answered request in switchyard_requests_total{route,status}. The series is created by the
+    /// first request of its (route, status) and then updated through a cached handle (no label rendering
+    /// per request). Routes are the fixed set above plus "invalid", so the cache stays small; the bound is a
+    /// guard.
+    private func countRequest(route: String, status: Int) {
+        let key = RouteStatus(route: route, status: status)
+        if let h = requestCounters[key] { metrics.add(h); return }
+        let labels = [("route", route), ("status", String(status))]
+        metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status", labels: labels)
+        if requestCounters.count < 256, let h = metrics.handle(MetricsRegistry.requests, kind: .counter, labels: labels) {
+            requestCounters[key] = h
+        }
     }
 
     // MARK: backend events
@@ -792,11 +818,11 @@ public final class FrontServer: @unchecked Sendable {
         case .delta(_, let text):
             if a.firstTokenAt == 0 {
                 a.firstTokenAt = t
-                metrics.observe(MetricsRegistry.ttft, help: "Time from admission to the first generated text",
-                                Double(t - a.start) / 1e9)
+                observe(&ttftHistogram, MetricsRegistry.ttft, help: "Time from admission to the first generated text",
+                        Double(t - a.start) / 1e9)
             } else {
-                metrics.observe(MetricsRegistry.interToken, help: "Time between consecutive text deltas",
-                                Double(t - a.lastTokenAt) / 1e9)
+                observe(&interTokenHistogram, MetricsRegistry.interToken, help: "Time between consecutive text deltas",
+                        Double(t - a.lastTokenAt) / 1e9)
             }
             a.lastTokenAt = t
             if a.stream {
@@ -811,7 +837,10 @@ public final class FrontServer: @unchecked Sendable {
                 c.active = a
             }
         case .final(_, let finish, let usage):
-            metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
+            if let h = tokensCounter { metrics.add(h, Double(usage.completionTokens)) } else {
+                metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
+                tokensCounter = metrics.handle(MetricsRegistry.tokensGenerated, kind: .counter)
+            }
             if a.stream {
                 var out: [UInt8] = []
                 if !a.headersSent { startStream(c, &a, &out) }
@@ -819,8 +848,7 @@ public final class FrontServer: @unchecked Sendable {
                 if a.includeUsage { frame(a, &out, OpenAIEncoder.usageChunk(a.identity, usage)) }
                 frame(a, &out, ResponseWriter.done)
                 if !a.http10 { out += ResponseWriter.lastChunk }
-                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                            labels: [("route", a.route), ("status", "200")])
+                countRequest(route: a.route, status: 200)
                 finishRequest(c, a, out)
             } else {
                 let body = OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage)
@@ -837,8 +865,7 @@ public final class FrontServer: @unchecked Sendable {
                 frame(a, &out, OpenAIEncoder.streamError(message: message))
                 frame(a, &out, ResponseWriter.done)
                 if !a.http10 { out += ResponseWriter.lastChunk }
-                metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                            labels: [("route", a.route), ("status", "200")])
+                countRequest(route: a.route, status: 200)
                 finishRequest(c, a, out)
             } else {
                 owners[a.id] = nil
@@ -886,8 +913,7 @@ public final class FrontServer: @unchecked Sendable {
         var out: [UInt8] = []
         ResponseWriter.full(&out, status: 200, contentType: "application/json", body: body, keepAlive: c.keepAlive,
                             worker: a.worker)
-        metrics.add(MetricsRegistry.requests, help: "HTTP requests by route and status",
-                    labels: [("route", a.route), ("status", "200")])
+        countRequest(route: a.route, status: 200)
         finishRequest(c, a, out)
     }
 

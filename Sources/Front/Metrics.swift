@@ -33,6 +33,13 @@ public final class MetricsRegistry: Sendable {
         var bucketCounts: [UInt64] = []
         var sum: Double = 0
         var count: UInt64 = 0
+
+        mutating func observe(_ value: Double, buckets: [Double]) {
+            if bucketCounts.isEmpty { bucketCounts = Array(repeating: 0, count: buckets.count) }
+            for (k, b) in buckets.enumerated() where value <= b && k < bucketCounts.count { bucketCounts[k] += 1 }
+            sum += value
+            count += 1
+        }
     }
 
     private struct Family {
@@ -64,11 +71,43 @@ public final class MetricsRegistry: Sendable {
     public func observe(_ name: String, help: String = "", buckets: [Double] = MetricsRegistry.latencyBuckets,
                         labels: [(String, String)] = [], _ value: Double) {
         update(name, help: help, kind: .histogram, buckets: buckets, labels: labels) { s in
-            if s.bucketCounts.isEmpty { s.bucketCounts = Array(repeating: 0, count: buckets.count) }
-            for (k, b) in buckets.enumerated() where value <= b { s.bucketCounts[k] += 1 }
-            s.sum += value
-            s.count += 1
+            s.observe(value, buckets: buckets)
         }
+    }
+
+    /// One resolved series (family and series index). Families and series are only ever appended, so a
+    /// handle stays valid for the registry's life; updating through it skips rendering the labels and the
+    /// two dictionary lookups (the per-request path).
+    public struct Handle: Sendable, Hashable {
+        fileprivate let family: Int
+        fileprivate let series: Int
+    }
+
+    /// The series `name{labels}` of `kind` (created if new, exactly as the first update would create it), or
+    /// nil if `name` already exists with another kind (updates of such a name are ignored).
+    public func handle(_ name: String, help: String = "", kind: Kind, buckets: [Double] = [],
+                       labels: [(String, String)] = []) -> Handle? {
+        var h: Handle?
+        update(name, help: help, kind: kind, buckets: buckets, labels: labels) { _ in } resolved: { h = $0 }
+        return h
+    }
+
+    /// Adds to a counter through its handle.
+    public func add(_ h: Handle, _ delta: Double = 1) {
+        state.withLock { $0.families[h.family].series[h.series].value += delta }
+    }
+
+    /// Records one observation of a histogram through its handle (the family's own buckets).
+    public func observe(_ h: Handle, _ value: Double) {
+        state.withLock { st in
+            let buckets = st.families[h.family].buckets
+            st.families[h.family].series[h.series].observe(value, buckets: buckets)
+        }
+    }
+
+    /// Sets a gauge through its handle.
+    public func set(_ h: Handle, _ value: Double) {
+        state.withLock { $0.families[h.family].series[h.series].value = value }
     }
 
     /// Current value of a counter or gauge series (tests, health decisions).
@@ -115,7 +154,7 @@ public final class MetricsRegistry: Sendable {
     }
 
     private func update(_ name: String, help: String, kind: Kind, buckets: [Double], labels: [(String, String)],
-                        _ body: (inout Series) -> Void) {
+                        _ body: (inout Series) -> Void, resolved: (Handle) -> Void = { _ in }) {
         let key = Self.renderLabels(labels)
         state.withLock { st in
             let fi: Int
@@ -138,6 +177,7 @@ public final class MetricsRegistry: Sendable {
                 st.families[fi].index[key] = si
             }
             body(&st.families[fi].series[si])
+            resolved(Handle(family: fi, series: si))
         }
     }
 

@@ -97,6 +97,10 @@ public final class WorkerPool: FrontBackend {
     let timerFD: FileDescriptor
     var writer = WireWriter(capacity: 4096)
     var pending: [BackendEvent] = []
+    /// drain()'s reused buffers (no allocation per wake-up): epoll_wait's output, and the event array that
+    /// swaps with `pending` while its events are delivered (capacity kept across drains).
+    var epollTags = [UInt64](repeating: 0, count: 64)
+    var spareEvents: [BackendEvent] = []
     var shuttingDown = false
     public private(set) var totalRestarts = 0
 
@@ -372,12 +376,12 @@ public final class WorkerPool: FrontBackend {
     }
 
     public func drain(_ deliver: (BackendEvent) -> Void) {
-        var tags = [UInt64](repeating: 0, count: 64)
-        let n = tags.withUnsafeMutableBufferPointer { sy_epoll_ready(epoll.rawValue, $0.baseAddress, 64, 0) }
+        let fd = epoll.rawValue
+        let n = epollTags.withUnsafeMutableBufferPointer { sy_epoll_ready(fd, $0.baseAddress, Int32($0.count), 0) }
         var timer = false
         var dead: [Int] = []
         for k in 0..<max(0, Int(n)) {
-            let tag = tags[k]
+            let tag = epollTags[k]
             switch tag & 0xFFFF_FFFF_0000_0000 {
             case Self.tagEvent: _ = try? eventFD.consume()
             case Self.tagTimer:
@@ -395,9 +399,14 @@ public final class WorkerPool: FrontBackend {
             workerDied(i, reason: "exited")
         }
         if timer { supervise() }
-        let events = pending
-        pending.removeAll(keepingCapacity: true)
+        // Swap buffers instead of copying: events raised while delivering (re-entrant calls) land in the
+        // now-empty `pending` and are delivered by the next drain.
+        var events = spareEvents
+        spareEvents = []
+        swap(&events, &pending)
         for e in events { deliver(e) }
+        events.removeAll(keepingCapacity: true)
+        spareEvents = events
     }
 
     func drainRings() {

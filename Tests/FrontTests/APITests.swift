@@ -89,6 +89,27 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(text.contains("lat_count 1"))
     }
 
+    /// Updates through a handle land in the same series as updates by name and labels.
+    @Test func metricsHandles() throws {
+        let m = MetricsRegistry()
+        let labels = [("route", "a"), ("status", "200")]
+        m.add("req_total", help: "h", labels: labels)
+        let c = try #require(m.handle("req_total", kind: .counter, labels: labels))
+        m.add(c)
+        m.add(c, 2)
+        #expect(m.value("req_total", labels: labels) == 4)
+        let g = try #require(m.handle("in_flight", kind: .gauge))
+        m.set(g, 7)
+        #expect(m.value("in_flight") == 7)
+        m.observe("lat", buckets: [0.1, 1], 0.5)
+        let h = try #require(m.handle("lat", kind: .histogram, buckets: [0.1, 1]))
+        m.observe(h, 0.05)
+        #expect(m.histogramCount("lat") == 2)
+        #expect(m.render().contains("lat_bucket{le=\"0.1\"} 1\nlat_bucket{le=\"1\"} 2\n"))
+        // A name already used with another kind gives no handle.
+        #expect(m.handle("req_total", kind: .gauge, labels: labels) == nil)
+    }
+
     @Test func echoSplitKeepsText() {
         let s = "  hello  wide\nworld "
         #expect(EchoBackend.split(s).joined() == s)
