@@ -256,6 +256,11 @@ public final class Scheduler {
     func admit() {
         while !waiting.isEmpty && running.count < config.maxRunning {
             let r = waiting[0]
+            // The session's previous turn has already answered but is still feeding its last token into
+            // the KV cache (one step): wait for it to be parked rather than start without the cache.
+            if !r.sessionKey.isEmpty && running.contains(where: { $0.feedingFinalToken && $0.sessionKey == r.sessionKey }) {
+                break
+            }
             if let cached = takeSession(r.sessionKey) {
                 // Reuse the longest common prefix of the cached history and the new prompt whose KV is
                 // present; always leave at least one prompt token to prefill so the model yields logits.
