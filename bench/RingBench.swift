@@ -17,7 +17,7 @@ struct RingBench: ParsableCommand {
     @Option(help: "Records per commit in the throughput run.") var batch: Int = 32
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
     @Flag(help: "Do not pin the two processes to separate CPUs.") var noPin = false
-    @Option(help: "Phases to run (comma-separated): uds, rtt, unpinned, local, throughput.") var phases = "uds,rtt,unpinned,local,throughput"
+    @Option(help: "Phases to run (comma-separated): uds, rtt, sleep (the always-sleep RTT alone), unpinned, local, throughput.") var phases = "uds,rtt,unpinned,local,throughput"
 
     func run() throws {
         guard messages > 0, size >= 8, size <= capacity / 4 else {
@@ -39,25 +39,34 @@ struct RingBench: ParsableCommand {
         // both ways so that each comparison is like for like.
         if run.contains("uds") {
             let uds = try udsRoundTrips(exe: exe, childCPU: childCPU)
-            results += summary("uds_rtt", uds)
-            log(describe("uds socketpair RTT (pinned)", uds))
+            results += summary("uds_rtt", uds.rtt) + uds.sleeps.summary("uds")
+            log(describe("uds socketpair RTT (pinned)", uds.rtt) + uds.sleeps.describe)
         }
         let modes = [("spin", "spin", "ring spin RTT"),
                      ("futex", "futex-spin", "ring futex RTT (default policy: spin 20 us, then futex sleep)"),
                      ("futex_sleep", "futex", "ring futex RTT (always sleep, pinned)")]
-        for (name, mode, label) in modes where run.contains("rtt") {
-            let h = try ringRoundTrips(exe: exe, mode: mode, childCPU: childCPU)
-            results += summary("\(name)_rtt", h)
-            log(describe(label, h))
+        // "sleep" runs only the always-sleep mode (pinned), e.g. under `perf stat`.
+        for (name, mode, label) in modes where run.contains("rtt") || (mode == "futex" && run.contains("sleep")) {
+            let r = try ringRoundTrips(exe: exe, mode: mode, childCPU: childCPU)
+            results += summary("\(name)_rtt", r.rtt) + r.sleeps.summary(name)
+            log(describe(label, r.rtt) + r.sleeps.describe)
+            if let oneWay = r.oneWay {
+                results += summary("\(name)_oneway", oneWay)
+                log(describe("  one-way wake-up (echo's commit to our return from waitForData)", oneWay))
+            }
         }
         if run.contains("unpinned") {
             try CPUAffinity.set(cpus)
             let uds = try udsRoundTrips(exe: exe, childCPU: -1)
-            results += summary("uds_unpinned_rtt", uds)
-            log(describe("uds socketpair RTT (unpinned)", uds))
-            let h = try ringRoundTrips(exe: exe, mode: "futex", childCPU: -1)
-            results += summary("futex_sleep_unpinned_rtt", h)
-            log(describe("ring futex RTT (always sleep, unpinned)", h))
+            results += summary("uds_unpinned_rtt", uds.rtt) + uds.sleeps.summary("uds_unpinned")
+            log(describe("uds socketpair RTT (unpinned)", uds.rtt) + uds.sleeps.describe)
+            let r = try ringRoundTrips(exe: exe, mode: "futex", childCPU: -1)
+            results += summary("futex_sleep_unpinned_rtt", r.rtt) + r.sleeps.summary("futex_sleep_unpinned")
+            log(describe("ring futex RTT (always sleep, unpinned)", r.rtt) + r.sleeps.describe)
+            if let oneWay = r.oneWay {
+                results += summary("futex_sleep_unpinned_oneway", oneWay)
+                log(describe("  one-way wake-up (unpinned)", oneWay))
+            }
             if pin { try CPUAffinity.set([cpus[0]]) }
         }
 
@@ -95,7 +104,7 @@ struct RingBench: ParsableCommand {
 
     // MARK: Unix socketpair ping-pong baseline
 
-    func udsRoundTrips(exe: String, childCPU: Int) throws -> Histogram<UInt64> {
+    func udsRoundTrips(exe: String, childCPU: Int) throws -> (rtt: Histogram<UInt64>, sleeps: SleepCount) {
         let size = self.size, messages = self.messages
         let pair = try SocketPair()
         var child = try ChildProcess.spawn(
@@ -107,6 +116,7 @@ struct RingBench: ParsableCommand {
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 7)
         let warmup = min(10_000, messages / 10)
+        var sleeps = SleepCount.start(roundTrips: warmup + messages)
         for i in 0..<(warmup + messages) {
             buffer.storeBytes(of: UInt64(i), as: UInt64.self)
             let t0 = sy_monotonic_ns()
@@ -115,9 +125,11 @@ struct RingBench: ParsableCommand {
             let t1 = sy_monotonic_ns()
             if i >= warmup { _ = h.record(t1 - t0) }
         }
+        sleeps.stopSelf()
         _ = shutdown(socket.rawValue, Int32(SHUT_WR))  // EOF for the echo child
         _ = try child.wait()
-        return h
+        sleeps.stopChild()
+        return (h, sleeps)
     }
 
     // MARK: Ring ping-pong
@@ -136,31 +148,50 @@ struct RingBench: ParsableCommand {
         return RingPeerProcess(child: child, channel: channel)
     }
 
-    func ringRoundTrips(exe: String, mode: String, childCPU: Int) throws -> Histogram<UInt64> {
+    /// Round trips through two rings. In the always-sleep mode ("futex") with payloads of at least 16
+    /// bytes, the echo also stamps its send time into bytes 8..<16, which gives the one-way wake-up latency
+    /// (the echo's clock read just before its commit + FUTEX_WAKE, to ours just after waitForData returns;
+    /// CLOCK_MONOTONIC is one clock for all CPUs): the number to compare with a plain-C futex wait/wake
+    /// figure, where an RTT holds two such wake-ups.
+    func ringRoundTrips(exe: String, mode: String, childCPU: Int) throws
+        -> (rtt: Histogram<UInt64>, oneWay: Histogram<UInt64>?, sleeps: SleepCount) {
         let size = self.size, messages = self.messages
         let warmup = min(10_000, messages / 10)
+        let stamped = mode == "futex" && size >= 16
         var peer = try spawnRingPeer(exe: exe, role: "echo", mode: mode, childCPU: childCPU, count: warmup + messages)
         let channel = peer.channel
         // Hold the endpoints in locals: reading them through the channel in the loop retains/releases.
         let tx = channel.tx, rx = channel.rx
         var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var oneWay = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var sleeps = SleepCount.start(roundTrips: warmup + messages)
         for i in 0..<(warmup + messages) {
             let t0 = sy_monotonic_ns()
             let out = try tx.reserve(type: 1, length: size)
             out.storeBytes(of: UInt64(i), as: UInt64.self)
             tx.commit()
             var echoed: UInt64 = .max
+            var sentAt: UInt64 = 0, wokeAt: UInt64 = 0
             while echoed == .max {
                 try rx.waitForData()
-                try rx.drain { _, payload in echoed = payload.load(as: UInt64.self) }
+                if stamped { wokeAt = sy_monotonic_ns() }
+                try rx.drain { _, payload in
+                    echoed = payload.load(as: UInt64.self)
+                    if stamped { sentAt = payload.load(fromByteOffset: 8, as: UInt64.self) }
+                }
             }
             let t1 = sy_monotonic_ns()
             guard echoed == UInt64(i) else { throw ValidationError("echo out of order: \(echoed) != \(i)") }
-            if i >= warmup { _ = h.record(t1 - t0) }
+            if i >= warmup {
+                _ = h.record(t1 - t0)
+                if stamped, wokeAt >= sentAt { _ = oneWay.record(wokeAt - sentAt) }
+            }
         }
+        sleeps.stopSelf()
         channel.close()
         _ = try peer.child.wait()
-        return h
+        sleeps.stopChild()
+        return (h, stamped ? oneWay : nil, sleeps)
     }
 
     // MARK: Single-thread cost (no cross-core traffic): the floor for the two-process numbers
@@ -258,16 +289,21 @@ struct RingBenchPeer: ParsableCommand {
                                       peer: .parent(expected: parent), policy: benchPolicy(policy))
         let rx = channel.rx, tx = channel.tx
         if mode == "echo" {
+            // Always-sleep mode: stamp the send time into bytes 8..<16 of the last reply (see ringRoundTrips).
+            let stamped = policy == "futex" && size >= 16
             var done = 0
             while done < count {
                 try rx.waitForData()
+                var last: UnsafeMutableRawBufferPointer?
                 try rx.drain { type, payload in
                     // Echo in place: copy the request payload into a reply record.
                     if let out = try? tx.reserve(type: type, length: payload.count), let src = payload.baseAddress {
                         out.baseAddress?.copyMemory(from: src, byteCount: payload.count)
+                        last = out
                     }
                     done += 1
                 }
+                if stamped, let last { last.storeBytes(of: sy_monotonic_ns(), toByteOffset: 8, as: UInt64.self) }
                 tx.commit()
             }
         } else {
@@ -289,6 +325,39 @@ struct RingBenchPeer: ParsableCommand {
         // Wait for the parent to close (or die) so our last records are read before we exit.
         do { try rx.waitForData(timeoutNanoseconds: 10_000_000_000) } catch {}
     }
+}
+
+/// Voluntary context switches (getrusage ru_nvcsw) per round trip, of this process and of the peer: how
+/// often each side really went to sleep (a FUTEX_WAIT or socket read that blocked). About 1 on both sides
+/// means every round trip paid two sleeping wake-ups; about 0 means the mode spun.
+struct SleepCount {
+    let roundTrips: Int
+    var selfStart: Int, childStart: Int
+    var selfPerRTT = 0.0, childPerRTT = 0.0
+
+    static func start(roundTrips: Int) -> SleepCount {
+        SleepCount(roundTrips: max(1, roundTrips), selfStart: voluntarySwitches(RUSAGE_SELF.rawValue),
+                   childStart: voluntarySwitches(RUSAGE_CHILDREN.rawValue))
+    }
+    /// After the last round trip.
+    mutating func stopSelf() {
+        selfPerRTT = Double(voluntarySwitches(RUSAGE_SELF.rawValue) - selfStart) / Double(roundTrips)
+    }
+    /// After the peer was reaped (RUSAGE_CHILDREN counts reaped children only; includes its start-up).
+    mutating func stopChild() {
+        childPerRTT = Double(voluntarySwitches(RUSAGE_CHILDREN.rawValue) - childStart) / Double(roundTrips)
+    }
+    func summary(_ prefix: String) -> [(String, Double)] {
+        [("\(prefix)_self_sleeps_per_rtt", (selfPerRTT * 1000).rounded() / 1000),
+         ("\(prefix)_peer_sleeps_per_rtt", (childPerRTT * 1000).rounded() / 1000)]
+    }
+    var describe: String { "; sleeps per RTT: ours \(fmt(selfPerRTT)), peer \(fmt(childPerRTT))" }
+}
+
+func voluntarySwitches(_ who: Int32) -> Int {
+    var usage = rusage()
+    guard getrusage(who, &usage) == 0 else { return 0 }
+    return usage.ru_nvcsw
 }
 
 func summary(_ prefix: String, _ h: Histogram<UInt64>) -> [(String, Double)] {
