@@ -103,34 +103,28 @@ public final class Router {
         self.balanceFactor = balanceFactor
         self.cFixed = UInt64((balanceFactor * 65536).rounded())
         self.maxTargets = maxTargets
-        seed = .allocate(capacity: maxTargets)
-        seed.initialize(repeating: 0, count: maxTargets)
-        seed2 = .allocate(capacity: maxTargets)
-        seed2.initialize(repeating: 0, count: maxTargets)
-        weight = .allocate(capacity: maxTargets)
-        weight.initialize(repeating: 0, count: maxTargets)
-        weightF = .allocate(capacity: maxTargets)
-        weightF.initialize(repeating: 0, count: maxTargets)
-        capacity = .allocate(capacity: maxTargets)
-        capacity.initialize(repeating: 0, count: maxTargets)
-        limit = .allocate(capacity: maxTargets)
-        limit.initialize(repeating: 0, count: maxTargets)
-        inFlightCount = .allocate(capacity: maxTargets)
-        inFlightCount.initialize(repeating: 0, count: maxTargets)
-        state = .allocate(capacity: maxTargets)
-        state.initialize(repeating: Router.vacant, count: maxTargets)
-        generation = .allocate(capacity: maxTargets)
-        generation.initialize(repeating: 0, count: maxTargets)
-        hotSeed = .allocate(capacity: maxTargets)
-        hotSeed.initialize(repeating: 0, count: maxTargets)
-        hotSeed2 = .allocate(capacity: maxTargets)
-        hotSeed2.initialize(repeating: 0, count: maxTargets)
-        hotSlot = .allocate(capacity: maxTargets)
-        hotSlot.initialize(repeating: 0, count: maxTargets)
-        swrrCurrent = .allocate(capacity: maxTargets)
-        swrrCurrent.initialize(repeating: 0, count: maxTargets)
+        seed = Self.filled(0, count: maxTargets)
+        seed2 = Self.filled(0, count: maxTargets)
+        weight = Self.filled(0, count: maxTargets)
+        weightF = Self.filled(0, count: maxTargets)
+        capacity = Self.filled(0, count: maxTargets)
+        limit = Self.filled(0, count: maxTargets)
+        inFlightCount = Self.filled(0, count: maxTargets)
+        state = Self.filled(Router.vacant, count: maxTargets)
+        generation = Self.filled(0, count: maxTargets)
+        hotSeed = Self.filled(0, count: maxTargets)
+        hotSeed2 = Self.filled(0, count: maxTargets)
+        hotSlot = Self.filled(0, count: maxTargets)
+        swrrCurrent = Self.filled(0, count: maxTargets)
         ids = []
         for t in targets { _ = try addTarget(t) }
+    }
+
+    /// A buffer of `count` elements, each `value` (freed in deinit).
+    private static func filled<T>(_ value: T, count: Int) -> UnsafeMutablePointer<T> {
+        let p = UnsafeMutablePointer<T>.allocate(capacity: count)
+        p.initialize(repeating: value, count: count)
+        return p
     }
 
     deinit {
