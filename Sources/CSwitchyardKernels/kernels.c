@@ -456,10 +456,109 @@ AVX512 static void gemm_avx512(const syk_wmat *w, const syk_act *a, int ntok, fl
         }
     }
 }
+
+// ---- llama.cpp summation order ----
+// llama.cpp's x86 dot products (ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0) keep 8 float lanes per output:
+// lane L (0..7) holds the integer dot of elements 4L..4L+3 of each 32-block, and is accumulated over
+// blocks as acc_L = fma(d_w*d_a, (float)isum_L, acc_L). At the end the lanes are summed pairwise
+// ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), and for Q4_1 the block offsets Σ fma(m_w, s_a, ·) (a separate
+// scalar chain) are added last. Our repacked chunks already yield one dpbusd result per lane L with the
+// 16 rows in the vector lanes, so the same float order costs 8 conversions and 8 FMAs per block.
+AVX512 static inline __attribute__((always_inline)) __m512 lanes_hsum(const __m512 *l) {
+    __m512 r0 = _mm512_add_ps(l[4], l[0]), r1 = _mm512_add_ps(l[5], l[1]);
+    __m512 r2 = _mm512_add_ps(l[6], l[2]), r3 = _mm512_add_ps(l[7], l[3]);
+    return _mm512_add_ps(_mm512_add_ps(r0, r2), _mm512_add_ps(r1, r3));
+}
+
+AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+                                                                         float *out, int ldo, int accumulate) {
+    const int K = a->K;
+    __m512 lacc[2][8], macc[2];
+    for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
+        for (int pf = 0; pf < SYK_R16_Q4_1_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_PF_DIST + pf), _MM_HINT_T0);
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+        __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32)));
+        __m512i w[8];
+        for (int j = 0; j < 4; j++) {
+            __m512i v = _mm512_loadu_si512(c + 64 + 64 * j);
+            w[2 * j] = _mm512_and_si512(v, m4);                              // elements 8j..8j+3   (lane 2j)
+            w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);   // elements 8j+4..8j+7 (lane 2j+1)
+        }
+        for (int t = 0; t < NT; t++) {
+            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
+            size_t o = (size_t)(t0 + t) * nb + b;
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+            for (int L = 0; L < 8; L++) {
+                __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[L], bcast4(aq + 4 * L));
+                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), lacc[t][L]);
+            }
+            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = out + (size_t)(t0 + t) * ldo;
+        __m512 r = _mm512_add_ps(lanes_hsum(lacc[t]), macc[t]);
+        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, r);
+    }
+}
+
+AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+                                                                         float *out, int ldo, int accumulate) {
+    const int K = a->K;
+    __m512 lacc[2][8];
+    for (int t = 0; t < NT; t++) for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
+        for (int pf = 0; pf < SYK_R16_Q8_0_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_PF_DIST + pf), _MM_HINT_T0);
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+        for (int t = 0; t < NT; t++) {
+            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
+            size_t o = (size_t)(t0 + t) * nb + b;
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+            for (int L = 0; L < 8; L++) {
+                // weights are stored +128: start from -128 * (sum of the 4 activations) to remove the bias.
+                int s4 = aq[4 * L] + aq[4 * L + 1] + aq[4 * L + 2] + aq[4 * L + 3];
+                __m512i isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(-128 * s4), _mm512_loadu_si512(c + 32 + 64 * L), bcast4(aq + 4 * L));
+                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), lacc[t][L]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = out + (size_t)(t0 + t) * ldo;
+        __m512 r = lanes_hsum(lacc[t]);
+        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, r);
+    }
+}
+
+static int g_lanes = -1;   // experiment switch: SYK_GEMM_ORDER=fast selects the old tiles
+
+AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int nb = w->K / 32;
+    int q41 = w->type == SYK_W_R16_Q4_1;
+    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = w->data + (size_t)g * nb * chunk;
+        float *o = out + 16 * g;
+        int t = 0;
+        for (; t + 2 <= ntok; t += 2) {
+            if (q41) tile_q4_1_lanes(wg, nb, a, t, 2, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, 2, o, ldo, accumulate);
+        }
+        if (t < ntok) {
+            if (q41) tile_q4_1_lanes(wg, nb, a, t, 1, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, 1, o, ldo, accumulate);
+        }
+    }
+}
 #endif
 
 void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
 #if SYK_X86
+    if (g_lanes < 0) { const char *e = getenv("SYK_GEMM_ORDER"); g_lanes = !(e && strcmp(e, "fast") == 0); }
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && g_lanes) { gemm_avx512_lanes(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
     if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
 #endif
     gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
@@ -471,20 +570,40 @@ void syk_store_f16(const float *x, uint16_t *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
 }
 
-// Attention with llama.cpp's CPU flash-attention numerics (its default): q rounded to fp16, scores
-// s_j = (q16 · k_j) * scale, online softmax over positions in order (running max M, sum S), and the V
-// accumulator kept in fp16 — rounded after every update, rescaled by e^(Mold-M) when the max grows.
-// Matching these roundings keeps greedy decoding on llama.cpp's path (fidelity tests).
+// Attention with llama.cpp's CPU flash-attention numerics (its default; the per-row "one_chunk" kernel
+// it runs for decode and for prompts shorter than 64 tokens):
+// - q rounded to fp16; score s_j = (q16 · k_j) * scale, the dot summed in llama.cpp's order: the hd
+//   products (exact in fp32) are taken as 16-wide vectors, chunk c accumulated into partial P[c % 4],
+//   combined (P0+P2) + (P1+P3), then reduced across lanes as a 256/128/64/32-bit halving tree;
+// - online softmax over positions in order (running max M, sum S; e^x from libm);
+// - the V accumulator kept in fp16: acc = fp16(fma(v_j, p, acc)), rescaled as fp16(acc * e^(Mold-M)) when
+//   the max grows; the output is acc * (1/S).
+static float reduce_tree_scalar(const float *x /* [16] */) {
+    float t3[8], t6[4];
+    for (int i = 0; i < 8; i++) t3[i] = x[i + 8] + x[i];
+    for (int i = 0; i < 4; i++) t6[i] = t3[i + 4] + t3[i];
+    return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+
 static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                           float scale, float *scores, float *out) {
     (void)scores;
     float q16[256], acc[256];
     for (int i = 0; i < hd; i++) { q16[i] = fp16_round(q[i]); acc[i] = 0; }
+    int tree = hd % 64 == 0;   // llama.cpp's vector order applies to hd = 64·m; other sizes sum in order
     float M = -INFINITY, S = 0;
     for (int j = 0; j < npos; j++) {
         const uint16_t *kj = k + (size_t)j * stride, *vj = v + (size_t)j * stride;
         float dot = 0;
-        for (int i = 0; i < hd; i++) dot += q16[i] * syk_fp16_to_fp32(kj[i]);
+        if (tree) {
+            float p[4][16] = {{0}}, x[16];
+            for (int c = 0; c < hd / 16; c++)
+                for (int i = 0; i < 16; i++) p[c % 4][i] = fmaf(q16[16 * c + i], syk_fp16_to_fp32(kj[16 * c + i]), p[c % 4][i]);
+            for (int i = 0; i < 16; i++) x[i] = (p[0][i] + p[2][i]) + (p[1][i] + p[3][i]);
+            dot = reduce_tree_scalar(x);
+        } else {
+            for (int i = 0; i < hd; i++) dot += q16[i] * syk_fp16_to_fp32(kj[i]);
+        }
         float sj = dot * scale, ms = 1, vs = 1;
         if (sj > M) {
             float Mold = M;
@@ -502,38 +621,31 @@ static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, 
 }
 
 #if SYK_X86
-// e^x for x <= 0 (softmax after max subtraction): 2^(x log2 e) with a degree-6 polynomial on [-0.5, 0.5].
-AVX512 static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(1.5403530e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);
-}
-
 AVX512 static inline __m512 round16(__m512 x) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
+// Lane reduction in the halving order of GCC's _mm512_reduce_add_ps (llama.cpp is built with GCC).
+AVX512 static inline float reduce_tree(__m512 x) {
+    __m256 t3 = _mm256_add_ps(_mm512_extractf32x8_ps(x, 1), _mm512_castps512_ps256(x));
+    __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    __m128 t8 = _mm_add_ps(t6, _mm_permute_ps(t6, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)));
+}
+
 AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                                  float scale, float *scores, float *out) {
-    int nc = hd / 16;   // hd % 16 == 0 checked by the caller; nc <= 16
+    int nc = hd / 16;   // hd % 64 == 0 checked by the caller; 4 <= nc <= 16
     __m512 qv[16], acc[16];
     for (int c = 0; c < nc; c++) { qv[c] = round16(_mm512_loadu_ps(q + 16 * c)); acc[c] = _mm512_setzero_ps(); }
-    // Pass 1: scores (vectorized dot products).
+    // Pass 1: scores.
     for (int j = 0; j < npos; j++) {
         const uint16_t *kj = k + (size_t)j * stride;
-        __m512 s = _mm512_mul_ps(qv[0], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)kj)));
-        for (int c = 1; c < nc; c++)
-            s = _mm512_fmadd_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), s);
-        scores[j] = _mm512_reduce_add_ps(s) * scale;
+        __m512 p[4];
+        for (int c = 0; c < 4; c++) p[c] = _mm512_mul_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))));
+        for (int c = 4; c < nc; c++)
+            p[c % 4] = _mm512_fmadd_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), p[c % 4]);
+        scores[j] = reduce_tree(_mm512_add_ps(_mm512_add_ps(p[0], p[2]), _mm512_add_ps(p[1], p[3]))) * scale;
     }
     // Pass 2: the online-softmax recurrence of attend_scalar, fp16 accumulator.
     float M = -INFINITY, S = 0;
@@ -562,7 +674,7 @@ AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16
 void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                 float scale, float *scores, float *out) {
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && hd % 16 == 0 && hd <= 256) {
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && hd % 64 == 0 && hd <= 256) {
         attend_avx512(q, k, v, stride, npos, hd, scale, scores, out);
         return;
     }
@@ -570,9 +682,44 @@ void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride
     attend_scalar(q, k, v, stride, npos, hd, scale, scores, out);
 }
 
-void syk_swiglu(const float *g, const float *u, float *h, int n) {
-    for (int i = 0; i < n; i++) h[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+// SiLU as llama.cpp evaluates it on x86 (ggml_v_silu): x / (1 + e^-x), with e^x computed like the
+// vectorized expf of ARM's optimized-routines that it uses (round-to-integer by the 1.5·2^23 trick, a
+// two-constant range reduction, a degree-5 polynomial, scaling by 2^n; max error ~1.5 ulp). Being
+// bit-identical matters: the product is re-quantized to 8 bits, and a 1-ulp change there flips roundings
+// that the following layers amplify. This scalar version does the same operations, fused where the vector
+// code fuses.
+static inline float expf_ggml_scalar(float x) {
+    const float r = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, r);
+    float n = z - r;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                   fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192) return n <= 0 ? 0.0f : INFINITY;
+    return scalbnf(j, (int)n);
 }
+
+void syk_swiglu(const float *g, const float *u, float *h, int n) {
+    for (int i = 0; i < n; i++) h[i] = g[i] / (1.f + expf_ggml_scalar(0.f - g[i])) * u[i];
+}
+
+// RoPE in llama.cpp's NORM layout (adjacent pairs): rotates `nheads` heads of hd floats in place with
+// tables of hd/2 cos/sin values, rounded like llama.cpp's x86 build (GCC contracts its
+// x0*cos - x1*sin, x0*sin + x1*cos): out0 = fma(x0, cos, -(x1*sin)), out1 = fma(x0, sin, x1*cos), the
+// unfused product rounded first (checked element by element against its ROPE output).
+void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn) {
+    for (int h = 0; h < nheads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            float bs = b * sn[i], bc = b * cs[i];
+            v[2 * i] = fmaf(a, cs[i], -bs);
+            v[2 * i + 1] = fmaf(a, sn[i], bc);
+        }
+    }
+}
+
 
 // ============================================================================ thread pool
 //
@@ -714,15 +861,34 @@ void syk_quant_run(void *task, int ith, int nth) {
 }
 
 #if SYK_X86
+// Vector form of expf_ggml_scalar / syk_swiglu (same operations lane by lane).
+AVX512 static inline __m512 expf_ggml512(__m512 x) {
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    __m512 n = _mm512_sub_ps(z, r);
+    __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    __m512 u = _mm512_mul_ps(b, b);
+    __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    __m512 res = _mm512_scalef_ps(j, n);
+    if (!big) return res;
+    __m512 alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_set1_ps(INFINITY),
+                                      _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(big, res, alt);
+}
+
 AVX512 static void swiglu_avx512(const float *g, const float *u, float *h, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 gv = _mm512_loadu_ps(g + i);
-        __m512 e = exp512(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv), _mm512_set1_ps(88.f)));
+        __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
         __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e));
         _mm512_storeu_ps(h + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
     }
-    for (; i < n; i++) h[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+    syk_swiglu(g + i, u + i, h + i, n - i);
 }
 #endif
 

@@ -120,6 +120,10 @@ public final class Engine: @unchecked Sendable {
     private var xl: UnsafeMutablePointer<Float>       // [logitCapacity][dim] rows that need logits
 
     /// Bytes of KV cache per token of context (all layers, K and V, fp16).
+    /// Test-only hook (nil in production): sees intermediate activations inside a forward pass, named like
+    /// llama.cpp's graph tensors (for layer-by-layer comparison with its eval callback). Rows are tokens.
+    var debugTap: ((_ name: String, _ layer: Int, _ data: UnsafePointer<Float>, _ rows: Int, _ cols: Int, _ ld: Int) -> Void)?
+
     public var kvBytesPerToken: Int { config.nLayer * 2 * config.kvDim * MemoryLayout<UInt16>.size }
 
     /// - threads: compute threads including the caller. spin: iterations a pool thread spins before sleeping.
@@ -296,23 +300,22 @@ public final class Engine: @unchecked Sendable {
             }
         }
 
+        let tap = debugTap
+        tap?("embd", -1, x, n, dim, dim)
         for (l, lw) in model.layers.enumerated() {
             // attention: x -> rmsnorm -> q8 -> [q|k|v]
             quantize(x, ld: dim, norm: lw.attnNorm.baseAddress, K: dim, n: n)
             gemm(lw.qkv, n: n, out: qkv, ldo: qkvLd, accumulate: false)
+            if let tap {
+                tap("Qcur", l, qkv, n, dim, qkvLd); tap("Kcur", l, qkv + dim, n, kvDim, qkvLd)
+                tap("Vcur", l, qkv + dim + kvDim, n, kvDim, qkvLd)
+            }
 
             // RoPE (adjacent pairs, llama.cpp NORM) on q and k; store k, v into the cache as fp16.
             for t in 0..<n {
                 let row = qkv + t * qkvLd
-                let cs = ropeCos + t * half, sn = ropeSin + t * half
-                for h in 0..<(c.nHead + c.nKVHead) {   // q heads then k heads (k follows q in the row)
-                    let v = row + h * hd
-                    for i in 0..<half {
-                        let a = v[2 * i], b = v[2 * i + 1]
-                        v[2 * i] = a * cs[i] - b * sn[i]
-                        v[2 * i + 1] = a * sn[i] + b * cs[i]
-                    }
-                }
+                // q heads then k heads (k follows q in the row)
+                syk_rope_norm(row, Int32(c.nHead + c.nKVHead), Int32(hd), ropeCos + t * half, ropeSin + t * half)
                 let s = tokSeq[t].takeUnretainedValue()
                 let pos = tokPos[t]
                 syk_store_f16(row + dim, s.k(l) + pos * kvDim, Int32(kvDim))
@@ -320,14 +323,17 @@ public final class Engine: @unchecked Sendable {
                 attnToks[t] = syk_attn_tok(q: UnsafePointer(row), k: UnsafePointer(s.k(l)), v: UnsafePointer(s.v(l)),
                                            out: att + t * dim, npos: Int32(pos + 1))
             }
+            if let tap { tap("Qrope", l, qkv, n, dim, qkvLd); tap("Krope", l, qkv + dim, n, kvDim, qkvLd) }
             var at = syk_attn_task(toks: attnToks, ntok: Int32(n), nhead: Int32(c.nHead), nkv: Int32(c.nKVHead),
                                    hd: Int32(hd), scale: 1 / sqrtf(Float(hd)), scratch: scores,
                                    scratch_per_thread: Int32(c.contextLength))
             withUnsafeMutablePointer(to: &at) { syk_pool_run(pool, syk_attn_run, $0) }
 
+            tap?("kqv_out", l, att, n, dim, dim)
             // x += wo · att
             quantize(att, ld: dim, norm: nil, K: dim, n: n)
             gemm(lw.wo, n: n, out: x, ldo: dim, accumulate: true)
+            tap?("ffn_inp", l, x, n, dim, dim)
 
             // ffn: x -> rmsnorm -> [gate|up] -> silu(gate)*up -> down, added to x
             quantize(x, ld: dim, norm: lw.ffnNorm.baseAddress, K: dim, n: n)
@@ -335,7 +341,12 @@ public final class Engine: @unchecked Sendable {
             act.pointee.K = Int32(c.ffnDim)
             var st = syk_swiglu_task(gu: gu, h: hbuf, ff: Int32(c.ffnDim), act: act, ntok: Int32(n))
             withUnsafeMutablePointer(to: &st) { syk_pool_run(pool, syk_swiglu_run, $0) }
+            if let tap {
+                tap("ffn_gate", l, gu, n, c.ffnDim, 2 * c.ffnDim); tap("ffn_up", l, gu + c.ffnDim, n, c.ffnDim, 2 * c.ffnDim)
+                tap("ffn_swiglu", l, hbuf, n, c.ffnDim, c.ffnDim)
+            }
             gemm(lw.down, n: n, out: x, ldo: dim, accumulate: true)
+            tap?("l_out", l, x, n, dim, dim)
         }
 
         // Logits for the tokens that want them: final norm + output head.
@@ -350,6 +361,7 @@ public final class Engine: @unchecked Sendable {
         // Rows wanted by one chunk are consecutive (assigned in token order).
         quantize(xl, ld: dim, norm: model.outputNorm.baseAddress, K: dim, n: m)
         gemm(model.output, n: m, out: logitBuf + firstRow * c.vocabSize, ldo: c.vocabSize, accumulate: false)
+        tap?("result_output", -1, logitBuf + firstRow * c.vocabSize, m, c.vocabSize, c.vocabSize)
     }
 
     private func quantize(_ src: UnsafeMutablePointer<Float>, ld: Int, norm: UnsafePointer<Float>?, K: Int, n: Int) {

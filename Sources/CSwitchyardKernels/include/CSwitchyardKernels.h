@@ -87,8 +87,10 @@ void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride
 void syk_store_f16(const float *x, uint16_t *dst, int n);
 
 // ---- misc elementwise ----
-/// h[i] = silu(g[i]) * u[i]
+/// h[i] = silu(g[i]) * u[i], rounded exactly like llama.cpp's x86 SwiGLU.
 void syk_swiglu(const float *g, const float *u, float *h, int n);
+/// RoPE (llama.cpp NORM layout: adjacent pairs) on `nheads` heads of hd floats in place; cs/sn: hd/2 values.
+void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn);
 
 // ---- thread pool ----
 typedef struct syk_pool syk_pool;
