@@ -181,6 +181,7 @@ static void quantize_block_scalar(const float *y, const syk_act *a, int t, int b
     a->d[o] = fp16_round(d);
     a->isum[o] = sum;
     a->s[o] = fp16_round(d * (float)sum);
+    for (int L = 0; L < 8; L++) a->bias4[o * 8 + L] = SYK_LANE_MAGIC - 128 * (q[4 * L] + q[4 * L + 1] + q[4 * L + 2] + q[4 * L + 3]);
 }
 
 static void quantize_act_scalar(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
@@ -230,6 +231,10 @@ AVX512 static void quantize_act_avx512(const float *x, const float *norm, float 
         _mm_storeu_si128((__m128i *)(qrow + 32 * b + 16), _mm512_cvtsepi32_epi8(q1));
         int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         size_t o = (size_t)t * nb + b;
+        // bias4: SYK_LANE_MAGIC - 128 * (sum of each 4 consecutive quants); the sums are dpbusd(ones, q).
+        __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)(qrow + 32 * b)));
+        _mm256_storeu_si256((__m256i *)(a->bias4 + o * 8),
+                            _mm256_sub_epi32(_mm256_set1_epi32(SYK_LANE_MAGIC), _mm256_slli_epi32(s4, 7)));
         a->d[o] = _cvtsh_ss(_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT));
         a->isum[o] = sum;
         a->s[o] = _cvtsh_ss(_cvtss_sh(d * (float)sum, _MM_FROUND_TO_NEAREST_INT));
@@ -339,6 +344,41 @@ static void gemm_scalar(const syk_wmat *w, const syk_act *a, int ntok, float *ou
             }
             float *o = out + (size_t)t * ldo + 16 * g;
             for (int r = 0; r < 16; r++) o[r] = accumulate ? o[r] + acc[r] : acc[r];
+        }
+    }
+}
+
+// llama.cpp's summation order (see "llama.cpp summation order" below), one output at a time.
+static void gemm_scalar_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int K = w->K, nb = K / 32;
+    int q41 = w->type == SYK_W_R16_Q4_1;
+    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = w->data + (size_t)g * nb * chunk;
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *aq = a->qs + (size_t)t * K;
+            float *o = out + (size_t)t * ldo + 16 * g;
+            for (int r = 0; r < 16; r++) {
+                float lane[8] = {0}, msum = 0;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *c = wg + (size_t)b * chunk;
+                    size_t ab = (size_t)t * nb + b;
+                    float dd = syk_fp16_to_fp32(rd16(c + 2 * r)) * a->d[ab];
+                    for (int L = 0; L < 8; L++) {   // lane L: elements 4L..4L+3 of the block
+                        int sumi = 0;
+                        for (int i = 0; i < 4; i++) {
+                            int e = 4 * L + i, q;
+                            if (q41) { uint8_t byte = c[64 + (e / 8) * 64 + r * 4 + e % 4]; q = (e % 8) < 4 ? byte & 0xf : byte >> 4; }
+                            else q = (int)c[32 + L * 64 + r * 4 + i] - 128;
+                            sumi += q * aq[32 * b + e];
+                        }
+                        lane[L] = fmaf(dd, (float)sumi, lane[L]);
+                    }
+                    if (q41) msum = fmaf(syk_fp16_to_fp32(rd16(c + 32 + 2 * r)), a->s[ab], msum);
+                }
+                float v = (((lane[4] + lane[0]) + (lane[6] + lane[2])) + ((lane[5] + lane[1]) + (lane[7] + lane[3]))) + msum;
+                o[r] = accumulate ? o[r] + v : v;
+            }
         }
     }
 }
@@ -464,6 +504,9 @@ AVX512 static void gemm_avx512(const syk_wmat *w, const syk_act *a, int ntok, fl
 // ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), and for Q4_1 the block offsets Σ fma(m_w, s_a, ·) (a separate
 // scalar chain) are added last. Our repacked chunks already yield one dpbusd result per lane L with the
 // 16 rows in the vector lanes, so the same float order costs 8 conversions and 8 FMAs per block.
+// The int->float conversion is done without vcvtdq2ps (which competes with vpdpbusd for port 0): each
+// dpbusd starts from the bits of 1.5*2^23 (SYK_LANE_MAGIC), so its int32 result x + 0x4B400000 is the
+// float 1.5*2^23 + x, and subtracting 1.5*2^23 gives x exactly (|x| < 2^22; lane sums are < 2^16).
 AVX512 static inline __attribute__((always_inline)) __m512 lanes_hsum(const __m512 *l) {
     __m512 r0 = _mm512_add_ps(l[4], l[0]), r1 = _mm512_add_ps(l[5], l[1]);
     __m512 r2 = _mm512_add_ps(l[6], l[2]), r3 = _mm512_add_ps(l[7], l[3]);
@@ -476,6 +519,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const u
     __m512 lacc[2][8], macc[2];
     for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
     const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i magic = _mm512_set1_epi32(SYK_LANE_MAGIC);
+    const __m512 fmagic = _mm512_set1_ps(12582912.0f);
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
         for (int pf = 0; pf < SYK_R16_Q4_1_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_PF_DIST + pf), _MM_HINT_T0);
@@ -492,8 +537,43 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const u
             size_t o = (size_t)(t0 + t) * nb + b;
             __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
             for (int L = 0; L < 8; L++) {
-                __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[L], bcast4(aq + 4 * L));
-                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), lacc[t][L]);
+                __m512i isum = _mm512_dpbusd_epi32(magic, w[L], bcast4(aq + 4 * L));
+                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
+            }
+            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float *o = out + (size_t)(t0 + t) * ldo;
+        __m512 r = _mm512_add_ps(lanes_hsum(lacc[t]), macc[t]);
+        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
+        _mm512_storeu_ps(o, r);
+    }
+}
+
+// Multi-token variant: the group's nibbles are unpacked once into `wu` (8 x 64 bytes per block, lane L of
+// block b at wu + 512*b + 64*L) and re-read from L1 for every pair of tokens, which keeps the 16 lane
+// accumulators of two tokens in registers.
+#define SYK_LANES_MAX_NB 64   // blocks per row the unpacked buffer holds (K <= 2048)
+AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes_pre(const uint8_t *wg, const uint8_t *wu, int nb, const syk_act *a,
+                                                                             int t0, const int NT, float *out, int ldo, int accumulate) {
+    const int K = a->K;
+    __m512 lacc[2][8], macc[2];
+    for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
+    const __m512i magic = _mm512_set1_epi32(SYK_LANE_MAGIC);
+    const __m512 fmagic = _mm512_set1_ps(12582912.0f);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
+        const uint8_t *u = wu + (size_t)b * 512;
+        __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
+        __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32)));
+        for (int t = 0; t < NT; t++) {
+            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
+            size_t o = (size_t)(t0 + t) * nb + b;
+            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+            for (int L = 0; L < 8; L++) {
+                __m512i isum = _mm512_dpbusd_epi32(magic, _mm512_load_si512(u + 64 * L), bcast4(aq + 4 * L));
+                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
             }
             macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc[t]);
         }
@@ -511,6 +591,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const u
     const int K = a->K;
     __m512 lacc[2][8];
     for (int t = 0; t < NT; t++) for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps();
+    const __m512 fmagic = _mm512_set1_ps(12582912.0f);
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
         for (int pf = 0; pf < SYK_R16_Q8_0_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_PF_DIST + pf), _MM_HINT_T0);
@@ -519,11 +600,11 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const u
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             size_t o = (size_t)(t0 + t) * nb + b;
             __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+            const int32_t *bias = a->bias4 + ((size_t)(t0 + t) * nb + b) * 8;
             for (int L = 0; L < 8; L++) {
                 // weights are stored +128: start from -128 * (sum of the 4 activations) to remove the bias.
-                int s4 = aq[4 * L] + aq[4 * L + 1] + aq[4 * L + 2] + aq[4 * L + 3];
-                __m512i isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(-128 * s4), _mm512_loadu_si512(c + 32 + 64 * L), bcast4(aq + 4 * L));
-                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), lacc[t][L]);
+                __m512i isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(bias[L]), _mm512_loadu_si512(c + 32 + 64 * L), bcast4(aq + 4 * L));
+                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
             }
         }
     }
@@ -535,18 +616,31 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const u
     }
 }
 
-static int g_lanes = -1;   // experiment switch: SYK_GEMM_ORDER=fast selects the old tiles
 
 AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
     int nb = w->K / 32;
     int q41 = w->type == SYK_W_R16_Q4_1;
     size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    _Alignas(64) uint8_t wu[SYK_LANES_MAX_NB * 512];   // unpacked Q4_1 nibbles of one group (multi-token case)
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
     for (int g = g0; g < g1; g++) {
         const uint8_t *wg = w->data + (size_t)g * nb * chunk;
         float *o = out + 16 * g;
         int t = 0;
+        if (q41 && ntok >= 2 && nb <= SYK_LANES_MAX_NB) {
+            for (int b = 0; b < nb; b++)
+                for (int j = 0; j < 4; j++) {
+                    __m512i v = _mm512_loadu_si512(wg + (size_t)b * chunk + 64 + 64 * j);
+                    _mm512_store_si512(wu + 512 * b + 128 * j, _mm512_and_si512(v, m4));
+                    _mm512_store_si512(wu + 512 * b + 128 * j + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                }
+            for (; t + 2 <= ntok; t += 2) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 2, o, ldo, accumulate);
+            if (t < ntok) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 1, o, ldo, accumulate);
+            continue;
+        }
         for (; t + 2 <= ntok; t += 2) {
-            if (q41) tile_q4_1_lanes(wg, nb, a, t, 2, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, 2, o, ldo, accumulate);
+            if (q41) tile_q4_1_lanes(wg, nb, a, t, 1, o, ldo, accumulate), tile_q4_1_lanes(wg, nb, a, t + 1, 1, o, ldo, accumulate);
+            else tile_q8_0_lanes(wg, nb, a, t, 2, o, ldo, accumulate);
         }
         if (t < ntok) {
             if (q41) tile_q4_1_lanes(wg, nb, a, t, 1, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, 1, o, ldo, accumulate);
@@ -555,13 +649,35 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
 }
 #endif
 
+// Summation order: SYK_SUM_LLAMA (default) or SYK_SUM_FAST; SWITCHYARD_SUM_ORDER=fast in the environment
+// selects the fast order at the first call unless syk_set_sum_order was called.
+static _Atomic int g_sum_order = -1;
+
+int syk_get_sum_order(void) {
+    int v = atomic_load_explicit(&g_sum_order, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("SWITCHYARD_SUM_ORDER");
+        v = e && strcmp(e, "fast") == 0 ? SYK_SUM_FAST : SYK_SUM_LLAMA;
+        atomic_store_explicit(&g_sum_order, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+void syk_set_sum_order(int order) {
+    atomic_store_explicit(&g_sum_order, order == SYK_SUM_FAST ? SYK_SUM_FAST : SYK_SUM_LLAMA, memory_order_relaxed);
+}
+
 void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int llama = syk_get_sum_order() == SYK_SUM_LLAMA;
 #if SYK_X86
-    if (g_lanes < 0) { const char *e = getenv("SYK_GEMM_ORDER"); g_lanes = !(e && strcmp(e, "fast") == 0); }
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && g_lanes) { gemm_avx512_lanes(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) {
+        if (llama) gemm_avx512_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
+        else gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1);
+        return;
+    }
 #endif
-    gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
+    if (llama) gemm_scalar_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
+    else gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
 }
 
 // ============================================================================ attention

@@ -106,6 +106,7 @@ public final class Engine: @unchecked Sendable {
     private let actD: UnsafeMutablePointer<Float>     // [T][maxK/32]
     private let actS: UnsafeMutablePointer<Float>     // [T][maxK/32]
     private let actSum: UnsafeMutablePointer<Int32>   // [T][maxK/32]
+    private let actBias4: UnsafeMutablePointer<Int32> // [T][maxK/4]
     private let act: UnsafeMutablePointer<syk_act>
     private let ropeCos: UnsafeMutablePointer<Float>  // [T][headDim/2]
     private let ropeSin: UnsafeMutablePointer<Float>  // [T][headDim/2]
@@ -147,8 +148,9 @@ public final class Engine: @unchecked Sendable {
         actD = .allocate(capacity: T * maxK / 32)
         actS = .allocate(capacity: T * maxK / 32)
         actSum = .allocate(capacity: T * maxK / 32)
+        actBias4 = .allocate(capacity: T * maxK / 4)
         act = .allocate(capacity: 1)
-        act.initialize(to: syk_act(qs: actQs, d: actD, s: actS, isum: actSum, K: Int32(c.dim)))
+        act.initialize(to: syk_act(qs: actQs, d: actD, s: actS, isum: actSum, bias4: actBias4, K: Int32(c.dim)))
         ropeCos = .allocate(capacity: T * c.headDim / 2)
         ropeSin = .allocate(capacity: T * c.headDim / 2)
         attnToks = .allocate(capacity: T)
@@ -164,7 +166,7 @@ public final class Engine: @unchecked Sendable {
     deinit {
         syk_pool_destroy(pool)
         for p in [x, qkv, att, gu, hbuf, actD, actS, ropeCos, ropeSin, scores, logitBuf, xl] as [UnsafeMutablePointer<Float>] { p.deallocate() }
-        actQs.deallocate(); actSum.deallocate(); act.deallocate(); attnToks.deallocate()
+        actQs.deallocate(); actSum.deallocate(); actBias4.deallocate(); act.deallocate(); attnToks.deallocate()
         tokPos.deallocate(); tokSeq.deallocate(); tokLogit.deallocate()
     }
 
@@ -174,7 +176,7 @@ public final class Engine: @unchecked Sendable {
     /// Private memory of this engine beyond KV caches (buffers above), in bytes.
     public var scratchBytes: Int {
         let c = config, T = maxBatchTokens, maxK = max(c.dim, c.ffnDim)
-        return 4 * T * (c.dim * 2 + c.dim + 2 * c.kvDim + 3 * c.ffnDim + c.headDim + 3 * maxK / 32)
+        return 4 * T * (c.dim * 2 + c.dim + 2 * c.kvDim + 3 * c.ffnDim + c.headDim + 3 * maxK / 32 + maxK / 4)
             + T * maxK + 4 * threads * c.contextLength + 4 * logitCapacity * (c.vocabSize + c.dim)
     }
 

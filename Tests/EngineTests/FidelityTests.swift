@@ -77,44 +77,30 @@ func argmax(_ l: UnsafeBufferPointer<Float>) -> Int32 {
         return r
     }
 
-    /// The issue's acceptance thresholds. NOT MET (issue 3 stays open): 10/16 eight-token matches, top-5
-    /// differences up to 0.46 nats (mean 0.09), one first-token flip at a 0.15 gap.
-    ///
-    /// Why: the engine already follows llama.cpp's discrete rounding steps (Q8_1 activations for Q4_1 matmuls
-    /// and Q8_0 for the output head, fp16-rounded block scales, fp16 K/V cache, flash-attention "one_chunk" with
-    /// fp16 Q and an fp16 V accumulator, RMSNorm sums in double, RoPE angles iterated in float). What is left is
-    /// float-order noise, and this model amplifies it: one-ulp changes flip 8-bit activation roundings, which
-    /// cascade through 30 layers. Measured (2026-11-26): replacing only SiLU's vectorized exp with libm's expf
-    /// (a few ulps) moves the engine's first-step top-5 logprobs by up to 0.45 nats (per-prompt maximum 0.16 on
-    /// average) and leaves its distance to llama.cpp unchanged (per-prompt max 0.189 vs 0.188 on average); in a numpy
-    /// reference, evaluating RMSNorm or SiLU in float64 instead of float32 moves them by 0.09–0.26 nats. So
-    /// 0.15 / 14 of 16 are reachable only by reproducing llama.cpp's float order bit for bit (its vectorized
-    /// expf, GCC's FMA contractions, the matmul kernel it picked on this CPU), not by any single rounding step.
-    /// Recorded as a known issue so the test runs and reports every time; once the thresholds hold,
-    /// `withKnownIssue` fails and this marker must be removed.
+    /// The issue's acceptance thresholds, plus a tighter guard that holds because the engine reproduces
+    /// llama.cpp's CPU arithmetic bit for bit on this model (docs/ARCHITECTURE.md, "Numerics"):
+    /// prompt logits compared tensor by tensor against llama.cpp's eval callback were identical in every
+    /// layer (2026-11-26). Measured today: 16/16 eight-token prefixes, max top-5 difference 0.0002 nats.
     @Test func greedyMatchesLlamaCpp() throws {
         let r = try Self.run()
-        withKnownIssue("engine numerics differ from llama.cpp's beyond the issue's tolerances (issue 3)") {
-            // Tolerance 0.15 nats: both sides quantize activations to 8 bits but sum in different orders.
-            #expect((r.diffs.max() ?? 0) <= 0.15)
-            // A first token must match wherever llama.cpp's top-1/top-2 gap exceeds 0.1 nats: a smaller gap
-            // can flip under legitimate rounding differences (the fixture README says so).
-            #expect(r.firstTokenMismatches.isEmpty)
-            // ≥ 14 of 16: a near-tie anywhere in 8 steps may flip one greedy path and diverge from there.
-            #expect(r.eightMatches >= 14)
-        }
-        // Regression guard at today's level, so a numerics bug cannot slip in while the gap is open:
-        // first-step distributions stay within 0.5 nats of llama.cpp, every first token with a clear margin
-        // (> 0.2 nats) matches, and at least 10 of 16 greedy 8-token prefixes match.
-        #expect(r.firstTokenChecked >= 8)
-        #expect((r.diffs.max() ?? 1) <= 0.5)
-        #expect(r.eightMatches >= 10)
-        #expect(r.firstTokenMismatches.count <= 1)
-        let sorted = r.diffs.sorted()
-        #expect(sorted[sorted.count / 2] <= 0.1, "median top-5 difference \(sorted[sorted.count / 2])")
-        // The mean over all 80 first-step differences is the least noisy summary: 0.092 today, 0.087 with the
-        // libm-expf SiLU variant above; 0.12 leaves room for float-order noise, not for a systematic shift.
-        let mean = r.diffs.reduce(0, +) / Double(r.diffs.count)
-        #expect(mean <= 0.12, "mean top-5 difference \(mean)")
+        let maxDiff = r.diffs.max() ?? 1
+        // Issue threshold, 0.15 nats. It is tight: llama.cpp against itself with flash attention off instead
+        // of on (same weights and quantization, other rounding of the attention) is off by up to 0.36 nats
+        // (mean 0.077), matches 8/16 prefixes and flips the Cinderella first token (measured 2026-11-26),
+        // and our engine summing its matmuls in another order was off by 0.35 nats, 10/16. Only reproducing
+        // llama.cpp's arithmetic, order included, meets it.
+        #expect(maxDiff <= 0.15, "max top-5 logprob difference \(maxDiff)")
+        // A first token must match wherever llama.cpp's top-1/top-2 gap exceeds 0.1 nats; below that a
+        // near-tie may flip under any last-bit difference (the fixture README says so).
+        #expect(r.firstTokenChecked >= 8, "only \(r.firstTokenChecked) prompts have a clear first token")
+        #expect(r.firstTokenMismatches.isEmpty, "\(r.firstTokenMismatches)")
+        // ≥ 14 of 16 eight-token prefixes: a near-tie anywhere in 8 greedy steps may flip one path.
+        #expect(r.eightMatches >= 14, "\(r.eightMatches)/16 eight-token prefixes match")
+        // Tighter guard against numerics regressions: with identical arithmetic every prefix matches and the
+        // only top-5 differences left are the fixture's own float softmax/log and its 4-decimal printing
+        // (about 2e-4); 0.01 nats is far below what any change of rounding or summation order produces
+        // (0.1–0.45 nats, see above).
+        #expect(r.eightMatches == 16, "\(r.eightMatches)/16 eight-token prefixes match")
+        #expect(maxDiff <= 0.01, "max top-5 logprob difference \(maxDiff): engine no longer bit-identical to llama.cpp?")
     }
 }

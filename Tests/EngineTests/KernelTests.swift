@@ -37,7 +37,8 @@ import CSwitchyardKernels
         return (bytes, deq)
     }
 
-    func runGemm(_ type: GGMLType, isa: Int32) throws {
+    @discardableResult
+    func runGemm(_ type: GGMLType, isa: Int32, order: Int32 = Int32(SYK_SUM_LLAMA)) throws -> [Float] {
         var rng = TestRNG(seed: 42)
         let rows = 48, k = 96, ntok = 11
         let (bytes, w) = Self.quantized(type, rows: rows, k: k, rng: &rng)
@@ -51,13 +52,15 @@ import CSwitchyardKernels
         var qs = [Int8](repeating: 0, count: ntok * k)
         var d = [Float](repeating: 0, count: ntok * k / 32), s = d
         var isum = [Int32](repeating: 0, count: ntok * k / 32)
+        var bias4 = [Int32](repeating: 0, count: ntok * k / 4)
         var out = [Float](repeating: 1, count: ntok * rows)
-        let prev = syk_get_isa()
-        syk_set_isa(isa)
-        defer { syk_set_isa(prev) }
+        let prev = syk_get_isa(), prevOrder = syk_get_sum_order()
+        syk_set_isa(isa); syk_set_sum_order(order)
+        defer { syk_set_isa(prev); syk_set_sum_order(prevOrder) }
         qs.withUnsafeMutableBufferPointer { qp in d.withUnsafeMutableBufferPointer { dp in s.withUnsafeMutableBufferPointer { sp in
-        isum.withUnsafeMutableBufferPointer { ip in
-            var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, K: Int32(k))
+        isum.withUnsafeMutableBufferPointer { ip in bias4.withUnsafeMutableBufferPointer { bp in
+            var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress,
+                              K: Int32(k))
             x.withUnsafeBufferPointer { xp in for t in 0..<ntok { syk_quantize_act(xp.baseAddress! + t * k, nil, 0, &act, Int32(t), nil) } }
             packed.withUnsafeBytes { pb in
                 var wm = syk_wmat(data: pb.baseAddress!.assumingMemoryBound(to: UInt8.self), type: Int32(type == .q8_0 ? SYK_W_R16_Q8_0 : SYK_W_R16_Q4_1), rows: Int32(rows), K: Int32(k))
@@ -66,7 +69,7 @@ import CSwitchyardKernels
                     syk_gemm(&wm, &act, Int32(ntok), op.baseAddress, Int32(rows), 1, 0, Int32(rows / 16))
                 }
             }
-        } } } }
+        } } } } }
         // Reference: float weights (dequantized) times float activations. 8-bit activations bound the error
         // by ~|w|·|x|·k/254 per output; we check a relative bound well inside that.
         var maxErr: Float = 0, maxRef: Float = 0
@@ -101,7 +104,49 @@ import CSwitchyardKernels
                     }
                 }
                 #expect(abs(out[t * rows + r] - exact) <= 1e-4 * max(1, abs(exact)), "\(type) isa \(isa) t\(t) r\(r)")
+                if order == Int32(SYK_SUM_LLAMA) {
+                    #expect(out[t * rows + r] == 1 + Self.llamaOrderDot(type, bytes: bytes, row: r, k: k, qs: qs, t: t, d: d, s: s),
+                            "\(type) isa \(isa) t\(t) r\(r): not in llama.cpp's summation order")
+                }
             }
+        }
+        return out
+    }
+
+    /// One output in llama.cpp's x86 order (ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0): 8 float lanes, lane L
+    /// accumulating fma(d_w·d_a, Σ of elements 4L..4L+3, lane) over blocks; lanes summed
+    /// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)); for Q4_1 plus the separate chain Σ fma(m_w, s_a, ·).
+    static func llamaOrderDot(_ type: GGMLType, bytes: [UInt8], row r: Int, k: Int, qs: [Int8], t: Int, d: [Float], s: [Float]) -> Float {
+        var lane = [Float](repeating: 0, count: 8)
+        var msum: Float = 0
+        let rb = type.rowBytes(k)!
+        for b in 0..<(k / 32) {
+            let base = r * rb + b * type.blockBytes
+            let dw = syk_fp16_to_fp32(UInt16(bytes[base]) | UInt16(bytes[base + 1]) << 8)
+            let dd = dw * d[t * k / 32 + b]
+            for l in 0..<8 {
+                var sumi: Int32 = 0
+                for i in 0..<4 {
+                    let e = 4 * l + i
+                    let wq: Int32 = type == .q8_0 ? Int32(Int8(bitPattern: bytes[base + 2 + e]))
+                        : Int32(e < 16 ? bytes[base + 4 + e] & 0xf : bytes[base + 4 + e - 16] >> 4)
+                    sumi += wq * Int32(qs[t * k + b * 32 + e])
+                }
+                lane[l] = lane[l].addingProduct(dd, Float(sumi))
+            }
+            if type == .q4_1 {
+                let mw = syk_fp16_to_fp32(UInt16(bytes[base + 2]) | UInt16(bytes[base + 3]) << 8)
+                msum = msum.addingProduct(mw, s[t * k / 32 + b])
+            }
+        }
+        return ((lane[4] + lane[0]) + (lane[6] + lane[2])) + ((lane[5] + lane[1]) + (lane[7] + lane[3])) + msum
+    }
+
+    @Test func gemmFastOrder() throws {
+        for type in [GGMLType.q4_1, .q8_0] {
+            let a = try runGemm(type, isa: Int32(SYK_ISA_SCALAR), order: Int32(SYK_SUM_FAST))
+            let b = try runGemm(type, isa: Int32(SYK_ISA_AVX512VNNI), order: Int32(SYK_SUM_FAST))
+            #expect(a == b, "\(type): scalar and vector fast-order gemm differ")
         }
     }
 

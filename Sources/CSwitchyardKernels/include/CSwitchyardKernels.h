@@ -52,6 +52,8 @@ typedef struct {
     float *d;        // [n][K/32]
     float *s;        // [n][K/32]
     int32_t *isum;   // [n][K/32]
+    int32_t *bias4;  // [n][K/4]: SYK_LANE_MAGIC - 128 * (sum of each 4 consecutive quants): the start of
+                     // each R16 Q8_0 lane sum (removes the +128 weight bias; magic: see kernels.c)
     int K;           // multiple of 32
 } syk_act;
 
@@ -73,6 +75,14 @@ typedef struct {
     int rows;             // multiple of 16
     int K;                // multiple of 32
 } syk_wmat;
+
+/// Float summation order of syk_gemm. LLAMA (default): llama.cpp's x86 order (8 lane sums per output,
+/// see kernels.c), so results are bit-identical to llama.cpp's CPU backend; FAST: one sum per block
+/// (~1.6x faster prefill, results differ from llama.cpp's in the last bits).
+enum { SYK_SUM_LLAMA = 0, SYK_SUM_FAST = 1 };
+#define SYK_LANE_MAGIC 0x4B400000   // bits of 1.5 * 2^23
+int syk_get_sum_order(void);
+void syk_set_sum_order(int order);
 
 /// out[t*ldo + r] (+)= Σ_k W[r][k] * act[t][k] for tokens [0, ntok) and row groups [g0, g1).
 void syk_gemm(const syk_wmat *w, const syk_act *act, int ntok, float *out, int ldo, int accumulate, int g0, int g1);
