@@ -730,7 +730,7 @@ static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, 
             vs = expf(sj - M);
         }
         for (int i = 0; i < hd; i++) acc[i] = fp16_round(fmaf(syk_fp16_to_fp32(vj[i]), vs, acc[i]));
-        S = S * ms + vs;
+        S = fmaf(S, ms, vs);   // fused, as GCC compiles llama.cpp's S = S*ms + vs
     }
     float inv = 1.f / S;
     for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
@@ -780,7 +780,7 @@ AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16
         __m512 p = _mm512_set1_ps(vs);
         for (int c = 0; c < nc; c++)
             acc[c] = round16(_mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), p, acc[c]));
-        S = S * ms + vs;
+        S = fmaf(S, ms, vs);   // fused, as GCC compiles llama.cpp's S = S*ms + vs
     }
     __m512 inv = _mm512_set1_ps(1.f / S);
     for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
@@ -824,7 +824,7 @@ void syk_swiglu(const float *g, const float *u, float *h, int n) {
 // tables of hd/2 cos/sin values, rounded like llama.cpp's x86 build (GCC contracts its
 // x0*cos - x1*sin, x0*sin + x1*cos): out0 = fma(x0, cos, -(x1*sin)), out1 = fma(x0, sin, x1*cos), the
 // unfused product rounded first (checked element by element against its ROPE output).
-void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn) {
+static void rope_norm_scalar(float *x, int nheads, int hd, const float *cs, const float *sn) {
     for (int h = 0; h < nheads; h++) {
         float *v = x + (size_t)h * hd;
         for (int i = 0; i < hd / 2; i++) {
@@ -834,6 +834,28 @@ void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *s
             v[2 * i + 1] = fmaf(a, sn[i], bc);
         }
     }
+}
+
+#if SYK_X86
+// Same operations; compiled with FMA enabled so fmaf is one instruction instead of a libm call.
+AVX512 static void rope_norm_fma(float *x, int nheads, int hd, const float *cs, const float *sn) {
+    for (int h = 0; h < nheads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            float bs = b * sn[i], bc = b * cs[i];
+            v[2 * i] = fmaf(a, cs[i], -bs);
+            v[2 * i + 1] = fmaf(a, sn[i], bc);
+        }
+    }
+}
+#endif
+
+void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { rope_norm_fma(x, nheads, hd, cs, sn); return; }
+#endif
+    rope_norm_scalar(x, nheads, hd, cs, sn);
 }
 
 
