@@ -1046,8 +1046,162 @@ void syk_swiglu_run(void *task, int ith, int nth) {
     }
 }
 
+// ---- llama.cpp's tiled flash attention (batches of >= 64 tokens) ----
+// llama.cpp switches to ggml_compute_forward_flash_attn_ext_tiled when a batch holds >= 64 query rows.
+// Per query row: q stays f32; positions go in tiles of 64 (aligned at 0); in a tile, s_j is a sequential
+// fma chain over the hd dims (k converted f16->f32), times scale, plus the mask (+0); the tile max m
+// updates M = max(M, m) and, when M grows, acc and S are scaled by expf(Mold - M); p_j = e^(s_j - M) with
+// ggml's vectorized expf, summed per 16 positions by the halving tree and over the tile in double, added to
+// the float S; acc (f32) += p_j v_j as a sequential fma chain over j; out = acc * (1/S).
+// kt holds this row's kv head transposed to f32, kt[d*ldk + j] = k_j[d] (built once per run of tokens).
+static void attend_tiled_scalar(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                                float scale, float *out) {
+    float acc[256], M = -INFINITY, S = 0;
+    for (int i = 0; i < hd; i++) acc[i] = 0;
+    for (int ic = 0; ic < npos; ic += 64) {
+        int nt = npos - ic < 64 ? npos - ic : 64;
+        float kq[64], tmax = -INFINITY;
+        for (int j = 0; j < 64; j++) {
+            if (j >= nt) { kq[j] = -INFINITY; continue; }
+            float s = 0;
+            for (int d = 0; d < hd; d++) s = fmaf(kt[(size_t)d * ldk + ic + j], q[d], s);
+            kq[j] = s * scale + 0.0f;
+            tmax = tmax > kq[j] ? tmax : kq[j];
+        }
+        float Mnew = fmaxf(M, tmax);
+        if (Mnew > M) {
+            float ms = expf(M - Mnew);
+            for (int i = 0; i < hd; i++) acc[i] *= ms;
+            S *= ms;
+        }
+        M = Mnew;
+        double sum = 0;
+        for (int c = 0; c < 4; c++) {
+            float e[16];
+            for (int i = 0; i < 16; i++) { e[i] = kq[16 * c + i] == -INFINITY ? 0.0f : expf_ggml_scalar(kq[16 * c + i] - Mnew); kq[16 * c + i] = e[i]; }
+            sum += (double)reduce_tree_scalar(e);
+        }
+        S = (float)((double)S + sum);
+        for (int j = 0; j < nt; j++) {
+            const uint16_t *vj = v + (size_t)(ic + j) * stride;
+            for (int i = 0; i < hd; i++) acc[i] = fmaf(syk_fp16_to_fp32(vj[i]), kq[j], acc[i]);
+        }
+    }
+    float inv = S == 0.0f ? 0.0f : 1.0f / S;
+    for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
+}
+
+#if SYK_X86
+AVX512 static void attend_tiled_avx512(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                                       float scale, float *out) {
+    int nc = hd / 16;   // hd % 16 == 0, hd <= 256
+    __m512 acc[16];
+    for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+    float M = -INFINITY, S = 0;
+    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    _Alignas(64) float kq[64];
+    for (int ic = 0; ic < npos; ic += 64) {
+        int nt = npos - ic < 64 ? npos - ic : 64;
+        __m512 tmaxv = ninf;
+        for (int c = 0; c < 4; c++) {
+            int valid = nt - 16 * c;
+            if (valid <= 0) { _mm512_store_ps(kq + 16 * c, ninf); continue; }
+            __mmask16 m = valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1);
+            __m512 s = _mm512_setzero_ps();
+            for (int d = 0; d < hd; d++)
+                s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, kt + (size_t)d * ldk + ic + 16 * c), _mm512_set1_ps(q[d]), s);
+            s = _mm512_add_ps(_mm512_mul_ps(s, vscale), _mm512_setzero_ps());
+            s = _mm512_mask_blend_ps(m, ninf, s);
+            _mm512_store_ps(kq + 16 * c, s);
+            tmaxv = _mm512_max_ps(tmaxv, s);
+        }
+        float tmax = _mm512_reduce_max_ps(tmaxv);
+        float Mnew = fmaxf(M, tmax);
+        if (Mnew > M) {
+            float ms = expf(M - Mnew);
+            __m512 vms = _mm512_set1_ps(ms);
+            for (int c = 0; c < nc; c++) acc[c] = _mm512_mul_ps(acc[c], vms);
+            S *= ms;
+        }
+        M = Mnew;
+        double sum = 0;
+        __m512 vM = _mm512_set1_ps(Mnew);
+        for (int c = 0; c < 4; c++) {
+            __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_load_ps(kq + 16 * c), vM));
+            _mm512_store_ps(kq + 16 * c, e);
+            sum += (double)reduce_tree(e);
+        }
+        S = (float)((double)S + sum);
+        for (int j = 0; j < nt; j++) {
+            const uint16_t *vj = v + (size_t)(ic + j) * stride;
+            __m512 p = _mm512_set1_ps(kq[j]);
+            for (int c = 0; c < nc; c++)
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), p, acc[c]);
+        }
+    }
+    __m512 inv = _mm512_set1_ps(S == 0.0f ? 0.0f : 1.0f / S);
+    for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
+}
+
+AVX512 static void transpose_k_avx512(const uint16_t *k, int stride, int npos, int hd, float *kt, int ldk) {
+    for (int j = 0; j < npos; j++) {
+        const uint16_t *kj = k + (size_t)j * stride;
+        for (int c = 0; c < hd / 16; c++) {
+            _Alignas(64) float f[16];
+            _mm512_store_ps(f, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))));
+            for (int i = 0; i < 16; i++) kt[(size_t)(16 * c + i) * ldk + j] = f[i];
+        }
+    }
+}
+#endif
+
+static void transpose_k(const uint16_t *k, int stride, int npos, int hd, float *kt, int ldk) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && hd % 16 == 0) { transpose_k_avx512(k, stride, npos, hd, kt, ldk); return; }
+#endif
+    for (int j = 0; j < npos; j++)
+        for (int d = 0; d < hd; d++) kt[(size_t)d * ldk + j] = syk_fp16_to_fp32(k[(size_t)j * stride + d]);
+}
+
+static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                         float scale, float *out) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI && hd % 16 == 0 && hd <= 256) {
+        attend_tiled_avx512(q, kt, ldk, v, stride, npos, hd, scale, out);
+        return;
+    }
+#endif
+    attend_tiled_scalar(q, kt, ldk, v, stride, npos, hd, scale, out);
+}
+
+// Tiled mode: work items are (run, kv head), a run being consecutive tokens of one sequence (same cache,
+// positions +1 each); the run's kv head is transposed once into this thread's scratch, then every token
+// of the run and every query head of the group attends from it.
+static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
+    float *kt = t->scratch + (size_t)ith * t->scratch_per_thread;
+    int group = t->nhead / t->nkv, kvdim = t->nkv * t->hd;
+    int run = 0;
+    for (int i0 = 0; i0 < t->ntok; run++) {
+        int i1 = i0 + 1;
+        while (i1 < t->ntok && t->toks[i1].k == t->toks[i0].k && t->toks[i1].npos == t->toks[i1 - 1].npos + 1) i1++;
+        int ldk = t->toks[i1 - 1].npos;   // positions the run's last token attends to
+        for (int kvh = 0; kvh < t->nkv; kvh++) {
+            if ((run * t->nkv + kvh) % nth != ith) continue;
+            transpose_k(t->toks[i0].k + (size_t)kvh * t->hd, kvdim, ldk, t->hd, kt, ldk);
+            for (int i = i0; i < i1; i++) {
+                const syk_attn_tok *tk = &t->toks[i];
+                for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                    attend_tiled(tk->q + (size_t)h * t->hd, kt, ldk, tk->v + (size_t)kvh * t->hd, kvdim, tk->npos, t->hd,
+                                 t->scale, tk->out + (size_t)h * t->hd);
+            }
+        }
+        i0 = i1;
+    }
+}
+
 void syk_attn_run(void *task, int ith, int nth) {
     const syk_attn_task *t = task;
+    if (t->tiled) { attn_run_tiled(t, ith, nth); return; }
     float *scores = t->scratch + (size_t)ith * t->scratch_per_thread;
     int group = t->nhead / t->nkv, kvdim = t->nkv * t->hd;
     int items = t->ntok * t->nhead;

@@ -111,7 +111,7 @@ public final class Engine: @unchecked Sendable {
     private let ropeCos: UnsafeMutablePointer<Float>  // [T][headDim/2]
     private let ropeSin: UnsafeMutablePointer<Float>  // [T][headDim/2]
     private let attnToks: UnsafeMutablePointer<syk_attn_tok>  // [T]
-    private let scores: UnsafeMutablePointer<Float>   // [threads][contextLength]
+    private let scores: UnsafeMutablePointer<Float>   // [threads][headDim * contextLength]: scores or a transposed K
     private let tokPos: UnsafeMutablePointer<Int>     // [T] position of each token in its sequence
     private let tokSeq: UnsafeMutablePointer<Unmanaged<KVSequence>>  // [T]
     private let tokLogit: UnsafeMutablePointer<Int>   // [T] logits row for the token or -1
@@ -154,7 +154,7 @@ public final class Engine: @unchecked Sendable {
         ropeCos = .allocate(capacity: T * c.headDim / 2)
         ropeSin = .allocate(capacity: T * c.headDim / 2)
         attnToks = .allocate(capacity: T)
-        scores = .allocate(capacity: self.threads * c.contextLength)
+        scores = .allocate(capacity: self.threads * c.headDim * c.contextLength)
         tokPos = .allocate(capacity: T)
         tokSeq = .allocate(capacity: T)
         tokLogit = .allocate(capacity: T)
@@ -177,7 +177,7 @@ public final class Engine: @unchecked Sendable {
     public var scratchBytes: Int {
         let c = config, T = maxBatchTokens, maxK = max(c.dim, c.ffnDim)
         return 4 * T * (c.dim * 2 + c.dim + 2 * c.kvDim + 3 * c.ffnDim + c.headDim + 3 * maxK / 32 + maxK / 4)
-            + T * maxK + 4 * threads * c.contextLength + 4 * logitCapacity * (c.vocabSize + c.dim)
+            + T * maxK + 4 * threads * c.headDim * c.contextLength + 4 * logitCapacity * (c.vocabSize + c.dim)
     }
 
     // MARK: Sequences
@@ -328,7 +328,8 @@ public final class Engine: @unchecked Sendable {
             if let tap { tap("Qrope", l, qkv, n, dim, qkvLd); tap("Krope", l, qkv + dim, n, kvDim, qkvLd) }
             var at = syk_attn_task(toks: attnToks, ntok: Int32(n), nhead: Int32(c.nHead), nkv: Int32(c.nKVHead),
                                    hd: Int32(hd), scale: 1 / sqrtf(Float(hd)), scratch: scores,
-                                   scratch_per_thread: Int32(c.contextLength))
+                                   scratch_per_thread: Int32(c.headDim * c.contextLength),
+                                   tiled: n >= 64 ? 1 : 0)   // llama.cpp's choice: tiled kernel for >= 64 query rows
             withUnsafeMutablePointer(to: &at) { syk_pool_run(pool, syk_attn_run, $0) }
 
             tap?("kqv_out", l, att, n, dim, dim)

@@ -170,7 +170,8 @@ typedef struct {
     int hd;
     float scale;
     float *scratch;           // [nth][scratch_per_thread]
-    int scratch_per_thread;   // >= max npos
+    int scratch_per_thread;   // >= max npos (one-chunk mode), >= hd * max npos (tiled mode)
+    int tiled;                // 1: llama.cpp's tiled flash-attention numerics (it uses them for batches of >= 64 tokens)
 } syk_attn_task;
 void syk_attn_run(void *task, int ith, int nth);
 #endif
