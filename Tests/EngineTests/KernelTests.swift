@@ -186,6 +186,54 @@ import CSwitchyardKernels
             }
             outs.append(out)
         }
-        for i in 0..<hd { #expect(abs(outs[0][i] - outs[1][i]) < 1e-5, "scalar vs vector attention dim \(i)") }
+        for i in 0..<hd { #expect(outs[0][i] == outs[1][i], "scalar vs vector attention dim \(i)") }
+    }
+
+    /// The tiled kernel (llama.cpp's numerics for batches of >= 64 tokens) through syk_attn_run: 70 causal
+    /// tokens of one sequence (positions 0..69, so rows span one and two 64-position tiles), 6 query heads
+    /// over 2 KV heads; against a float reference, and scalar vs vector bit for bit.
+    @Test func tiledAttentionMatchesFloatAndPathsAgree() {
+        var rng = TestRNG(seed: 5)
+        let hd = 64, nhead = 6, nkv = 2, ntok = 70, kvdim = nkv * hd
+        let q = (0..<(ntok * nhead * hd)).map { _ in rng.float() }
+        let k16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
+        let v16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
+        var outs: [[Float]] = []
+        for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
+            let prev = syk_get_isa(); syk_set_isa(isa); defer { syk_set_isa(prev) }
+            var out = [Float](repeating: 0, count: ntok * nhead * hd)
+            var scratch = [Float](repeating: 0, count: hd * ntok)
+            q.withUnsafeBufferPointer { qp in k16.withUnsafeBufferPointer { kp in v16.withUnsafeBufferPointer { vp in
+            out.withUnsafeMutableBufferPointer { op in scratch.withUnsafeMutableBufferPointer { sp in
+                var toks = (0..<ntok).map { t in
+                    syk_attn_tok(q: qp.baseAddress! + t * nhead * hd, k: kp.baseAddress!, v: vp.baseAddress!,
+                                 out: op.baseAddress! + t * nhead * hd, npos: Int32(t + 1))
+                }
+                toks.withUnsafeMutableBufferPointer { tp in
+                    var task = syk_attn_task(toks: tp.baseAddress, ntok: Int32(ntok), nhead: Int32(nhead), nkv: Int32(nkv),
+                                             hd: Int32(hd), scale: 0.125, scratch: sp.baseAddress,
+                                             scratch_per_thread: Int32(hd * ntok), tiled: 1)
+                    syk_attn_run(&task, 0, 1)
+                }
+            } } } } }
+            for t in [0, 1, 63, 64, 69] {
+                for h in 0..<nhead {
+                    let kvh = h / (nhead / nkv)
+                    var s = (0...t).map { j in
+                        (0..<hd).reduce(Float(0)) { $0 + q[(t * nhead + h) * hd + $1] * syk_fp16_to_fp32(k16[j * kvdim + kvh * hd + $1]) } * 0.125
+                    }
+                    let m = s.max()!
+                    s = s.map { expf($0 - m) }
+                    let z = s.reduce(0, +)
+                    for i in 0..<hd {
+                        let ref = (0...t).reduce(Float(0)) { $0 + s[$1] / z * syk_fp16_to_fp32(v16[$1 * kvdim + kvh * hd + i]) }
+                        // f32 scores and accumulator: only float rounding separates them.
+                        #expect(abs(out[(t * nhead + h) * hd + i] - ref) < 1e-4, "isa \(isa) t\(t) h\(h) dim \(i)")
+                    }
+                }
+            }
+            outs.append(out)
+        }
+        #expect(outs[0] == outs[1], "scalar vs vector tiled attention differ")
     }
 }
