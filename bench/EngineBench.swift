@@ -16,6 +16,8 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(help: "Sequences decoding together (aggregate tok/s is reported).") var batch: Int = 1
     @Option(help: "Measured repetitions (after one warm-up).") var reps: Int = 3
     @Option(help: "Write JSON results to PATH, or '-' for stdout.") var json: String?
+    @Option(help: "Kernel instruction set: avx512, avx2 or scalar (default: the best this CPU has; env SWITCHYARD_ISA).")
+    var isa: String?
     @Option(help: "Repacked weights: 'private' or a directory for a shared file (e.g. /dev/shm).") var repack: String = "private"
 
     func run() throws {
@@ -23,9 +25,14 @@ struct EngineBenchCommand: ParsableCommand {
             throw ValidationError("model \(model) not found: run tools/fetch-model")
         }
         guard prompt >= 1, gen >= 1, batch >= 1, reps >= 1 else { throw ValidationError("counts must be >= 1") }
+        if let isa {
+            guard let level = KernelISA(name: isa) else { throw ValidationError("--isa must be avx512, avx2 or scalar") }
+            guard KernelISA.set(level) == level else { throw ValidationError("this CPU does not support \(isa) (best: \(KernelISA.best))") }
+        }
         let opts = ModelOptions(repack: repack == "private" ? .privateMemory : .sharedFile(directory: repack))
         let m = try Model(path: model, options: opts)
         let engine = try Engine(model: m, threads: threads, maxBatchTokens: max(prompt, batch))
+        if let isa, let level = KernelISA(name: isa) { KernelISA.set(level) }   // over SWITCHYARD_ISA
         let vocab = m.config.vocabSize
         var rng = SystemRandomNumberGenerator()
         let promptTokens = (0..<prompt).map { _ in Int32.random(in: 0..<Int32(vocab), using: &rng) }
@@ -70,12 +77,12 @@ struct EngineBenchCommand: ParsableCommand {
         for _ in 0..<reps { pp.append(try prefillOnce()); tg.append(try decodeOnce()) }
         let (ppm, pps) = meanSD(pp), (tgm, tgs) = meanSD(tg)
         let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? "?"
-        print(String(format: "engine: threads %d batch %d | prefill pp%d %.1f ± %.1f tok/s | decode tg%d %.1f ± %.1f tok/s (aggregate) | load %@",
-                     threads, batch, prompt, ppm, pps, gen, tgm, tgs, load))
+        print(String(format: "engine: isa %@ threads %d batch %d | prefill pp%d %.1f ± %.1f tok/s | decode tg%d %.1f ± %.1f tok/s (aggregate) | load %@",
+                     KernelISA.current.description, threads, batch, prompt, ppm, pps, gen, tgm, tgs, load))
         if let json {
             let obj: [String: Any] = [
                 "prefill_tok_per_s": ppm, "prefill_sd": pps, "decode_tok_per_s": tgm, "decode_sd": tgs,
-                "batch": batch, "threads": threads, "prompt": prompt, "gen": gen, "reps": reps,
+                "batch": batch, "threads": threads, "isa": KernelISA.current.description, "prompt": prompt, "gen": gen, "reps": reps,
                 "loadavg_1m": Double(load) ?? -1, "packed_weight_bytes": m.packedWeightBytes,
                 "scratch_bytes": engine.scratchBytes, "kv_bytes_per_token": engine.kvBytesPerToken,
             ]

@@ -3,7 +3,7 @@
 // __attribute__((target(...))) and chosen at run time (syk_cpu_features / syk_set_isa).
 // Both versions do the same arithmetic in the same order, so they agree to the last bit on the matmul.
 #define _GNU_SOURCE
-#include "CSwitchyardKernels.h"
+#include "internal.h"
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
@@ -32,13 +32,26 @@ int syk_cpu_features(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
         __builtin_cpu_supports("avx512dq"))
         return SYK_ISA_AVX512VNNI;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return SYK_ISA_AVX2;
 #endif
     return SYK_ISA_SCALAR;
 }
 
 static _Atomic int g_isa = -1;
 
+// Per-thread override (tests that call kernels directly force a level without touching other threads).
+static _Thread_local int t_isa = -1;
+
+int syk_set_thread_isa(int level) {
+    if (level < 0) { t_isa = -1; return syk_get_isa(); }
+    int best = syk_cpu_features();
+    t_isa = level < best ? level : best;
+    return t_isa;
+}
+
 int syk_get_isa(void) {
+    if (t_isa >= 0) return t_isa;
     int v = atomic_load_explicit(&g_isa, memory_order_relaxed);
     if (v < 0) { v = syk_cpu_features(); atomic_store_explicit(&g_isa, v, memory_order_relaxed); }
     return v;
@@ -239,7 +252,9 @@ AVX512 static void quantize_act_avx512(const float *x, const float *norm, float 
 
 void syk_quantize_act(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { quantize_act_avx512(x, norm, eps, a, t, xout); return; }
+    int isa = syk_get_isa();
+    if (isa >= SYK_ISA_AVX512VNNI) { quantize_act_avx512(x, norm, eps, a, t, xout); return; }
+    if (isa >= SYK_ISA_AVX2) { syk_quantize_act_avx2(x, norm, eps, a, t, xout); return; }
 #endif
     quantize_act_scalar(x, norm, eps, a, t, xout);
 }
@@ -460,7 +475,9 @@ AVX512 static void gemm_avx512(const syk_wmat *w, const syk_act *a, int ntok, fl
 
 void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
+    int isa = syk_get_isa();
+    if (isa >= SYK_ISA_AVX512VNNI) { gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
+    if (isa >= SYK_ISA_AVX2) { syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
 #endif
     gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
 }
@@ -468,6 +485,9 @@ void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo
 // ============================================================================ attention
 
 void syk_store_f16(const float *x, uint16_t *dst, int n) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX2) { syk_store_f16_avx2(x, dst, n); return; }
+#endif
     for (int i = 0; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
 }
 
@@ -734,7 +754,9 @@ void syk_swiglu_run(void *task, int ith, int nth) {
         const float *g = t->gu + (size_t)i * 2 * t->ff;
         float *h = t->h + (size_t)i * t->ff;
 #if SYK_X86
-        if (syk_get_isa() >= SYK_ISA_AVX512VNNI) swiglu_avx512(g, g + t->ff, h, t->ff);
+        int isa = syk_get_isa();
+        if (isa >= SYK_ISA_AVX512VNNI) swiglu_avx512(g, g + t->ff, h, t->ff);
+        else if (isa >= SYK_ISA_AVX2) syk_swiglu_avx2(g, g + t->ff, h, t->ff);
         else
 #endif
         syk_swiglu(g, g + t->ff, h, t->ff);

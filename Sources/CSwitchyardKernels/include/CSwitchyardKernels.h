@@ -22,7 +22,8 @@
 #define SYK_R16_Q4_1_CHUNK 320    // bytes per (16 rows x 32 elements) chunk
 #define SYK_R16_Q8_0_CHUNK 544
 
-enum { SYK_ISA_SCALAR = 0, SYK_ISA_AVX512VNNI = 2 };
+/// ISA levels, ordered: AVX2 = AVX2 + FMA + F16C (maddubs int8 dots); AVX512VNNI = AVX-512 F/BW/VL/DQ + VNNI.
+enum { SYK_ISA_SCALAR = 0, SYK_ISA_AVX2 = 1, SYK_ISA_AVX512VNNI = 2 };
 enum { SYK_W_R16_Q4_1 = 1, SYK_W_R16_Q8_0 = 2 };
 
 /// Best ISA this CPU supports (SYK_ISA_*).
@@ -30,6 +31,9 @@ int syk_cpu_features(void);
 /// Restricts the ISA used by the kernels (for tests of the fallback); returns the level now in use.
 int syk_set_isa(int level);
 int syk_get_isa(void);
+/// Overrides the level for the calling thread only (kernels it calls directly; not pool workers); a negative
+/// level removes the override. Returns the level now in use on this thread.
+int syk_set_thread_isa(int level);
 
 // ---- fp16 / bf16 ----
 float syk_fp16_to_fp32(uint16_t h);
@@ -83,6 +87,10 @@ void syk_gemm(const syk_wmat *w, const syk_act *act, int ntok, float *out, int l
 /// out[hd] = Σ_j softmax(q·k_j * scale)_j v_j.
 void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                 float scale, float *scores, float *out);
+/// The G query heads q[G][hd] that share one KV head (GQA group), out[G][hd]: the same results as G calls of
+/// syk_attend, done in one pass over K and V. scratch: 2*G*npos floats. Vector paths for hd = 64, G <= 4.
+void syk_attend_group(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd, int G,
+                      float scale, float *scratch, float *out);
 /// Store n floats as fp16.
 void syk_store_f16(const float *x, uint16_t *dst, int n);
 
@@ -161,4 +169,20 @@ typedef struct {
     int scratch_per_thread;   // >= max npos
 } syk_attn_task;
 void syk_attn_run(void *task, int ith, int nth);
+/// Same task and results as syk_attn_run, one GQA group per work item (syk_attend_group); needs
+/// scratch_per_thread >= 8 * max npos for the grouped path (else it goes head by head).
+void syk_attn_group_run(void *task, int ith, int nth);
+
+/// RoPE (adjacent pairs) on the q and k heads of each token's qkv row, then k and v stored as fp16 into the
+/// cache slot of position toks[t].npos - 1 (toks[t].k / .v are the cache bases of the token's sequence).
+typedef struct {
+    float *qkv;            // [ntok][ldq]: q (nq heads) | k (nkv heads) | v (nkv heads)
+    int ldq;
+    int nq, nkv, hd;
+    const float *cosb;     // [ntok][hd/2]
+    const float *sinb;     // [ntok][hd/2]
+    const syk_attn_tok *toks;
+    int ntok;
+} syk_rope_task;
+void syk_rope_kv_run(void *task, int ith, int nth);
 #endif
