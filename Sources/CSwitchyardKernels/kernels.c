@@ -369,6 +369,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
                                                                    float *out, int ldo, int accumulate) {
     const int K = a->K;
     __m512 facc[8];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
@@ -383,6 +384,9 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
         __m512i l1 = _mm512_and_si512(v1, m4), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
         __m512i l2 = _mm512_and_si512(v2, m4), h2 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4);
         __m512i l3 = _mm512_and_si512(v3, m4), h3 = _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4);
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             // Two independent dpbusd chains (halves the latency chain; integer sums are exact either way).
@@ -400,6 +404,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
             facc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo;
         __m512 r = facc[t];
@@ -412,6 +417,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
                                                                    float *out, int ldo, int accumulate) {
     const int K = a->K;
     __m512 facc[8];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
@@ -421,6 +427,9 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
         __m512i w2 = _mm512_loadu_si512(c + 160), w3 = _mm512_loadu_si512(c + 224);
         __m512i w4 = _mm512_loadu_si512(c + 288), w5 = _mm512_loadu_si512(c + 352);
         __m512i w6 = _mm512_loadu_si512(c + 416), w7 = _mm512_loadu_si512(c + 480);
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             size_t o = (size_t)(t0 + t) * nb + b;
@@ -438,6 +447,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
             facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o])), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo;
         __m512 r = facc[t];

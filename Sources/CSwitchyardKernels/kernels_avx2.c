@@ -26,6 +26,7 @@ A2 INLINE void tile_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t0, co
     const int K = a->K;
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 facc[4];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
@@ -41,6 +42,9 @@ A2 INLINE void tile_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t0, co
         __m256i l1 = _mm256_and_si256(v1, m4), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4);
         __m256i l2 = _mm256_and_si256(v2, m4), h2 = _mm256_and_si256(_mm256_srli_epi16(v2, 4), m4);
         __m256i l3 = _mm256_and_si256(v3, m4), h3 = _mm256_and_si256(_mm256_srli_epi16(v3, 4), m4);
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             __m256i s = _mm256_maddubs_epi16(l0, bc4(aq));
@@ -57,6 +61,7 @@ A2 INLINE void tile_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t0, co
             facc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[o]), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo + 8 * h;
         __m256 r = facc[t];
@@ -73,6 +78,7 @@ A2 INLINE void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, co
     const int K = a->K;
     const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     __m256 facc[4];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
@@ -84,6 +90,9 @@ A2 INLINE void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, co
             ws[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 32 + 64 * j + 32 * h)), bias);
             wa[j] = _mm256_abs_epi8(ws[j]);
         }
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             __m256i acc = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[0], _mm256_sign_epi8(bc4(aq), ws[0])), ones);
@@ -97,6 +106,7 @@ A2 INLINE void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, co
             facc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[o])), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo + 8 * h;
         __m256 r = facc[t];
