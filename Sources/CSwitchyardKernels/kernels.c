@@ -1,7 +1,8 @@
 // Quantized matmul, activation quantization, attention and a small thread pool.
-// Each hot kernel has a portable scalar version and an AVX-512 VNNI version compiled with
-// __attribute__((target(...))) and chosen at run time (syk_cpu_features / syk_set_isa).
-// Both versions do the same arithmetic in the same order, so they agree to the last bit on the matmul.
+// Each hot kernel has a portable scalar version, an AVX2+FMA+F16C version (kernels_avx2.c) and an
+// AVX-512 VNNI version, compiled with __attribute__((target(...))) and chosen at run time
+// (syk_cpu_features / syk_set_isa / syk_set_thread_isa). They do the same arithmetic in the same order, so
+// they agree to the last bit on the matmul (the AVX2 and AVX-512 levels on every kernel).
 #define _GNU_SOURCE
 #include "internal.h"
 #include <math.h>
