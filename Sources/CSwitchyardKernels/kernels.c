@@ -1,9 +1,10 @@
 // Quantized matmul, activation quantization, attention and a small thread pool.
-// Each hot kernel has a portable scalar version and an AVX-512 VNNI version compiled with
-// __attribute__((target(...))) and chosen at run time (syk_cpu_features / syk_set_isa).
-// Both versions do the same arithmetic in the same order, so they agree to the last bit on the matmul.
+// Each hot kernel has a portable scalar version, an AVX2+FMA+F16C version (kernels_avx2.c) and an
+// AVX-512 VNNI version, compiled with __attribute__((target(...))) and chosen at run time
+// (syk_cpu_features / syk_set_isa / syk_set_thread_isa). They do the same arithmetic in the same order, so
+// they agree to the last bit on the matmul (the AVX2 and AVX-512 levels on every kernel).
 #define _GNU_SOURCE
-#include "CSwitchyardKernels.h"
+#include "internal.h"
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
@@ -32,13 +33,26 @@ int syk_cpu_features(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
         __builtin_cpu_supports("avx512dq"))
         return SYK_ISA_AVX512VNNI;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return SYK_ISA_AVX2;
 #endif
     return SYK_ISA_SCALAR;
 }
 
 static _Atomic int g_isa = -1;
 
+// Per-thread override (tests that call kernels directly force a level without touching other threads).
+static _Thread_local int t_isa = -1;
+
+int syk_set_thread_isa(int level) {
+    if (level < 0) { t_isa = -1; return syk_get_isa(); }
+    int best = syk_cpu_features();
+    t_isa = level < best ? level : best;
+    return t_isa;
+}
+
 int syk_get_isa(void) {
+    if (t_isa >= 0) return t_isa;
     int v = atomic_load_explicit(&g_isa, memory_order_relaxed);
     if (v < 0) { v = syk_cpu_features(); atomic_store_explicit(&g_isa, v, memory_order_relaxed); }
     return v;
@@ -244,7 +258,9 @@ AVX512 static void quantize_act_avx512(const float *x, const float *norm, float 
 
 void syk_quantize_act(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout) {
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { quantize_act_avx512(x, norm, eps, a, t, xout); return; }
+    int isa = syk_get_isa();
+    if (isa >= SYK_ISA_AVX512VNNI) { quantize_act_avx512(x, norm, eps, a, t, xout); return; }
+    if (isa >= SYK_ISA_AVX2) { syk_quantize_act_avx2(x, norm, eps, a, t, xout); return; }
 #endif
     quantize_act_scalar(x, norm, eps, a, t, xout);
 }
@@ -394,6 +410,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
                                                                    float *out, int ldo, int accumulate) {
     const int K = a->K;
     __m512 facc[8];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
@@ -408,6 +425,9 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
         __m512i l1 = _mm512_and_si512(v1, m4), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
         __m512i l2 = _mm512_and_si512(v2, m4), h2 = _mm512_and_si512(_mm512_srli_epi16(v2, 4), m4);
         __m512i l3 = _mm512_and_si512(v3, m4), h3 = _mm512_and_si512(_mm512_srli_epi16(v3, 4), m4);
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             // Two independent dpbusd chains (halves the latency chain; integer sums are exact either way).
@@ -425,6 +445,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1(const uint8_t
             facc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo;
         __m512 r = facc[t];
@@ -437,6 +458,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
                                                                    float *out, int ldo, int accumulate) {
     const int K = a->K;
     __m512 facc[8];
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) facc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
@@ -446,6 +468,9 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
         __m512i w2 = _mm512_loadu_si512(c + 160), w3 = _mm512_loadu_si512(c + 224);
         __m512i w4 = _mm512_loadu_si512(c + 288), w5 = _mm512_loadu_si512(c + 352);
         __m512i w6 = _mm512_loadu_si512(c + 416), w7 = _mm512_loadu_si512(c + 480);
+        // Fully unrolled so facc[] stays in registers (a rolled loop keeps it on the stack, and every
+        // block then waits on a store-to-load forward).
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             size_t o = (size_t)(t0 + t) * nb + b;
@@ -463,6 +488,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_q8_0(const uint8_t
             facc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o])), facc[t]);
         }
     }
+#pragma clang loop unroll(full)
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo;
         __m512 r = facc[t];
@@ -653,7 +679,14 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
 // selects the fast order at the first call unless syk_set_sum_order was called.
 static _Atomic int g_sum_order = -1;
 
+static _Thread_local int t_sum_order = -1;   // per-thread override, like t_isa (tests)
+
+void syk_set_thread_sum_order(int order) {
+    t_sum_order = order < 0 ? -1 : (order == SYK_SUM_FAST ? SYK_SUM_FAST : SYK_SUM_LLAMA);
+}
+
 int syk_get_sum_order(void) {
+    if (t_sum_order >= 0) return t_sum_order;
     int v = atomic_load_explicit(&g_sum_order, memory_order_relaxed);
     if (v < 0) {
         const char *e = getenv("SWITCHYARD_SUM_ORDER");
@@ -670,11 +703,15 @@ void syk_set_sum_order(int order) {
 void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
     int llama = syk_get_sum_order() == SYK_SUM_LLAMA;
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) {
+    int isa = syk_get_isa();
+    if (isa >= SYK_ISA_AVX512VNNI) {
         if (llama) gemm_avx512_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
         else gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1);
         return;
     }
+    // The AVX2 level has only the fast order (its integer dot products are exact and its epilogue is the
+    // fast order's); llama.cpp's lane order is reproduced at the AVX-512 and scalar levels.
+    if (isa >= SYK_ISA_AVX2) { syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
 #endif
     if (llama) gemm_scalar_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
     else gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
@@ -683,6 +720,9 @@ void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo
 // ============================================================================ attention
 
 void syk_store_f16(const float *x, uint16_t *dst, int n) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX2) { syk_store_f16_avx2(x, dst, n); return; }
+#endif
     for (int i = 0; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
 }
 
@@ -741,14 +781,6 @@ AVX512 static inline __m512 round16(__m512 x) {
     return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// Lane reduction in the halving order of GCC's _mm512_reduce_add_ps (llama.cpp is built with GCC).
-AVX512 static inline float reduce_tree(__m512 x) {
-    __m256 t3 = _mm256_add_ps(_mm512_extractf32x8_ps(x, 1), _mm512_castps512_ps256(x));
-    __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
-    __m128 t8 = _mm_add_ps(t6, _mm_permute_ps(t6, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)));
-}
-
 AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                                  float scale, float *scores, float *out) {
     int nc = hd / 16;   // hd % 64 == 0 checked by the caller; 4 <= nc <= 16
@@ -761,7 +793,7 @@ AVX512 static void attend_avx512(const float *q, const uint16_t *k, const uint16
         for (int c = 0; c < 4; c++) p[c] = _mm512_mul_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))));
         for (int c = 4; c < nc; c++)
             p[c % 4] = _mm512_fmadd_ps(qv[c], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * c))), p[c % 4]);
-        scores[j] = reduce_tree(_mm512_add_ps(_mm512_add_ps(p[0], p[2]), _mm512_add_ps(p[1], p[3]))) * scale;
+        scores[j] = syk_reduce_tree512(_mm512_add_ps(_mm512_add_ps(p[0], p[2]), _mm512_add_ps(p[1], p[3]))) * scale;
     }
     // Pass 2: the online-softmax recurrence of attend_scalar, fp16 accumulator.
     float M = -INFINITY, S = 0;
@@ -849,11 +881,25 @@ AVX512 static void rope_norm_fma(float *x, int nheads, int hd, const float *cs, 
         }
     }
 }
+
+SYK_AVX2_ATTR static void rope_norm_fma2(float *x, int nheads, int hd, const float *cs, const float *sn) {
+    for (int h = 0; h < nheads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            float bs = b * sn[i], bc = b * cs[i];
+            v[2 * i] = fmaf(a, cs[i], -bs);
+            v[2 * i + 1] = fmaf(a, sn[i], bc);
+        }
+    }
+}
 #endif
 
 void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn) {
 #if SYK_X86
-    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) { rope_norm_fma(x, nheads, hd, cs, sn); return; }
+    int isa = syk_get_isa();
+    if (isa >= SYK_ISA_AVX512VNNI) { rope_norm_fma(x, nheads, hd, cs, sn); return; }
+    if (isa >= SYK_ISA_AVX2) { rope_norm_fma2(x, nheads, hd, cs, sn); return; }
 #endif
     rope_norm_scalar(x, nheads, hd, cs, sn);
 }
@@ -879,6 +925,7 @@ struct syk_pool {
     _Atomic int stop;
     syk_fn fn;
     void *ctx;
+    int isa, order;   // per-pool kernel overrides (-1: the process setting), applied on every thread of a run
 };
 
 typedef struct { syk_pool *p; int i; } worker_arg;
@@ -911,6 +958,8 @@ static void *worker_main(void *argp) {
         }
         seen = g;
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        t_isa = p->isa;          // published with fn/ctx by the gen increment
+        t_sum_order = p->order;
         p->fn(p->ctx, arg.i, p->n);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
     }
@@ -922,6 +971,8 @@ syk_pool *syk_pool_create(int nthreads, int spin) {
     if (!p) return NULL;
     p->n = nthreads;
     p->spin = spin < 0 ? 0 : spin;
+    p->isa = -1;
+    p->order = -1;
     p->threads = calloc((size_t)nthreads, sizeof(pthread_t));
     p->tids = calloc((size_t)nthreads, sizeof(_Atomic int));
     if (!p->threads || !p->tids) { free(p->threads); free((void *)p->tids); free(p); return NULL; }
@@ -944,7 +995,25 @@ int syk_pool_worker_tid(const syk_pool *p, int i) {
     return t;
 }
 
+void syk_pool_set_overrides(syk_pool *p, int isa, int order) {
+    if (isa >= 0) { int best = syk_cpu_features(); isa = isa < best ? isa : best; }
+    p->isa = isa < 0 ? -1 : isa;
+    p->order = order < 0 ? -1 : (order == SYK_SUM_FAST ? SYK_SUM_FAST : SYK_SUM_LLAMA);
+}
+
+static void pool_run(syk_pool *p, syk_fn fn, void *ctx);
+
 void syk_pool_run(syk_pool *p, syk_fn fn, void *ctx) {
+    // The caller runs part i = 0 under the pool's overrides too; its own settings come back afterwards.
+    int saved_isa = t_isa, saved_order = t_sum_order;
+    if (p->isa >= 0) t_isa = p->isa;
+    if (p->order >= 0) t_sum_order = p->order;
+    pool_run(p, fn, ctx);
+    t_isa = saved_isa;
+    t_sum_order = saved_order;
+}
+
+static void pool_run(syk_pool *p, syk_fn fn, void *ctx) {
     if (p->n == 1) { fn(ctx, 0, 1); return; }
     p->fn = fn;
     p->ctx = ctx;
@@ -1038,7 +1107,9 @@ void syk_swiglu_run(void *task, int ith, int nth) {
         const float *g = t->gu + (size_t)i * 2 * t->ff;
         float *h = t->h + (size_t)i * t->ff;
 #if SYK_X86
-        if (syk_get_isa() >= SYK_ISA_AVX512VNNI) swiglu_avx512(g, g + t->ff, h, t->ff);
+        int isa = syk_get_isa();
+        if (isa >= SYK_ISA_AVX512VNNI) swiglu_avx512(g, g + t->ff, h, t->ff);
+        else if (isa >= SYK_ISA_AVX2) syk_swiglu_avx2(g, g + t->ff, h, t->ff);
         else
 #endif
         syk_swiglu(g, g + t->ff, h, t->ff);
@@ -1129,7 +1200,7 @@ AVX512 static void attend_tiled_avx512(const float *q, const float *kt, int ldk,
         for (int c = 0; c < 4; c++) {
             __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_load_ps(kq + 16 * c), vM));
             _mm512_store_ps(kq + 16 * c, e);
-            sum += (double)reduce_tree(e);
+            sum += (double)syk_reduce_tree512(e);
         }
         S = (float)((double)S + sum);
         for (int j = 0; j < nt; j++) {

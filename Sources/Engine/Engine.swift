@@ -32,6 +32,37 @@ public enum EngineError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Instruction-set level of the numeric kernels. The best one the CPU supports is used unless lowered
+/// (tests, benchmarks, or the SWITCHYARD_ISA environment variable read when an Engine is created).
+/// Process-wide: it applies to every engine in the process.
+public enum KernelISA: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    case scalar = 0, avx2 = 1, avx512 = 2
+
+    /// Parses "scalar", "avx2", "avx512".
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "scalar": self = .scalar
+        case "avx2": self = .avx2
+        case "avx512", "avx512vnni": self = .avx512
+        default: return nil
+        }
+    }
+    public var description: String { self == .scalar ? "scalar" : self == .avx2 ? "avx2" : "avx512" }
+    /// The best level this CPU supports.
+    public static var best: KernelISA { KernelISA(rawValue: syk_cpu_features()) ?? .scalar }
+    /// The level in use.
+    public static var current: KernelISA { KernelISA(rawValue: syk_get_isa()) ?? .scalar }
+    /// Uses `level`, or the best supported one below it; returns the level now in use.
+    @discardableResult public static func set(_ level: KernelISA) -> KernelISA {
+        KernelISA(rawValue: syk_set_isa(level.rawValue)) ?? .scalar
+    }
+    /// Applies SWITCHYARD_ISA if set to a known name (unknown names are ignored: the best level stays).
+    static func applyEnvironment() {
+        guard let e = getenv("SWITCHYARD_ISA"), let isa = KernelISA(name: String(cString: e)) else { return }
+        set(isa)
+    }
+}
+
 /// One item of a forward batch: tokens to append to a sequence (a prompt chunk or one decode token).
 public struct BatchItem: Sendable {
     public var sequence: SequenceID
@@ -111,7 +142,11 @@ public final class Engine: @unchecked Sendable {
     private let ropeCos: UnsafeMutablePointer<Float>  // [T][headDim/2]
     private let ropeSin: UnsafeMutablePointer<Float>  // [T][headDim/2]
     private let attnToks: UnsafeMutablePointer<syk_attn_tok>  // [T]
-    private let scores: UnsafeMutablePointer<Float>   // [threads][headDim * contextLength]: scores or a transposed K
+    private let scores: UnsafeMutablePointer<Float>   // [threads][scratchRows * contextLength]
+    /// Attention scratch rows per thread: grouped attention keeps scores and rescale factors for up to 4 heads
+    /// (8 rows); the tiled kernel keeps one KV head transposed to f32 (headDim rows).
+    private let scratchRows: Int
+    static let scoreRows = 8
     private let tokPos: UnsafeMutablePointer<Int>     // [T] position of each token in its sequence
     private let tokSeq: UnsafeMutablePointer<Unmanaged<KVSequence>>  // [T]
     private let tokLogit: UnsafeMutablePointer<Int>   // [T] logits row for the token or -1
@@ -134,6 +169,7 @@ public final class Engine: @unchecked Sendable {
         self.model = model
         self.config = model.config
         self.maxBatchTokens = maxBatchTokens
+        KernelISA.applyEnvironment()
         guard let p = syk_pool_create(Int32(threads), Int32(spin)) else { throw EngineError.outOfMemory("thread pool") }
         pool = p
         self.threads = Int(syk_pool_threads(p))
@@ -154,7 +190,8 @@ public final class Engine: @unchecked Sendable {
         ropeCos = .allocate(capacity: T * c.headDim / 2)
         ropeSin = .allocate(capacity: T * c.headDim / 2)
         attnToks = .allocate(capacity: T)
-        scores = .allocate(capacity: self.threads * c.headDim * c.contextLength)
+        scratchRows = max(Self.scoreRows, c.headDim)
+        scores = .allocate(capacity: self.threads * scratchRows * c.contextLength)
         tokPos = .allocate(capacity: T)
         tokSeq = .allocate(capacity: T)
         tokLogit = .allocate(capacity: T)
@@ -171,13 +208,20 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Linux thread ids of the pool's threads other than the caller (for pinning).
+    /// Kernel level and summation order for this engine's forward passes only (nil: the process setting,
+    /// see KernelISA.set and SWITCHYARD_SUM_ORDER). `fastOrder` true picks SYK_SUM_FAST, false llama.cpp's.
+    public func setKernelOverrides(isa: KernelISA?, fastOrder: Bool?) {
+        syk_pool_set_overrides(pool, isa?.rawValue ?? -1,
+                               fastOrder.map { $0 ? Int32(SYK_SUM_FAST) : Int32(SYK_SUM_LLAMA) } ?? -1)
+    }
+
     public var workerThreadIDs: [Int32] { (1..<threads).map { syk_pool_worker_tid(pool, Int32($0)) } }
 
     /// Private memory of this engine beyond KV caches (buffers above), in bytes.
     public var scratchBytes: Int {
         let c = config, T = maxBatchTokens, maxK = max(c.dim, c.ffnDim)
         return 4 * T * (c.dim * 2 + c.dim + 2 * c.kvDim + 3 * c.ffnDim + c.headDim + 3 * maxK / 32 + maxK / 4)
-            + T * maxK + 4 * threads * c.headDim * c.contextLength + 4 * logitCapacity * (c.vocabSize + c.dim)
+            + T * maxK + 4 * threads * scratchRows * c.contextLength + 4 * logitCapacity * (c.vocabSize + c.dim)
     }
 
     // MARK: Sequences
@@ -313,24 +357,27 @@ public final class Engine: @unchecked Sendable {
                 tap("Vcur", l, qkv + dim + kvDim, n, kvDim, qkvLd)
             }
 
-            // RoPE (adjacent pairs, llama.cpp NORM) on q and k; store k, v into the cache as fp16.
+            // RoPE (adjacent pairs, llama.cpp NORM) on q and k, then k and v stored into the cache as fp16:
+            // one pool task, split over tokens (each token writes only its own cache slot).
             for t in 0..<n {
-                let row = qkv + t * qkvLd
-                // q heads then k heads (k follows q in the row)
-                syk_rope_norm(row, Int32(c.nHead + c.nKVHead), Int32(hd), ropeCos + t * half, ropeSin + t * half)
                 let s = tokSeq[t].takeUnretainedValue()
-                let pos = tokPos[t]
-                syk_store_f16(row + dim, s.k(l) + pos * kvDim, Int32(kvDim))
-                syk_store_f16(row + dim + kvDim, s.v(l) + pos * kvDim, Int32(kvDim))
-                attnToks[t] = syk_attn_tok(q: UnsafePointer(row), k: UnsafePointer(s.k(l)), v: UnsafePointer(s.v(l)),
-                                           out: att + t * dim, npos: Int32(pos + 1))
+                attnToks[t] = syk_attn_tok(q: UnsafePointer(qkv + t * qkvLd), k: UnsafePointer(s.k(l)), v: UnsafePointer(s.v(l)),
+                                           out: att + t * dim, npos: Int32(tokPos[t] + 1))
             }
+            var rt = syk_rope_task(qkv: qkv, ldq: Int32(qkvLd), nq: Int32(c.nHead), nkv: Int32(c.nKVHead), hd: Int32(hd),
+                                   cosb: ropeCos, sinb: ropeSin, toks: attnToks, ntok: Int32(n))
+            withUnsafeMutablePointer(to: &rt) { syk_pool_run(pool, syk_rope_kv_run, $0) }
             if let tap { tap("Qrope", l, qkv, n, dim, qkvLd); tap("Krope", l, qkv + dim, n, kvDim, qkvLd) }
+            // Attention. Batches of >= 64 tokens take llama.cpp's tiled kernel (its choice, and its numerics);
+            // smaller ones one GQA group (query heads sharing a KV head) per work item, with the numerics of
+            // llama.cpp's one-row kernel.
+            let tiled = n >= 64
             var at = syk_attn_task(toks: attnToks, ntok: Int32(n), nhead: Int32(c.nHead), nkv: Int32(c.nKVHead),
                                    hd: Int32(hd), scale: 1 / sqrtf(Float(hd)), scratch: scores,
-                                   scratch_per_thread: Int32(c.headDim * c.contextLength),
-                                   tiled: n >= 64 ? 1 : 0)   // llama.cpp's choice: tiled kernel for >= 64 query rows
-            withUnsafeMutablePointer(to: &at) { syk_pool_run(pool, syk_attn_run, $0) }
+                                   scratch_per_thread: Int32(scratchRows * c.contextLength), tiled: tiled ? 1 : 0)
+            withUnsafeMutablePointer(to: &at) {
+                if tiled { syk_pool_run(pool, syk_attn_run, $0) } else { syk_pool_run(pool, syk_attn_group_run, $0) }
+            }
 
             tap?("kqv_out", l, att, n, dim, dim)
             // x += wo · att

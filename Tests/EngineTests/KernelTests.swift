@@ -38,9 +38,9 @@ import CSwitchyardKernels
     }
 
     @discardableResult
-    func runGemm(_ type: GGMLType, isa: Int32, order: Int32 = Int32(SYK_SUM_LLAMA)) throws -> [Float] {
+    func runGemm(_ type: GGMLType, isa: Int32, order: Int32 = Int32(SYK_SUM_LLAMA), ntok: Int = 11) throws -> [Float] {
         var rng = TestRNG(seed: 42)
-        let rows = 48, k = 96, ntok = 11
+        let rows = 48, k = 96
         let (bytes, w) = Self.quantized(type, rows: rows, k: k, rng: &rng)
         let chunk = type == .q8_0 ? Int(SYK_R16_Q8_0_CHUNK) : Int(SYK_R16_Q4_1_CHUNK)
         var packed = [UInt8](repeating: 0, count: rows / 16 * k / 32 * chunk)
@@ -54,9 +54,11 @@ import CSwitchyardKernels
         var isum = [Int32](repeating: 0, count: ntok * k / 32)
         var bias4 = [Int32](repeating: 0, count: ntok * k / 4)
         var out = [Float](repeating: 1, count: ntok * rows)
-        let prev = syk_get_isa(), prevOrder = syk_get_sum_order()
-        syk_set_isa(isa); syk_set_sum_order(order)
-        defer { syk_set_isa(prev); syk_set_sum_order(prevOrder) }
+        #expect(syk_set_thread_isa(isa) == isa, "ISA level \(isa) not available on this CPU")
+        syk_set_thread_sum_order(order)
+        defer { syk_set_thread_isa(-1); syk_set_thread_sum_order(-1) }
+        // The AVX2 level has only the fast order.
+        let llamaOrder = order == Int32(SYK_SUM_LLAMA) && isa != Int32(SYK_ISA_AVX2)
         qs.withUnsafeMutableBufferPointer { qp in d.withUnsafeMutableBufferPointer { dp in s.withUnsafeMutableBufferPointer { sp in
         isum.withUnsafeMutableBufferPointer { ip in bias4.withUnsafeMutableBufferPointer { bp in
             var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress,
@@ -104,7 +106,7 @@ import CSwitchyardKernels
                     }
                 }
                 #expect(abs(out[t * rows + r] - exact) <= 1e-4 * max(1, abs(exact)), "\(type) isa \(isa) t\(t) r\(r)")
-                if order == Int32(SYK_SUM_LLAMA) {
+                if llamaOrder {
                     #expect(out[t * rows + r] == 1 + Self.llamaOrderDot(type, bytes: bytes, row: r, k: k, qs: qs, t: t, d: d, s: s),
                             "\(type) isa \(isa) t\(t) r\(r): not in llama.cpp's summation order")
                 }
@@ -145,15 +147,128 @@ import CSwitchyardKernels
     @Test func gemmFastOrder() throws {
         for type in [GGMLType.q4_1, .q8_0] {
             let a = try runGemm(type, isa: Int32(SYK_ISA_SCALAR), order: Int32(SYK_SUM_FAST))
-            let b = try runGemm(type, isa: Int32(SYK_ISA_AVX512VNNI), order: Int32(SYK_SUM_FAST))
+            let b = try runGemm(type, isa: KernelISA.best.rawValue, order: Int32(SYK_SUM_FAST))
             #expect(a == b, "\(type): scalar and vector fast-order gemm differ")
         }
     }
 
+    /// Every ISA level this CPU supports (scalar always; AVX2 and AVX-512 where present).
+    static var levels: [KernelISA] { KernelISA.allCases.filter { $0.rawValue <= KernelISA.best.rawValue } }
+
     @Test func gemmQ4_1Scalar() throws { try runGemm(.q4_1, isa: Int32(SYK_ISA_SCALAR)) }
     @Test func gemmQ8_0Scalar() throws { try runGemm(.q8_0, isa: Int32(SYK_ISA_SCALAR)) }
-    @Test func gemmQ4_1Vector() throws { try runGemm(.q4_1, isa: Int32(SYK_ISA_AVX512VNNI)) }
-    @Test func gemmQ8_0Vector() throws { try runGemm(.q8_0, isa: Int32(SYK_ISA_AVX512VNNI)) }
+    @Test func gemmQ4_1Vector() throws { try runGemm(.q4_1, isa: KernelISA.best.rawValue) }
+    @Test func gemmQ8_0Vector() throws { try runGemm(.q8_0, isa: KernelISA.best.rawValue) }
+
+    /// All ISA levels against the float and integer references, and against each other: the integer dot
+    /// products are exact and the float epilogue is the same op sequence, so the levels agree bit for bit.
+    /// Token counts cover every tile width (AVX-512 tiles of 8 tokens, AVX2 tiles of 4, remainders).
+    @Test(arguments: [GGMLType.q4_1, .q8_0]) func gemmLevelsAgree(_ type: GGMLType) throws {
+        for ntok in [1, 3, 4, 5, 8, 11, 17] {
+            let outs = try Self.levels.map { try runGemm(type, isa: $0.rawValue, order: Int32(SYK_SUM_FAST), ntok: ntok) }
+            for (i, o) in outs.enumerated().dropFirst() {
+                #expect(o == outs[0], "\(type) ntok \(ntok): \(Self.levels[i]) differs from \(Self.levels[0])")
+            }
+        }
+    }
+
+    /// Activation quantization (with and without RMSNorm) gives the same blocks at every level.
+    @Test func quantizeLevelsAgree() {
+        var rng = TestRNG(seed: 9)
+        let k = 576, ntok = 3
+        // Mixed magnitudes (an outlier block, a zero block) exercise amax, rounding ties and saturation.
+        var x = (0..<(ntok * k)).map { _ in rng.float() * 3 }
+        for i in 0..<32 { x[64 + i] = 0 }
+        x[100] = 250; x[101] = -0.5
+        let norm = (0..<k).map { _ in rng.float(0.5, 1.5) }
+        struct Q: Equatable { var qs: [Int8]; var d: [Float]; var s: [Float]; var isum: [Int32]; var bias4: [Int32]; var xout: [Float] }
+        var results: [Q] = []
+        for level in Self.levels {
+            syk_set_thread_isa(level.rawValue); defer { syk_set_thread_isa(-1) }
+            var q = Q(qs: .init(repeating: 0, count: 2 * ntok * k), d: .init(repeating: 0, count: 2 * ntok * k / 32),
+                      s: .init(repeating: 0, count: 2 * ntok * k / 32), isum: .init(repeating: 0, count: 2 * ntok * k / 32),
+                      bias4: .init(repeating: 0, count: 2 * ntok * k / 4), xout: .init(repeating: 0, count: ntok * k))
+            q.qs.withUnsafeMutableBufferPointer { qp in q.d.withUnsafeMutableBufferPointer { dp in q.s.withUnsafeMutableBufferPointer { sp in
+            q.isum.withUnsafeMutableBufferPointer { ip in q.xout.withUnsafeMutableBufferPointer { xo in q.bias4.withUnsafeMutableBufferPointer { bp in
+                var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress, K: Int32(k))
+                for t in 0..<ntok {
+                    syk_quantize_act(x.withUnsafeBufferPointer { $0.baseAddress! } + t * k, nil, 0, &act, Int32(t), nil)
+                    syk_quantize_act(x.withUnsafeBufferPointer { $0.baseAddress! } + t * k, norm, 1e-5, &act, Int32(ntok + t), xo.baseAddress! + t * k)
+                }
+            } } } } } }
+            results.append(q)
+        }
+        #expect(results[0].qs.contains { $0 != 0 })
+        for (i, r) in results.enumerated().dropFirst() { #expect(r == results[0], "quantize: \(Self.levels[i]) differs from scalar") }
+    }
+
+    /// SwiGLU + quantize task: every level evaluates ggml's vectorized expf with the same operations and
+    /// agrees bit for bit; all stay within float rounding of silu(g)*u computed with libm.
+    @Test func swigluLevelsAgree() {
+        var rng = TestRNG(seed: 5)
+        let ff = 1568, ntok = 2
+        let gu = (0..<(ntok * 2 * ff)).map { _ in rng.float() * 12 }
+        var outs: [[Float]] = [], quants: [[Int8]] = []
+        for level in Self.levels {
+            syk_set_thread_isa(level.rawValue); defer { syk_set_thread_isa(-1) }
+            var h = [Float](repeating: 0, count: ntok * ff)
+            var qs = [Int8](repeating: 0, count: ntok * ff), d = [Float](repeating: 0, count: ntok * ff / 32), s = d
+            var isum = [Int32](repeating: 0, count: ntok * ff / 32), bias4 = [Int32](repeating: 0, count: ntok * ff / 4)
+            gu.withUnsafeBufferPointer { g in h.withUnsafeMutableBufferPointer { hp in qs.withUnsafeMutableBufferPointer { qp in
+            d.withUnsafeMutableBufferPointer { dp in s.withUnsafeMutableBufferPointer { sp in isum.withUnsafeMutableBufferPointer { ip in
+            bias4.withUnsafeMutableBufferPointer { bp in
+                var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress, K: Int32(ff))
+                withUnsafePointer(to: &act) { ap in
+                    var task = syk_swiglu_task(gu: g.baseAddress, h: hp.baseAddress, ff: Int32(ff), act: ap, ntok: Int32(ntok))
+                    syk_swiglu_run(&task, 0, 1)
+                }
+            } } } } } } }
+            outs.append(h); quants.append(qs)
+        }
+        for t in 0..<ntok {
+            for i in 0..<ff {
+                let g = gu[t * 2 * ff + i], u = gu[t * 2 * ff + ff + i]
+                let ref = g / (1 + expf(-g)) * u
+                for (l, o) in outs.enumerated() {
+                    #expect(abs(o[t * ff + i] - ref) <= 1e-5 * max(1, abs(ref)), "swiglu \(Self.levels[l]) t\(t) [\(i)]")
+                }
+            }
+        }
+        for i in outs.indices { #expect(outs[i] == outs[0] && quants[i] == quants[0], "swiglu: \(Self.levels[i]) differs from scalar") }
+    }
+
+    /// Grouped attention (one KV head, G query heads) equals G single-head calls at the best level bit for
+    /// bit, at every level, for positions 1...; and the scalar level stays within float rounding.
+    @Test func groupedAttentionMatchesPerHead() {
+        var rng = TestRNG(seed: 11)
+        let hd = 64, nkv = 3, stride = nkv * hd
+        for npos in [1, 2, 37, 130] {
+            let k16 = (0..<(npos * stride)).map { _ in syk_fp32_to_fp16(rng.float() * 2) }
+            let v16 = (0..<(npos * stride)).map { _ in syk_fp32_to_fp16(rng.float()) }
+            for G in 1...4 {
+                let q = (0..<(G * hd)).map { _ in rng.float() * 3 }
+                var scratch = [Float](repeating: 0, count: 2 * G * npos)
+                // Reference: per-head syk_attend at the best level.
+                syk_set_thread_isa(KernelISA.best.rawValue)
+                var ref = [Float](repeating: 0, count: G * hd)
+                for g in 0..<G {
+                    ref.withUnsafeMutableBufferPointer { o in
+                        syk_attend(Array(q[(g * hd)..<((g + 1) * hd)]), Array(k16[hd...]), Array(v16[hd...]), Int32(stride), Int32(npos), Int32(hd), 0.125, &scratch, o.baseAddress! + g * hd)
+                    }
+                }
+                for level in Self.levels {
+                    syk_set_thread_isa(level.rawValue); defer { syk_set_thread_isa(-1) }
+                    var out = [Float](repeating: 0, count: G * hd)
+                    syk_attend_group(q, Array(k16[hd...]), Array(v16[hd...]), Int32(stride), Int32(npos), Int32(hd), Int32(G), 0.125, &scratch, &out)
+                    if level == .scalar {
+                        for i in 0..<out.count { #expect(abs(out[i] - ref[i]) < 1e-3, "scalar npos \(npos) G \(G) [\(i)]") }
+                    } else {
+                        #expect(out == ref, "\(level) npos \(npos) G \(G): grouped attention differs from per-head")
+                    }
+                }
+            }
+        }
+    }
 
     @Test func fp16RoundTrip() {
         for v: Float in [0, 1, -2.5, 65504, 6.1e-5, 5.96e-8, 1e-9, 0.1, -0.3333] {
@@ -172,7 +287,7 @@ import CSwitchyardKernels
         let k16 = kf.map { syk_fp32_to_fp16($0) }, v16 = vf.map { syk_fp32_to_fp16($0) }
         var outs: [[Float]] = []
         for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
-            let prev = syk_get_isa(); syk_set_isa(isa); defer { syk_set_isa(prev) }
+            syk_set_thread_isa(isa); defer { syk_set_thread_isa(-1) }
             var scores = [Float](repeating: 0, count: npos), out = [Float](repeating: 0, count: hd)
             syk_attend(q, k16, v16, Int32(stride), Int32(npos), Int32(hd), 0.125, &scores, &out)
             var s = (0..<npos).map { j in (0..<hd).reduce(Float(0)) { $0 + q[$1] * syk_fp16_to_fp32(k16[j * stride + $1]) } * 0.125 }
@@ -200,7 +315,7 @@ import CSwitchyardKernels
         let v16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
         var outs: [[Float]] = []
         for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
-            let prev = syk_get_isa(); syk_set_isa(isa); defer { syk_set_isa(prev) }
+            syk_set_thread_isa(isa); defer { syk_set_thread_isa(-1) }
             var out = [Float](repeating: 0, count: ntok * nhead * hd)
             var scratch = [Float](repeating: 0, count: hd * ntok)
             q.withUnsafeBufferPointer { qp in k16.withUnsafeBufferPointer { kp in v16.withUnsafeBufferPointer { vp in
@@ -235,5 +350,60 @@ import CSwitchyardKernels
             outs.append(out)
         }
         #expect(outs[0] == outs[1], "scalar vs vector tiled attention differ")
+    }
+}
+
+/// The whole forward pass on the real model with each vector ISA level forced: the same greedy tokens as the
+/// default (best) level, and — since the AVX2 kernels mirror the AVX-512 ones op for op — the same logits.
+@Suite(.serialized) struct ISAForwardTests {
+    static func greedy(_ engine: Engine, prompt: [Int32], steps: Int) throws -> (tokens: [Int32], logits: [Float]) {
+        let seq = try engine.createSequence(maxContext: prompt.count + steps + 1)
+        defer { engine.freeSequence(seq) }
+        var out = try engine.forward([BatchItem(sequence: seq, tokens: prompt)])
+        var tokens: [Int32] = [], logits: [Float] = []
+        for _ in 0..<steps {
+            let l = out.logits(item: 0)
+            logits += l
+            var best = 0
+            for i in 1..<l.count where l[i] > l[best] { best = i }
+            tokens.append(Int32(best))
+            out = try engine.forward([BatchItem(sequence: seq, tokens: [Int32(best)])])
+        }
+        return (tokens, logits)
+    }
+
+    @Test func vectorLevelsGiveDefaultGreedyTokens() throws {
+        let model = try Model(gguf: GGUFFile(path: TestPaths.model()))
+        let engine = try Engine(model: model, threads: 2)
+        let prompts: [[Int32]] = [
+            [1, 9690, 198, 2683, 359, 253, 5356, 5646],
+            [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47],
+            Array((0..<40).map { Int32(100 + 37 * $0) }),
+        ]
+        // Per-engine overrides (the rest of the process keeps its level). Levels are compared in the fast
+        // summation order, the one every level has; in llama.cpp's order (AVX-512 and scalar levels) the
+        // default level must give the same greedy tokens as the fast order's first steps here too.
+        defer { engine.setKernelOverrides(isa: nil, fastOrder: nil) }
+        for p in prompts {
+            engine.setKernelOverrides(isa: .avx512, fastOrder: true)
+            let base = try Self.greedy(engine, prompt: p, steps: 8)
+            for level in KernelISA.allCases where level != .scalar && level.rawValue <= KernelISA.best.rawValue {
+                engine.setKernelOverrides(isa: level, fastOrder: true)
+                let r = try Self.greedy(engine, prompt: p, steps: 8)
+                #expect(r.tokens == base.tokens, "\(level): greedy tokens \(r.tokens) vs default \(base.tokens)")
+                var maxDiff: Float = 0
+                for i in r.logits.indices { maxDiff = max(maxDiff, abs(r.logits[i] - base.logits[i])) }
+                #expect(maxDiff == 0, "\(level): logits differ from the default level by up to \(maxDiff)")
+            }
+            engine.setKernelOverrides(isa: .avx512, fastOrder: false)
+            let llama = try Self.greedy(engine, prompt: p, steps: 8)
+            // First step only (later steps may follow different tokens): the two orders differ in the last bits
+            // of each dot product; 8-bit re-quantization between layers amplifies that to a few tenths of a
+            // logit (0.63-0.72 measured on these prompts), well below a wrong-model error.
+            let vocab = llama.logits.count / 8
+            var maxDiff: Float = 0
+            for i in 0..<vocab { maxDiff = max(maxDiff, abs(llama.logits[i] - base.logits[i])) }
+            #expect(llama.tokens[0] == base.tokens[0] && maxDiff < 2, "llama.cpp order vs fast order: first-step logits differ by up to \(maxDiff)")
+        }
     }
 }

@@ -22,7 +22,8 @@
 #define SYK_R16_Q4_1_CHUNK 320    // bytes per (16 rows x 32 elements) chunk
 #define SYK_R16_Q8_0_CHUNK 544
 
-enum { SYK_ISA_SCALAR = 0, SYK_ISA_AVX512VNNI = 2 };
+/// ISA levels, ordered: AVX2 = AVX2 + FMA + F16C (maddubs int8 dots); AVX512VNNI = AVX-512 F/BW/VL/DQ + VNNI.
+enum { SYK_ISA_SCALAR = 0, SYK_ISA_AVX2 = 1, SYK_ISA_AVX512VNNI = 2 };
 enum { SYK_W_R16_Q4_1 = 1, SYK_W_R16_Q8_0 = 2 };
 
 /// Best ISA this CPU supports (SYK_ISA_*).
@@ -30,6 +31,9 @@ int syk_cpu_features(void);
 /// Restricts the ISA used by the kernels (for tests of the fallback); returns the level now in use.
 int syk_set_isa(int level);
 int syk_get_isa(void);
+/// Overrides the level for the calling thread only (kernels it calls directly; not pool workers); a negative
+/// level removes the override. Returns the level now in use on this thread.
+int syk_set_thread_isa(int level);
 
 // ---- fp16 / bf16 ----
 float syk_fp16_to_fp32(uint16_t h);
@@ -78,11 +82,13 @@ typedef struct {
 
 /// Float summation order of syk_gemm. LLAMA (default): llama.cpp's x86 order (8 lane sums per output,
 /// see kernels.c), so results are bit-identical to llama.cpp's CPU backend; FAST: one sum per block
-/// (~1.6x faster prefill, results differ from llama.cpp's in the last bits).
+/// (~1.6x faster prefill, results differ from llama.cpp's in the last bits). The AVX2 level has only FAST.
 enum { SYK_SUM_LLAMA = 0, SYK_SUM_FAST = 1 };
 #define SYK_LANE_MAGIC 0x4B400000   // bits of 1.5 * 2^23
 int syk_get_sum_order(void);
 void syk_set_sum_order(int order);
+/// Per-thread override of the summation order for kernels called on this thread; -1 clears it.
+void syk_set_thread_sum_order(int order);
 
 /// out[t*ldo + r] (+)= Σ_k W[r][k] * act[t][k] for tokens [0, ntok) and row groups [g0, g1).
 void syk_gemm(const syk_wmat *w, const syk_act *act, int ntok, float *out, int ldo, int accumulate, int g0, int g1);
@@ -93,6 +99,10 @@ void syk_gemm(const syk_wmat *w, const syk_act *act, int ntok, float *out, int l
 /// out[hd] = Σ_j softmax(q·k_j * scale)_j v_j.
 void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                 float scale, float *scores, float *out);
+/// The G query heads q[G][hd] that share one KV head (GQA group), out[G][hd]: the same results as G calls of
+/// syk_attend, done in one pass over K and V. scratch: 2*G*npos floats. Vector paths for hd = 64, G <= 4.
+void syk_attend_group(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd, int G,
+                      float scale, float *scratch, float *out);
 /// Store n floats as fp16.
 void syk_store_f16(const float *x, uint16_t *dst, int n);
 
@@ -109,6 +119,9 @@ typedef void (*syk_fn)(void *ctx, int ith, int nth);
 syk_pool *syk_pool_create(int nthreads, int spin);
 void syk_pool_destroy(syk_pool *p);
 int syk_pool_threads(const syk_pool *p);
+/// Kernel level and summation order for every thread of this pool's runs (the caller's part included);
+/// -1 follows the process setting. Lets one engine use another level than the rest of the process.
+void syk_pool_set_overrides(syk_pool *p, int isa, int order);
 /// Runs fn(ctx, i, n) for i in 0..<n on the pool (caller runs i = 0) and returns when all finished.
 void syk_pool_run(syk_pool *p, syk_fn fn, void *ctx);
 /// Linux thread id of worker i (0 = caller; returns 0 for it), for pinning.
@@ -174,4 +187,20 @@ typedef struct {
     int tiled;                // 1: llama.cpp's tiled flash-attention numerics (it uses them for batches of >= 64 tokens)
 } syk_attn_task;
 void syk_attn_run(void *task, int ith, int nth);
+/// Same task and results as syk_attn_run, one GQA group per work item (syk_attend_group); needs
+/// scratch_per_thread >= 8 * max npos for the grouped path (else it goes head by head).
+void syk_attn_group_run(void *task, int ith, int nth);
+
+/// RoPE (adjacent pairs) on the q and k heads of each token's qkv row, then k and v stored as fp16 into the
+/// cache slot of position toks[t].npos - 1 (toks[t].k / .v are the cache bases of the token's sequence).
+typedef struct {
+    float *qkv;            // [ntok][ldq]: q (nq heads) | k (nkv heads) | v (nkv heads)
+    int ldq;
+    int nq, nkv, hd;
+    const float *cosb;     // [ntok][hd/2]
+    const float *sinb;     // [ntok][hd/2]
+    const syk_attn_tok *toks;
+    int ntok;
+} syk_rope_task;
+void syk_rope_kv_run(void *task, int ith, int nth);
 #endif
