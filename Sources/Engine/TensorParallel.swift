@@ -118,41 +118,96 @@ public final class TPGroup: @unchecked Sendable {
 
     // MARK: Creating and attaching
 
-    /// Creates the shared memory of a group of `size` shards of a model with `config`, whose engines run
-    /// at most `maxBatchTokens` tokens per pass. The returned handle (rank -1) owns the memfd.
-    public static func create(size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> TPGroup {
+    /// Bytes of the shared memory of a group of `size` shards (what `create` sizes the memfd to).
+    public static func byteCount(size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> Int {
+        try layout(size: size, config: config, maxBatchTokens: maxBatchTokens).total
+    }
+
+    private struct Layout { var cmdOffset, partialOffset, total, maxItems, cmdTokens: Int }
+
+    private static func layout(size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> Layout {
         guard size >= 1, size <= Int(SY_TP_MAX_RANKS) else { throw TPError.badArgument("group size \(size) must be 1...\(SY_TP_MAX_RANKS)") }
         guard maxBatchTokens >= 1, maxBatchTokens <= 1 << 16 else { throw TPError.badArgument("maxBatchTokens \(maxBatchTokens) must be 1...65536") }
         guard config.dim >= 32, config.dim <= 1 << 16, config.dim % 16 == 0 else { throw TPError.badArgument("dim \(config.dim)") }
         let page = 4096
         func roundUp(_ v: Int) -> Int { (v + page - 1) / page * page }
+        // A forward command carries at most maxBatchTokens tokens (so at most that many items).
         let maxItems = maxBatchTokens, cmdTokens = maxBatchTokens
         let cmdOffset = roundUp(Int(SY_TP_HEADER_SIZE))
         let cmdBytes = MemoryLayout<sy_tp_command>.size + maxItems * MemoryLayout<sy_tp_item>.size + 4 * cmdTokens
         let partialOffset = cmdOffset + roundUp(cmdBytes)
         let total = partialOffset + roundUp(2 * size * maxBatchTokens * config.dim * 4)
+        return Layout(cmdOffset: cmdOffset, partialOffset: partialOffset, total: total, maxItems: maxItems, cmdTokens: cmdTokens)
+    }
 
-        let fd = sy_memfd_create("switchyard-tp", SY_MFD_CLOEXEC | SY_MFD_ALLOW_SEALING)
-        guard fd >= 0 else { throw TPError.system("memfd_create", errno: sy_errno()) }
-        guard ftruncate(fd, off_t(total)) == 0 else { let e = sy_errno(); close(fd); throw TPError.system("ftruncate", errno: e) }
-        _ = sy_memfd_add_seals(fd, SY_F_SEAL_SHRINK | SY_F_SEAL_GROW | SY_F_SEAL_SEAL)
-        guard let p = mmap(nil, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            let e = sy_errno(); close(fd); throw TPError.system("mmap", errno: e)
+    /// Sizes the (empty or new) memfd `fd`, writes the configuration and publishes the magic word LAST
+    /// (release), so that a shard polling for it (`attach`) sees a complete header.
+    private static func initialize(fd: Int32, size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> Int {
+        let l = try layout(size: size, config: config, maxBatchTokens: maxBatchTokens)
+        guard ftruncate(fd, off_t(l.total)) == 0 else { throw TPError.system("ftruncate", errno: sy_errno()) }
+        _ = sy_memfd_add_seals(fd, SY_F_SEAL_SHRINK | SY_F_SEAL_GROW)   // best effort (not a sealable fd: fine)
+        guard let p = mmap(nil, l.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw TPError.system("mmap", errno: sy_errno())
         }
-        // Configuration (the memfd is zero-filled: counters, pids and acks start at 0). Written before the
-        // fd is shared, so the children's mmap sees it without further ordering.
-        p.storeBytes(of: UInt64(SY_TP_MAGIC), toByteOffset: Int(SY_TP_OFF_MAGIC), as: UInt64.self)
+        defer { munmap(p, l.total) }
+        // The memfd is zero-filled: counters, pids and acks start at 0.
         p.storeBytes(of: UInt32(SY_TP_VERSION), toByteOffset: Int(SY_TP_OFF_VERSION), as: UInt32.self)
         p.storeBytes(of: UInt32(size), toByteOffset: Int(SY_TP_OFF_SIZE), as: UInt32.self)
         p.storeBytes(of: UInt32(config.dim), toByteOffset: Int(SY_TP_OFF_DIM), as: UInt32.self)
         p.storeBytes(of: UInt32(maxBatchTokens), toByteOffset: Int(SY_TP_OFF_MAX_TOKENS), as: UInt32.self)
-        p.storeBytes(of: UInt32(maxItems), toByteOffset: Int(SY_TP_OFF_MAX_ITEMS), as: UInt32.self)
-        p.storeBytes(of: UInt32(cmdTokens), toByteOffset: Int(SY_TP_OFF_CMD_TOKENS), as: UInt32.self)
-        p.storeBytes(of: UInt64(cmdOffset), toByteOffset: Int(SY_TP_OFF_CMD_OFFSET), as: UInt64.self)
-        p.storeBytes(of: UInt64(partialOffset), toByteOffset: Int(SY_TP_OFF_PARTIAL_OFFSET), as: UInt64.self)
-        p.storeBytes(of: UInt64(total), toByteOffset: Int(SY_TP_OFF_MAPPING_SIZE), as: UInt64.self)
-        munmap(p, total)
-        do { return try TPGroup(fd: fd, byteCount: total, rank: -1, size: size, owns: true) } catch { close(fd); throw error }
+        p.storeBytes(of: UInt32(l.maxItems), toByteOffset: Int(SY_TP_OFF_MAX_ITEMS), as: UInt32.self)
+        p.storeBytes(of: UInt32(l.cmdTokens), toByteOffset: Int(SY_TP_OFF_CMD_TOKENS), as: UInt32.self)
+        p.storeBytes(of: UInt64(l.cmdOffset), toByteOffset: Int(SY_TP_OFF_CMD_OFFSET), as: UInt64.self)
+        p.storeBytes(of: UInt64(l.partialOffset), toByteOffset: Int(SY_TP_OFF_PARTIAL_OFFSET), as: UInt64.self)
+        p.storeBytes(of: UInt64(l.total), toByteOffset: Int(SY_TP_OFF_MAPPING_SIZE), as: UInt64.self)
+        // Release: pairs with attach's acquire load of the magic; everything above is visible once it is.
+        sy_store_release_u64((p + Int(SY_TP_OFF_MAGIC)).assumingMemoryBound(to: UInt64.self), SY_TP_MAGIC)
+        return l.total
+    }
+
+    /// Creates the shared memory of a group of `size` shards of a model with `config`, whose engines run
+    /// at most `maxBatchTokens` tokens per pass, in a new memfd. The returned handle (rank -1) owns the
+    /// memfd; shard processes attach with `init(fd:byteCount:rank:size:)` on an inherited copy.
+    public static func create(size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> TPGroup {
+        let fd = sy_memfd_create("switchyard-tp", SY_MFD_CLOEXEC | SY_MFD_ALLOW_SEALING)
+        guard fd >= 0 else { throw TPError.system("memfd_create", errno: sy_errno()) }
+        do {
+            let total = try initialize(fd: fd, size: size, config: config, maxBatchTokens: maxBatchTokens)
+            return try TPGroup(fd: fd, byteCount: total, rank: -1, size: size, owns: true)
+        } catch { close(fd); throw error }
+    }
+
+    /// Rank 0, when the spawner handed every shard the same EMPTY memfd: sizes and initializes it and
+    /// attaches as rank 0. Followers `attach` to the same fd (they wait for the initialization).
+    public static func create(fd: Int32, size: Int, config: ModelConfig, maxBatchTokens: Int) throws -> TPGroup {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw TPError.system("fstat", errno: sy_errno()) }
+        guard st.st_size == 0 else { throw TPError.badArgument("group memfd already has \(st.st_size) bytes (create needs an empty one)") }
+        let total = try initialize(fd: fd, size: size, config: config, maxBatchTokens: maxBatchTokens)
+        return try TPGroup(fd: fd, byteCount: total, rank: 0, size: size, owns: false)
+    }
+
+    /// Rank > 0, on the memfd rank 0 initializes with `create(fd:...)`: waits (1 ms polls of its size and
+    /// magic word) up to `timeoutSeconds` for the header, then attaches as `rank`.
+    public static func attach(fd: Int32, rank: Int, size: Int, timeoutSeconds: Double) throws -> TPGroup {
+        let deadline = sy_monotonic_ns() + UInt64(max(0, timeoutSeconds) * 1e9)
+        while true {
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { throw TPError.system("fstat", errno: sy_errno()) }
+            let bytes = Int(st.st_size)
+            if bytes >= Int(SY_TP_HEADER_SIZE), let p = mmap(nil, bytes, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED {
+                let ready = sy_load_acquire_u64(p.assumingMemoryBound(to: UInt64.self)) == SY_TP_MAGIC
+                let mapped = Int(p.load(fromByteOffset: Int(SY_TP_OFF_MAPPING_SIZE), as: UInt64.self))
+                munmap(p, bytes)
+                if ready {
+                    guard mapped == bytes else { throw TPError.badArgument("group header says \(mapped) bytes, memfd has \(bytes)") }
+                    return try TPGroup(fd: fd, byteCount: bytes, rank: rank, size: size)
+                }
+            }
+            if sy_monotonic_ns() > deadline { throw TPError.peerNeverAttached(rank: 0, seconds: timeoutSeconds) }
+            var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            nanosleep(&ts, nil)
+        }
     }
 
     /// Maps a group's memfd (inherited from the creator) as shard `rank` of `size` and registers this
