@@ -322,9 +322,11 @@ public final class TPGroup: @unchecked Sendable {
     /// Throws if the group is aborted or another rank has died (or never attached); see the file comment.
     public func checkPeers() throws {
         if isAborted { throw abortedError() }
+        var waitingForAttach = false
         for r in 0..<size where r != rank {
             let pid = Int32(bitPattern: sy_load_acquire_u32(pidWord(r)))
             if pid == 0 {
+                waitingForAttach = true
                 let now = sy_monotonic_ns()
                 if unattachedSince == 0 { unattachedSince = now }
                 if Double(now - unattachedSince) / 1e9 > attachTimeout {
@@ -349,7 +351,7 @@ public final class TPGroup: @unchecked Sendable {
                 throw TPError.peerDied(rank: r, pid: pid)
             }
         }
-        unattachedSince = 0
+        if !waitingForAttach { unattachedSince = 0 }
     }
 
     /// Waits until `done(*word)`: spins, then sleeps on the futex in slices, checking peers between slices.
