@@ -120,7 +120,8 @@ public final class TPLeaderRunner: ModelRunner {
 }
 
 /// Rank > 0 of a group: executes the leader's commands on its own shard engine.
-public final class TPFollower {
+/// @unchecked Sendable: it may be created on one thread and run on another; one thread drives it at a time.
+public final class TPFollower: @unchecked Sendable {
     public let engine: Engine
     public let group: TPGroup
     let contextLength: Int
