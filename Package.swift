@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire", "BenchKit", "Front",
+                "ShmRing", "SysKit", "Routing", "Engine", "Worker", "ClientKit", "Wire", "BenchKit", "Front",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

@@ -222,6 +222,7 @@ final class ShardSet: @unchecked Sendable {
         }
         // Same weights and quantized activations; only the float summation order of the two split
         // projections differs (and with it the 8-bit rounding of later activations).
+        print("sharded K=\(size): max logit difference \(maxErr) (logit scale \(scale))")
         #expect(maxErr < 0.02 * scale, "K=\(size): max logit difference \(maxErr) (scale \(scale))")
         let stats = shards.engines.map { $0.group!.stats }
         #expect(stats.allSatisfy { $0.calls == stats[0].calls && $0.calls > 0 })

@@ -89,7 +89,8 @@ private final class TPHarness {
 
 /// Greedy generation of `steps` tokens for every prompt at once through a ModelRunner; also returns, per
 /// prompt and step, the gap between the chosen token's logit and the runner-up (to explain differences).
-private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) throws -> (tokens: [[Int32]], gaps: [[Float]]) {
+private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) throws -> (tokens: [[Int32]], gaps: [[Float]], first: [[Float]]) {
+    var first = prompts.map { _ in [Float]() }
     let slots = prompts.map { _ in runner.acquireSequence() }
     let ids = try slots.map { try #require($0) }
     var tokens = prompts.map { _ in [Int32]() }, gaps = prompts.map { _ in [Float]() }
@@ -100,6 +101,7 @@ private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) t
             for j in 1..<row.count where row[j] > row[best] { best = j }
             var second = best == 0 ? 1 : 0
             for j in 0..<row.count where j != best && row[j] > row[second] { second = j }
+            if tokens[i].isEmpty { first[i] = Array(row) }
             tokens[i].append(Int32(best))
             gaps[i].append(row[best] - row[second])
         }
@@ -109,7 +111,7 @@ private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) t
         }
     }
     for s in ids { runner.releaseSequence(s) }
-    return (tokens, gaps)
+    return (tokens, gaps, first)
 }
 
 @Suite(.serialized) struct TensorParallelRunnerTests {
@@ -203,6 +205,14 @@ private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) t
         for size in [2, 3] {
             let h = try TPHarness(gguf: gguf, size: size, contextLength: 128, slots: 16, maxBatchTokens: T)
             let got = try greedy(h.leader, prompts: prompts, steps: 32)
+            // First step (same inputs): top-5 (of tp 1) logprob differences, as FidelityTests measures them.
+            var diffs: [Float] = []
+            for i in prompts.indices {
+                let a = logSoftmax(ref.first[i]), b = logSoftmax(got.first[i])
+                for j in a.indices.sorted(by: { a[$0] > a[$1] }).prefix(5) { diffs.append(abs(a[j] - b[j])) }
+            }
+            let mean = diffs.reduce(0, +) / Float(diffs.count)
+            print("tp \(size): first-step top-5 logprob difference vs tp 1: max \(diffs.max() ?? 0), mean \(mean)")
             var same = 0
             for i in prompts.indices {
                 // Compare up to the first end-of-generation token (llama.cpp stops there).
@@ -210,13 +220,24 @@ private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) t
                 guard let d = (0..<n).first(where: { ref.tokens[i][$0] != got.tokens[i][$0] }) else { same += 1; continue }
                 let gap = ref.gaps[i][d]
                 print("tp \(size): '\(goldens.greedy[i].user)' differs at token \(d): \(ref.tokens[i][d]) (tp 1) vs \(got.tokens[i][d]), tp-1 top-2 logit gap \(gap)")
-                #expect(gap < 0.05, "tp \(size) prompt \(i): token \(d) differs with a logit gap of \(gap)")
+                // Float-order noise in this model moves logprobs by up to ~0.45 nats (FidelityTests' note on
+                // one-ulp changes cascading through 8-bit activation roundings): a flip needs a near-tie.
+                #expect(gap < 0.45, "tp \(size) prompt \(i): token \(d) differs with a logit gap of \(gap)")
             }
             print("tp \(size): \(same)/16 prompts with identical greedy tokens (32 each, up to end of generation)")
+            #expect((diffs.max() ?? 1) <= 0.5 && mean <= 0.12, "tp \(size): top-5 logprob differences max \(diffs.max() ?? 1) mean \(mean)")
             let errors = h.finish()
             #expect(errors.allSatisfy { $0 == nil }, "\(errors)")
         }
     }
+}
+
+private func logSoftmax(_ l: [Float]) -> [Float] {
+    let m = Double(l.max() ?? 0)
+    var sum = 0.0
+    for v in l { sum += exp(Double(v) - m) }
+    let lse = m + log(sum)
+    return l.map { Float(Double($0) - lse) }
 }
 
 private let tpRoot: URL = {
