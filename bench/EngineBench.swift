@@ -20,6 +20,7 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(help: "Write JSON results to PATH, or '-' for stdout.") var json: String?
     @Option(help: "Repacked weights: 'private' or a directory for a shared file (e.g. /dev/shm).") var repack: String = "private"
     @Option(help: "Tensor-parallel shards: K > 1 runs K shard processes (this one is rank 0), --threads each.") var tp: Int = 1
+    @Option(name: .customLong("tp-spin"), help: "Spin iterations before a shard sleeps in a group wait (--tp > 1).") var tpSpin: Int = 1 << 12
     @Flag(help: "Pin shard r's threads to CPUs r*threads ..< (r+1)*threads of the allowed set (--tp > 1).") var pin = false
 
     func run() throws {
@@ -107,13 +108,14 @@ struct EngineBenchCommand: ParsableCommand {
         for r in 1..<tp {
             var args = ["engine-shard", "--fd", "3", "--bytes", "\(owner.byteCount)", "--rank", "\(r)", "--size", "\(tp)",
                         "--model", model, "--threads", "\(threads)", "--max-batch", "\(T)", "--context", "\(ctx)",
-                        "--slots", "\(slots)", "--repack", repack]
+                        "--slots", "\(slots)", "--repack", repack, "--spin", "\(tpSpin)"]
             if pin { args.append("--pin") }
             let c = try ChildProcess.spawn(path: exe, arguments: args, inherit: [InheritedDescriptor(owner.fd, as: 3)])
             owner.registerPeer(rank: r, pid: c.pid)   // a child dying before it attaches is noticed too
             children.append(Child(c))
         }
         let g = try TPGroup(fd: owner.fd, byteCount: owner.byteCount, rank: 0, size: tp)
+        g.spin = tpSpin
         let engine = try Engine(model: m, threads: threads, maxBatchTokens: T, group: g)
         if pin { try pinShard(engine, rank: 0, threads: threads) }
         let runner = TPLeaderRunner(engine: engine, group: g, contextLength: ctx, slots: slots)
@@ -193,7 +195,7 @@ struct EngineBenchCommand: ParsableCommand {
         if let json {
             let obj: [String: Any] = [
                 "prefill_tok_per_s": ppm, "prefill_sd": pps, "decode_tok_per_s": tgm, "decode_sd": tgs,
-                "batch": batch, "threads": threads, "tp": tp, "prompt": prompt, "gen": gen, "reps": reps, "pinned": pin,
+                "batch": batch, "threads": threads, "tp": tp, "tp_spin": tpSpin, "prompt": prompt, "gen": gen, "reps": reps, "pinned": pin,
                 "loadavg_1m": Double(load) ?? -1, "packed_weight_bytes_rank0": m.packedWeightBytes,
                 "kv_bytes_per_token_rank0": engine.kvBytesPerToken,
                 "allreduce_ns_per_decode_step": tgReduce, "allreduce_wait_ns_per_decode_step": tgWait,
@@ -238,10 +240,12 @@ struct EngineShardCommand: ParsableCommand {
     @Option var context: Int
     @Option var slots: Int
     @Option var repack: String = "private"
+    @Option var spin: Int = 1 << 12
     @Flag var pin = false
 
     func run() throws {
         let g = try TPGroup(fd: fd, byteCount: bytes, rank: rank, size: size)
+        g.spin = spin
         let opts = ModelOptions(repack: repack == "private" ? .privateMemory : .sharedFile(directory: repack),
                                 shard: try ShardSpec(rank: rank, size: size))
         let engine = try Engine(model: Model(path: model, options: opts), threads: threads, maxBatchTokens: maxBatch, group: g)
