@@ -103,6 +103,7 @@ public final class TPGroup: @unchecked Sendable {
     public var attachTimeout = 120.0
 
     private let base: UnsafeMutableRawPointer
+    private let commandArea: UnsafeMutableRawPointer   // base + cmd_offset (validated at init)
     private let ownsFD: Bool
     private let partialBase: UnsafeMutablePointer<Float>
     private let slotFloats: Int          // maxBatchTokens * dim
@@ -198,7 +199,7 @@ public final class TPGroup: @unchecked Sendable {
             let bytes = Int(st.st_size)
             if bytes >= Int(SY_TP_HEADER_SIZE), let p = mmap(nil, bytes, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED {
                 let ready = sy_load_acquire_u64(p.assumingMemoryBound(to: UInt64.self)) == SY_TP_MAGIC
-                let mapped = Int(p.load(fromByteOffset: Int(SY_TP_OFF_MAPPING_SIZE), as: UInt64.self))
+                let mapped = Int(clamping: p.load(fromByteOffset: Int(SY_TP_OFF_MAPPING_SIZE), as: UInt64.self))
                 munmap(p, bytes)
                 if ready {
                     guard mapped == bytes else { throw TPError.badArgument("group header says \(mapped) bytes, memfd has \(bytes)") }
@@ -229,11 +230,16 @@ public final class TPGroup: @unchecked Sendable {
             throw TPError.system("mmap", errno: sy_errno())
         }
         func u32(_ off: Int32) -> Int { Int(p.load(fromByteOffset: Int(off), as: UInt32.self)) }
-        func u64(_ off: Int32) -> Int { Int(p.load(fromByteOffset: Int(off), as: UInt64.self)) }
+        func u64(_ off: Int32) -> Int { Int(clamping: p.load(fromByteOffset: Int(off), as: UInt64.self)) }
         let dim = u32(SY_TP_OFF_DIM), maxTok = u32(SY_TP_OFF_MAX_TOKENS)
         let items = u32(SY_TP_OFF_MAX_ITEMS), cmdTok = u32(SY_TP_OFF_CMD_TOKENS)
         let cmdOff = u64(SY_TP_OFF_CMD_OFFSET), partOff = u64(SY_TP_OFF_PARTIAL_OFFSET)
         // Validate everything the offsets below rely on (a foreign or truncated mapping is an error).
+        // Bounds first (values come from shared memory), so the products below cannot overflow.
+        guard dim <= 1 << 16, maxTok <= 1 << 16, items <= 1 << 16, cmdTok <= 1 << 16, cmdOff <= byteCount, partOff <= byteCount else {
+            munmap(p, byteCount)
+            throw TPError.badArgument("group header has implausible sizes")
+        }
         let cmdEnd = cmdOff + MemoryLayout<sy_tp_command>.size + items * MemoryLayout<sy_tp_item>.size + 4 * cmdTok
         guard p.load(fromByteOffset: Int(SY_TP_OFF_MAGIC), as: UInt64.self) == SY_TP_MAGIC,
               u32(SY_TP_OFF_VERSION) == Int(SY_TP_VERSION), u32(SY_TP_OFF_SIZE) == size,
@@ -253,6 +259,7 @@ public final class TPGroup: @unchecked Sendable {
         self.maxItems = items
         self.commandTokens = cmdTok
         self.base = p
+        self.commandArea = p + cmdOff
         self.ownsFD = owns
         self.partialBase = (p + partOff).assumingMemoryBound(to: Float.self)
         self.slotFloats = maxTok * dim
@@ -291,9 +298,6 @@ public final class TPGroup: @unchecked Sendable {
     }
     private func ack(_ r: Int) -> UnsafeMutablePointer<UInt32> {
         (base + Int(SY_TP_OFF_RANKS) + r * Int(SY_TP_RANK_STRIDE) + Int(SY_TP_RANK_OFF_ACK)).assumingMemoryBound(to: UInt32.self)
-    }
-    private var commandArea: UnsafeMutableRawPointer {
-        base + Int(base.load(fromByteOffset: Int(SY_TP_OFF_CMD_OFFSET), as: UInt64.self))
     }
 
     // MARK: Abort and liveness

@@ -361,6 +361,15 @@ final class ShardSet: @unchecked Sendable {
         let expected = try TPGroup.byteCount(size: 2, config: config, maxBatchTokens: 16)
         #expect(sizes[0] == sizes[1] && sizes[0] == expected)
         #expect(throws: TPError.self) { try TPGroup.attach(fd: fd, rank: 1, size: 3, timeoutSeconds: 0.05) }
+        // A mapping that is not a group (zeros, or random bytes) is a typed error, not a crash.
+        let junk = memfdForTest()
+        defer { close(junk) }
+        var rng = TestRNG(seed: 5)
+        let bytes = (0..<8192).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        bytes.withUnsafeBytes { _ = write(junk, $0.baseAddress, $0.count) }
+        #expect(throws: TPError.self) { try TPGroup(fd: junk, byteCount: 8192, rank: 0, size: 2) }
+        #expect(throws: TPError.self) { try TPGroup(fd: junk, byteCount: 4096, rank: 0, size: 2) }
+        #expect(throws: TPError.self) { try TPGroup(fd: fd, byteCount: expected, rank: 2, size: 2) }
     }
 }
 
