@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "ShmRing", dependencies: ["SysKit", "CSwitchyardSys"]),
         .target(name: "Wire"),
         .target(name: "Routing"),
-        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardKernels"]),
+        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardSys", "CSwitchyardKernels"]),
         .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"]),
         .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"]),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "ShmRing", "SysKit", "Routing", "Engine", "ClientKit", "Wire", "BenchKit", "Front",
+                "ShmRing", "SysKit", "Routing", "Engine", "Worker", "ClientKit", "Wire", "BenchKit", "Front",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

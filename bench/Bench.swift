@@ -14,6 +14,7 @@ struct SwitchyardBench: ParsableCommand {
             SamplerBench.self,
             FrontBench.self,
             EngineBenchCommand.self,
+            EngineShardCommand.self,
             MakeModelCommand.self,
         ]
     )

@@ -123,6 +123,11 @@ public final class Engine: @unchecked Sendable {
     /// Tokens per internal pass; larger batches are processed in chunks of this size.
     public let maxBatchTokens: Int
 
+    /// The tensor-parallel group this engine is a shard of (nil: the whole model in this process).
+    public let group: TPGroup?
+    /// This shard's hyper-parameters (local head counts and FFN width; == config without sharding).
+    let local: ModelConfig
+
     private var sequences: [Int32: KVSequence] = [:]
     private var nextID: Int32 = 1
     private let pool: OpaquePointer
@@ -155,17 +160,32 @@ public final class Engine: @unchecked Sendable {
     private var logitBuf: UnsafeMutablePointer<Float>
     private var xl: UnsafeMutablePointer<Float>       // [logitCapacity][dim] rows that need logits
 
-    /// Bytes of KV cache per token of context (all layers, K and V, fp16).
     /// Test-only hook (nil in production): sees intermediate activations inside a forward pass, named like
     /// llama.cpp's graph tensors (for layer-by-layer comparison with its eval callback). Rows are tokens.
     var debugTap: ((_ name: String, _ layer: Int, _ data: UnsafePointer<Float>, _ rows: Int, _ cols: Int, _ ld: Int) -> Void)?
 
-    public var kvBytesPerToken: Int { config.nLayer * 2 * config.kvDim * MemoryLayout<UInt16>.size }
+    /// Bytes of KV cache per token of context (all layers, K and V, fp16; a shard stores only its KV heads).
+    public var kvBytesPerToken: Int { local.nLayer * 2 * local.kvDim * MemoryLayout<UInt16>.size }
 
     /// - threads: compute threads including the caller. spin: iterations a pool thread spins before sleeping.
-    public init(model: Model, threads: Int = 1, maxBatchTokens: Int = 512, spin: Int = 1 << 15) throws {
+    /// - group: for a model loaded as a tensor-parallel shard (ModelOptions.shard with size > 1), the group
+    ///   whose shared memory carries the all-reduce; it must be attached as the model's rank. nil otherwise.
+    public init(model: Model, threads: Int = 1, maxBatchTokens: Int = 512, spin: Int = 1 << 15,
+                group: TPGroup? = nil) throws {
         guard threads >= 1, threads <= 256 else { throw EngineError.badArgument("threads must be 1...256") }
         guard maxBatchTokens >= 1, maxBatchTokens <= 1 << 16 else { throw EngineError.badArgument("maxBatchTokens must be 1...65536") }
+        if let group {
+            guard group.rank == model.shard.rank, group.size == model.shard.size else {
+                throw EngineError.badArgument("group handle is rank \(group.rank) of \(group.size), model is \(model.shard)")
+            }
+            guard group.dim == model.config.dim, maxBatchTokens <= group.maxBatchTokens else {
+                throw EngineError.badArgument("group sized for dim \(group.dim) and \(group.maxBatchTokens) tokens; engine needs dim \(model.config.dim) and \(maxBatchTokens)")
+            }
+        } else if model.shard.size > 1 {
+            throw EngineError.badArgument("\(model.shard) needs a TPGroup")
+        }
+        self.group = group
+        self.local = model.localConfig
         self.model = model
         self.config = model.config
         self.maxBatchTokens = maxBatchTokens
@@ -231,7 +251,7 @@ public final class Engine: @unchecked Sendable {
         guard maxContext >= 1, maxContext <= config.contextLength else {
             throw EngineError.badArgument("maxContext \(maxContext) must be 1...\(config.contextLength)")
         }
-        let s = try KVSequence(maxContext: maxContext, nLayer: config.nLayer, kvDim: config.kvDim)
+        let s = try KVSequence(maxContext: maxContext, nLayer: local.nLayer, kvDim: local.kvDim)
         let id = nextID
         nextID = nextID == Int32.max ? 1 : nextID + 1
         sequences[id] = s
@@ -260,8 +280,8 @@ public final class Engine: @unchecked Sendable {
         let d = try seq(newID)
         guard n <= d.maxContext else { freeSequence(newID); throw EngineError.badArgument("fork prefix \(n) exceeds maxContext") }
         for l in 0..<config.nLayer {
-            d.k(l).update(from: s.k(l), count: n * config.kvDim)
-            d.v(l).update(from: s.v(l), count: n * config.kvDim)
+            d.k(l).update(from: s.k(l), count: n * local.kvDim)
+            d.v(l).update(from: s.v(l), count: n * local.kvDim)
         }
         d.length = n
         return newID
@@ -313,10 +333,10 @@ public final class Engine: @unchecked Sendable {
                 tokLogit[n] = mode == .all || last ? row : -1
                 if mode == .all || last { row += 1 }
                 n += 1
-                if n == maxBatchTokens { runChunk(n); n = 0 }
+                if n == maxBatchTokens { try runChunk(n); n = 0 }
             }
         }
-        if n > 0 { runChunk(n) }
+        if n > 0 { try runChunk(n) }
         for item in batch { sequences[item.sequence.raw]?.length += item.tokens.count }
         return ForwardOutput(firstRow: firstRow, rowCount: totalRows, vocabSize: config.vocabSize, base: logitBuf)
     }
@@ -330,10 +350,12 @@ public final class Engine: @unchecked Sendable {
 
     /// Forward of `n` staged tokens (embeddings in x, positions/sequences/logit rows in tok*).
     /// Tokens of one sequence are in order, so writing all K/V first keeps attention causal.
-    private func runChunk(_ n: Int) {
-        let c = config
+    /// Throws only when this engine is a tensor-parallel shard and its group failed (a peer died, aborted).
+    private func runChunk(_ n: Int) throws {
+        let c = local   // this shard's heads and FFN width (the whole model without tensor parallelism)
         let dim = c.dim, kvDim = c.kvDim, hd = c.headDim, half = hd / 2
-        let qkvLd = dim + 2 * kvDim
+        let qDim = c.nHead * hd   // == dim unless sharded
+        let qkvLd = qDim + 2 * kvDim
 
         // RoPE angles per token, as llama.cpp computes them: theta_i = pos * base^(-2i/hd), iteratively in float.
         let thetaScale = powf(c.ropeBase, -2.0 / Float(hd))
@@ -353,8 +375,8 @@ public final class Engine: @unchecked Sendable {
             quantize(x, ld: dim, norm: lw.attnNorm.baseAddress, K: dim, n: n)
             gemm(lw.qkv, n: n, out: qkv, ldo: qkvLd, accumulate: false)
             if let tap {
-                tap("Qcur", l, qkv, n, dim, qkvLd); tap("Kcur", l, qkv + dim, n, kvDim, qkvLd)
-                tap("Vcur", l, qkv + dim + kvDim, n, kvDim, qkvLd)
+                tap("Qcur", l, qkv, n, qDim, qkvLd); tap("Kcur", l, qkv + qDim, n, kvDim, qkvLd)
+                tap("Vcur", l, qkv + qDim + kvDim, n, kvDim, qkvLd)
             }
 
             // RoPE (adjacent pairs, llama.cpp NORM) on q and k, then k and v stored into the cache as fp16:
@@ -362,12 +384,12 @@ public final class Engine: @unchecked Sendable {
             for t in 0..<n {
                 let s = tokSeq[t].takeUnretainedValue()
                 attnToks[t] = syk_attn_tok(q: UnsafePointer(qkv + t * qkvLd), k: UnsafePointer(s.k(l)), v: UnsafePointer(s.v(l)),
-                                           out: att + t * dim, npos: Int32(tokPos[t] + 1))
+                                           out: att + t * qDim, npos: Int32(tokPos[t] + 1))
             }
             var rt = syk_rope_task(qkv: qkv, ldq: Int32(qkvLd), nq: Int32(c.nHead), nkv: Int32(c.nKVHead), hd: Int32(hd),
                                    cosb: ropeCos, sinb: ropeSin, toks: attnToks, ntok: Int32(n))
             withUnsafeMutablePointer(to: &rt) { syk_pool_run(pool, syk_rope_kv_run, $0) }
-            if let tap { tap("Qrope", l, qkv, n, dim, qkvLd); tap("Krope", l, qkv + dim, n, kvDim, qkvLd) }
+            if let tap { tap("Qrope", l, qkv, n, qDim, qkvLd); tap("Krope", l, qkv + qDim, n, kvDim, qkvLd) }
             // Attention. Batches of >= 64 tokens take llama.cpp's tiled kernel (its choice, and its numerics);
             // smaller ones one GQA group (query heads sharing a KV head) per work item, with the numerics of
             // llama.cpp's one-row kernel.
@@ -379,10 +401,10 @@ public final class Engine: @unchecked Sendable {
                 if tiled { syk_pool_run(pool, syk_attn_run, $0) } else { syk_pool_run(pool, syk_attn_group_run, $0) }
             }
 
-            tap?("kqv_out", l, att, n, dim, dim)
+            tap?("kqv_out", l, att, n, qDim, qDim)
             // x += wo · att
-            quantize(att, ld: dim, norm: nil, K: dim, n: n)
-            gemm(lw.wo, n: n, out: x, ldo: dim, accumulate: true)
+            quantize(att, ld: qDim, norm: nil, K: qDim, n: n)
+            try accumulateResidual(lw.wo, n: n)
             tap?("ffn_inp", l, x, n, dim, dim)
 
             // ffn: x -> rmsnorm -> [gate|up] -> silu(gate)*up -> down, added to x
@@ -395,7 +417,7 @@ public final class Engine: @unchecked Sendable {
                 tap("ffn_gate", l, gu, n, c.ffnDim, 2 * c.ffnDim); tap("ffn_up", l, gu + c.ffnDim, n, c.ffnDim, 2 * c.ffnDim)
                 tap("ffn_swiglu", l, hbuf, n, c.ffnDim, c.ffnDim)
             }
-            gemm(lw.down, n: n, out: x, ldo: dim, accumulate: true)
+            try accumulateResidual(lw.down, n: n)
             tap?("l_out", l, x, n, dim, dim)
         }
 
@@ -407,11 +429,23 @@ public final class Engine: @unchecked Sendable {
             (xl + m * dim).update(from: x + t * dim, count: dim)
             m += 1
         }
-        guard m > 0 else { return }
+        guard m > 0, !model.output.isEmpty else { return }   // shards other than rank 0 have no output head
         // Rows wanted by one chunk are consecutive (assigned in token order).
         quantize(xl, ld: dim, norm: model.outputNorm.baseAddress, K: dim, n: m)
         gemm(model.output, n: m, out: logitBuf + firstRow * c.vocabSize, ldo: c.vocabSize, accumulate: false)
         tap?("result_output", -1, logitBuf + firstRow * c.vocabSize, m, c.vocabSize, c.vocabSize)
+    }
+
+    /// x += W · act for the two projections that close a block (attn_output, ffn_down). A tensor-parallel
+    /// shard holds only some columns of W, so it writes its partial product into its slot of the group's
+    /// shared memory and adds the all-reduced sum (identical on every shard) instead.
+    private func accumulateResidual(_ w: [PackedMatrix], n: Int) throws {
+        guard let group else {
+            gemm(w, n: n, out: x, ldo: config.dim, accumulate: true)
+            return
+        }
+        gemm(w, n: n, out: group.ownPartial, ldo: config.dim, accumulate: false)
+        try group.allReduce(rows: n, addInto: x, pool: pool)
     }
 
     private func quantize(_ src: UnsafeMutablePointer<Float>, ld: Int, norm: UnsafePointer<Float>?, K: Int, n: Int) {
