@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "ShmRing", dependencies: ["SysKit", "CSwitchyardSys"]),
         .target(name: "Wire"),
         .target(name: "Routing"),
-        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardKernels"]),
+        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardSys", "CSwitchyardKernels"]),
         .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"]),
         .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"]),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.

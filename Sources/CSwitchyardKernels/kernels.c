@@ -301,6 +301,35 @@ void syk_repack_q8_0(const void *src, void *dst, int rows, int K) {
             }
 }
 
+// Column-range repacks: the same chunk layout for the sub-matrix of columns [k0, k1). Each source row is
+// K/32 blocks long; the sub-matrix's blocks b0..b1 are contiguous inside it, so one gathers the rows'
+// block ranges into a compact temporary (16 rows at a time) and reuses the whole-row repack.
+static void repack_cols(void (*whole)(const void *, void *, int, int), size_t blockBytes, size_t chunkBytes,
+                        const void *src, void *dst, int rows, int K, int k0, int k1) {
+    int nb = K / 32, b0 = k0 / 32, nbl = (k1 - k0) / 32;
+    uint8_t *tmp = malloc((size_t)16 * nbl * blockBytes);
+    if (!tmp) return;
+    const uint8_t *s = src;
+    uint8_t *o = dst;
+    for (int g = 0; g < rows / 16; g++) {
+        for (int r = 0; r < 16; r++)
+            memcpy(tmp + (size_t)r * nbl * blockBytes, s + ((size_t)(16 * g + r) * nb + b0) * blockBytes,
+                   (size_t)nbl * blockBytes);
+        whole(tmp, o + (size_t)g * nbl * chunkBytes, 16, k1 - k0);
+    }
+    free(tmp);
+}
+
+void syk_repack_q4_1_cols(const void *src, void *dst, int rows, int K, int k0, int k1) {
+    repack_cols(syk_repack_q4_1, 20, SYK_R16_Q4_1_CHUNK, src, dst, rows, K, k0, k1);
+}
+void syk_repack_q4_0_as_q4_1_cols(const void *src, void *dst, int rows, int K, int k0, int k1) {
+    repack_cols(syk_repack_q4_0_as_q4_1, 18, SYK_R16_Q4_1_CHUNK, src, dst, rows, K, k0, k1);
+}
+void syk_repack_q8_0_cols(const void *src, void *dst, int rows, int K, int k0, int k1) {
+    repack_cols(syk_repack_q8_0, 34, SYK_R16_Q8_0_CHUNK, src, dst, rows, K, k0, k1);
+}
+
 // ============================================================================ matmul
 
 static void gemm_scalar(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {

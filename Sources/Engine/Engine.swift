@@ -92,6 +92,11 @@ public final class Engine: @unchecked Sendable {
     /// Tokens per internal pass; larger batches are processed in chunks of this size.
     public let maxBatchTokens: Int
 
+    /// The tensor-parallel group this engine is a shard of (nil: the whole model in this process).
+    public let group: TPGroup?
+    /// This shard's hyper-parameters (local head counts and FFN width; == config without sharding).
+    let local: ModelConfig
+
     private var sequences: [Int32: KVSequence] = [:]
     private var nextID: Int32 = 1
     private let pool: OpaquePointer
@@ -119,13 +124,28 @@ public final class Engine: @unchecked Sendable {
     private var logitBuf: UnsafeMutablePointer<Float>
     private var xl: UnsafeMutablePointer<Float>       // [logitCapacity][dim] rows that need logits
 
-    /// Bytes of KV cache per token of context (all layers, K and V, fp16).
-    public var kvBytesPerToken: Int { config.nLayer * 2 * config.kvDim * MemoryLayout<UInt16>.size }
+    /// Bytes of KV cache per token of context (all layers, K and V, fp16; a shard stores only its KV heads).
+    public var kvBytesPerToken: Int { local.nLayer * 2 * local.kvDim * MemoryLayout<UInt16>.size }
 
     /// - threads: compute threads including the caller. spin: iterations a pool thread spins before sleeping.
-    public init(model: Model, threads: Int = 1, maxBatchTokens: Int = 512, spin: Int = 1 << 15) throws {
+    /// - group: for a model loaded as a tensor-parallel shard (ModelOptions.shard with size > 1), the group
+    ///   whose shared memory carries the all-reduce; it must be attached as the model's rank. nil otherwise.
+    public init(model: Model, threads: Int = 1, maxBatchTokens: Int = 512, spin: Int = 1 << 15,
+                group: TPGroup? = nil) throws {
         guard threads >= 1, threads <= 256 else { throw EngineError.badArgument("threads must be 1...256") }
         guard maxBatchTokens >= 1, maxBatchTokens <= 1 << 16 else { throw EngineError.badArgument("maxBatchTokens must be 1...65536") }
+        if let group {
+            guard group.rank == model.shard.rank, group.size == model.shard.size else {
+                throw EngineError.badArgument("group handle is rank \(group.rank) of \(group.size), model is \(model.shard)")
+            }
+            guard group.dim == model.config.dim, maxBatchTokens <= group.maxBatchTokens else {
+                throw EngineError.badArgument("group sized for dim \(group.dim) and \(group.maxBatchTokens) tokens; engine needs dim \(model.config.dim) and \(maxBatchTokens)")
+            }
+        } else if model.shard.size > 1 {
+            throw EngineError.badArgument("\(model.shard) needs a TPGroup")
+        }
+        self.group = group
+        self.local = model.localConfig
         self.model = model
         self.config = model.config
         self.maxBatchTokens = maxBatchTokens
@@ -181,7 +201,7 @@ public final class Engine: @unchecked Sendable {
         guard maxContext >= 1, maxContext <= config.contextLength else {
             throw EngineError.badArgument("maxContext \(maxContext) must be 1...\(config.contextLength)")
         }
-        let s = try KVSequence(maxContext: maxContext, nLayer: config.nLayer, kvDim: config.kvDim)
+        let s = try KVSequence(maxContext: maxContext, nLayer: local.nLayer, kvDim: local.kvDim)
         let id = nextID
         nextID = nextID == Int32.max ? 1 : nextID + 1
         sequences[id] = s
@@ -210,8 +230,8 @@ public final class Engine: @unchecked Sendable {
         let d = try seq(newID)
         guard n <= d.maxContext else { freeSequence(newID); throw EngineError.badArgument("fork prefix \(n) exceeds maxContext") }
         for l in 0..<config.nLayer {
-            d.k(l).update(from: s.k(l), count: n * config.kvDim)
-            d.v(l).update(from: s.v(l), count: n * config.kvDim)
+            d.k(l).update(from: s.k(l), count: n * local.kvDim)
+            d.v(l).update(from: s.v(l), count: n * local.kvDim)
         }
         d.length = n
         return newID
@@ -263,10 +283,10 @@ public final class Engine: @unchecked Sendable {
                 tokLogit[n] = mode == .all || last ? row : -1
                 if mode == .all || last { row += 1 }
                 n += 1
-                if n == maxBatchTokens { runChunk(n); n = 0 }
+                if n == maxBatchTokens { try runChunk(n); n = 0 }
             }
         }
-        if n > 0 { runChunk(n) }
+        if n > 0 { try runChunk(n) }
         for item in batch { sequences[item.sequence.raw]?.length += item.tokens.count }
         return ForwardOutput(firstRow: firstRow, rowCount: totalRows, vocabSize: config.vocabSize, base: logitBuf)
     }
@@ -280,10 +300,12 @@ public final class Engine: @unchecked Sendable {
 
     /// Forward of `n` staged tokens (embeddings in x, positions/sequences/logit rows in tok*).
     /// Tokens of one sequence are in order, so writing all K/V first keeps attention causal.
-    private func runChunk(_ n: Int) {
-        let c = config
+    /// Throws only when this engine is a tensor-parallel shard and its group failed (a peer died, aborted).
+    private func runChunk(_ n: Int) throws {
+        let c = local   // this shard's heads and FFN width (the whole model without tensor parallelism)
         let dim = c.dim, kvDim = c.kvDim, hd = c.headDim, half = hd / 2
-        let qkvLd = dim + 2 * kvDim
+        let qDim = c.nHead * hd   // == dim unless sharded
+        let qkvLd = qDim + 2 * kvDim
 
         // RoPE angles per token, as llama.cpp computes them: theta_i = pos * base^(-2i/hd), iteratively in float.
         let thetaScale = powf(c.ropeBase, -2.0 / Float(hd))
@@ -315,10 +337,10 @@ public final class Engine: @unchecked Sendable {
                 }
                 let s = tokSeq[t].takeUnretainedValue()
                 let pos = tokPos[t]
-                syk_store_f16(row + dim, s.k(l) + pos * kvDim, Int32(kvDim))
-                syk_store_f16(row + dim + kvDim, s.v(l) + pos * kvDim, Int32(kvDim))
+                syk_store_f16(row + qDim, s.k(l) + pos * kvDim, Int32(kvDim))
+                syk_store_f16(row + qDim + kvDim, s.v(l) + pos * kvDim, Int32(kvDim))
                 attnToks[t] = syk_attn_tok(q: UnsafePointer(row), k: UnsafePointer(s.k(l)), v: UnsafePointer(s.v(l)),
-                                           out: att + t * dim, npos: Int32(pos + 1))
+                                           out: att + t * qDim, npos: Int32(pos + 1))
             }
             var at = syk_attn_task(toks: attnToks, ntok: Int32(n), nhead: Int32(c.nHead), nkv: Int32(c.nKVHead),
                                    hd: Int32(hd), scale: 1 / sqrtf(Float(hd)), scratch: scores,
@@ -326,8 +348,8 @@ public final class Engine: @unchecked Sendable {
             withUnsafeMutablePointer(to: &at) { syk_pool_run(pool, syk_attn_run, $0) }
 
             // x += wo · att
-            quantize(att, ld: dim, norm: nil, K: dim, n: n)
-            gemm(lw.wo, n: n, out: x, ldo: dim, accumulate: true)
+            quantize(att, ld: qDim, norm: nil, K: qDim, n: n)
+            try accumulateResidual(lw.wo, n: n)
 
             // ffn: x -> rmsnorm -> [gate|up] -> silu(gate)*up -> down, added to x
             quantize(x, ld: dim, norm: lw.ffnNorm.baseAddress, K: dim, n: n)
@@ -335,7 +357,7 @@ public final class Engine: @unchecked Sendable {
             act.pointee.K = Int32(c.ffnDim)
             var st = syk_swiglu_task(gu: gu, h: hbuf, ff: Int32(c.ffnDim), act: act, ntok: Int32(n))
             withUnsafeMutablePointer(to: &st) { syk_pool_run(pool, syk_swiglu_run, $0) }
-            gemm(lw.down, n: n, out: x, ldo: dim, accumulate: true)
+            try accumulateResidual(lw.down, n: n)
         }
 
         // Logits for the tokens that want them: final norm + output head.
@@ -346,10 +368,22 @@ public final class Engine: @unchecked Sendable {
             (xl + m * dim).update(from: x + t * dim, count: dim)
             m += 1
         }
-        guard m > 0 else { return }
+        guard m > 0, !model.output.isEmpty else { return }   // shards other than rank 0 have no output head
         // Rows wanted by one chunk are consecutive (assigned in token order).
         quantize(xl, ld: dim, norm: model.outputNorm.baseAddress, K: dim, n: m)
         gemm(model.output, n: m, out: logitBuf + firstRow * c.vocabSize, ldo: c.vocabSize, accumulate: false)
+    }
+
+    /// x += W · act for the two projections that close a block (attn_output, ffn_down). A tensor-parallel
+    /// shard holds only some columns of W, so it writes its partial product into its slot of the group's
+    /// shared memory and adds the all-reduced sum (identical on every shard) instead.
+    private func accumulateResidual(_ w: [PackedMatrix], n: Int) throws {
+        guard let group else {
+            gemm(w, n: n, out: x, ldo: config.dim, accumulate: true)
+            return
+        }
+        gemm(w, n: n, out: group.ownPartial, ldo: config.dim, accumulate: false)
+        try group.allReduce(rows: n, addInto: x, pool: pool)
     }
 
     private func quantize(_ src: UnsafeMutablePointer<Float>, ld: Int, norm: UnsafePointer<Float>?, K: Int, n: Int) {

@@ -88,7 +88,76 @@ public enum RepackStorage: Sendable, Equatable {
 
 public struct ModelOptions: Sendable {
     public var repack: RepackStorage
-    public init(repack: RepackStorage = .privateMemory) { self.repack = repack }
+    /// Which tensor-parallel shard of every layer to load (`.whole`: all of it).
+    public var shard: ShardSpec
+    public init(repack: RepackStorage = .privateMemory, shard: ShardSpec = .whole) {
+        self.repack = repack
+        self.shard = shard
+    }
+}
+
+/// One shard of a tensor-parallel group: `rank` of `size` (1...16).
+public struct ShardSpec: Sendable, Equatable, CustomStringConvertible {
+    public let rank: Int
+    public let size: Int
+    public init(rank: Int, size: Int) throws {
+        guard size >= 1, size <= 16 else { throw ModelError.badConfig("tensor-parallel size \(size) must be 1...16") }
+        guard rank >= 0, rank < size else { throw ModelError.badConfig("shard rank \(rank) must be 0..<\(size)") }
+        self.rank = rank
+        self.size = size
+    }
+    private init(uncheckedRank rank: Int, size: Int) { self.rank = rank; self.size = size }
+    /// The whole model (no tensor parallelism).
+    public static let whole = ShardSpec(uncheckedRank: 0, size: 1)
+    public var description: String { "shard \(rank)/\(size)" }
+}
+
+/// What one shard holds of every layer. Attention is split by KV heads (contiguous KV heads per shard,
+/// query heads follow their KV head); the FFN by rows of gate/up (contiguous ranges of whole 32-blocks) and
+/// the matching columns of down; attn_output by the columns of this shard's query heads. Uneven splits are
+/// allowed (earlier ranks get the extra KV head / 32-block).
+public struct ShardLayout: Sendable, Equatable {
+    public let shard: ShardSpec
+    public let kvHeads: Range<Int>
+    public let qHeads: Range<Int>
+    /// Rows of ffn_gate / ffn_up and columns of ffn_down.
+    public let ffnRows: Range<Int>
+
+    public init(config c: ModelConfig, shard: ShardSpec) throws {
+        self.shard = shard
+        let k = shard.size, r = shard.rank
+        guard k <= c.nKVHead else {
+            throw ModelError.badConfig("tensor parallelism over \(k) shards splits attention by KV head, and this model has \(c.nKVHead) KV heads: the limit is \(c.nKVHead) shards")
+        }
+        let blocks = c.ffnDim / 32
+        guard k <= blocks else { throw ModelError.badConfig("feed-forward width \(c.ffnDim) has fewer than \(k) 32-blocks") }
+        func split(_ total: Int) -> Range<Int> {
+            let base = total / k, extra = total % k
+            let start = r * base + min(r, extra)
+            return start..<(start + base + (r < extra ? 1 : 0))
+        }
+        kvHeads = split(c.nKVHead)
+        let group = c.nHead / c.nKVHead
+        qHeads = (kvHeads.lowerBound * group)..<(kvHeads.upperBound * group)
+        let fb = split(blocks)
+        ffnRows = (fb.lowerBound * 32)..<(fb.upperBound * 32)
+        if k > 1 {
+            // q/k/v rows are sliced in 16-row groups; attn_output columns in whole 32-blocks.
+            guard c.headDim % 16 == 0, (qHeads.lowerBound * c.headDim) % 32 == 0, (qHeads.count * c.headDim) % 32 == 0 else {
+                throw ModelError.badConfig("head dim \(c.headDim) does not allow splitting attention into \(k) shards (query-head columns must be whole 32-blocks)")
+            }
+        }
+    }
+
+    /// The hyper-parameters this shard computes with: local head counts and FFN width (dim, headDim,
+    /// vocabulary unchanged). For the whole model it equals the model's config.
+    public func localConfig(_ c: ModelConfig) -> ModelConfig {
+        var l = c
+        l.nHead = qHeads.count
+        l.nKVHead = kvHeads.count
+        l.ffnDim = ffnRows.count
+        return l
+    }
 }
 
 public struct LayerWeights: @unchecked Sendable {
@@ -107,8 +176,14 @@ public final class Model: @unchecked Sendable {
     public let gguf: GGUFFile
     let layers: [LayerWeights]
     let outputNorm: UnsafeBufferPointer<Float>
+    /// The output head; empty on shards other than rank 0 (only rank 0 computes logits).
     let output: [PackedMatrix]
     let embedding: GGUFTensorInfo
+    /// The tensor-parallel shard this model holds, and its split.
+    public let shard: ShardSpec
+    public let shardLayout: ShardLayout
+    /// Hyper-parameters of this shard's slice (== config for the whole model).
+    public let localConfig: ModelConfig
     /// Float copies of norm vectors (and other small F32 data): [Float] storage owned here.
     private let floatStore: UnsafeMutableBufferPointer<Float>
     private let repackBase: UnsafeMutableRawPointer
@@ -125,6 +200,10 @@ public final class Model: @unchecked Sendable {
         let c = try ModelConfig(gguf: gguf)
         self.config = c
         self.gguf = gguf
+        let layout = try ShardLayout(config: c, shard: options.shard)
+        self.shard = options.shard
+        self.shardLayout = layout
+        self.localConfig = layout.localConfig(c)
 
         func tensor(_ name: String, _ dims: [Int]) throws -> GGUFTensorInfo {
             guard let t = gguf.tensor(named: name) else { throw ModelError.missingTensor(name) }
@@ -135,13 +214,16 @@ public final class Model: @unchecked Sendable {
         guard emb.type.isSupportedForCompute else { throw ModelError.unsupportedType(tensor: emb.name, type: emb.type) }
         self.embedding = emb
 
-        // Plan: the list of matrices to repack, in order, and the norms to copy.
-        struct Plan { var info: GGUFTensorInfo; var packedType: Int32; var offset: Int }
+        // Plan: the list of matrices to repack, in order, and the norms to copy. A plan covers rows `rows` and
+        // columns `cols` of its tensor (a shard's slice; the whole tensor without tensor parallelism).
+        struct Plan { var info: GGUFTensorInfo; var packedType: Int32; var offset: Int; var rows: Range<Int>; var cols: Range<Int> }
         var plans: [Plan] = []
         var total = 0
-        func plan(_ t: GGUFTensorInfo) throws -> Int {
-            let rows = t.dims[1], k = t.dims[0]
-            guard rows % 16 == 0, k % 32 == 0 else {
+        func plan(_ t: GGUFTensorInfo, rows sliceRows: Range<Int>? = nil, cols sliceCols: Range<Int>? = nil) throws -> Int {
+            let rowRange = sliceRows ?? 0..<t.dims[1], colRange = sliceCols ?? 0..<t.dims[0]
+            let rows = rowRange.count, k = colRange.count
+            guard t.dims[1] % 16 == 0, t.dims[0] % 32 == 0, rows % 16 == 0, k % 32 == 0,
+                  rowRange.lowerBound % 16 == 0, colRange.lowerBound % 32 == 0 else {
                 throw ModelError.badShape(tensor: t.name, expected: [k / 32 * 32, rows / 16 * 16], actual: t.dims)
             }
             let packed: Int32
@@ -152,7 +234,7 @@ public final class Model: @unchecked Sendable {
             }
             let chunk = packed == Int32(SYK_W_R16_Q4_1) ? Int(SYK_R16_Q4_1_CHUNK) : Int(SYK_R16_Q8_0_CHUNK)
             let bytes = rows / 16 * (k / 32) * chunk
-            plans.append(Plan(info: t, packedType: packed, offset: total))
+            plans.append(Plan(info: t, packedType: packed, offset: total, rows: rowRange, cols: colRange))
             total += (bytes + 63) / 64 * 64
             return plans.count - 1
         }
@@ -163,24 +245,30 @@ public final class Model: @unchecked Sendable {
             let p = "blk.\(l)."
             let an = try tensor(p + "attn_norm.weight", [c.dim]); normInfos.append(an)
             let fn = try tensor(p + "ffn_norm.weight", [c.dim]); normInfos.append(fn)
-            let q = try plan(tensor(p + "attn_q.weight", [c.dim, c.dim]))
-            let k = try plan(tensor(p + "attn_k.weight", [c.dim, c.kvDim]))
-            let v = try plan(tensor(p + "attn_v.weight", [c.dim, c.kvDim]))
-            let o = try plan(tensor(p + "attn_output.weight", [c.dim, c.dim]))
-            let g = try plan(tensor(p + "ffn_gate.weight", [c.dim, c.ffnDim]))
-            let u = try plan(tensor(p + "ffn_up.weight", [c.dim, c.ffnDim]))
-            let d = try plan(tensor(p + "ffn_down.weight", [c.ffnDim, c.dim]))
+            // This shard's slices (whole tensors for ShardSpec.whole): q rows of its query heads, k/v rows of
+            // its KV heads, attn_output columns of its query heads, gate/up rows and down columns of its FFN range.
+            let hd = c.headDim
+            let qRows = (layout.qHeads.lowerBound * hd)..<(layout.qHeads.upperBound * hd)
+            let kvRows = (layout.kvHeads.lowerBound * hd)..<(layout.kvHeads.upperBound * hd)
+            let q = try plan(tensor(p + "attn_q.weight", [c.dim, c.dim]), rows: qRows)
+            let k = try plan(tensor(p + "attn_k.weight", [c.dim, c.kvDim]), rows: kvRows)
+            let v = try plan(tensor(p + "attn_v.weight", [c.dim, c.kvDim]), rows: kvRows)
+            let o = try plan(tensor(p + "attn_output.weight", [c.dim, c.dim]), cols: qRows)
+            let g = try plan(tensor(p + "ffn_gate.weight", [c.dim, c.ffnDim]), rows: layout.ffnRows)
+            let u = try plan(tensor(p + "ffn_up.weight", [c.dim, c.ffnDim]), rows: layout.ffnRows)
+            let d = try plan(tensor(p + "ffn_down.weight", [c.ffnDim, c.dim]), cols: layout.ffnRows)
             lplans.append(LayerPlan(attnNorm: normInfos.count - 2, ffnNorm: normInfos.count - 1,
                                     q: q, k: k, v: v, o: o, gate: g, up: u, down: d))
         }
         normInfos.append(try tensor("output_norm.weight", [c.dim]))
-        // Tied output head when output.weight is absent.
-        let out = try plan(gguf.tensor(named: "output.weight").map { t in
+        // Tied output head when output.weight is absent. Only rank 0 computes logits, so only it repacks it.
+        let outInfo = try gguf.tensor(named: "output.weight").map { t in
             guard t.dims == [c.dim, c.vocabSize] else {
                 throw ModelError.badShape(tensor: t.name, expected: [c.dim, c.vocabSize], actual: t.dims)
             }
             return t
-        } ?? emb)
+        } ?? emb
+        let out = options.shard.rank == 0 ? try plan(outInfo) : nil
 
         // Norm vectors as float.
         let fs = UnsafeMutablePointer<Float>.allocate(capacity: normInfos.count * c.dim)
@@ -192,28 +280,41 @@ public final class Model: @unchecked Sendable {
 
         // Repack (or map an existing shared repack file).
         let store: RepackStore
-        do { store = try RepackStore(bytes: total, gguf: gguf, storage: options.repack) { base in
+        do { store = try RepackStore(bytes: total, gguf: gguf, storage: options.repack, shard: options.shard) { base in
             for p in plans {
                 let dst = base + p.offset
-                let src = gguf.data(for: p.info).baseAddress!
-                let rows = Int32(p.info.dims[1]), k = Int32(p.info.dims[0])
-                switch p.info.type {
-                case .q4_1: syk_repack_q4_1(src, dst, rows, k)
-                case .q4_0: syk_repack_q4_0_as_q4_1(src, dst, rows, k)
-                case .q8_0: syk_repack_q8_0(src, dst, rows, k)
-                default:
-                    // Float weights: dequantize each row, quantize to Q8_0, repack 16 rows at a time.
-                    let n = Int(k), rowQ = n / 32 * 34
+                let rowBytes = p.info.type.rowBytes(p.info.dims[0]) ?? 0   // supported types: checked in plan()
+                let whole = p.cols.count == p.info.dims[0]
+                if p.info.type == .q4_1 || p.info.type == .q4_0 || p.info.type == .q8_0 {
+                    // A row slice starts `rows.lowerBound` whole rows in; a column slice repacks only its blocks.
+                    let src = gguf.data(for: p.info).baseAddress! + p.rows.lowerBound * rowBytes
+                    let rows = Int32(p.rows.count), kt = Int32(p.info.dims[0])
+                    let k0 = Int32(p.cols.lowerBound), k1 = Int32(p.cols.upperBound)
+                    switch (p.info.type, whole) {
+                    case (.q4_1, true): syk_repack_q4_1(src, dst, rows, kt)
+                    case (.q4_1, false): syk_repack_q4_1_cols(src, dst, rows, kt, k0, k1)
+                    case (.q4_0, true): syk_repack_q4_0_as_q4_1(src, dst, rows, kt)
+                    case (.q4_0, false): syk_repack_q4_0_as_q4_1_cols(src, dst, rows, kt, k0, k1)
+                    case (_, true): syk_repack_q8_0(src, dst, rows, kt)
+                    case (_, false): syk_repack_q8_0_cols(src, dst, rows, kt, k0, k1)
+                    }
+                    continue
+                }
+                do {
+                    // Float weights: dequantize each (whole) row, quantize to Q8_0 (blocks are independent, so
+                    // slicing columns afterwards equals quantizing the slice), repack 16 rows at a time.
+                    let n = p.info.dims[0], k = Int32(n), rowQ = n / 32 * 34
                     let f = UnsafeMutablePointer<Float>.allocate(capacity: n)
                     let q = UnsafeMutableRawPointer.allocate(byteCount: 16 * rowQ, alignment: 64)
                     defer { f.deallocate(); q.deallocate() }
-                    let chunkBytes = n / 32 * Int(SYK_R16_Q8_0_CHUNK)
-                    for g in 0..<(Int(rows) / 16) {
+                    let chunkBytes = p.cols.count / 32 * Int(SYK_R16_Q8_0_CHUNK)
+                    for g in 0..<(p.rows.count / 16) {
                         for r in 0..<16 {
-                            Model.rowToFloat(gguf: gguf, p.info, row: g * 16 + r, into: f)
+                            Model.rowToFloat(gguf: gguf, p.info, row: p.rows.lowerBound + g * 16 + r, into: f)
                             syk_quantize_row_q8_0_ref(f, q + r * rowQ, k)
                         }
-                        syk_repack_q8_0(q, dst + g * chunkBytes, 16, k)
+                        if whole { syk_repack_q8_0(q, dst + g * chunkBytes, 16, k) }
+                        else { syk_repack_q8_0_cols(q, dst + g * chunkBytes, 16, k, Int32(p.cols.lowerBound), Int32(p.cols.upperBound)) }
                     }
                 }
             }
@@ -225,7 +326,7 @@ public final class Model: @unchecked Sendable {
         func packed(_ i: Int) -> PackedMatrix {
             let p = plans[i]
             return PackedMatrix(w: syk_wmat(data: UnsafePointer(store.base.advanced(by: p.offset).assumingMemoryBound(to: UInt8.self)),
-                                            type: p.packedType, rows: Int32(p.info.dims[1]), K: Int32(p.info.dims[0])))
+                                            type: p.packedType, rows: Int32(p.rows.count), K: Int32(p.cols.count)))
         }
         layers = lplans.map { lp in
             LayerWeights(attnNorm: norm(lp.attnNorm), ffnNorm: norm(lp.ffnNorm),
@@ -233,7 +334,7 @@ public final class Model: @unchecked Sendable {
                          gateUp: [packed(lp.gate), packed(lp.up)], down: [packed(lp.down)])
         }
         outputNorm = norm(normInfos.count - 1)
-        output = [packed(out)]
+        output = out.map { [packed($0)] } ?? []
     }
 
     deinit {
@@ -276,7 +377,8 @@ struct RepackStore {
     var bytes: Int
     var shared: Bool
 
-    init(bytes: Int, gguf: GGUFFile, storage: RepackStorage, fill: (UnsafeMutableRawPointer) -> Void) throws {
+    init(bytes: Int, gguf: GGUFFile, storage: RepackStorage, shard: ShardSpec = .whole,
+         fill: (UnsafeMutableRawPointer) -> Void) throws {
         self.bytes = max(bytes, 64)
         switch storage {
         case .privateMemory:
@@ -297,7 +399,9 @@ struct RepackStore {
             } else {
                 key = "mem-\(gguf.bytes.count)"
             }
-            let path = "\(dir)/switchyard-repack-v1-\(key)-\(self.bytes).bin"
+            // A tensor-parallel shard's file holds only its slices: rank and size are part of the name.
+            let tp = shard.size > 1 ? "-tp\(shard.rank)of\(shard.size)" : ""
+            let path = "\(dir)/switchyard-repack-v1-\(key)\(tp)-\(self.bytes).bin"
             if let p = RepackStore.mapExisting(path, bytes: self.bytes) {
                 base = p; shared = true; return
             }

@@ -65,6 +65,12 @@ void syk_repack_q4_1(const void *src, void *dst, int rows, int K);
 /// Q4_0 source (w = d*(q-8)) repacked as Q4_1 with m = -8d (exact).
 void syk_repack_q4_0_as_q4_1(const void *src, void *dst, int rows, int K);
 void syk_repack_q8_0(const void *src, void *dst, int rows, int K);
+/// Column-range variants (tensor-parallel shards): repack only elements [k0, k1) of each row (k0, k1
+/// multiples of 32, 0 <= k0 < k1 <= K). src rows have K elements; dst gets rows/16 * (k1-k0)/32 chunks,
+/// exactly what the whole-row function produces for a matrix made of those columns.
+void syk_repack_q4_1_cols(const void *src, void *dst, int rows, int K, int k0, int k1);
+void syk_repack_q4_0_as_q4_1_cols(const void *src, void *dst, int rows, int K, int k0, int k1);
+void syk_repack_q8_0_cols(const void *src, void *dst, int rows, int K, int k0, int k1);
 
 // ---- matmul ----
 typedef struct {

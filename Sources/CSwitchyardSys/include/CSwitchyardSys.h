@@ -9,5 +9,6 @@
 #include "sy_uring.h"   // liburing helpers used by the front's event loop
 #include "sy_numa.h"    // libnuma wrappers
 #include "sy_control.h" // the worker control block (heartbeat, load) shared with the front
+#include "sy_tp.h"      // a tensor-parallel group's shared memory (command area, all-reduce partials)
 
 #endif
