@@ -23,10 +23,11 @@ extension WorkerProcess {
         return try Model(path: path, options: modelOptions(shard: shard, repack: .privateMemory))
     }
 
+    /// A grouped shard loads (repacks, maps) only its rows of every layer. ShardSpec/ShardLayout reject a
+    /// group larger than the model's KV heads with an error naming the limit.
     static func modelOptions(shard: ShardRole, repack: RepackStorage) throws -> ModelOptions {
-        // TP-WIRING: with the TP engine, a grouped shard loads only its rows:
-        //   ModelOptions(repack: repack, shard: try ShardSpec(rank: shard.rank, size: shard.size))
-        ModelOptions(repack: repack)
+        shard.isGrouped ? ModelOptions(repack: repack, shard: try ShardSpec(rank: shard.rank, size: shard.size))
+                        : ModelOptions(repack: repack)
     }
 
     /// Bytes of KV cache one token takes in the WHOLE model (all KV heads, f16 K and V): the same number in
@@ -48,13 +49,14 @@ extension WorkerProcess {
     /// the runner the scheduler drives. `shutdown` tells the followers to exit (called on every exit path).
     static func makeTensorParallelLeader(_ o: WorkerOptions, model: Model, slots: Int,
                                          log: (String) -> Void) throws -> (runner: ModelRunner, shutdown: () -> Void) {
-        // TP-WIRING:
-        //   let group = try TPGroup.create(fd: o.tp.groupFD, size: o.tp.size, config: model.config, maxBatchTokens: o.maxBatchTokens)
-        //   let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
-        //   try pinEngineThreads(engine, cpus: o.cpus)
-        //   let runner = TPLeaderRunner(engine: engine, group: group, contextLength: o.contextLength, slots: slots)
-        //   return (runner, { runner.shutdown() })
-        throw WorkerError.setup("--tp \(o.tp.size) with --engine model needs the tensor-parallel engine (TPLeaderRunner), which this build lacks")
+        let group = try TPGroup.create(fd: o.tp.groupFD, size: o.tp.size, config: model.config, maxBatchTokens: o.maxBatchTokens)
+        group.attachTimeout = followerAttachTimeout
+        let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
+        try pinEngineThreads(engine, cpus: o.cpus)
+        let runner = TPLeaderRunner(engine: engine, group: group, contextLength: o.contextLength, slots: slots)
+        if let failure = runner.failure { throw failure }
+        log("worker \(o.id): tensor-parallel leader of \(o.tp.size) shards (\(model.shard), group memory \(group.byteCount) bytes)")
+        return (runner, { runner.shutdown() })
     }
 
     /// Follower (rank ≥ 1): no rings, no control block; it maps the group memory once the leader published
@@ -70,15 +72,26 @@ extension WorkerProcess {
             log("\(me) stopping (\(code == 0 ? "leader shut the group down" : "front gone"))")
             return code
         case .model:
-            guard o.modelPath != nil else { throw WorkerError.setup("--model is required for --engine model") }
-            // TP-WIRING:
-            //   let model = try loadModel(path: path, cacheDirectory: repackDirectory(modelPath: path, node: o.node), shard: o.tp, log: ...)
-            //   let slots = (same formula as the leader, from wholeModelKVBytesPerToken)
-            //   let bytes = try waitForGroupMemory(fd: o.tp.groupFD, minBytes: 1, ...)  (or TPGroup.attach)
-            //   let group = try TPGroup(fd: o.tp.groupFD, byteCount: bytes, rank: o.tp.rank, size: o.tp.size)
-            //   let engine = try Engine(model: model, ..., group: group); pinEngineThreads
-            //   try TPFollower(engine: engine, group: group, contextLength: o.contextLength, slots: slots).run(); return 0
-            throw WorkerError.setup("\(me): --engine model followers need the tensor-parallel engine (TPFollower), which this build lacks")
+            guard let path = o.modelPath else { throw WorkerError.setup("--model is required for --engine model") }
+            let model = try loadModel(path: path, cacheDirectory: repackDirectory(modelPath: path, node: o.node), shard: o.tp,
+                                      log: { log("\(me): \($0)") })
+            // The same slot count as the leader's (see WorkerProcess.run): slot numbers are shared.
+            let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, wholeModelKVBytesPerToken(model.config) * 256))
+            // Waits (bounded) for the leader to size and publish the group memory.
+            let group = try TPGroup.attach(fd: o.tp.groupFD, rank: o.tp.rank, size: o.tp.size, timeoutSeconds: followerAttachTimeout)
+            group.attachTimeout = followerAttachTimeout
+            let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
+            try pinEngineThreads(engine, cpus: o.cpus)
+            let follower = TPFollower(engine: engine, group: group, contextLength: o.contextLength, slots: min(slots, 1024))
+            log("\(me) attached: pid \(getpid()), \(model.shard), node \(o.node.map(String.init) ?? "none"), cpus \(o.cpus)")
+            do {
+                try follower.run()
+            } catch {
+                log("\(me): group stopped: \(error)")
+                return 1
+            }
+            log("\(me) stopping (leader shut the group down)")
+            return 0
         }
     }
 }
