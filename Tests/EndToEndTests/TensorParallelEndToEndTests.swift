@@ -190,50 +190,76 @@ func allShards(groups: Int, tp: Int) -> Set<ShardID> {
         }
     }
 
-    /// `--workers 4 --tp 2`: two groups. Killing the LEADER of one group leaves the other group serving
-    /// throughout; the killed group comes back as a unit.
+    /// `--workers 4 --tp 2`: two groups. (A) A request queued on group 0 whose leader is frozen moves to group
+    /// 1 when group 0's follower dies (the frozen leader is killed with it). (B) Killing the LEADER of group 1
+    /// leaves group 0 serving throughout; each killed group comes back as a unit, the other keeps its pids.
     @Test func killingOneGroupLeavesTheOtherServing() throws {
         try withServer(try tpArgs(workers: 4, tp: 2), readyTimeout: 180) { s in
-            let before = try s.waitShards(allShards(groups: 2, tp: 2))
+            let first = try s.waitShards(allShards(groups: 2, tp: 2))
             // A session routed to each group.
             var sessionFor: [String: String] = [:]
             for i in 0..<64 where sessionFor.count < 2 {
                 let (_, w) = try greedyChat(s, "Hi", maxTokens: 1, session: "probe-\(i)")
                 if sessionFor[w] == nil { sessionFor[w] = "probe-\(i)" }
             }
-            #expect(Set(sessionFor.keys) == ["0", "1"], "sessions found for groups \(sessionFor.keys.sorted())")
-            let victimGroup = 0
-            let survivor = try #require(sessionFor["1"])
-            let oldLeader = try #require(before[ShardID(group: victimGroup, rank: 0)])
-            let oldFollower = try #require(before[ShardID(group: victimGroup, rank: 1)])
-            let otherGroup = [before[ShardID(group: 1, rank: 0)], before[ShardID(group: 1, rank: 1)]]
-            kill(oldLeader, SIGKILL)
-
-            // Until group 0 is back, group 1 answers every request of its session.
-            var served = 0
-            var restarted = false
-            let deadline = Date().addingTimeInterval(90)
-            while Date() < deadline {
-                let (text, w) = try greedyChat(s, "What is 2 + 2?", maxTokens: 4, session: survivor)
-                #expect(w == "1" && !text.isEmpty, "the surviving group answered from \(w): \(text.debugDescription)")
-                served += 1
-                let now = s.shards()
-                if let l = now[ShardID(group: 0, rank: 0)], let f = now[ShardID(group: 0, rank: 1)], l != oldLeader, f != oldFollower,
-                   (try? s.request("GET", "/health").head.status) == 200 {
-                    restarted = true
-                    break
-                }
+            let session0 = try #require(sessionFor["0"], "no session routed to group 0: \(sessionFor)")
+            let session1 = try #require(sessionFor["1"], "no session routed to group 1: \(sessionFor)")
+            func pids(_ shards: [ShardID: pid_t], group g: Int) -> [pid_t?] { [shards[ShardID(group: g, rank: 0)], shards[ShardID(group: g, rank: 1)]] }
+            func restarted(_ g: Int, from old: [pid_t?]) -> Bool {
+                let now = pids(s.shards(), group: g)
+                return now[0] != nil && now[1] != nil && now[0] != old[0] && now[1] != old[1]
+                    && (try? s.request("GET", "/health").head.status) == 200
             }
-            #expect(restarted, "group 0 did not come back: \(s.shards())")
+
+            // (A) Freeze group 0's leader, queue a request on it, kill group 0's follower.
+            let group0 = pids(first, group: 0)
+            let leader0 = try #require(group0[0]), follower0 = try #require(group0[1])
+            kill(leader0, SIGSTOP)
+            final class Box: @unchecked Sendable { var result: Result<HTTPResponse, Error>? }   // written before done.leave
+            let box = Box()
+            let done = DispatchGroup()
+            done.enter()
+            let endpoint = s.endpoint
+            Thread {
+                let c = HTTPConnection(endpoint: endpoint, timeout: 60)
+                box.result = Result { try c.request(method: "POST", path: "/v1/chat/completions", headers: [("X-Session-Id", session0)],
+                                                    body: jsonBytes(["messages": [["role": "user", "content": "What is 2 + 2?"]],
+                                                                     "max_tokens": 4, "temperature": 0])) }
+                done.leave()
+            }.start()
+            usleep(300_000)
+            #expect(done.wait(timeout: .now()) == .timedOut, "the request finished although group 0's leader was stopped")
+            kill(follower0, SIGKILL)
+            #expect(done.wait(timeout: .now() + 30) == .success, "the request hung after its group died")
+            let moved = try #require(try box.result?.get())
+            #expect(moved.head.status == 200, "\(moved.text)")
+            #expect(moved.head.header("x-switchyard-worker") == "1", "served by \(moved.head.header("x-switchyard-worker") ?? "none")")
+            #expect(waitUntil(60) { restarted(0, from: group0) }, "group 0 did not come back as a unit: \(s.shards())")
+            #expect(Proc.isGone(leader0), "group 0's frozen leader (pid \(leader0)) survived its follower")
+            #expect(pids(s.shards(), group: 1) == pids(first, group: 1), "group 1 was restarted too")
+
+            // (B) Kill group 1's leader; until group 1 is back, group 0 answers every request of its session.
+            let group1 = pids(first, group: 1)
+            let leader1 = try #require(group1[0]), follower1 = try #require(group1[1])
+            let group0Now = pids(s.shards(), group: 0)
+            kill(leader1, SIGKILL)
+            var served = 0
+            var back = false
+            let deadline = Date().addingTimeInterval(90)
+            while Date() < deadline && !back {
+                let (text, w) = try greedyChat(s, "What is 2 + 2?", maxTokens: 4, session: session0)
+                #expect(w == "0" && !text.isEmpty, "the surviving group answered from \(w): \(text.debugDescription)")
+                served += 1
+                back = restarted(1, from: group1)
+            }
+            #expect(back, "group 1 did not come back as a unit: \(s.shards())")
             #expect(served >= 1)
-            #expect(Proc.isGone(oldFollower), "the old follower (pid \(oldFollower)) survived its leader")
-            let now = s.shards()
-            #expect([now[ShardID(group: 1, rank: 0)], now[ShardID(group: 1, rank: 1)]] == otherGroup, "group 1 was restarted too")
-            #expect(try s.metric("switchyard_group_restarts_total{group=\"1\"}") == 0)
+            #expect(Proc.isGone(follower1), "group 1's follower (pid \(follower1)) survived its leader")
+            #expect(pids(s.shards(), group: 0) == group0Now, "group 0 was restarted too")
             #expect(try s.metric("switchyard_group_restarts_total{group=\"0\"}") == 1)
-            // Group 0 serves again.
-            let back = try sessionFor["0"].map { try greedyChat(s, "What is 2 + 2?", maxTokens: 4, session: $0).1 }
-            #expect(back == "0")
+            #expect(try s.metric("switchyard_group_restarts_total{group=\"1\"}") == 1)
+            let (_, w1) = try greedyChat(s, "What is 2 + 2?", maxTokens: 4, session: session1)
+            #expect(w1 == "1", "group 1 serves its sessions again: \(w1)")
         }
     }
 
