@@ -146,6 +146,49 @@ func allShards(groups: Int, tp: Int) -> Set<ShardID> {
             if online.count >= 2 { #expect(pinned.count == 2 && pinned[0] != pinned[1], "both shards on \(pinned)") }
             #expect(try s.metric("switchyard_group_shards{group=\"0\"}") == 2)
             #expect(try s.metric("switchyard_group_ready{group=\"0\"}") == 1)
+
+            // SIGTERM: the leader tells its follower to stop; both exit 0 without being killed.
+            s.stop()
+            #expect(s.exitCode == 0, "serve: \(s.describeStatus())")
+            #expect(s.log.contains("worker 0 shard 1/2 stopping (leader shut the group down)"), "follower did not stop cleanly:\n\(s.logTail())")
+            #expect(!s.log.contains("did not stop in time"), "shards had to be killed:\n\(s.logTail())")
+        }
+    }
+
+    /// Placement by group (echo engine, so no model: its group stand-in starts, attaches and stops like a
+    /// model group): with two two-CPU nodes, `--workers 4 --tp 2` keeps each group's two shards on one node
+    /// and the two groups on different nodes; each shard process is pinned as the log says. (The injected
+    /// nodes list the same two real CPUs, so the test runs on a 2-core machine; placement only reads the
+    /// lists. With one-CPU nodes no node could hold a group, and its shards would be spread instead.)
+    @Test func eachGroupIsPlacedOnOneNode() throws {
+        let (a, b) = twoUsableCPUs()
+        let topo = try writeTopology([[a, b], [a, b]])
+        defer { try? FileManager.default.removeItem(atPath: topo) }
+        try withServer(["--engine", "echo", "--workers", "4", "--tp", "2", "--numa", "auto"],
+                       env: ["SWITCHYARD_NUMA_TOPOLOGY": topo]) { s in
+            let shards = try s.waitShards(allShards(groups: 2, tp: 2))
+            var nodeOf: [ShardID: Int] = [:]
+            for (id, pid) in shards {
+                let line = try #require(s.log.split(separator: "\n").first { $0.contains("group \(id.group) shard \(id.rank) (") && $0.contains(": node ") },
+                                        "no placement line for shard \(id)")
+                let node = line.range(of: ": node ").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) }
+                let cpus = line.range(of: "cpus ").map { Set(line[$0.upperBound...].split(separator: ",").compactMap { Int($0) }) } ?? []
+                nodeOf[id] = node
+                let allowed = Proc.status(pid, "Cpus_allowed_list").map { Set(Proc.expandCPUList($0)) }
+                #expect(allowed == cpus && !cpus.isEmpty, "shard \(id): log says cpus \(cpus), process allowed on \(allowed ?? [])")
+            }
+            for g in 0..<2 {
+                #expect(nodeOf[ShardID(group: g, rank: 0)] != nil && nodeOf[ShardID(group: g, rank: 0)] == nodeOf[ShardID(group: g, rank: 1)],
+                        "group \(g) is split over nodes: \(nodeOf)")
+            }
+            #expect(nodeOf[ShardID(group: 0, rank: 0)] != nodeOf[ShardID(group: 1, rank: 0)], "both groups on one node: \(nodeOf)")
+            let r = try s.request("POST", "/v1/completions", json: ["prompt": "grouped", "max_tokens": 16])
+            #expect(r.head.status == 200 && ["0", "1"].contains(r.head.header("x-switchyard-worker") ?? ""))
+            #expect(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String == "grouped")
+            s.stop()
+            #expect(s.exitCode == 0, "serve: \(s.describeStatus())")
+            #expect(s.log.components(separatedBy: "stopping (leader shut the group down)").count - 1 == 2, "followers did not stop cleanly:\n\(s.logTail())")
+            #expect(!s.log.contains("did not stop in time"))
         }
     }
 
