@@ -26,7 +26,8 @@ public struct ShardRole: Sendable, Equatable {
     public var isLeader: Bool { rank == 0 }
     public var isGrouped: Bool { size > 1 }
 
-    public static let maxSize = 64
+    /// The TP engine's limit on shards per group (sy_tp.h).
+    public static let maxSize = Int(SY_TP_MAX_RANKS)
 
     /// Checks rank/size/fd; the message names the flag.
     public func validate() throws(WorkerError) {
