@@ -117,42 +117,58 @@ func allShards(groups: Int, tp: Int) -> Set<ShardID> {
         try withServer(try tpArgs(workers: 1, tp: 1), readyTimeout: 120) { s in
             for u in users { reference.append(try greedyChat(s, u).0) }
         }
-        try withServer(try tpArgs(workers: 2, tp: 2, numa: "auto"), readyTimeout: 120) { s in
-            let shards = try s.waitShards(allShards(groups: 1, tp: 2))
-            for (i, u) in users.enumerated() {
-                let (text, worker) = try greedyChat(s, u)
-                #expect(text == reference[i], "prompt \(u.debugDescription): --tp 2 says \(text.debugDescription), --tp 1 says \(reference[i].debugDescription)")
-                #expect(worker == "0", "X-Switchyard-Worker names the group: \(worker)")
-            }
-            // Streaming through the group gives the same text.
-            let conn = HTTPConnection(endpoint: s.endpoint, timeout: 60)
-            defer { conn.close() }
-            let r = try streamRequest(conn, path: "/v1/chat/completions",
-                                      json: ["messages": [["role": "user", "content": users[0]]], "max_tokens": 16,
-                                             "temperature": 0, "stream": true])
-            #expect(r.head.status == 200)
-            #expect(r.errors.isEmpty, "\(r.errors)")
-            #expect(r.endsWithDone)
-            #expect(r.text == reference[0], "streamed \(r.text.debugDescription) vs \(reference[0].debugDescription)")
-
-            // Pinning: each shard process (all its threads) on one CPU; two CPUs → different ones.
-            var pinned: [Set<Int>] = []
-            for (id, pid) in shards.sorted(by: { $0.key.rank < $1.key.rank }) {
-                let cpus = Proc.status(pid, "Cpus_allowed_list").map { Set(Proc.expandCPUList($0)) } ?? []
-                #expect(cpus.count == 1, "shard \(id) (pid \(pid)) is allowed on \(cpus)")
-                pinned.append(cpus)
-            }
-            let online = Proc.status(getpid(), "Cpus_allowed_list").map(Proc.expandCPUList) ?? []
-            if online.count >= 2 { #expect(pinned.count == 2 && pinned[0] != pinned[1], "both shards on \(pinned)") }
-            #expect(try s.metric("switchyard_group_shards{group=\"0\"}") == 2)
-            #expect(try s.metric("switchyard_group_ready{group=\"0\"}") == 1)
-
-            // SIGTERM: the leader tells its follower to stop; both exit 0 without being killed.
-            s.stop()
-            #expect(s.exitCode == 0, "serve: \(s.describeStatus())")
-            #expect(s.log.contains("worker 0 shard 1/2 stopping (leader shut the group down)"), "follower did not stop cleanly:\n\(s.logTail())")
-            #expect(!s.log.contains("did not stop in time"), "shards had to be killed:\n\(s.logTail())")
+        // /health answers 503 until the whole group is ready, then 200.
+        let s = try Server.launch(try tpArgs(workers: 2, tp: 2, numa: "auto"))
+        defer { s.stop() }
+        var statuses: [Int] = []
+        let healthy = waitUntil(120) {
+            let st = (try? s.request("GET", "/health", timeout: 5).head.status) ?? 0
+            if st != 0 && statuses.last != st { statuses.append(st) }
+            return st == 200 || s.reap(block: false)
         }
+        try #require(healthy && statuses.last == 200, "never healthy: \(statuses); log:\n\(s.logTail())")
+        #expect(statuses.first == 503, "/health while the group loads, then ready: \(statuses)")
+        let shards = try s.waitShards(allShards(groups: 1, tp: 2))
+        // The leader's warm-up step runs through the follower, so the group is ready only after its follower
+        // attached (the follower logs before it executes its first command).
+        let log = s.log
+        let attached = log.range(of: "worker 0 shard 1/2 attached"), ready = log.range(of: "group 0: ready (pid")
+        let order = attached.flatMap { a in ready.map { a.lowerBound < $0.lowerBound } }
+        #expect(order == true, "the follower's attach line does not precede the group's ready line:\n\(s.logTail())")
+        for (i, u) in users.enumerated() {
+            let (text, worker) = try greedyChat(s, u)
+            #expect(text == reference[i], "prompt \(u.debugDescription): --tp 2 says \(text.debugDescription), --tp 1 says \(reference[i].debugDescription)")
+            #expect(worker == "0", "X-Switchyard-Worker names the group: \(worker)")
+        }
+        // Streaming through the group gives the same text.
+        let conn = HTTPConnection(endpoint: s.endpoint, timeout: 60)
+        defer { conn.close() }
+        let r = try streamRequest(conn, path: "/v1/chat/completions",
+                                  json: ["messages": [["role": "user", "content": users[0]]], "max_tokens": 16,
+                                         "temperature": 0, "stream": true])
+        #expect(r.head.status == 200)
+        #expect(r.errors.isEmpty, "\(r.errors)")
+        #expect(r.endsWithDone)
+        #expect(r.text == reference[0], "streamed \(r.text.debugDescription) vs \(reference[0].debugDescription)")
+
+        // Pinning: each shard process (all its threads) on one CPU; two CPUs → different ones.
+        var pinned: [Set<Int>] = []
+        for (id, pid) in shards.sorted(by: { $0.key.rank < $1.key.rank }) {
+            let cpus = Proc.status(pid, "Cpus_allowed_list").map { Set(Proc.expandCPUList($0)) } ?? []
+            #expect(cpus.count == 1, "shard \(id) (pid \(pid)) is allowed on \(cpus)")
+            pinned.append(cpus)
+        }
+        let online = Proc.status(getpid(), "Cpus_allowed_list").map(Proc.expandCPUList) ?? []
+        if online.count >= 2 { #expect(pinned.count == 2 && pinned[0] != pinned[1], "both shards on \(pinned)") }
+        #expect(try s.metric("switchyard_group_shards{group=\"0\"}") == 2)
+        #expect(try s.metric("switchyard_group_ready{group=\"0\"}") == 1)
+
+        // SIGTERM: the leader tells its follower to stop; both exit 0 without being killed.
+        s.stop()
+        #expect(s.exitCode == 0, "serve: \(s.describeStatus())")
+        #expect(s.log.contains("worker 0 shard 1/2 stopping (leader shut the group down)"), "follower did not stop cleanly:\n\(s.logTail())")
+        #expect(!s.log.contains("did not stop in time"), "shards had to be killed:\n\(s.logTail())")
+        s.cleanUp()
     }
 
     /// Placement by group (echo engine, so no model: its group stand-in starts, attaches and stops like a
