@@ -46,9 +46,10 @@ extension WorkerProcess {
     }
 
     /// Group leader (rank 0): sizes and initializes the front's group memfd, builds its shard's engine and
-    /// the runner the scheduler drives. `shutdown` tells the followers to exit (called on every exit path).
-    static func makeTensorParallelLeader(_ o: WorkerOptions, model: Model, slots: Int,
-                                         log: (String) -> Void) throws -> (runner: ModelRunner, shutdown: () -> Void) {
+    /// the runner the scheduler drives. `shutdown` tells the followers to exit (called on every exit path);
+    /// `failure` says why the group can no longer compute (nil while it can).
+    static func makeTensorParallelLeader(_ o: WorkerOptions, model: Model, slots: Int, log: (String) -> Void) throws
+        -> (runner: ModelRunner, shutdown: () -> Void, failure: () -> String?) {
         let group = try TPGroup.create(fd: o.tp.groupFD, size: o.tp.size, config: model.config, maxBatchTokens: o.maxBatchTokens)
         group.attachTimeout = followerAttachTimeout
         let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
@@ -56,7 +57,7 @@ extension WorkerProcess {
         let runner = TPLeaderRunner(engine: engine, group: group, contextLength: o.contextLength, slots: slots)
         if let failure = runner.failure { throw failure }
         log("worker \(o.id): tensor-parallel leader of \(o.tp.size) shards (\(model.shard), group memory \(group.byteCount) bytes)")
-        return (runner, { runner.shutdown() })
+        return (runner, { runner.shutdown() }, { runner.failure.map { "\($0)" } })
     }
 
     /// Follower (rank ≥ 1): no rings, no control block; it maps the group memory once the leader published

@@ -100,6 +100,9 @@ public enum WorkerProcess {
         // Tells the group's followers that the leader stopped (set on every exit path of a group leader).
         var stopGroup: () -> Void = {}
         defer { stopGroup() }
+        // Why the group can no longer compute (a shard died, the group aborted), or nil: the leader then
+        // exits 1 so that the front restarts the whole group.
+        var groupFailure: () -> String? = { nil }
         switch o.engine {
         case .echo:
             runner = EchoRunner(slots: o.maxRunning + 256, contextLength: 1 << 16, maxBatchTokens: 1 << 16)
@@ -130,6 +133,7 @@ public enum WorkerProcess {
                 let leader = try makeTensorParallelLeader(o, model: model, slots: min(slots, 1024), log: log)
                 adapter = leader.runner
                 stopGroup = leader.shutdown
+                groupFailure = leader.failure
             } else {
                 let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens)
                 try pinEngineThreads(engine, cpus: o.cpus)
@@ -208,6 +212,10 @@ public enum WorkerProcess {
                 }
             }
             channel.tx.commit()
+            if let why = groupFailure() {
+                log("worker \(o.id): tensor-parallel group failed (\(why)); exiting so the group restarts")
+                return 1
+            }
             if let e = sendError {
                 log("worker \(o.id): response ring failed: \(e)")
                 return e == .closed ? 0 : 1
