@@ -17,6 +17,9 @@
 // - a worker hangs (its heartbeat does not move for `heartbeatTimeout` while it is ready): SIGKILL, then
 //   the same as above;
 // - a malformed record from a worker (a buggy or dying peer): the worker is killed and handled as above.
+//
+// With `--tp K` a routing target is a group of K processes whose leader is the worker described here; the
+// followers and the group rules are in WorkerGroups.swift.
 import CSwitchyardSys
 import Glibc
 import Routing
@@ -24,6 +27,8 @@ import ShmRing
 import SysKit
 import Wire
 
+/// One routing target: a worker process, or the leader (shard 0) of a tensor-parallel group whose other
+/// shards are `followers`. `id` is the worker id (--tp 1) or the group id, reported in X-Switchyard-Worker.
 public struct WorkerSpec: Sendable {
     public var id: Int
     /// Arguments after `worker --id N --parent PID` (engine, model, threads, placement, limits).
@@ -31,8 +36,11 @@ public struct WorkerSpec: Sendable {
     /// For logs and metrics.
     public var numaNode: Int?
     public var cpus: [Int]
-    public init(id: Int, arguments: [String], numaNode: Int?, cpus: [Int]) {
-        self.id = id; self.arguments = arguments; self.numaNode = numaNode; self.cpus = cpus
+    /// Shards 1..K-1 of the group (empty for --tp 1).
+    public var followers: [FollowerSpec]
+    public var tpSize: Int { followers.count + 1 }
+    public init(id: Int, arguments: [String], numaNode: Int?, cpus: [Int], followers: [FollowerSpec] = []) {
+        self.id = id; self.arguments = arguments; self.numaNode = numaNode; self.cpus = cpus; self.followers = followers
     }
 }
 
@@ -74,7 +82,12 @@ final class WorkerSlot {
     var lastBeatChange: UInt64 = 0
     var requests: Set<UInt64> = []
     var readyInfo: ReadyRecord?
-    init(spec: WorkerSpec, routerSlot: Int) { self.spec = spec; self.routerSlot = routerSlot }
+    /// The group's other shards (empty for --tp 1).
+    let followers: [FollowerSlot]
+    init(spec: WorkerSpec, routerSlot: Int) {
+        self.spec = spec; self.routerSlot = routerSlot
+        followers = spec.followers.map { FollowerSlot(spec: $0) }
+    }
 }
 
 public final class WorkerPool: FrontBackend {
@@ -124,7 +137,7 @@ public final class WorkerPool: FrontBackend {
         try Self.check(sy_epoll_add(epoll.rawValue, eventFD.rawValue, Self.tagEvent), "epoll_ctl(eventfd)")
         try Self.check(sy_epoll_add(epoll.rawValue, timerFD.rawValue, Self.tagTimer), "epoll_ctl(timerfd)")
         for spec in config.workers {
-            let slot = try router.addTarget(TargetSpec(id: "worker-\(spec.id)"))
+            let slot = try router.addTarget(TargetSpec(id: spec.followers.isEmpty ? "worker-\(spec.id)" : "group-\(spec.id)"))
             router.setHealth(.dead, slot: slot)       // until its ready record arrives
             slots.append(WorkerSlot(spec: spec, routerSlot: slot))
         }
@@ -156,13 +169,19 @@ public final class WorkerPool: FrontBackend {
             let responses = try ShmRing(capacity: config.ringCapacity, consumerUsesEventFD: true,
                                         name: "switchyard-resp-\(w.spec.id)")
             let control = try ControlBlock()
-            let args = ["worker", "--id", "\(w.spec.id)", "--parent", "\(getpid())"] + w.spec.arguments
-            let child = try ChildProcess.spawn(
-                path: config.executable, arguments: args,
-                inherit: [InheritedDescriptor(requests.fileDescriptor, as: 3),
-                          InheritedDescriptor(responses.fileDescriptor, as: 4),
-                          InheritedDescriptor(eventFD.rawValue, as: 5),
-                          InheritedDescriptor(control.fileDescriptor, as: 6)])
+            var args = ["worker", "--id", "\(w.spec.id)", "--parent", "\(getpid())"] + w.spec.arguments
+            var inherit = [InheritedDescriptor(requests.fileDescriptor, as: 3),
+                           InheritedDescriptor(responses.fileDescriptor, as: 4),
+                           InheritedDescriptor(eventFD.rawValue, as: 5),
+                           InheritedDescriptor(control.fileDescriptor, as: 6)]
+            // A group: one fresh group memfd for all its shards (closed here once they inherited it).
+            let groupFD: Int32 = w.followers.isEmpty ? -1 : try makeGroupMemory(w)
+            defer { if groupFD >= 0 { _ = Glibc.close(groupFD) } }
+            if groupFD >= 0 {
+                args += leaderGroupArguments(w)
+                inherit.append(InheritedDescriptor(groupFD, as: Self.leaderGroupFD))
+            }
+            let child = try ChildProcess.spawn(path: config.executable, arguments: args, inherit: inherit)
             let pid = child.pid
             let pidfd = child.pidfd.fd.rawValue
             let handle = ProcessHandle(child)
@@ -178,9 +197,18 @@ public final class WorkerPool: FrontBackend {
             w.ready = false
             w.lastBeat = 0
             w.lastBeatChange = Self.now()
-            config.log(.info, "worker \(w.spec.id): started pid \(pid)")
+            config.log(.info, "\(shardName(w, rank: 0)): started pid \(pid)")
+            if groupFD >= 0 {
+                do {
+                    try spawnFollowers(i, groupFD: groupFD)
+                } catch {
+                    try? handle.child.send(signal: SIGKILL)
+                    workerDied(i, reason: "a shard could not start: \(error)")
+                }
+            }
         } catch {
-            config.log(.warn, "worker \(w.spec.id): could not start: \(error)")
+            config.log(.warn, "\(unitName(w)): could not start: \(error)")
+            stopFollowers(w)
             scheduleRespawn(i)
         }
     }
@@ -191,7 +219,7 @@ public final class WorkerPool: FrontBackend {
         let backoff = min(config.restartBackoffMax, config.restartBackoffMin * Double(1 << min(w.consecutiveFailures, 16)))
         w.consecutiveFailures += 1
         w.respawnAt = Self.now() + UInt64(backoff * 1e9)
-        config.log(.info, "worker \(w.spec.id): restarting in \(backoff) s")
+        config.log(.info, "\(unitName(w)): restarting in \(backoff) s")
     }
 
     /// The worker is gone (exited, killed, or declared hung and killed): clean up and recover its requests.
@@ -199,6 +227,11 @@ public final class WorkerPool: FrontBackend {
         let w = slots[i]
         guard let handle = w.process else { return }
         _ = sy_epoll_del(epoll.rawValue, handle.child.pidfd.fd.rawValue)
+        // A group goes down as a unit: SIGKILL the leader and every other shard still running first.
+        if !w.followers.isEmpty {
+            if !shuttingDown { try? handle.child.send(signal: SIGKILL) }
+            stopFollowers(w)
+        }
         let status = (try? handle.child.wait(timeoutMs: 1000)) ?? nil
         w.process = nil                       // kills and reaps if it was still running
         w.channel?.close()
@@ -212,7 +245,7 @@ public final class WorkerPool: FrontBackend {
             w.restarts += 1
             totalRestarts += 1
         }
-        config.log(shuttingDown ? .info : .warn, "worker \(w.spec.id): \(reason)\(status.map { " (\($0))" } ?? "")")
+        config.log(shuttingDown ? .info : .warn, "\(shardName(w, rank: 0)): \(reason)\(status.map { " (\($0))" } ?? "")")
         let affected = w.requests
         w.requests.removeAll()
         for id in affected {
@@ -227,11 +260,11 @@ public final class WorkerPool: FrontBackend {
                 if case .admitted(let to) = route(req, retries: f.retries + 1) {
                     pending.append(.rerouted(requestID: id, workerID: to))
                 } else {
-                    pending.append(.error(requestID: id, message: "worker \(w.spec.id) died and no other worker could take the request"))
+                    pending.append(.error(requestID: id, message: "\(unitName(w)) died and no other worker could take the request"))
                 }
             } else {
                 inFlight[id] = nil
-                pending.append(.error(requestID: id, message: "worker \(w.spec.id) died while generating"))
+                pending.append(.error(requestID: id, message: "\(unitName(w)) died while generating"))
             }
         }
         if !shuttingDown { scheduleRespawn(i) }
@@ -250,7 +283,7 @@ public final class WorkerPool: FrontBackend {
                 w.lastBeat = beat
                 w.lastBeatChange = now
             } else if Double(now - w.lastBeatChange) / 1e9 > config.heartbeatTimeout {
-                config.log(.warn, "worker \(w.spec.id): heartbeat stopped for \(config.heartbeatTimeout) s; killing it")
+                config.log(.warn, "\(shardName(w, rank: 0)): heartbeat stopped for \(config.heartbeatTimeout) s; killing \(w.followers.isEmpty ? "it" : "the group")")
                 try? w.process?.child.send(signal: SIGKILL)
                 workerDied(i, reason: "hung (heartbeat timeout)")
             }
@@ -379,7 +412,7 @@ public final class WorkerPool: FrontBackend {
         let fd = epoll.rawValue
         let n = epollTags.withUnsafeMutableBufferPointer { sy_epoll_ready(fd, $0.baseAddress, Int32($0.count), 0) }
         var timer = false
-        var dead: [Int] = []
+        var dead: [(slot: Int, rank: Int)] = []
         for k in 0..<max(0, Int(n)) {
             let tag = epollTags[k]
             switch tag & 0xFFFF_FFFF_0000_0000 {
@@ -388,15 +421,15 @@ public final class WorkerPool: FrontBackend {
                 var ticks: UInt64 = 0
                 _ = read(timerFD.rawValue, &ticks, 8)
                 timer = true
-            case Self.tagPid: dead.append(Int(tag & 0xFFFF_FFFF))
+            case Self.tagPid: dead.append((Int(tag & 0xFFFF), Int((tag >> 16) & 0xFFFF)))
             default: break
             }
         }
         // Responses first (a dying worker's last records are still in its ring), then deaths, then timers.
         drainRings()
-        for i in dead where slots.indices.contains(i) {
+        for (i, rank) in dead where slots.indices.contains(i) {
             drainRing(i)
-            workerDied(i, reason: "exited")
+            shardDied(i, rank: rank)
         }
         if timer { supervise() }
         // Swap buffers instead of copying: events raised while delivering (re-entrant calls) land in the
@@ -436,7 +469,7 @@ public final class WorkerPool: FrontBackend {
             }
         }
         if let corrupt, w.process != nil {
-            config.log(.warn, "worker \(w.spec.id): bad response ring (\(corrupt)); killing it")
+            config.log(.warn, "\(unitName(w)): bad response ring (\(corrupt)); killing it")
             try? w.process?.child.send(signal: SIGKILL)
             workerDied(i, reason: "killed after a corrupt record")
         }
@@ -451,7 +484,7 @@ public final class WorkerPool: FrontBackend {
             w.readySince = Self.now()
             w.lastBeatChange = w.readySince
             router.setHealth(.healthy, slot: w.routerSlot)
-            config.log(.info, "worker \(w.spec.id): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))")
+            config.log(.info, "\(unitName(w)): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))\(w.followers.isEmpty ? "" : "; shards \(w.spec.tpSize), pids \(groupPIDs(i).map { $0.map(String.init) ?? "-" }.joined(separator: ","))")")
         case .delta(let d):
             guard var f = inFlight[d.requestID], !f.cancelled else { return }
             if !f.started { f.started = true; f.request = nil; inFlight[d.requestID] = f }
@@ -505,6 +538,7 @@ public final class WorkerPool: FrontBackend {
 
     public func collectMetrics(into m: MetricsRegistry) {
         m.set(MetricsRegistry.workerRestarts, help: "Worker processes restarted", Double(totalRestarts))
+        collectGroupMetrics(into: m)
         for w in slots {
             let labels = [("worker", "\(w.spec.id)"), ("node", w.spec.numaNode.map(String.init) ?? "none"),
                           ("cpus", w.spec.cpus.map(String.init).joined(separator: ","))]
@@ -542,10 +576,21 @@ public final class WorkerPool: FrontBackend {
             guard let h = w.process else { continue }
             let left = deadline > Self.now() ? Int32((deadline - Self.now()) / 1_000_000) : 0
             if (try? h.child.wait(timeoutMs: max(1, left))) ?? nil == nil {
-                config.log(.warn, "worker \(w.spec.id): did not stop in time; killing it")
+                config.log(.warn, "\(shardName(w, rank: 0)): did not stop in time; killing it")
             }
             w.process = nil  // kills if still running, reaps
             w.channel = nil
+        }
+        // Followers stop once their leader has shut the group down; same deadline.
+        for w in slots {
+            for f in w.followers {
+                guard let h = f.process else { continue }
+                let left = deadline > Self.now() ? Int32((deadline - Self.now()) / 1_000_000) : 0
+                if (try? h.child.wait(timeoutMs: max(1, left))) ?? nil == nil {
+                    config.log(.warn, "\(shardName(w, rank: f.spec.rank)): did not stop in time; killing it")
+                }
+                f.process = nil
+            }
         }
     }
 

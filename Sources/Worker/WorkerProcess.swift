@@ -31,6 +31,9 @@ public struct WorkerOptions: Sendable {
     public var maxRunning = 16
     public var contextLength = 2048
     public var maxBatchTokens = 512
+    /// This process's shard of a tensor-parallel group (`.whole` for --tp 1). A follower (rank ≥ 1) has no
+    /// rings and no control block: only the group memory (`tp.groupFD`).
+    public var tp = ShardRole.whole
     public init() {}
 }
 
@@ -60,6 +63,7 @@ public enum WorkerProcess {
         // Die with the front: a worker is never left running on its own.
         _ = sy_set_parent_death_signal(SIGKILL)
         if o.parentPID > 0 && getppid() != o.parentPID { return 1 }
+        try o.tp.validate()
 
         // Placement first, so every page the worker touches from here on is allocated on its node.
         if !o.cpus.isEmpty { try CPUAffinity.set(o.cpus) }
@@ -72,6 +76,8 @@ public enum WorkerProcess {
                 log("worker \(o.id): node \(node) does not exist here (highest is \(NUMA.maxNode)); memory not bound")
             }
         }
+
+        if o.tp.isGrouped && !o.tp.isLeader { return try runFollower(o, log: log) }
 
         let control = try ControlBlock(inheritedDescriptor: o.controlFD)
         control.store(.numaNode, o.node.map { UInt64($0) } ?? .max)
@@ -91,36 +97,51 @@ public enum WorkerProcess {
         // The engine: load, pin its threads (one core each), warm up.
         let runner: ModelRunner
         let text: TextEngine
+        // Tells the group's followers that the leader stopped (set on every exit path of a group leader).
+        var stopGroup: () -> Void = {}
+        defer { stopGroup() }
+        // Why the group can no longer compute (a shard died, the group aborted), or nil: the leader then
+        // exits 1 so that the front restarts the whole group.
+        var groupFailure: () -> String? = { nil }
         switch o.engine {
         case .echo:
             runner = EchoRunner(slots: o.maxRunning + 256, contextLength: 1 << 16, maxBatchTokens: 1 << 16)
             text = EchoText()
+            if o.tp.isGrouped {
+                // The echo stand-in for a TP group: the leader computes alone, but the group's processes
+                // start, attach and stop like a model group's.
+                let group = try EchoGroupMemory.create(fd: o.tp.groupFD, size: o.tp.size)
+                stopGroup = { group.shutdown() }
+                try group.waitForFollowers(timeoutSeconds: followerAttachTimeout, parentPID: o.parentPID)
+                log("worker \(o.id): tensor-parallel group of \(o.tp.size) (echo stand-in) attached")
+            }
         case .model:
             guard let path = o.modelPath else { throw WorkerError.setup("--model is required for --engine model") }
             // Repacked weights go to a file shared by every worker on this NUMA node (mapped read-only,
             // MAP_SHARED), so N workers hold one copy; the file survives restarts. Private memory if the
             // cache directory can't be used.
             let cacheDir = Self.repackDirectory(modelPath: path, node: o.node)
-            let model: Model
-            if let cacheDir, let m = try? Model(path: path, options: ModelOptions(repack: .sharedFile(directory: cacheDir))) {
-                model = m
-            } else {
-                log("worker \(o.id): repack cache unavailable; weights repacked into private memory")
-                model = try Model(path: path)
-            }
+            let model = try loadModel(path: path, cacheDirectory: cacheDir, shard: o.tp, log: { log("worker \(o.id): \($0)") })
             let tokenizerConfig = try TokenizerConfig(gguf: model.gguf)
             let tokenizer = try Tokenizer(config: tokenizerConfig)
             let template = try ChatTemplate(template: tokenizerConfig.chatTemplate)
-            let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens)
-            if o.cpus.count > 1 {
-                for (i, tid) in engine.workerThreadIDs.enumerated() {
-                    try CPUAffinity.set([o.cpus[(i + 1) % o.cpus.count]], pid: tid)
-                }
-                try CPUAffinity.set([o.cpus[0]])
+            let adapter: ModelRunner
+            if o.tp.isGrouped {
+                // Every shard of a group computes the same slot count (from the whole model's per-token KV
+                // size, whatever share of it the shard holds), so slot numbers mean the same on all shards.
+                let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, wholeModelKVBytesPerToken(model.config) * 256))
+                let leader = try makeTensorParallelLeader(o, model: model, slots: min(slots, 1024), log: log)
+                adapter = leader.runner
+                stopGroup = leader.shutdown
+                groupFailure = leader.failure
+            } else {
+                let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens)
+                try pinEngineThreads(engine, cpus: o.cpus)
+                let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, engine.kvBytesPerToken * 256))
+                adapter = ModelRunnerAdapter(engine: engine, contextLength: o.contextLength, slots: min(slots, 1024))
             }
-            let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, engine.kvBytesPerToken * 256))
-            let adapter = ModelRunnerAdapter(engine: engine, contextLength: o.contextLength, slots: min(slots, 1024))
             // Warm-up: one token through every layer, so the first request doesn't pay for page faults.
+            // (In a group this is the first step every shard runs: ready then means the group is up.)
             if let s = adapter.acquireSequence() {
                 try adapter.forward([StepItem(sequence: s, position: 0, tokens: [tokenizer.bosID ?? 0][...])]) { _, _ in }
                 adapter.releaseSequence(s)
@@ -191,6 +212,10 @@ public enum WorkerProcess {
                 }
             }
             channel.tx.commit()
+            if let why = groupFailure() {
+                log("worker \(o.id): tensor-parallel group failed (\(why)); exiting so the group restarts")
+                return 1
+            }
             if let e = sendError {
                 log("worker \(o.id): response ring failed: \(e)")
                 return e == .closed ? 0 : 1

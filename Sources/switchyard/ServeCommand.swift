@@ -19,7 +19,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Also listen on TCP HOST:PORT.") var tcp: String?
     @Option(help: "Worker processes (default: one per core / threads-per-worker).") var workers: Int?
     @Option(help: "Engine threads per worker.") var threadsPerWorker = 1
-    @Option(help: "Tensor-parallel group size.") var tp = 1
+    @Option(help: "Tensor-parallel group size K: the --workers processes form workers/K groups of K shards; each group holds one copy of the model and is one routing target (X-Switchyard-Worker names the group). K must divide --workers and be at most the model's KV heads.") var tp = 1
     @Option(help: "consistent-hash | round-robin | least-connections | client-hash") var policy = "consistent-hash"
     @Option(help: "Bounded-load factor c for consistent-hash (cap = ceil(c·(in flight + 1)/N)).") var balanceFactor = 1.25
     @Option(help: "auto | off") var numa = "auto"
@@ -36,7 +36,10 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         if let w = workers, !(1...256).contains(w) { throw ValidationError("--workers must be 1...256") }
         guard (1...256).contains(threadsPerWorker) else { throw ValidationError("--threads-per-worker must be 1...256") }
-        guard tp >= 1 else { throw ValidationError("--tp must be at least 1") }
+        guard (1...ShardRole.maxSize).contains(tp) else { throw ValidationError("--tp must be 1...\(ShardRole.maxSize)") }
+        if let w = workers, w % tp != 0 {
+            throw ValidationError("--tp \(tp) must divide --workers \(w): each tensor-parallel group is exactly \(tp) worker processes (e.g. --workers \(max(tp, w / tp * tp)))")
+        }
         guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
@@ -54,22 +57,31 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         FrontServer.blockShutdownSignals()
         let engineKind = EngineKind(rawValue: engine) ?? .model
-        if tp > 1 {
-            throw ValidationErrorMessage("--tp \(tp): tensor-parallel groups are not implemented yet; use --tp 1 (replicas)")
-        }
         let modelPath = engineKind == .model ? try ModelPath.resolve(model) : nil
+        if tp > 1, let modelPath {
+            // Attention is split by KV head: a group cannot have more shards than the model has KV heads.
+            let limit = try tensorParallelLimit(modelPath: modelPath)
+            guard tp <= limit else {
+                throw ValidationErrorMessage("--tp \(tp): the model has \(limit) KV heads and each shard needs at least one, so --tp must be at most \(limit)")
+            }
+        }
         let online = (try? CPUAffinity.get()) ?? Array(0..<max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-        let workerCount = workers ?? max(1, online.count / threadsPerWorker)
+        // Default: one process per core / threads-per-worker, rounded down to whole groups (at least one).
+        let workerCount = workers ?? max(tp, online.count / threadsPerWorker / tp * tp)
         let topology = try NumaTopology.discover(fallbackCPUs: online)
         let plan = planPlacement(workers: workerCount, threadsPerWorker: threadsPerWorker, tp: tp,
                                  mode: NumaMode(rawValue: numa) ?? .auto, topology: topology)
         let level = LogLevel(name: logLevel) ?? .info
         let logger = LogLevel.stderrLogger(prefix: "switchyard", threshold: level)
         let log: @Sendable (String) -> Void = { logger(.info, $0) }
-        log("topology: \(topology.nodes.map { "node\($0.id)=\($0.cpus.count) cpus" }.joined(separator: ", ")); \(workerCount) worker(s) × \(threadsPerWorker) thread(s)")
+        log("topology: \(topology.nodes.map { "node\($0.id)=\($0.cpus.count) cpus" }.joined(separator: ", ")); \(workerCount) worker(s) × \(threadsPerWorker) thread(s)\(tp > 1 ? " in \(workerCount / tp) tensor-parallel group(s) of \(tp)" : "")")
+        for g in plan.splitGroups { logger(.warn, "group \(g): no NUMA node has cores for all its shards; spread over nodes") }
         if plan.oversubscribed { logger(.warn, "more threads than cores; cores are shared") }
-        let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount)
+        // Per routing target: a group spreads its KV cache over its shards.
+        let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount / tp)
 
+        // One WorkerSpec per routing target: a worker (--tp 1), or a group's leader with its followers.
+        // Every shard of a group gets the same limits (slot tables must match), its own placement.
         var specs: [WorkerSpec] = []
         for p in plan.workers {
             var args = ["--engine", engineKind.rawValue, "--threads", "\(threadsPerWorker)",
@@ -79,8 +91,17 @@ struct ServeCommand: ParsableCommand {
             if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
             if let n = p.node { args += ["--node", "\(n)"] }
             args += ["--log-level", level.name]
-            specs.append(WorkerSpec(id: p.worker, arguments: args, numaNode: p.node, cpus: p.cpus))
-            log("worker \(p.worker): node \(p.node.map(String.init) ?? "none"), cpus \(p.cpus.isEmpty ? "unpinned" : p.cpus.map(String.init).joined(separator: ","))")
+            let placed = "node \(p.node.map(String.init) ?? "none"), cpus \(p.cpus.isEmpty ? "unpinned" : p.cpus.map(String.init).joined(separator: ","))"
+            if tp == 1 {
+                specs.append(WorkerSpec(id: p.worker, arguments: args, numaNode: p.node, cpus: p.cpus))
+                log("worker \(p.worker): \(placed)")
+            } else if p.worker % tp == 0 {
+                specs.append(WorkerSpec(id: p.group, arguments: args, numaNode: p.node, cpus: p.cpus))
+                log("group \(p.group) shard 0 (leader, process \(p.worker)): \(placed)")
+            } else if let last = specs.indices.last, specs[last].id == p.group {
+                specs[last].followers.append(FollowerSpec(rank: p.worker % tp, arguments: args, numaNode: p.node, cpus: p.cpus))
+                log("group \(p.group) shard \(p.worker % tp) (process \(p.worker)): \(placed)")
+            }
         }
 
         var poolConfig = WorkerPoolConfig(executable: try currentExecutablePath(), workers: specs)

@@ -25,6 +25,9 @@ struct WorkerCommand: ParsableCommand {
     @Option var context = 2048
     @Option var maxBatchTokens = 512
     @Option var logLevel = "info"
+    @Option(help: "This process's shard of its tensor-parallel group (0 = leader).") var tpRank = 0
+    @Option(help: "Shards in the group (1 = a whole-model worker).") var tpSize = 1
+    @Option(help: "Inherited descriptor of the group memory (an empty memfd the leader sizes).") var tpFd: Int32 = -1
 
     func run() throws {
         var o = WorkerOptions()
@@ -43,7 +46,9 @@ struct WorkerCommand: ParsableCommand {
         o.maxRunning = maxRunning
         o.contextLength = context
         o.maxBatchTokens = maxBatchTokens
-        let logger = LogLevel.stderrLogger(prefix: "worker[\(id)]", threshold: LogLevel(name: logLevel) ?? .info)
+        o.tp = ShardRole(rank: tpRank, size: tpSize, groupFD: tpFd)
+        let name = tpSize > 1 ? "worker[\(id).\(tpRank)]" : "worker[\(id)]"
+        let logger = LogLevel.stderrLogger(prefix: name, threshold: LogLevel(name: logLevel) ?? .info)
         let code = try WorkerProcess.run(o) { msg in logger(.info, msg) }
         throw ExitCode(code)
     }
