@@ -7,7 +7,7 @@
 //                 process, shared-memory rings) started from the binary next to this one.
 //      added = workers − raw (the targets: p50 ≤ 5 µs, p99 ≤ 25 µs); inproc − raw is reported too.
 //      With --compare-args, a second real server (other `serve` arguments) joins the rotation: an A/B in the
-//      same time window (e.g. --compare-args "--poll-spin-us 0").
+//      same time window (e.g. --compare-args "--poll-spin-us 0"; with --compare-bin, another build of the binary).
 //   2. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
 // The load average is printed with the results: the numbers mean little on a busy machine.
 import ArgumentParser
@@ -32,6 +32,8 @@ struct FrontBench: ParsableCommand {
     @Option(name: .customLong("compare-args"), parsing: .unconditional,
             help: "Start a second real server with these extra `serve` arguments instead (e.g. \"--poll-spin-us 0\") and measure it interleaved with the first, so both see the same machine load.")
     var compareArgs: String?
+    @Option(name: .customLong("compare-bin"), help: "The binary of the --compare-args server (default: the same; e.g. a build of the previous commit, for before/after).")
+    var compareBin: String?
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
@@ -96,7 +98,7 @@ struct FrontBench: ParsableCommand {
         }
         var other: ServerProcess?
         var oc: BenchClient?
-        if let compareArgs, !inprocOnly, let bin = serverBin ?? ServerProcess.siblingBinary("switchyard") {
+        if let compareArgs, !inprocOnly, let bin = compareBin ?? serverBin ?? ServerProcess.siblingBinary("switchyard") {
             let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
                                           + compareArgs.split(separator: " ").map(String.init),
                                       socketPath: dir + "/compare.sock", logPath: dir + "/compare.log")
@@ -170,6 +172,7 @@ struct FrontBench: ParsableCommand {
         let o = oLat.isEmpty ? nil : pct(oLat)
         if let o, let oRPS, let compareArgs {
             result["compare_server_args"] = "--engine echo --workers 1 " + compareArgs
+            if let compareBin { result["compare_server_bin"] = compareBin }
             result["compare_rtt_p50_ns"] = o.p50
             result["compare_rtt_p99_ns"] = o.p99
             result["compare_added_p50_ns"] = Int64(o.p50) - Int64(r.p50)
@@ -189,7 +192,8 @@ struct FrontBench: ParsableCommand {
         }
         if let o, let oRPS, let compareArgs {
             out(String(format: "compare server      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us), %.0f requests/s: ",
-                       us(o.p50), us(o.p99), us(o.p50) - us(r.p50), us(o.p99) - us(r.p99), oRPS) + compareArgs)
+                       us(o.p50), us(o.p99), us(o.p50) - us(r.p50), us(o.p99) - us(r.p99), oRPS)
+                + [compareBin, compareArgs].compactMap { $0 }.joined(separator: " "))
         }
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
