@@ -6,6 +6,8 @@
 //        workers  the real system: `switchyard serve --engine echo --workers 1` (front process, worker
 //                 process, shared-memory rings) started from the binary next to this one.
 //      added = workers − raw (the targets: p50 ≤ 5 µs, p99 ≤ 25 µs); inproc − raw is reported too.
+//      With --compare-args, a second real server (other `serve` arguments) joins the rotation: an A/B in the
+//      same time window (e.g. --compare-args "--poll-spin-us 0"; with --compare-bin, another build of the binary).
 //   2. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
 // The load average is printed with the results: the numbers mean little on a busy machine.
 import ArgumentParser
@@ -27,6 +29,11 @@ struct FrontBench: ParsableCommand {
     @Option(name: .customLong("server-args"), parsing: .unconditional,
             help: "Extra `switchyard serve` arguments for the real server, one string (e.g. \"--numa off\").")
     var serverArgs: String = ""
+    @Option(name: .customLong("compare-args"), parsing: .unconditional,
+            help: "Start a second real server with these extra `serve` arguments instead (e.g. \"--poll-spin-us 0\") and measure it interleaved with the first, so both see the same machine load.")
+    var compareArgs: String?
+    @Option(name: .customLong("compare-bin"), help: "The binary of the --compare-args server (default: the same; e.g. a build of the previous commit, for before/after).")
+    var compareBin: String?
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
@@ -89,16 +96,31 @@ struct FrontBench: ParsableCommand {
             wc?.close()
             real?.stop()
         }
+        var other: ServerProcess?
+        var oc: BenchClient?
+        if let compareArgs, !inprocOnly, let bin = compareBin ?? serverBin ?? ServerProcess.siblingBinary("switchyard") {
+            let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
+                                          + compareArgs.split(separator: " ").map(String.init),
+                                      socketPath: dir + "/compare.sock", logPath: dir + "/compare.log")
+            other = p
+            try p.waitHealthy(timeout: 60)
+            oc = try BenchClient(path: p.socketPath)
+        }
+        defer {
+            oc?.close()
+            other?.stop()
+        }
 
         // Latency: blocks of `block` round trips, rotating raw → inproc → workers.
         let block = 500
-        var rawLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = []
+        var rawLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = [], oLat: [UInt64] = []
         rawLat.reserveCapacity(requests); inLat.reserveCapacity(requests); wLat.reserveCapacity(requests)
         // Warm-up (also checks every path answers 200).
         for _ in 0..<1000 {
             try raw.send(req); try raw.readExactly(req.count)
             try fc.send(req); try fc.readResponse(expect200: true)
             if let wc { try wc.send(req); try wc.readResponse(expect200: true) }
+            if let oc { try oc.send(req); try oc.readResponse(expect200: true) }
         }
         var left = requests
         while left > 0 {
@@ -106,6 +128,7 @@ struct FrontBench: ParsableCommand {
             try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
             try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
             if let wc { try measure(n, into: &wLat) { try wc.send(req); try wc.readResponse() } }
+            if let oc { try measure(n, into: &oLat) { try oc.send(req); try oc.readResponse() } }
             left -= n
         }
         // GET /health never reaches a backend: the front's own cost without the handoff.
@@ -118,6 +141,7 @@ struct FrontBench: ParsableCommand {
         // Throughput.
         let inRPS = throughput(path: inprocPath, req: req)
         let wRPS = real.map { throughput(path: $0.socketPath, req: req) }
+        let oRPS = other.map { throughput(path: $0.socketPath, req: req) }
 
         let r = pct(rawLat), i = pct(inLat), h = pct(healthLat)
         let w = wLat.isEmpty ? nil : pct(wLat)
@@ -145,6 +169,16 @@ struct FrontBench: ParsableCommand {
             result["added_p99_ns"] = Int64(w.p99) - Int64(r.p99)
             result["front_workers_requests_per_second"] = wRPS
         }
+        let o = oLat.isEmpty ? nil : pct(oLat)
+        if let o, let oRPS, let compareArgs {
+            result["compare_server_args"] = "--engine echo --workers 1 " + compareArgs
+            if let compareBin { result["compare_server_bin"] = compareBin }
+            result["compare_rtt_p50_ns"] = o.p50
+            result["compare_rtt_p99_ns"] = o.p99
+            result["compare_added_p50_ns"] = Int64(o.p50) - Int64(r.p50)
+            result["compare_added_p99_ns"] = Int64(o.p99) - Int64(r.p99)
+            result["compare_requests_per_second"] = oRPS
+        }
         let out = json == "-" ? { (s: String) in FileHandle.standardError.write(Data((s + "\n").utf8)) } : { print($0) }
         out(String(format: "load average %.2f %.2f %.2f on %d cpus (other processes share the machine)", load[0], load[1], load[2],
                    Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
@@ -155,6 +189,11 @@ struct FrontBench: ParsableCommand {
         if let w {
             out(String(format: "front + worker      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us; targets 5 / 25 us)",
                        us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99)))
+        }
+        if let o, let oRPS, let compareArgs {
+            out(String(format: "compare server      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us), %.0f requests/s: ",
+                       us(o.p50), us(o.p99), us(o.p50) - us(r.p50), us(o.p99) - us(r.p99), oRPS)
+                + [compareBin, compareArgs].compactMap { $0 }.joined(separator: " "))
         }
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)

@@ -20,11 +20,16 @@ struct sy_uring {
 sy_uring *sy_uring_create(unsigned entries, unsigned *setup_used, int *err) {
     sy_uring *r = calloc(1, sizeof *r);
     if (!r) { if (err) *err = ENOMEM; return NULL; }
-    const unsigned tries[3] = {
+    // TASKRUN_FLAG (5.19+): with COOP_TASKRUN a completion may wait as task work until we enter the kernel;
+    // the flag makes the kernel say so in the SQ ring's flags (IORING_SQ_TASKRUN), so a loop that polls
+    // instead of sleeping (sy_uring_events_pending) notices without a system call.
+    const unsigned tries[4] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_COOP_TASKRUN, 0 };
-    const unsigned used[3] = { SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN, SY_SETUP_COOP_TASKRUN, 0 };
+    const unsigned used[4] = { SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN | SY_SETUP_TASKRUN_FLAG,
+                               SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN, SY_SETUP_COOP_TASKRUN, 0 };
     int rc = -EINVAL;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         struct io_uring_params p;
         memset(&p, 0, sizeof p);
         p.flags = tries[i];
@@ -63,6 +68,13 @@ int sy_uring_probe(sy_uring *r, uint8_t *supported, unsigned n) {
 
 struct io_uring_sqe *sy_uring_get_sqe(sy_uring *r) { return io_uring_get_sqe(&r->ring); }
 int sy_uring_submit(sy_uring *r) { return io_uring_submit(&r->ring); }
+int sy_uring_events_pending(sy_uring *r) {
+    if (io_uring_cq_ready(&r->ring) > 0) return 1;
+    // A plain (READ_ONCE) load is enough: a stale value only delays noticing until the next poll.
+    // IORING_SQ_TASKRUN: completions wait as task work; IORING_SQ_CQ_OVERFLOW: they wait in the kernel's list.
+    unsigned flags = IO_URING_READ_ONCE(*r->ring.sq.kflags);
+    return (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
+}
 int sy_uring_submit_and_wait(sy_uring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
 unsigned sy_uring_peek_batch(sy_uring *r, struct io_uring_cqe **cqes, unsigned count) {
     return io_uring_peek_batch_cqe(&r->ring, cqes, count);

@@ -27,15 +27,52 @@ enum ResponseWriter {
     /// body runs until the connection closes (HTTP/1.0 streams).
     static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
                      keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
-        out.append(contentsOf: "HTTP/1.1 \(status) \(HTTPStatus.reason(status))\r\n".utf8)
-        out.append(contentsOf: "Server: switchyard\r\n".utf8)
-        if let contentType { out.append(contentsOf: "Content-Type: \(contentType)\r\n".utf8) }
-        if let contentLength { out.append(contentsOf: "Content-Length: \(contentLength)\r\n".utf8) }
-        if chunked { out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8) }
-        out.append(contentsOf: (keepAlive ? "Connection: keep-alive\r\n" : "Connection: close\r\n").utf8)
-        if let worker { out.append(contentsOf: "X-Switchyard-Worker: \(worker)\r\n".utf8) }
+        // Appended piece by piece (no string interpolation): this runs once per response on the event loop.
+        if status == 200 {
+            out.append(contentsOf: okLine)
+        } else {
+            out.append(contentsOf: "HTTP/1.1 \(status) \(HTTPStatus.reason(status))\r\n".utf8)
+        }
+        out.append(contentsOf: serverLine)
+        if let contentType {
+            if contentType == "application/json" { out.append(contentsOf: jsonTypeLine) } else {
+                out.append(contentsOf: "Content-Type: ".utf8); out.append(contentsOf: contentType.utf8); out.append(contentsOf: crlf)
+            }
+        }
+        if let contentLength { out.append(contentsOf: lengthName); appendDecimal(&out, contentLength); out.append(contentsOf: crlf) }
+        if chunked { out.append(contentsOf: chunkedLine) }
+        out.append(contentsOf: keepAlive ? keepAliveLine : closeLine)
+        if let worker { out.append(contentsOf: workerName); appendDecimal(&out, worker); out.append(contentsOf: crlf) }
         for (k, v) in extra { out.append(contentsOf: "\(k): \(v)\r\n".utf8) }
-        out.append(contentsOf: "\r\n".utf8)
+        out.append(contentsOf: crlf)
+    }
+
+    private static let okLine = Array("HTTP/1.1 200 OK\r\n".utf8)
+    private static let serverLine = Array("Server: switchyard\r\n".utf8)
+    private static let jsonTypeLine = Array("Content-Type: application/json\r\n".utf8)
+    private static let lengthName = Array("Content-Length: ".utf8)
+    private static let chunkedLine = Array("Transfer-Encoding: chunked\r\n".utf8)
+    private static let keepAliveLine = Array("Connection: keep-alive\r\n".utf8)
+    private static let closeLine = Array("Connection: close\r\n".utf8)
+    private static let workerName = Array("X-Switchyard-Worker: ".utf8)
+    private static let crlf: [UInt8] = [13, 10]
+
+    /// Appends `v` in decimal ASCII without allocating.
+    static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
+        if v < 0 { out.append(45) }   // '-'
+        var m = v.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)   // UInt.max has 20 digits
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[19 - n] = UInt8(48 + m % 10)
+                m /= 10
+                n += 1
+            } while m > 0
+            out.append(contentsOf: d[(20 - n)...])
+        }
     }
 
     static func full(_ out: inout [UInt8], status: Int, contentType: String, body: [UInt8], keepAlive: Bool,

@@ -432,8 +432,13 @@ public final class WorkerPool: FrontBackend {
             shardDied(i, rank: rank)
         }
         if timer { supervise() }
-        // Swap buffers instead of copying: events raised while delivering (re-entrant calls) land in the
-        // now-empty `pending` and are delivered by the next drain.
+        deliverPending(deliver)
+    }
+
+    /// Hands `pending` to `deliver`. Swaps buffers instead of copying: events raised while delivering
+    /// (re-entrant calls) land in the now-empty `pending` and are delivered by the next drain or poll.
+    func deliverPending(_ deliver: (BackendEvent) -> Void) {
+        guard !pending.isEmpty else { return }
         var events = spareEvents
         spareEvents = []
         swap(&events, &pending)
@@ -446,9 +451,10 @@ public final class WorkerPool: FrontBackend {
         for i in slots.indices { drainRing(i) }
     }
 
-    /// Reads every record of worker i's response ring, then re-announces sleep (looping if data arrived
-    /// meanwhile), so the next record the worker commits writes the eventfd.
-    func drainRing(_ i: Int) {
+    /// Reads every record of worker i's response ring. With `announceSleep` it then re-announces sleep
+    /// (looping if data arrived meanwhile), so the next record the worker commits writes the eventfd;
+    /// without, the sleeping flag stays clear (the loop is polling: see `pollEvents`).
+    func drainRing(_ i: Int, announceSleep: Bool = true) {
         let w = slots[i]
         var corrupt: String?
         while let channel = w.channel {
@@ -461,7 +467,7 @@ public final class WorkerPool: FrontBackend {
                         corrupt = "\(error)"
                     }
                 }
-                if corrupt != nil { break }
+                if corrupt != nil || !announceSleep { break }
                 if try channel.rx.prepareToSleep() != nil { break }
             } catch {
                 corrupt = "\(error)"
@@ -596,4 +602,38 @@ public final class WorkerPool: FrontBackend {
 
     /// Worker process ids (tests and logs).
     public var workerPIDs: [Int32?] { slots.map { $0.process?.child.pid } }
+}
+
+// MARK: Polling (the front spins on the response rings while requests are in flight)
+
+extension WorkerPool: PollableBackend {
+    public var hasRequestsInFlight: Bool { !inFlight.isEmpty }
+
+    public func stopAnnouncingSleep() {
+        for w in slots { w.channel?.rx.finishSleep() }
+    }
+
+    public func pollEvents(_ deliver: (BackendEvent) -> Void) -> Bool {
+        // The common case, nothing there: one acquire load of each ring's head, no system call.
+        var ready = false
+        for w in slots {
+            // A corrupt head counts as ready: drainRing reports it and kills the worker.
+            guard let ch = w.channel else { continue }
+            if (try? ch.rx.hasData()) ?? true { ready = true; break }
+        }
+        guard ready else { return false }
+        for i in slots.indices { drainRing(i, announceSleep: false) }
+        let any = !pending.isEmpty
+        deliverPending(deliver)
+        return any
+    }
+
+    public func prepareToBlock() -> Bool {
+        for w in slots {
+            guard let ch = w.channel else { continue }
+            // nil: a record arrived after the last poll (or the head is corrupt: pollEvents reports it).
+            if (try? ch.rx.prepareToSleep()) == nil { return false }
+        }
+        return true
+    }
 }

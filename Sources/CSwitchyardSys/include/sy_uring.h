@@ -25,8 +25,10 @@ typedef struct sy_uring sy_uring;
 // Setup flags actually used by sy_uring_create (reported for the start-up log).
 #define SY_SETUP_SINGLE_ISSUER 1u
 #define SY_SETUP_COOP_TASKRUN 2u
+#define SY_SETUP_TASKRUN_FLAG 4u
 
-// Creates a ring with `entries` SQEs. Tries SINGLE_ISSUER|COOP_TASKRUN, then COOP_TASKRUN, then none
+// Creates a ring with `entries` SQEs. Tries SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG, SINGLE_ISSUER|COOP_TASKRUN,
+// then COOP_TASKRUN, then none
 // (older kernels refuse unknown flags with -EINVAL). Returns NULL and sets *err (a positive errno) on failure.
 // SINGLE_ISSUER binds the ring to the creating thread: create it on the thread that will submit.
 sy_uring *sy_uring_create(unsigned entries, unsigned *setup_used, int *err);
@@ -42,6 +44,9 @@ uint32_t sy_uring_features(sy_uring *r);
 // A free SQE or NULL when the submission queue is full (submit, then retry).
 struct io_uring_sqe *sy_uring_get_sqe(sy_uring *r);
 int sy_uring_submit(sy_uring *r);
+// Non-zero if CQEs are ready, or completions wait in the kernel (task work under COOP_TASKRUN when the ring
+// has TASKRUN_FLAG, or CQ overflow): then sy_uring_peek_batch enters the kernel to post them. No system call.
+int sy_uring_events_pending(sy_uring *r);
 // Submits and waits for at least `wait_nr` completions. Returns submitted count or -errno (-EINTR possible).
 int sy_uring_submit_and_wait(sy_uring *r, unsigned wait_nr);
 // Copies up to `count` ready CQE pointers into cqes without consuming them; consume with sy_uring_cq_advance.

@@ -1,0 +1,38 @@
+import Testing
+@testable import Front
+
+/// ResponseWriter.head appends its lines piece by piece (no interpolation on the hot path): the bytes must be
+/// exactly the header block the text says.
+@Suite struct ResponseHeadTests {
+    private func head(status: Int, type: String?, length: Int?, chunked: Bool = false, keepAlive: Bool = true,
+                      worker: Int? = nil, extra: [(String, String)] = []) -> String {
+        var out: [UInt8] = Array("prefix|".utf8)   // appends, never replaces
+        ResponseWriter.head(&out, status: status, contentType: type, contentLength: length, chunked: chunked,
+                            keepAlive: keepAlive, worker: worker, extra: extra)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test func okJSONWithWorker() {
+        #expect(head(status: 200, type: "application/json", length: 1234, worker: 3)
+            == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n"
+             + "Connection: keep-alive\r\nX-Switchyard-Worker: 3\r\n\r\n")
+    }
+
+    @Test func otherStatusTypeAndExtras() {
+        #expect(head(status: 503, type: "text/plain; version=0.0.4", length: 0, keepAlive: false, extra: [("Retry-After", "1")])
+            == "prefix|HTTP/1.1 503 Service Unavailable\r\nServer: switchyard\r\nContent-Type: text/plain; version=0.0.4\r\n"
+             + "Content-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
+        #expect(head(status: 200, type: "text/event-stream", length: nil, chunked: true, worker: 0)
+            == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: text/event-stream\r\n"
+             + "Transfer-Encoding: chunked\r\nConnection: keep-alive\r\nX-Switchyard-Worker: 0\r\n\r\n")
+        #expect(head(status: 100, type: nil, length: nil) == "prefix|HTTP/1.1 100 Continue\r\nServer: switchyard\r\nConnection: keep-alive\r\n\r\n")
+    }
+
+    @Test func decimals() {
+        for v in [0, 7, 9, 10, 99, 100, 65535, 1_000_000, Int.max, -1, -42, Int.min] {
+            var out: [UInt8] = [120]   // "x"
+            ResponseWriter.appendDecimal(&out, v)
+            #expect(String(decoding: out, as: UTF8.self) == "x" + String(v))
+        }
+    }
+}
