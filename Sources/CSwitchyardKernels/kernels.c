@@ -1275,8 +1275,10 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
 }
 
 // Tiled mode: work items are (run, kv head), a run being consecutive tokens of one sequence (same cache,
-// positions +1 each); the run's kv head is transposed once into this thread's scratch, then every token
-// of the run and every query head of the group attends from it.
+// positions +1 each). A run of >= 64 tokens takes the tiled kernel: its kv head is transposed once into
+// this thread's scratch, then every token of the run and every query head of the group attends from it.
+// Shorter runs take the one-row kernel, so a sequence's numerics depend on its own chunk, never on what
+// other sequences share the batch (llama.cpp decides by ubatch rows; for one sequence that is the same).
 static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
     float *kt = t->scratch + (size_t)ith * t->scratch_per_thread;
     int group = t->nhead / t->nkv, kvdim = t->nkv * t->hd;
@@ -1287,6 +1289,19 @@ static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
         int ldk = t->toks[i1 - 1].npos;   // positions the run's last token attends to
         for (int kvh = 0; kvh < t->nkv; kvh++) {
             if ((run * t->nkv + kvh) % nth != ith) continue;
+            if (i1 - i0 < 64) {
+                for (int i = i0; i < i1; i++) {
+                    const syk_attn_tok *tk = &t->toks[i];
+                    const uint16_t *k = tk->k + (size_t)kvh * t->hd, *v = tk->v + (size_t)kvh * t->hd;
+                    if ((size_t)2 * group * tk->npos <= (size_t)t->scratch_per_thread)
+                        syk_attend_group(tk->q + (size_t)kvh * group * t->hd, k, v, kvdim, tk->npos, t->hd, group, t->scale, kt,
+                                         tk->out + (size_t)kvh * group * t->hd);
+                    else
+                        for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                            syk_attend(tk->q + (size_t)h * t->hd, k, v, kvdim, tk->npos, t->hd, t->scale, kt, tk->out + (size_t)h * t->hd);
+                }
+                continue;
+            }
             transpose_k(t->toks[i0].k + (size_t)kvh * t->hd, kvdim, ldk, t->hd, kt, ldk);
             for (int i = i0; i < i1; i++) {
                 const syk_attn_tok *tk = &t->toks[i];

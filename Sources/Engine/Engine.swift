@@ -368,6 +368,13 @@ public final class Engine: @unchecked Sendable {
             }
         }
 
+        var tiled = false   // some sequence has a run of >= 64 consecutive tokens in this chunk
+        var runStart = 0
+        for t in 1...n where t == n || tokSeq[t].toOpaque() != tokSeq[t - 1].toOpaque() || tokPos[t] != tokPos[t - 1] + 1 {
+            if t - runStart >= 64 { tiled = true }
+            runStart = t
+        }
+
         let tap = debugTap
         tap?("embd", -1, x, n, dim, dim)
         for (l, lw) in model.layers.enumerated() {
@@ -390,10 +397,10 @@ public final class Engine: @unchecked Sendable {
                                    cosb: ropeCos, sinb: ropeSin, toks: attnToks, ntok: Int32(n))
             withUnsafeMutablePointer(to: &rt) { syk_pool_run(pool, syk_rope_kv_run, $0) }
             if let tap { tap("Qrope", l, qkv, n, qDim, qkvLd); tap("Krope", l, qkv + qDim, n, kvDim, qkvLd) }
-            // Attention. Batches of >= 64 tokens take llama.cpp's tiled kernel (its choice, and its numerics);
-            // smaller ones one GQA group (query heads sharing a KV head) per work item, with the numerics of
-            // llama.cpp's one-row kernel.
-            let tiled = n >= 64
+            // Attention. Runs of >= 64 tokens of one sequence take llama.cpp's tiled kernel (its choice for a
+            // ubatch that big, and its numerics); everything else the one-row kernel's numerics, one GQA group
+            // (query heads sharing a KV head) per work item. Deciding per run keeps a sequence's results
+            // independent of the other sequences in the batch.
             var at = syk_attn_task(toks: attnToks, ntok: Int32(n), nhead: Int32(c.nHead), nkv: Int32(c.nKVHead),
                                    hd: Int32(hd), scale: 1 / sqrtf(Float(hd)), scratch: scores,
                                    scratch_per_thread: Int32(scratchRows * c.contextLength), tiled: tiled ? 1 : 0)

@@ -190,7 +190,8 @@ typedef struct {
     float scale;
     float *scratch;           // [nth][scratch_per_thread]
     int scratch_per_thread;   // >= max npos (one-chunk mode), >= hd * max npos (tiled mode)
-    int tiled;                // 1: llama.cpp's tiled flash-attention numerics (it uses them for batches of >= 64 tokens)
+    int tiled;                // 1: llama.cpp's tiled flash-attention numerics for runs of >= 64 consecutive tokens of
+                              //    one sequence (shorter runs: the one-row kernel); 0: the one-row kernel everywhere
 } syk_attn_task;
 void syk_attn_run(void *task, int ith, int nth);
 /// Same task and results as syk_attn_run, one GQA group per work item (syk_attend_group); needs
