@@ -16,6 +16,8 @@ void syk_gemm_avx2(const syk_wmat *w, const syk_act *a, int ntok, float *out, in
 void syk_quantize_act_avx2(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout);
 void syk_swiglu_avx2(const float *g, const float *u, float *h, int n);
 void syk_store_f16_avx2(const float *x, uint16_t *dst, int n);
+void syk_attend_tiled_avx2(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                           float scale, float *out);
 
 // Lane reduction in the halving order of GCC's _mm512_reduce_add_ps (llama.cpp is built with GCC; clang's
 // builtin reduces in another order): 256-bit halves, 128-bit halves, then (0+2)+(1+3).

@@ -770,7 +770,7 @@ static float reduce_tree_scalar(const float *x /* [16] */) {
     return (t6[0] + t6[2]) + (t6[1] + t6[3]);
 }
 
-static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+static inline __attribute__((always_inline)) void attend_scalar_body(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                           float scale, float *scores, float *out) {
     (void)scores;
     float q16[256], acc[256];
@@ -804,6 +804,19 @@ static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, 
     float inv = 1.f / S;
     for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
 }
+
+// The same operations compiled twice: portable (fmaf may be a libm call) and for FMA-capable CPUs (the AVX2
+// level), where fmaf is one instruction — results are identical, fmaf being exact either way.
+static void attend_scalar(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+                          float scale, float *scores, float *out) {
+    attend_scalar_body(q, k, v, stride, npos, hd, scale, scores, out);
+}
+#if SYK_X86
+SYK_AVX2_ATTR static void attend_scalar_fma(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
+                                            float scale, float *scores, float *out) {
+    attend_scalar_body(q, k, v, stride, npos, hd, scale, scores, out);
+}
+#endif
 
 #if SYK_X86
 AVX512 static inline __m512 round16(__m512 x) {
@@ -855,6 +868,7 @@ void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride
         attend_avx512(q, k, v, stride, npos, hd, scale, scores, out);
         return;
     }
+    if (syk_get_isa() >= SYK_ISA_AVX2) { attend_scalar_fma(q, k, v, stride, npos, hd, scale, scores, out); return; }
 #endif
     attend_scalar(q, k, v, stride, npos, hd, scale, scores, out);
 }
@@ -1154,7 +1168,7 @@ void syk_swiglu_run(void *task, int ith, int nth) {
 // ggml's vectorized expf, summed per 16 positions by the halving tree and over the tile in double, added to
 // the float S; acc (f32) += p_j v_j as a sequential fma chain over j; out = acc * (1/S).
 // kt holds this row's kv head transposed to f32, kt[d*ldk + j] = k_j[d] (built once per run of tokens).
-static void attend_tiled_scalar(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+static inline __attribute__((always_inline)) void attend_tiled_scalar_body(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
                                 float scale, float *out) {
     float acc[256], M = -INFINITY, S = 0;
     for (int i = 0; i < hd; i++) acc[i] = 0;
@@ -1190,6 +1204,17 @@ static void attend_tiled_scalar(const float *q, const float *kt, int ldk, const 
     float inv = S == 0.0f ? 0.0f : 1.0f / S;
     for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
 }
+
+static void attend_tiled_scalar(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                                float scale, float *out) {
+    attend_tiled_scalar_body(q, kt, ldk, v, stride, npos, hd, scale, out);
+}
+#if SYK_X86
+SYK_AVX2_ATTR static void attend_tiled_fma(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                                           float scale, float *out) {
+    attend_tiled_scalar_body(q, kt, ldk, v, stride, npos, hd, scale, out);
+}
+#endif
 
 #if SYK_X86
 AVX512 static void attend_tiled_avx512(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
@@ -1270,6 +1295,8 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
         attend_tiled_avx512(q, kt, ldk, v, stride, npos, hd, scale, out);
         return;
     }
+    if (syk_get_isa() >= SYK_ISA_AVX2 && hd % 16 == 0 && hd <= 256) { syk_attend_tiled_avx2(q, kt, ldk, v, stride, npos, hd, scale, out); return; }
+    if (syk_get_isa() >= SYK_ISA_AVX2) { attend_tiled_fma(q, kt, ldk, v, stride, npos, hd, scale, out); return; }
 #endif
     attend_tiled_scalar(q, kt, ldk, v, stride, npos, hd, scale, out);
 }

@@ -246,4 +246,75 @@ A2 void syk_store_f16_avx2(const float *x, uint16_t *dst, int n) {
         _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) dst[i] = syk_fp32_to_fp16(x[i]);
 }
+
+// ---------------------------------------------------------------------------- tiled attention
+
+static float reduce_tree16(const float *x) {   // syk_reduce_tree512's order on 16 stored lanes
+    float t3[8], t6[4];
+    for (int i = 0; i < 8; i++) t3[i] = x[i + 8] + x[i];
+    for (int i = 0; i < 4; i++) t6[i] = t3[i + 4] + t3[i];
+    return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+
+// attend_tiled_avx512 of kernels.c in 8-lane vectors: per position the same sequential fma chain over hd
+// (vectorized across positions), the same expf, halving-tree block sums in double and accumulator chain.
+A2 void syk_attend_tiled_avx2(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                              float scale, float *out) {
+    int nc = hd / 8;   // hd % 16 == 0, hd <= 256
+    __m256 acc[32];
+    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+    float M = -INFINITY, S = 0;
+    const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    _Alignas(32) float kq[64];
+    for (int ic = 0; ic < npos; ic += 64) {
+        int nt = npos - ic < 64 ? npos - ic : 64;
+        __m256 tmaxv = ninf;
+        for (int c = 0; c < 8; c++) {
+            int valid = nt - 8 * c;
+            if (valid <= 0) { _mm256_store_ps(kq + 8 * c, ninf); continue; }
+            __m256 s = _mm256_setzero_ps();
+            if (valid >= 8) {
+                for (int d = 0; d < hd; d++)
+                    s = _mm256_fmadd_ps(_mm256_loadu_ps(kt + (size_t)d * ldk + ic + 8 * c), _mm256_set1_ps(q[d]), s);
+            } else {
+                __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), idx);
+                for (int d = 0; d < hd; d++)
+                    s = _mm256_fmadd_ps(_mm256_maskload_ps(kt + (size_t)d * ldk + ic + 8 * c, m), _mm256_set1_ps(q[d]), s);
+                s = _mm256_blendv_ps(ninf, _mm256_add_ps(_mm256_mul_ps(s, vscale), _mm256_setzero_ps()), _mm256_castsi256_ps(m));
+                _mm256_store_ps(kq + 8 * c, s);
+                tmaxv = _mm256_max_ps(tmaxv, s);
+                continue;
+            }
+            s = _mm256_add_ps(_mm256_mul_ps(s, vscale), _mm256_setzero_ps());
+            _mm256_store_ps(kq + 8 * c, s);
+            tmaxv = _mm256_max_ps(tmaxv, s);
+        }
+        _Alignas(32) float tm[8];
+        _mm256_store_ps(tm, tmaxv);
+        float tmax = tm[0];
+        for (int i = 1; i < 8; i++) tmax = tmax > tm[i] ? tmax : tm[i];
+        float Mnew = fmaxf(M, tmax);
+        if (Mnew > M) {
+            float ms = expf(M - Mnew);
+            __m256 vms = _mm256_set1_ps(ms);
+            for (int c = 0; c < nc; c++) acc[c] = _mm256_mul_ps(acc[c], vms);
+            S *= ms;
+        }
+        M = Mnew;
+        double sum = 0;
+        __m256 vM = _mm256_set1_ps(Mnew);
+        for (int c = 0; c < 8; c++) _mm256_store_ps(kq + 8 * c, expf_ggml256(_mm256_sub_ps(_mm256_load_ps(kq + 8 * c), vM)));
+        for (int c = 0; c < 4; c++) sum += (double)reduce_tree16(kq + 16 * c);
+        S = (float)((double)S + sum);
+        for (int j = 0; j < nt; j++) {
+            const uint16_t *vj = v + (size_t)(ic + j) * stride;
+            __m256 p = _mm256_set1_ps(kq[j]);
+            for (int c = 0; c < nc; c++)
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * c))), p, acc[c]);
+        }
+    }
+    __m256 inv = _mm256_set1_ps(S == 0.0f ? 0.0f : 1.0f / S);
+    for (int c = 0; c < nc; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
+}
 #endif

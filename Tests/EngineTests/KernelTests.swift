@@ -286,7 +286,7 @@ import CSwitchyardKernels
         let vf = (0..<(npos * stride)).map { _ in rng.float() }
         let k16 = kf.map { syk_fp32_to_fp16($0) }, v16 = vf.map { syk_fp32_to_fp16($0) }
         var outs: [[Float]] = []
-        for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
+        for isa in Self.levels.map(\.rawValue) {
             syk_set_thread_isa(isa); defer { syk_set_thread_isa(-1) }
             var scores = [Float](repeating: 0, count: npos), out = [Float](repeating: 0, count: hd)
             syk_attend(q, k16, v16, Int32(stride), Int32(npos), Int32(hd), 0.125, &scores, &out)
@@ -301,7 +301,7 @@ import CSwitchyardKernels
             }
             outs.append(out)
         }
-        for i in 0..<hd { #expect(outs[0][i] == outs[1][i], "scalar vs vector attention dim \(i)") }
+        for o in outs.dropFirst() { for i in 0..<hd { #expect(o[i] == outs[0][i], "scalar vs vector attention dim \(i)") } }
     }
 
     /// The tiled kernel (llama.cpp's numerics for batches of >= 64 tokens) through syk_attn_run: 70 causal
@@ -314,7 +314,7 @@ import CSwitchyardKernels
         let k16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
         let v16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
         var outs: [[Float]] = []
-        for isa in [Int32(SYK_ISA_SCALAR), Int32(SYK_ISA_AVX512VNNI)] {
+        for isa in Self.levels.map(\.rawValue) {
             syk_set_thread_isa(isa); defer { syk_set_thread_isa(-1) }
             var out = [Float](repeating: 0, count: ntok * nhead * hd)
             var scratch = [Float](repeating: 0, count: hd * ntok)
@@ -349,7 +349,7 @@ import CSwitchyardKernels
             }
             outs.append(out)
         }
-        #expect(outs[0] == outs[1], "scalar vs vector tiled attention differ")
+        for (l, o) in outs.enumerated().dropFirst() { #expect(o == outs[0], "\(Self.levels[l]) vs scalar tiled attention differ") }
     }
 }
 
@@ -379,6 +379,7 @@ import CSwitchyardKernels
             [1, 9690, 198, 2683, 359, 253, 5356, 5646],
             [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47],
             Array((0..<40).map { Int32(100 + 37 * $0) }),
+            Array((0..<70).map { Int32(200 + 41 * $0) }),   // >= 64 tokens: the tiled attention kernel
         ]
         // Per-engine overrides (the rest of the process keeps its level). Levels are compared in the fast
         // summation order, the one every level has; in llama.cpp's order (AVX-512 and scalar levels) the
