@@ -611,7 +611,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const u
 // accumulators of two tokens in registers.
 #define SYK_LANES_MAX_NB 64   // blocks per row the unpacked buffer holds (K <= 2048)
 AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes_pre(const uint8_t *wg, const uint8_t *wu, int nb, const syk_act *a,
-                                                                             int t0, const int NT, float *out, int ldo, int accumulate) {
+                                                                             int t0, const int NT, float *out, int ldo, int accumulate,
+                                                                             const uint8_t *pf, int pf_mod, int pf_rem) {
     const int K = a->K;
     __m512 lacc[2][8], macc[2];
     for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
@@ -620,6 +621,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes_pre(con
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
         const uint8_t *u = wu + (size_t)b * 512;
+        if (pf && b % pf_mod == pf_rem)   // the next group's block b (its unpack pass then reads from cache)
+            for (int l = 0; l < SYK_R16_Q4_1_CHUNK; l += 64) _mm_prefetch((const char *)(pf + (size_t)b * SYK_R16_Q4_1_CHUNK + l), _MM_HINT_T0);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
         __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32)));
         for (int t = 0; t < NT; t++) {
@@ -689,8 +692,12 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
                     _mm512_store_si512(wu + 512 * b + 128 * j, _mm512_and_si512(v, m4));
                     _mm512_store_si512(wu + 512 * b + 128 * j + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
                 }
-            for (; t + 2 <= ntok; t += 2) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 2, o, ldo, accumulate);
-            if (t < ntok) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 1, o, ldo, accumulate);
+            // While the tiles compute from the unpacked copy, the next group is prefetched, its blocks spread
+            // over the tiles (tile i takes blocks b with b % tiles == i), so the memory traffic overlaps compute.
+            const uint8_t *next = g + 1 < g1 ? wg + (size_t)nb * chunk : NULL;
+            int tiles = (ntok + 1) / 2;
+            for (; t + 2 <= ntok; t += 2) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 2, o, ldo, accumulate, next, tiles, t / 2);
+            if (t < ntok) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 1, o, ldo, accumulate, next, tiles, t / 2);
             continue;
         }
         for (; t + 2 <= ntok; t += 2) {
