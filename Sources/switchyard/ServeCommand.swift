@@ -33,6 +33,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Seconds a ready worker's heartbeat may stand still before it is killed as hung.") var heartbeatTimeout = 15.0
     @Option(help: "error | warn | info | debug") var logLevel = "info"
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
+    @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never, the default).") var lingerUs = 0
 
     func validate() throws {
         if let w = workers, !(1...256).contains(w) { throw ValidationError("--workers must be 1...256") }
@@ -119,6 +120,7 @@ struct ServeCommand: ParsableCommand {
         fc.tcp = tcp
         fc.limits.maxBodyBytes = maxBody
         fc.pollSpinNanoseconds = UInt64(max(0, min(pollSpinUs, 1000))) * 1000
+        fc.lingerNanoseconds = UInt64(max(0, min(lingerUs, 1000))) * 1000
         fc.defaultModel = poolConfig.modelID
         fc.log = logger
         let server = try FrontServer(config: fc, backend: pool)

@@ -393,9 +393,10 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(try h.read().status == 405)
     }
 
-    /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU.
+    /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU,
+    /// lingering for the next request after each answer (30 µs) included.
     @Test func idleUsesNoCPU() throws {
-        let s = try TestServer()
+        let s = try TestServer(configure: { $0.lingerNanoseconds = 30_000 })
         defer { s.stop() }
         let clients = try (0..<8).map { _ in try RawClient(path: s.path) }
         try clients[0].send(request("GET", "/health"))
@@ -405,6 +406,21 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         usleep(500_000)
         let used = threadCPUSeconds(loop) - t0
         #expect(t0 >= 0 && used < 0.01, "loop thread CPU while idle: \(used) s in 0.5 s")
+    }
+
+    /// Lingering for the next request (--linger-us) answers keep-alive and pipelined requests like sleeping
+    /// does: every request of 200 back-to-back ones and of a pipelined pair is answered, in order.
+    @Test func lingerServesKeepAliveRequests() throws {
+        let s = try TestServer(configure: { $0.lingerNanoseconds = 50_000 })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        for _ in 0..<200 {
+            try c.send(request("GET", "/health"))
+            #expect(try c.read().status == 200)
+        }
+        try c.send(request("GET", "/health") + request("GET", "/nope"))
+        #expect(try c.read().status == 200)
+        #expect(try c.read().status == 404)
     }
 
     /// SIGTERM reaches the loop through its signalfd (polled in io_uring): the server drains and exits. The
