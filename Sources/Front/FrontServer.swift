@@ -267,61 +267,35 @@ public final class FrontServer: @unchecked Sendable {
 
     private lazy var deliverEvent: (BackendEvent) -> Void = { [unowned self] e in self.onEvent(e) }
 
-    /// Spins recorded as fruitless in a row; see spinWorthwhile.
-    private var fruitlessSpins = 0
-    private var spinProbe = 0
-
-    /// Whether to poll before sleeping. A backend that answers slowly (a real model: a token every few ms)
-    /// would make every spin a waste: after 8 fruitless spins in a row, only every 16th wait spins (a probe
-    /// that notices when answers are quick again).
-    private func spinWorthwhile() -> Bool {
-        guard config.pollSpinNanoseconds > 0 else { return false }
-        if fruitlessSpins < 8 { return true }
-        spinProbe &+= 1
-        return spinProbe & 15 == 0
-    }
-
-    private var fruitlessLingers = 0
-    private var lingerProbe = 0
-
-    /// Like spinWorthwhile for lingering: after 8 lingers in a row that caught nothing, only every 16th wait
-    /// lingers, so idle keep-alive connections (timer ticks) cost no CPU.
-    private func lingerWorthwhile() -> Bool {
-        guard config.lingerNanoseconds > 0 else { return false }
-        if fruitlessLingers < 8 { return true }
-        lingerProbe &+= 1
-        return lingerProbe & 15 == 0
-    }
-
-    /// Submits what is queued (the responses leave now), then watches the completion queue (and the backend)
-    /// for up to `lingerNanoseconds`. True if something arrived.
-    private func linger(_ r: OpaquePointer) -> Bool {
-        _ = sy_uring_submit(r)
-        let deadline = now() &+ config.lingerNanoseconds
-        var spins: UInt32 = 0
-        while true {
-            if sy_uring_events_pending(r) != 0 { fruitlessLingers = 0; return true }
-            if let p = pollable, p.pollEvents(deliverEvent) { fruitlessLingers = 0; return true }
-            sy_cpu_relax()
-            spins &+= 1
-            if spins & 7 == 0 {
-                sched_yield()   // the client we wait for may need this CPU
-                if spins & 31 == 0 && now() >= deadline { fruitlessLingers += 1; return false }
-            }
+    /// Fruitless spins of one kind in a row, and the probe that lets every 16th wait spin after 8 fruitless
+    /// ones: a backend that answers slowly (a real model: a token every few ms), or keep-alive connections
+    /// that stay quiet, would make every spin a waste; the probe notices when answers are quick again.
+    private struct SpinBudget {
+        var fruitless = 0
+        var probe = 0
+        mutating func worthwhile() -> Bool {
+            if fruitless < 8 { return true }
+            probe &+= 1
+            return probe & 15 == 0
         }
     }
+    private var pollBudget = SpinBudget()
+    private var lingerBudget = SpinBudget()
+
+    private func spinWorthwhile() -> Bool { config.pollSpinNanoseconds > 0 && pollBudget.worthwhile() }
+    private func lingerWorthwhile() -> Bool { config.lingerNanoseconds > 0 && lingerBudget.worthwhile() }
+
+    private enum SpinOutcome { case backend, completions, timeout }
 
     /// Submits what is queued (the sends must leave before we spin; no system call when nothing is), then
-    /// polls the backend and the completion queue for up to `pollSpinNanoseconds`. True if it delivered
-    /// events or completions are waiting; false when the time ran out.
-    private func pollSpin(_ p: PollableBackend, _ r: OpaquePointer) -> Bool {
+    /// polls `backend` (if any) and the completion queue until one has something or `nanoseconds` pass.
+    private func spin(_ r: OpaquePointer, nanoseconds: UInt64, backend: PollableBackend?) -> SpinOutcome {
         _ = sy_uring_submit(r)
-        p.stopAnnouncingSleep()
-        let deadline = now() &+ config.pollSpinNanoseconds
+        let deadline = now() &+ nanoseconds
         var spins: UInt32 = 0
         while true {
-            if p.pollEvents(deliverEvent) { fruitlessSpins = 0; return true }
-            if sy_uring_events_pending(r) != 0 { return true }
+            if let p = backend, p.pollEvents(deliverEvent) { return .backend }
+            if sy_uring_events_pending(r) != 0 { return .completions }
             sy_cpu_relax()
             spins &+= 1
             // Another thread may be waiting for this CPU (the worker we wait for, a client): let it run.
@@ -330,9 +304,31 @@ public final class FrontServer: @unchecked Sendable {
             // sched_yield returns at once. Every 8 polls (about 0.5 µs) measured best on 2 cores.
             if spins & 7 == 0 {
                 sched_yield()
-                if spins & 31 == 0 && now() >= deadline { fruitlessSpins += 1; return false }
+                if spins & 31 == 0 && now() >= deadline { return .timeout }
             }
         }
+    }
+
+    /// Polls the response rings and the completion queue for up to `pollSpinNanoseconds` while requests are
+    /// in flight. True if it delivered events or completions are waiting.
+    private func pollSpin(_ p: PollableBackend, _ r: OpaquePointer) -> Bool {
+        p.stopAnnouncingSleep()
+        switch spin(r, nanoseconds: config.pollSpinNanoseconds, backend: p) {
+        case .backend: pollBudget.fruitless = 0; return true
+        case .completions: return true
+        case .timeout: pollBudget.fruitless += 1; return false
+        }
+    }
+
+    /// Watches for the next request (and late backend events) for up to `lingerNanoseconds` when nothing is
+    /// in flight. True if something arrived.
+    private func linger(_ r: OpaquePointer) -> Bool {
+        if spin(r, nanoseconds: config.lingerNanoseconds, backend: pollable) == .timeout {
+            lingerBudget.fruitless += 1
+            return false
+        }
+        lingerBudget.fruitless = 0
+        return true
     }
 
     private func logProbe(_ setupUsed: UInt32) {
