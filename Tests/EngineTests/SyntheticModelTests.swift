@@ -3,10 +3,16 @@ import Testing
 @testable import Engine
 import CSwitchyardKernels
 
+/// Shape of a tiny test model; `weightScale` nil scales weights by 1.5/sqrt(k).
+struct TinyShape {
+    var dim = 64, ff = 128, nHead = 4, nKV = 2, vocab = 96, nLayer = 2
+    var weightScale: Float? = 0.4
+}
+
 /// A tiny llama GGUF with random weights; matrices use the given types (cycled).
-func tinyModel(types: [GGMLType], seed: UInt64 = 1, tiedOutput: Bool = true) -> GGUFWriter {
+func tinyModel(types: [GGMLType], seed: UInt64 = 1, tiedOutput: Bool = true, shape: TinyShape = TinyShape()) -> GGUFWriter {
     var rng = TestRNG(seed: seed)
-    let dim = 64, ff = 128, nHead = 4, nKV = 2, vocab = 96, nLayer = 2
+    let dim = shape.dim, ff = shape.ff, nHead = shape.nHead, nKV = shape.nKV, vocab = shape.vocab, nLayer = shape.nLayer
     var w = GGUFWriter()
     w.add("general.architecture", .string("llama"))
     w.add("llama.block_count", .uint32(UInt32(nLayer)))
@@ -22,7 +28,8 @@ func tinyModel(types: [GGMLType], seed: UInt64 = 1, tiedOutput: Bool = true) -> 
     func matrix(_ name: String, rows: Int, k: Int, type forced: GGMLType? = nil) {
         let type = forced ?? types[typeIndex % types.count]
         typeIndex += 1
-        let f = (0..<(rows * k)).map { _ in rng.float() * 0.4 }
+        let scale = shape.weightScale ?? 1.5 / Float(k).squareRoot()
+        let f = (0..<(rows * k)).map { _ in rng.float() * scale }
         var bytes: [UInt8] = []
         f.withUnsafeBufferPointer { fp in
             for r in 0..<rows {

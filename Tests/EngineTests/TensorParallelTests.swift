@@ -6,58 +6,8 @@ import Testing
 /// A tiny llama GGUF shaped for tensor-parallel splits: 3 KV heads (K = 2 is uneven), head dim 32 (query-head
 /// columns are whole 32-blocks), FFN of 5 blocks of 32 (uneven for K = 2 and 3). Matrix types cycle.
 func tpTinyModel(types: [GGMLType], seed: UInt64 = 7, tiedOutput: Bool = false) -> GGUFWriter {
-    var rng = TestRNG(seed: seed)
-    let hd = 32, nHead = 6, nKV = 3, dim = hd * nHead, ff = 160, vocab = 64, nLayer = 2
-    var w = GGUFWriter()
-    w.add("general.architecture", .string("llama"))
-    w.add("llama.block_count", .uint32(UInt32(nLayer)))
-    w.add("llama.embedding_length", .uint32(UInt32(dim)))
-    w.add("llama.feed_forward_length", .uint32(UInt32(ff)))
-    w.add("llama.attention.head_count", .uint32(UInt32(nHead)))
-    w.add("llama.attention.head_count_kv", .uint32(UInt32(nKV)))
-    w.add("llama.context_length", .uint32(64))
-    w.add("llama.rope.freq_base", .float32(10000))
-    w.add("llama.attention.layer_norm_rms_epsilon", .float32(1e-5))
-    w.add("llama.vocab_size", .uint32(UInt32(vocab)))
-    var typeIndex = 0
-    func matrix(_ name: String, rows: Int, k: Int, type forced: GGMLType? = nil) {
-        let type = forced ?? types[typeIndex % types.count]
-        typeIndex += 1
-        let scale = 1.5 / Float(k).squareRoot()
-        var bytes: [UInt8] = []
-        var row = [Float](repeating: 0, count: k)
-        for _ in 0..<rows {
-            for i in 0..<k { row[i] = rng.float() * scale }
-            row.withUnsafeBufferPointer { src in
-                switch type {
-                case .f32: bytes += src.withMemoryRebound(to: UInt8.self) { Array($0) }
-                case .f16: for v in src { let h = syk_fp32_to_fp16(v); bytes += [UInt8(h & 0xff), UInt8(h >> 8)] }
-                case .q8_0: var b = [UInt8](repeating: 0, count: k / 32 * 34); syk_quantize_row_q8_0_ref(src.baseAddress!, &b, Int32(k)); bytes += b
-                default: var b = [UInt8](repeating: 0, count: k / 32 * 20); syk_quantize_row_q4_1_ref(src.baseAddress!, &b, Int32(k)); bytes += b
-                }
-            }
-        }
-        w.addTensor(name, type: type == .f32 || type == .f16 || type == .q8_0 ? type : .q4_1, dims: [k, rows], data: bytes)
-    }
-    func norm(_ name: String) {
-        let v = (0..<dim).map { _ in 1 + rng.float() * 0.2 }
-        w.addTensor(name, type: .f32, dims: [dim], data: v.withUnsafeBytes { Array($0) })
-    }
-    matrix("token_embd.weight", rows: vocab, k: dim, type: .q8_0)
-    for l in 0..<nLayer {
-        norm("blk.\(l).attn_norm.weight")
-        matrix("blk.\(l).attn_q.weight", rows: dim, k: dim)
-        matrix("blk.\(l).attn_k.weight", rows: hd * nKV, k: dim)
-        matrix("blk.\(l).attn_v.weight", rows: hd * nKV, k: dim)
-        matrix("blk.\(l).attn_output.weight", rows: dim, k: dim)
-        norm("blk.\(l).ffn_norm.weight")
-        matrix("blk.\(l).ffn_gate.weight", rows: ff, k: dim)
-        matrix("blk.\(l).ffn_up.weight", rows: ff, k: dim)
-        matrix("blk.\(l).ffn_down.weight", rows: dim, k: ff)
-    }
-    norm("output_norm.weight")
-    if !tiedOutput { matrix("output.weight", rows: vocab, k: dim, type: .q4_1) }
-    return w
+    tinyModel(types: types, seed: seed, tiedOutput: tiedOutput,
+              shape: TinyShape(dim: 192, ff: 160, nHead: 6, nKV: 3, vocab: 64, nLayer: 2, weightScale: nil))
 }
 
 /// Runs `body(rank)` on `size` threads at once (shards must run concurrently: they meet in barriers) and
