@@ -75,32 +75,7 @@ private final class ActivatedServer {
         for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { environment[k] = nil }
         let envp = environment.map { "\($0.key)=\($0.value)" }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        posix_spawn_file_actions_adddup2(&actions, activation.fd, 3)   // clears FD_CLOEXEC on the copy
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGPIPE, SIGTERM, SIGINT, SIGCHLD] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        var p: pid_t = 0
-        let cargv = argv.map { strdup($0) } + [nil]
-        let cenv = envp.map { strdup($0) } + [nil]
-        defer { cargv.forEach { free($0) }; cenv.forEach { free($0) } }
-        let rc = posix_spawn(&p, "/bin/sh", &actions, &attr, cargv, cenv)
-        guard rc == 0 else { throw HarnessError("posix_spawn /bin/sh: errno \(rc)") }
-        pid = p
+        pid = try spawnProcess("/bin/sh", argv: argv, envp: envp, logPath: logPath, passFD: activation.fd)
     }
 
     deinit { stop() }

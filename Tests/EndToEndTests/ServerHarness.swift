@@ -186,31 +186,7 @@ final class Server {
         for (k, v) in env { environment[k] = v }
         let envp = environment.map { "\($0.key)=\($0.value)" }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // The test runner's signal mask and ignored signals must not leak into the server.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGPIPE, SIGTERM, SIGINT, SIGCHLD] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        var pid: pid_t = 0
-        let cargv = argv.map { strdup($0) } + [nil]
-        let cenv = envp.map { strdup($0) } + [nil]
-        defer { cargv.forEach { free($0) }; cenv.forEach { free($0) } }
-        let rc = posix_spawn(&pid, bin, &actions, &attr, cargv, cenv)
-        guard rc == 0 else { throw HarnessError("posix_spawn \(bin): errno \(rc)") }
+        let pid = try spawnProcess(bin, argv: argv, envp: envp, logPath: log)
         return Server(pid: pid, dir: dir, socketPath: sock, logPath: log, arguments: arguments)
     }
 
@@ -346,4 +322,35 @@ func withServer<T>(_ arguments: [String], env: [String: String] = [:], readyTime
     } catch {
         throw HarnessError("\(error)\n--- server log (\(s.logPath)) ---\n\(s.logTail())")
     }
+}
+
+/// Spawns `path` with stdin from /dev/null, stdout and stderr appended to `logPath`, the signal mask
+/// cleared and SIGPIPE/SIGTERM/SIGINT/SIGCHLD at their defaults (the test runner's must not leak into a
+/// server), and `passFD` (if any) as descriptor 3.
+func spawnProcess(_ path: String, argv: [String], envp: [String], logPath: String, passFD: Int32? = nil) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    if let fd = passFD { posix_spawn_file_actions_adddup2(&actions, fd, 3) }   // clears FD_CLOEXEC on the copy
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for sig in [SIGPIPE, SIGTERM, SIGINT, SIGCHLD] { sigaddset(&defaults, sig) }
+    posix_spawnattr_setsigdefault(&attr, &defaults)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var pid: pid_t = 0
+    let cargv = argv.map { strdup($0) } + [nil]
+    let cenv = envp.map { strdup($0) } + [nil]
+    defer { cargv.forEach { free($0) }; cenv.forEach { free($0) } }
+    let rc = posix_spawn(&pid, path, &actions, &attr, cargv, cenv)
+    guard rc == 0 else { throw HarnessError("posix_spawn \(path): errno \(rc)") }
+    return pid
 }
