@@ -906,7 +906,7 @@ void syk_swiglu(const float *g, const float *u, float *h, int n) {
 // tables of hd/2 cos/sin values, rounded like llama.cpp's x86 build (GCC contracts its
 // x0*cos - x1*sin, x0*sin + x1*cos): out0 = fma(x0, cos, -(x1*sin)), out1 = fma(x0, sin, x1*cos), the
 // unfused product rounded first (checked element by element against its ROPE output).
-static void rope_norm_scalar(float *x, int nheads, int hd, const float *cs, const float *sn) {
+static inline __attribute__((always_inline)) void rope_norm_body(float *x, int nheads, int hd, const float *cs, const float *sn) {
     for (int h = 0; h < nheads; h++) {
         float *v = x + (size_t)h * hd;
         for (int i = 0; i < hd / 2; i++) {
@@ -916,40 +916,23 @@ static void rope_norm_scalar(float *x, int nheads, int hd, const float *cs, cons
             v[2 * i + 1] = fmaf(a, sn[i], bc);
         }
     }
+}
+
+static void rope_norm_scalar(float *x, int nheads, int hd, const float *cs, const float *sn) {
+    rope_norm_body(x, nheads, hd, cs, sn);
 }
 
 #if SYK_X86
-// Same operations; compiled with FMA enabled so fmaf is one instruction instead of a libm call.
-AVX512 static void rope_norm_fma(float *x, int nheads, int hd, const float *cs, const float *sn) {
-    for (int h = 0; h < nheads; h++) {
-        float *v = x + (size_t)h * hd;
-        for (int i = 0; i < hd / 2; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            float bs = b * sn[i], bc = b * cs[i];
-            v[2 * i] = fmaf(a, cs[i], -bs);
-            v[2 * i + 1] = fmaf(a, sn[i], bc);
-        }
-    }
-}
-
-SYK_AVX2_ATTR static void rope_norm_fma2(float *x, int nheads, int hd, const float *cs, const float *sn) {
-    for (int h = 0; h < nheads; h++) {
-        float *v = x + (size_t)h * hd;
-        for (int i = 0; i < hd / 2; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            float bs = b * sn[i], bc = b * cs[i];
-            v[2 * i] = fmaf(a, cs[i], -bs);
-            v[2 * i + 1] = fmaf(a, sn[i], bc);
-        }
-    }
+// Same operations compiled with FMA enabled (the AVX2 and AVX-512 levels), so fmaf is one instruction
+// instead of a libm call; fmaf being exact either way, the results are the same.
+SYK_AVX2_ATTR static void rope_norm_fma(float *x, int nheads, int hd, const float *cs, const float *sn) {
+    rope_norm_body(x, nheads, hd, cs, sn);
 }
 #endif
 
 void syk_rope_norm(float *x, int nheads, int hd, const float *cs, const float *sn) {
 #if SYK_X86
-    int isa = syk_get_isa();
-    if (isa >= SYK_ISA_AVX512VNNI) { rope_norm_fma(x, nheads, hd, cs, sn); return; }
-    if (isa >= SYK_ISA_AVX2) { rope_norm_fma2(x, nheads, hd, cs, sn); return; }
+    if (syk_get_isa() >= SYK_ISA_AVX2) { rope_norm_fma(x, nheads, hd, cs, sn); return; }
 #endif
     rope_norm_scalar(x, nheads, hd, cs, sn);
 }
