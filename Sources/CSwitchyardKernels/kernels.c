@@ -606,43 +606,86 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const u
     }
 }
 
-// Multi-token variant: the group's nibbles are unpacked once into `wu` (8 x 64 bytes per block, lane L of
-// block b at wu + 512*b + 64*L) and re-read from L1 for every pair of tokens, which keeps the 16 lane
-// accumulators of two tokens in registers.
+// Multi-token tiles. Eight lane accumulators per token leave room in 32 registers for only two tokens, and
+// then every weight vector serves two dpbusd. Instead a tile of up to 4 tokens makes two passes over the
+// group's blocks, lanes 0-3 and then lanes 4-7 (4 tokens x 4 lanes = 16 accumulators): each weight vector
+// now serves 4 dpbusd, and per-token work (the d_w*d_a product, the pointer arithmetic) is shared by 4
+// lanes. A lane's chain over the blocks is the same float sequence as before, so the result is unchanged.
+// Q4_1 weights come from `wu`, the group's nibbles unpacked once (8 x 64 bytes per block, lane L of block b
+// at wu + 512*b + 64*L); Q8_0 weights are bytes already and are read from the packed chunks.
 #define SYK_LANES_MAX_NB 64   // blocks per row the unpacked buffer holds (K <= 2048)
-AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes_pre(const uint8_t *wg, const uint8_t *wu, int nb, const syk_act *a,
-                                                                             int t0, const int NT, float *out, int ldo, int accumulate,
-                                                                             const uint8_t *pf, int pf_mod, int pf_rem) {
+#define SYK_TILE_T 4          // tokens per multi-token tile
+AVX512 static inline __attribute__((always_inline)) void pass_lanes(const uint8_t *wg, const uint8_t *wu, int nb, const syk_act *a,
+                                                                    int t0, const int NT, const int L0, const int q41,
+                                                                    __m512 *lout /* [NT][4] */, __m512 *mout /* [NT] */,
+                                                                    const uint8_t *pf, int pf_mod, int pf_rem) {
     const int K = a->K;
-    __m512 lacc[2][8], macc[2];
-    for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
+    const size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    __m512 acc[SYK_TILE_T][4], macc[SYK_TILE_T];
+#pragma clang loop unroll(full)
+    for (int t = 0; t < NT; t++) {
+        macc[t] = _mm512_setzero_ps();
+#pragma clang loop unroll(full)
+        for (int L = 0; L < 4; L++) acc[t][L] = _mm512_setzero_ps();
+    }
     const __m512i magic = _mm512_set1_epi32(SYK_LANE_MAGIC);
     const __m512 fmagic = _mm512_set1_ps(12582912.0f);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
-        const uint8_t *u = wu + (size_t)b * 512;
-        if (pf && b % pf_mod == pf_rem)   // the next group's block b (its unpack pass then reads from cache)
-            for (int l = 0; l < SYK_R16_Q4_1_CHUNK; l += 64) _mm_prefetch((const char *)(pf + (size_t)b * SYK_R16_Q4_1_CHUNK + l), _MM_HINT_T0);
+        const uint8_t *c = wg + (size_t)b * chunk;
+        if (pf && b % pf_mod == pf_rem)   // the next group's block b (spread over the tiles and passes)
+            for (int l = 0; l < (int)chunk; l += 64) _mm_prefetch((const char *)(pf + (size_t)b * chunk + l), _MM_HINT_T0);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
-        __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32)));
+        __m512i w[4];
+#pragma clang loop unroll(full)
+        for (int L = 0; L < 4; L++)
+            w[L] = q41 ? _mm512_load_si512(wu + (size_t)b * 512 + 64 * (L0 + L)) : _mm512_loadu_si512(c + 32 + 64 * (L0 + L));
+#pragma clang loop unroll(full)
         for (int t = 0; t < NT; t++) {
             const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
             size_t o = (size_t)(t0 + t) * nb + b;
             __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
-            for (int L = 0; L < 8; L++) {
-                __m512i isum = _mm512_dpbusd_epi32(magic, _mm512_load_si512(u + 64 * L), bcast4(aq + 4 * L));
-                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
+#pragma clang loop unroll(full)
+            for (int L = 0; L < 4; L++) {
+                // Q8_0 weights are stored +128: start from bias4 = magic - 128 * (sum of the 4 activations).
+                __m512i start = q41 ? magic : _mm512_set1_epi32(a->bias4[o * 8 + L0 + L]);
+                __m512i isum = _mm512_dpbusd_epi32(start, w[L], bcast4(aq + 4 * (L0 + L)));
+                acc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), acc[t][L]);
             }
-            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc[t]);
+            if (q41 && L0 == 0) macc[t] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(c + 32))), _mm512_set1_ps(a->s[o]), macc[t]);
         }
     }
+#pragma clang loop unroll(full)
+    for (int t = 0; t < NT; t++) {
+#pragma clang loop unroll(full)
+        for (int L = 0; L < 4; L++) lout[4 * t + L] = acc[t][L];
+        if (q41 && L0 == 0) mout[t] = macc[t];
+    }
+}
+
+AVX512 static inline __attribute__((always_inline)) void tile_lanes_multi(const uint8_t *wg, const uint8_t *wu, int nb, const syk_act *a,
+                                                                          int t0, const int NT, const int q41, float *out, int ldo,
+                                                                          int accumulate, const uint8_t *pf, int pf_mod, int pf_rem) {
+    __m512 lo[SYK_TILE_T * 4], hi[SYK_TILE_T * 4], m[SYK_TILE_T];
+    pass_lanes(wg, wu, nb, a, t0, NT, 0, q41, lo, m, pf, pf_mod, 2 * pf_rem);
+    pass_lanes(wg, wu, nb, a, t0, NT, 4, q41, hi, m, pf, pf_mod, 2 * pf_rem + 1);
     for (int t = 0; t < NT; t++) {
         float *o = out + (size_t)(t0 + t) * ldo;
-        __m512 r = _mm512_add_ps(lanes_hsum(lacc[t]), macc[t]);
+        const __m512 *l = lo + 4 * t, *h = hi + 4 * t;   // lanes 0-3, lanes 4-7
+        __m512 r = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(h[0], l[0]), _mm512_add_ps(h[2], l[2])),
+                                 _mm512_add_ps(_mm512_add_ps(h[1], l[1]), _mm512_add_ps(h[3], l[3])));
+        if (q41) r = _mm512_add_ps(r, m[t]);
         if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
         _mm512_storeu_ps(o, r);
     }
 }
+
+#define SYK_MULTI_CASES(q)                                                                          \
+    switch (nt) {                                                                                   \
+    case 4: tile_lanes_multi(wg, wu, nb, a, t, 4, q, o, ldo, accumulate, next, tiles, t / 4); break; \
+    case 3: tile_lanes_multi(wg, wu, nb, a, t, 3, q, o, ldo, accumulate, next, tiles, t / 4); break; \
+    case 2: tile_lanes_multi(wg, wu, nb, a, t, 2, q, o, ldo, accumulate, next, tiles, t / 4); break; \
+    default: tile_lanes_multi(wg, wu, nb, a, t, 1, q, o, ldo, accumulate, next, tiles, t / 4); break; \
+    }
 
 AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
                                                                          float *out, int ldo, int accumulate) {
@@ -685,19 +728,22 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
         const uint8_t *wg = w->data + (size_t)g * nb * chunk;
         float *o = out + 16 * g;
         int t = 0;
-        if (q41 && ntok >= 2 && nb <= SYK_LANES_MAX_NB) {
-            for (int b = 0; b < nb; b++)
-                for (int j = 0; j < 4; j++) {
-                    __m512i v = _mm512_loadu_si512(wg + (size_t)b * chunk + 64 + 64 * j);
-                    _mm512_store_si512(wu + 512 * b + 128 * j, _mm512_and_si512(v, m4));
-                    _mm512_store_si512(wu + 512 * b + 128 * j + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
-                }
-            // While the tiles compute from the unpacked copy, the next group is prefetched, its blocks spread
-            // over the tiles (tile i takes blocks b with b % tiles == i), so the memory traffic overlaps compute.
+        if (ntok >= 2 && (!q41 || nb <= SYK_LANES_MAX_NB)) {
+            if (q41)
+                for (int b = 0; b < nb; b++)
+                    for (int j = 0; j < 4; j++) {
+                        __m512i v = _mm512_loadu_si512(wg + (size_t)b * chunk + 64 + 64 * j);
+                        _mm512_store_si512(wu + 512 * b + 128 * j, _mm512_and_si512(v, m4));
+                        _mm512_store_si512(wu + 512 * b + 128 * j + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                    }
+            // While the tiles compute, the next group is prefetched, its blocks spread over the passes (pass i
+            // takes blocks b with b % passes == i), so the memory traffic overlaps compute.
             const uint8_t *next = g + 1 < g1 ? wg + (size_t)nb * chunk : NULL;
-            int tiles = (ntok + 1) / 2;
-            for (; t + 2 <= ntok; t += 2) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 2, o, ldo, accumulate, next, tiles, t / 2);
-            if (t < ntok) tile_q4_1_lanes_pre(wg, wu, nb, a, t, 1, o, ldo, accumulate, next, tiles, t / 2);
+            int tiles = 2 * ((ntok + SYK_TILE_T - 1) / SYK_TILE_T);
+            for (; t < ntok; t += SYK_TILE_T) {
+                int nt = ntok - t < SYK_TILE_T ? ntok - t : SYK_TILE_T;
+                if (q41) { SYK_MULTI_CASES(1) } else { SYK_MULTI_CASES(0) }
+            }
             continue;
         }
         for (; t + 2 <= ntok; t += 2) {

@@ -160,6 +160,13 @@ import CSwitchyardKernels
     @Test func gemmQ4_1Vector() throws { try runGemm(.q4_1, isa: KernelISA.best.rawValue) }
     @Test func gemmQ8_0Vector() throws { try runGemm(.q8_0, isa: KernelISA.best.rawValue) }
 
+    /// llama.cpp's order at every multi-token tile width (tiles of 4 tokens, tails of 1-3) and the
+    /// single-token path, for both weight types: each output is checked against llamaOrderDot.
+    @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    func gemmLlamaOrderEveryTileWidth(ntok: Int) throws {
+        for type in [GGMLType.q4_1, .q8_0] { try runGemm(type, isa: KernelISA.best.rawValue, ntok: ntok) }
+    }
+
     /// All ISA levels against the float and integer references, and against each other: the integer dot
     /// products are exact and the float epilogue is the same op sequence, so the levels agree bit for bit.
     /// Token counts cover every tile width (AVX-512 tiles of 8 tokens, AVX2 tiles of 4, remainders).
