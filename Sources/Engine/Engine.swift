@@ -178,8 +178,10 @@ public final class Engine: @unchecked Sendable {
             guard group.rank == model.shard.rank, group.size == model.shard.size else {
                 throw EngineError.badArgument("group handle is rank \(group.rank) of \(group.size), model is \(model.shard)")
             }
-            guard group.dim == model.config.dim, maxBatchTokens <= group.maxBatchTokens else {
-                throw EngineError.badArgument("group sized for dim \(group.dim) and \(group.maxBatchTokens) tokens; engine needs dim \(model.config.dim) and \(maxBatchTokens)")
+            // Equal, not just within: every shard of a group must accept exactly the batches the leader
+            // publishes (a follower with a smaller limit would fail a forward its leader accepted).
+            guard group.dim == model.config.dim, maxBatchTokens == group.maxBatchTokens else {
+                throw EngineError.badArgument("group sized for dim \(group.dim) and \(group.maxBatchTokens) tokens; engine has dim \(model.config.dim) and \(maxBatchTokens) (they must be equal)")
             }
         } else if model.shard.size > 1 {
             throw EngineError.badArgument("\(model.shard) needs a TPGroup")

@@ -411,6 +411,10 @@ public final class TPGroup: @unchecked Sendable {
     /// order for the first `rows` rows (each shard wrote its own slot through `ownPartial` before calling).
     /// `pool` (the engine's syk_pool) splits the sum across its threads for large batches.
     public func allReduce(rows: Int, addInto x: UnsafeMutablePointer<Float>, pool: OpaquePointer?) throws {
+        // A partial slot holds maxBatchTokens rows: more would read past it into the next rank's slot.
+        guard rows >= 0, rows <= maxBatchTokens else {
+            throw TPError.badArgument("all-reduce of \(rows) rows; the group's slots hold 0...\(maxBatchTokens)")
+        }
         let t0 = sy_monotonic_ns()
         let parity = Int(barriers & 1)
         try barrier()

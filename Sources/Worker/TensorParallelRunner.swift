@@ -70,7 +70,7 @@ public final class TPLeaderRunner: ModelRunner {
     public func truncateSequence(_ sequence: Int, to length: Int) {
         guard slots.indices.contains(sequence), let id = slots[sequence],
               let have = try? engine.length(of: id), length >= 0, length <= have else { return }
-        try? engine.truncate(id, to: length)
+        do { try engine.truncate(id, to: length) } catch { fail(error); return }
         guard failure == nil else { return }
         do { try group.publish(.truncate(slot: sequence, length: length)) } catch { fail(error) }
     }

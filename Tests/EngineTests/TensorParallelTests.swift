@@ -218,6 +218,31 @@ final class ShardSet: @unchecked Sendable {
         return try TPGroup.create(size: size, config: Model(gguf: gguf).config, maxBatchTokens: 4)
     }
 
+    /// A shard engine must use its group's token limit exactly, and an all-reduce of more rows than a
+    /// partial slot holds is refused before anything is read.
+    @Test func limitsAreChecked() throws {
+        let gguf = try GGUFFile(bytes: tpTinyModel(types: [.q4_1]).serialize())
+        let owner = try Self.group(size: 2)   // maxBatchTokens 4
+        let g = try TPGroup(fd: owner.fd, byteCount: owner.byteCount, rank: 0, size: 2)
+        let m = try Model(gguf: gguf, options: ModelOptions(shard: ShardSpec(rank: 0, size: 2)))
+        for limit in [2, 8] {
+            #expect(throws: EngineError.self, "maxBatchTokens \(limit) against the group's 4") {
+                try Engine(model: m, threads: 1, maxBatchTokens: limit, group: g)
+            }
+        }
+        _ = try Engine(model: m, threads: 1, maxBatchTokens: 4, group: g)
+        var x = [Float](repeating: 0, count: 5 * g.dim)
+        for rows in [-1, 5] {
+            // badArgument before the barrier (which would otherwise wait for the absent rank 1).
+            do {
+                try x.withUnsafeMutableBufferPointer { try g.allReduce(rows: rows, addInto: $0.baseAddress!, pool: nil) }
+                Issue.record("all-reduce of \(rows) rows accepted")
+            } catch let e as TPError {
+                guard case .badArgument = e else { Issue.record("rows \(rows): \(e)"); continue }
+            }
+        }
+    }
+
     /// A peer process that dies makes the others' barrier fail (not hang), and the group is aborted.
     @Test func deadPeerFailsTheBarrier() throws {
         let owner = try Self.group(size: 2)
