@@ -34,10 +34,106 @@
 
 #if SYK_X86
 #define A5 SYK_AVX512_ATTR
+
+// ---- glibc's expf, 16 lanes at a time, bit for bit ----
+// llama.cpp's softmax calls the C library's expf, so the recurrence above must see glibc's values. glibc
+// (2.28 and later; this is sysdeps/ieee754/flt-32/e_expf.c as its FMA ifunc variant compiles it) computes in
+// double: kd' = fma(N/ln2, x, 1.5*2^52), ki = bits(kd'), kd = kd' - 1.5*2^52, r = fma(N/ln2, x, -kd),
+// s = asdouble(T[ki % 32] + (ki << 47)), y = fma(fma(C0, r, C1), r*r, fma(C2, r, 1)) * s, then (float)y.
+// The same double operations in the same order give the same float. Lanes outside glibc's main path
+// (|x| >= 2^... i.e. top bits of x >= 0x42b: x <= -85.3 or >= 85.3, infinities, NaN) are recomputed with the
+// library call itself, so they are exact by construction. syk_expf_check tests this against libm.
+static const uint64_t syk_exp2f_tab[32] __attribute__((aligned(64))) = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
+    0x3fef72b83c7d517b, 0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715, 0x3feef1a7373aa9cb, 0x3feedea64c123422, 0x3feece086061892d,
+    0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429, 0x3feea47eb03a5585,
+    0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d,
+    0x3feee89f995ad3ad, 0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069,
+    0x3fef5818dcfba487, 0x3fef7c97337b9b5f, 0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+
+A5 INLINE __m256 expf_glibc8(__m256 x) {
+    const __m512d invln2n = _mm512_set1_pd(0x1.71547652b82fep+5), shift = _mm512_set1_pd(0x1.8p+52);
+    __m512d xd = _mm512_cvtps_pd(x);
+    __m512d kds = _mm512_fmadd_pd(invln2n, xd, shift);
+    __m512i ki = _mm512_castpd_si512(kds);
+    __m512d kd = _mm512_sub_pd(kds, shift);
+    __m512d r = _mm512_fmsub_pd(invln2n, xd, kd);
+    // T[ki % 32]: two 16-entry permutes (index bits 0-3) and a select on bit 4.
+    const __m512i *T = (const __m512i *)syk_exp2f_tab;
+    __m512i lo = _mm512_permutex2var_epi64(_mm512_load_si512(T), ki, _mm512_load_si512(T + 1));
+    __m512i hi = _mm512_permutex2var_epi64(_mm512_load_si512(T + 2), ki, _mm512_load_si512(T + 3));
+    __mmask8 up = _mm512_test_epi64_mask(ki, _mm512_set1_epi64(16));
+    __m512i t = _mm512_add_epi64(_mm512_mask_blend_epi64(up, lo, hi), _mm512_slli_epi64(ki, 47));
+    __m512d z = _mm512_fmadd_pd(_mm512_set1_pd(0x1.c6af84b912394p-20), r, _mm512_set1_pd(0x1.ebfce50fac4f3p-13));
+    __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d y = _mm512_fmadd_pd(r, _mm512_set1_pd(0x1.62e42ff0c52d6p-6), _mm512_set1_pd(1.0));
+    y = _mm512_fmadd_pd(z, r2, y);
+    y = _mm512_mul_pd(y, _mm512_castsi512_pd(t));
+    return _mm512_cvtpd_ps(y);
+}
+
+A5 INLINE __m512 expf_glibc16(__m512 x) {
+    __m256 lo = expf_glibc8(_mm512_castps512_ps256(x)), hi = expf_glibc8(_mm512_extractf32x8_ps(x, 1));
+    __m512 e = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    // Lanes off glibc's main path: (bits >> 20) & 0x7ff > 0x42a.
+    __m512i top = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(x), 20), _mm512_set1_epi32(0x7ff));
+    __mmask16 odd = _mm512_cmpgt_epi32_mask(top, _mm512_set1_epi32(0x42a));
+    if (odd) {
+        _Alignas(64) float xs[16], es[16];
+        _mm512_store_ps(xs, x); _mm512_store_ps(es, e);
+        for (int i = 0; i < 16; i++) if (odd >> i & 1) es[i] = expf(xs[i]);
+        e = _mm512_load_ps(es);
+    }
+    return e;
+}
+
+// SOFTMAX_PASS with the expf calls taken out of the loop: a scalar pass finds, per position, whether the
+// running max grows and the expf argument of that branch (Mold - M or s_j - M); one vector pass evaluates
+// all the expf; a last scalar pass runs S = fma(S, ms, vs). Same values, same order as SOFTMAX_PASS.
+A5 static float softmax_pass512(float *sc, float *ms, int npos) {
+    float M = -INFINITY;
+    for (int j = 0; j < npos; j++) {
+        float sj = sc[j];
+        int grow = sj > M;
+        sc[j] = grow ? M - sj : sj - M;   // the argument
+        ms[j] = grow ? 1.f : 0.f;         // which branch (for now)
+        M = grow ? sj : M;
+    }
+    int j = 0;
+    for (; j + 16 <= npos; j += 16) {
+        __m512 e = expf_glibc16(_mm512_loadu_ps(sc + j));
+        __mmask16 grow = _mm512_cmpneq_ps_mask(_mm512_loadu_ps(ms + j), _mm512_setzero_ps());
+        _mm512_storeu_ps(sc + j, _mm512_mask_blend_ps(grow, e, _mm512_set1_ps(1.f)));   // vs
+        _mm512_storeu_ps(ms + j, _mm512_mask_blend_ps(grow, _mm512_set1_ps(1.f), e));   // ms
+    }
+    for (; j < npos; j++) {
+        float e = expf(sc[j]);
+        if (ms[j] != 0.f) { sc[j] = 1.f; ms[j] = e; } else { sc[j] = e; ms[j] = 1.f; }
+    }
+    float S = 0;
+    for (j = 0; j < npos; j++) S = fmaf(S, ms[j], sc[j]);
+    return S;
+}
+
+A5 static int expf_check512(const float *x, float *y, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, expf_glibc16(_mm512_loadu_ps(x + i)));
+    return i;
+}
+
+void syk_expf_check(const float *x, float *y, int n) {
+    int i = syk_get_isa() >= SYK_ISA_AVX512VNNI ? expf_check512(x, y, n) : 0;
+    for (; i < n; i++) y[i] = expf(x[i]);
+}
 // K/V rows of one head are `stride` elements apart (the cache is [pos][kv head][hd]), a pattern the hardware
 // prefetchers follow poorly; fetch the row SYK_ATT_PF positions ahead (its 128 bytes may span 3 lines).
 // Prefetching past the last position is harmless (prefetches do not fault).
+#ifndef SYK_ATT_PF
 #define SYK_ATT_PF 6
+#endif
 INLINE void prefetch_row(const uint16_t *p) {
     _mm_prefetch((const char *)p, _MM_HINT_T0);
     _mm_prefetch((const char *)p + 64, _MM_HINT_T0);
@@ -69,7 +165,7 @@ A5 INLINE void group512(const float *q, const uint16_t *k, const uint16_t *v, in
             sc[(size_t)g * npos + j] = syk_reduce_tree512(_mm512_add_ps(_mm512_add_ps(p0, p2), _mm512_add_ps(p1, p3))) * scale;
         }
     }
-    for (int g = 0; g < G; g++) SOFTMAX_PASS(sc + (size_t)g * npos, ms + (size_t)g * npos, npos, S[g]);
+    for (int g = 0; g < G; g++) S[g] = softmax_pass512(sc + (size_t)g * npos, ms + (size_t)g * npos, npos);
     for (int j = 0; j < npos; j++) {
         const uint16_t *vj = v + (size_t)j * stride;
         prefetch_row(vj + (size_t)SYK_ATT_PF * stride);
@@ -158,6 +254,8 @@ A2 static void attend_group_avx2(const float *q, const uint16_t *k, const uint16
         for (int c = 0; c < 8; c++) _mm256_storeu_ps(out + 64 * g + 8 * c, _mm256_mul_ps(acc[c], inv));
     }
 }
+#else
+void syk_expf_check(const float *x, float *y, int n) { for (int i = 0; i < n; i++) y[i] = expf(x[i]); }
 #endif
 
 void syk_attend_group(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd, int G,
