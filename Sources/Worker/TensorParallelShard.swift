@@ -37,10 +37,12 @@ public struct ShardRole: Sendable, Equatable {
     }
 }
 
-/// The most tensor-parallel shards the model at `path` supports: attention is split by KV head, so a group
-/// can have at most one shard per KV head. Reads only the GGUF header (the file is mapped, not loaded).
-public func tensorParallelLimit(modelPath: String) throws -> Int {
-    try ModelConfig(gguf: GGUFFile(path: modelPath)).nKVHead
+/// Checks that the model at `modelPath` splits into `size` shards: builds every rank's ShardLayout (KV heads,
+/// FFN blocks, 32-block column alignment), so a split the model does not allow fails before any process is
+/// spawned, with the layout's own message. Reads only the GGUF header (the file is mapped, not loaded).
+public func validateTensorParallel(modelPath: String, size: Int) throws {
+    let config = try ModelConfig(gguf: GGUFFile(path: modelPath))
+    for rank in 0..<size { _ = try ShardLayout(config: config, shard: ShardSpec(rank: rank, size: size)) }
 }
 
 /// Waits until the leader has sized the group memfd to at least `minBytes` (fstat), polling every 1 ms.

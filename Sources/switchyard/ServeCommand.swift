@@ -61,10 +61,10 @@ struct ServeCommand: ParsableCommand {
         let engineKind = EngineKind(rawValue: engine) ?? .model
         let modelPath = engineKind == .model ? try ModelPath.resolve(model) : nil
         if tp > 1, let modelPath {
-            // Attention is split by KV head: a group cannot have more shards than the model has KV heads.
-            let limit = try tensorParallelLimit(modelPath: modelPath)
-            guard tp <= limit else {
-                throw ValidationErrorMessage("--tp \(tp): the model has \(limit) KV heads and each shard needs at least one, so --tp must be at most \(limit)")
+            // Every rank's split (attention by KV head, FFN by 32-blocks) is checked here, so a split this model
+            // does not allow is an error now rather than a group that fails at load and restarts.
+            do { try validateTensorParallel(modelPath: modelPath, size: tp) } catch {
+                throw ValidationErrorMessage("--tp \(tp): \(error)")
             }
         }
         let online = (try? CPUAffinity.get()) ?? Array(0..<max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))

@@ -96,7 +96,7 @@ func allShards(groups: Int, tp: Int) -> Set<ShardID> {
             (["--engine", "echo", "--workers", "3", "--tp", "2"], "--tp 2 must divide --workers 3"),
             (["--engine", "echo", "--workers", "2", "--tp", "0"], "--tp must be 1...16"),
             (["--engine", "echo", "--workers", "34", "--tp", "17"], "--tp must be 1...16"),
-            (["--engine", "model", "--model", model, "--workers", "4", "--tp", "4"], "the model has 3 KV heads"),
+            (["--engine", "model", "--model", model, "--workers", "4", "--tp", "4"], "this model has 3 KV heads"),
         ]
         for (args, message) in cases {
             let s = try Server.launch(args)
