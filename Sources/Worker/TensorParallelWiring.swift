@@ -45,12 +45,11 @@ extension WorkerProcess {
         try CPUAffinity.set([cpus[0]])
     }
 
-    /// Group leader (rank 0): sizes and initializes the front's group memfd, builds its shard's engine and
-    /// the runner the scheduler drives. `shutdown` tells the followers to exit (called on every exit path);
-    /// `failure` says why the group can no longer compute (nil while it can).
-    static func makeTensorParallelLeader(_ o: WorkerOptions, model: Model, slots: Int, log: (String) -> Void) throws
+    /// Group leader (rank 0): given the group memory it initialized (TPGroup.create on the front's memfd),
+    /// builds its shard's engine and the runner the scheduler drives. `shutdown` tells the followers to exit
+    /// (called on every exit path); `failure` says why the group can no longer compute (nil while it can).
+    static func makeTensorParallelLeader(_ o: WorkerOptions, group: TPGroup, model: Model, slots: Int, log: (String) -> Void) throws
         -> (runner: ModelRunner, shutdown: () -> Void, failure: () -> String?) {
-        let group = try TPGroup.create(fd: o.tp.groupFD, size: o.tp.size, config: model.config, maxBatchTokens: o.maxBatchTokens)
         group.attachTimeout = followerAttachTimeout
         let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
         try pinEngineThreads(engine, cpus: o.cpus)
@@ -74,13 +73,14 @@ extension WorkerProcess {
             return code
         case .model:
             guard let path = o.modelPath else { throw WorkerError.setup("--model is required for --engine model") }
+            // Waits (bounded) for the leader to size and publish the group memory (it does so from the GGUF
+            // header, before loading weights), and registers this shard before its own weight load.
+            let group = try TPGroup.attach(fd: o.tp.groupFD, rank: o.tp.rank, size: o.tp.size, timeoutSeconds: followerAttachTimeout)
+            group.attachTimeout = followerAttachTimeout
             let model = try loadModel(path: path, cacheDirectory: repackDirectory(modelPath: path, node: o.node), shard: o.tp,
                                       log: { log("\(me): \($0)") })
             // The same slot count as the leader's (see WorkerProcess.run): slot numbers are shared.
             let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, wholeModelKVBytesPerToken(model.config) * 256))
-            // Waits (bounded) for the leader to size and publish the group memory.
-            let group = try TPGroup.attach(fd: o.tp.groupFD, rank: o.tp.rank, size: o.tp.size, timeoutSeconds: followerAttachTimeout)
-            group.attachTimeout = followerAttachTimeout
             let engine = try Engine(model: model, threads: max(1, o.threads), maxBatchTokens: o.maxBatchTokens, group: group)
             try pinEngineThreads(engine, cpus: o.cpus)
             let follower = TPFollower(engine: engine, group: group, contextLength: o.contextLength, slots: min(slots, 1024))

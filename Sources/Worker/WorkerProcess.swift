@@ -121,16 +121,23 @@ public enum WorkerProcess {
             // MAP_SHARED), so N workers hold one copy; the file survives restarts. Private memory if the
             // cache directory can't be used.
             let cacheDir = Self.repackDirectory(modelPath: path, node: o.node)
+            // A group's memory is set up from the GGUF header before the (possibly slow) weight load, and the
+            // followers attach before theirs: the attach time-outs then measure process start-up, not
+            // repacking, so a slow load cannot make the group look dead and restart it in a loop.
+            let group: TPGroup? = o.tp.isGrouped
+                ? try TPGroup.create(fd: o.tp.groupFD, size: o.tp.size, config: ModelConfig(gguf: GGUFFile(path: path)),
+                                     maxBatchTokens: o.maxBatchTokens)
+                : nil
             let model = try loadModel(path: path, cacheDirectory: cacheDir, shard: o.tp, log: { log("worker \(o.id): \($0)") })
             let tokenizerConfig = try TokenizerConfig(gguf: model.gguf)
             let tokenizer = try Tokenizer(config: tokenizerConfig)
             let template = try ChatTemplate(template: tokenizerConfig.chatTemplate)
             let adapter: ModelRunner
-            if o.tp.isGrouped {
+            if let group {
                 // Every shard of a group computes the same slot count (from the whole model's per-token KV
                 // size, whatever share of it the shard holds), so slot numbers mean the same on all shards.
                 let slots = o.maxRunning + max(8, (o.sessionCacheMB << 20) / max(1, wholeModelKVBytesPerToken(model.config) * 256))
-                let leader = try makeTensorParallelLeader(o, model: model, slots: min(slots, 1024), log: log)
+                let leader = try makeTensorParallelLeader(o, group: group, model: model, slots: min(slots, 1024), log: log)
                 adapter = leader.runner
                 stopGroup = leader.shutdown
                 groupFailure = leader.failure
