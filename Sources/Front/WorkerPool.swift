@@ -16,6 +16,8 @@
 //   go to their next-ranked worker) and respawned with exponential backoff (0.1 s doubling to 5 s);
 // - a worker hangs (its heartbeat does not move for `heartbeatTimeout` while it is ready): SIGKILL, then
 //   the same as above;
+// - a worker (or a group) that has not sent its ready record `startupTimeout` seconds after it was spawned
+//   (a load that stalls, a shard that stops during warm-up): SIGKILL, then the same as above;
 // - a malformed record from a worker (a buggy or dying peer): the worker is killed and handled as above.
 //
 // With `--tp K` a routing target is a group of K processes whose leader is the worker described here; the
@@ -52,6 +54,8 @@ public struct WorkerPoolConfig: Sendable {
     public var ringCapacity = 1 << 20
     /// A worker whose heartbeat stands still this long while ready is considered hung and killed.
     public var heartbeatTimeout: Double = 15
+    /// A worker (or group) that is not ready this long after its spawn is killed and respawned.
+    public var startupTimeout: Double = 600
     public var restartBackoffMin: Double = 0.1
     public var restartBackoffMax: Double = 5
     public var modelID = "switchyard"
@@ -77,6 +81,7 @@ final class WorkerSlot {
     var restarts = 0
     var consecutiveFailures = 0
     var respawnAt: UInt64 = 0          // monotonic ns; 0 = not scheduled
+    var spawnedAt: UInt64 = 0          // monotonic ns of the last successful spawn
     var readySince: UInt64 = 0
     var lastBeat: UInt64 = 0
     var lastBeatChange: UInt64 = 0
@@ -192,6 +197,7 @@ public final class WorkerPool: FrontBackend {
             _ = try channel.rx.prepareToSleep()
             try Self.check(sy_epoll_add(epoll.rawValue, pidfd, Self.tagPid | UInt64(i)), "epoll_ctl(pidfd)")
             w.process = handle
+            w.spawnedAt = Self.now()
             w.channel = channel
             w.control = control
             w.ready = false
@@ -277,7 +283,15 @@ public final class WorkerPool: FrontBackend {
                 if w.respawnAt != 0 && now >= w.respawnAt { spawn(i) }
                 continue
             }
-            guard w.ready, let control = w.control else { continue }
+            if !w.ready {
+                if w.spawnedAt > 0 && Double(now - w.spawnedAt) / 1e9 > config.startupTimeout {
+                    config.log(.warn, "\(unitName(w)): not ready \(config.startupTimeout) s after start; killing \(w.followers.isEmpty ? "it" : "the group")")
+                    try? w.process?.child.send(signal: SIGKILL)
+                    workerDied(i, reason: "not ready within \(config.startupTimeout) s")
+                }
+                continue
+            }
+            guard let control = w.control else { continue }
             let beat = control.load(.heartbeat)
             if beat != w.lastBeat {
                 w.lastBeat = beat

@@ -31,6 +31,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "KV cache for idle sessions per worker, MiB (default: from free memory and the worker count).") var sessionCacheMb: Int?
     @Option(help: "Request body limit in bytes.") var maxBody = 1 << 20
     @Option(help: "Seconds a ready worker's heartbeat may stand still before it is killed as hung.") var heartbeatTimeout = 15.0
+    @Option(help: "Seconds a worker (or tensor-parallel group) may take from its start to ready (model load, warm-up) before it is killed and restarted.") var startupTimeout = 600.0
     @Option(help: "error | warn | info | debug") var logLevel = "info"
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never, the default).") var lingerUs = 0
@@ -52,6 +53,7 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--max-queue must be 1...4096 and --max-running 1...256")
         }
         guard heartbeatTimeout >= 0.5, heartbeatTimeout <= 3600 else { throw ValidationError("--heartbeat-timeout must be 0.5...3600 seconds") }
+        guard startupTimeout >= 0.5, startupTimeout <= 86400 else { throw ValidationError("--startup-timeout must be 0.5...86400 seconds") }
         guard (16...131072).contains(context) else { throw ValidationError("--context must be 16...131072") }
         guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("--log-level must be error, warn, info or debug") }
     }
@@ -110,6 +112,7 @@ struct ServeCommand: ParsableCommand {
         poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
         poolConfig.balanceFactor = balanceFactor
         poolConfig.heartbeatTimeout = heartbeatTimeout
+        poolConfig.startupTimeout = startupTimeout
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
         poolConfig.log = logger
         let pool = try WorkerPool(config: poolConfig)

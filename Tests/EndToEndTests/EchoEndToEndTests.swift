@@ -394,6 +394,26 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// A worker that never becomes ready (its model "file" is a FIFO nobody writes, so opening it blocks)
+    /// is killed after --startup-timeout and started again; the server answers 503 meanwhile and still
+    /// shuts down cleanly.
+    @Test func aWorkerStuckLoadingIsRestartedAfterTheStartupTimeout() throws {
+        let dir = try Paths.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fifo = dir + "/stuck.gguf"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let s = try Server.launch(["--engine", "model", "--model", fifo, "--workers", "1", "--startup-timeout", "1"])
+        defer { s.stop(); s.cleanUp() }
+        let first = try s.waitWorkers(1)[0]
+        #expect(waitUntil(20) { s.log.contains("not ready 1.0 s after start") }, "no start-up timeout:\n\(s.logTail())")
+        #expect(waitUntil(20) { s.workers()[0].map { $0 != first } ?? false }, "the stuck worker was not replaced:\n\(s.logTail())")
+        #expect(first.map { Proc.isGone($0) } ?? false, "the stuck worker is still running")
+        let r = try s.request("GET", "/health")
+        #expect(r.head.status == 503, "health while no worker is ready: \(r.head.status) \(r.text)")
+        s.stop(grace: 20)
+        #expect(s.exitCode == 0, "serve did not exit 0: \(s.describeStatus())\n\(s.logTail())")
+    }
+
     /// A client that hangs up mid-stream cancels its request on the worker (long before it would end).
     @Test func aClientHangUpCancelsItsRequestOnTheWorker() throws {
         try withServer(echoArgs) { s in
