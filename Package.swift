@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard-bench",
             dependencies: [
-                "ShmRing", "SysKit", "Routing", "Engine", "Worker", "ClientKit", "Wire", "BenchKit", "Front",
+                "ShmRing", "SysKit", "Routing", "Engine", "Worker", "ClientKit", "Wire", "BenchKit", "Front", "CSwitchyardKernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

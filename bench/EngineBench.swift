@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSwitchyardKernels
 import Engine
 import Foundation
 import SysKit
@@ -88,16 +89,37 @@ struct EngineBenchCommand: ParsableCommand {
             return Double(gen * batch) / dt
         }
 
+        // Single-thread DRAM read bandwidth in this run (the same streaming loads as the matmul, over a
+        // buffer larger than the weights and any cache): decode of one sequence reads every weight once per
+        // token, so its tok/s times the weight bytes is compared with this figure.
+        func readBandwidth() -> Double {
+            let n = 256 << 20
+            guard let p = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return 0 }
+            defer { munmap(p, n) }
+            _ = madvise(p, n, MADV_HUGEPAGE)
+            memset(p, 1, n)
+            var best = Double.infinity, sink: UInt64 = 0
+            for _ in 0..<3 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                sink ^= syk_stream_read(p, n)
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            return sink == 42 ? 0 : Double(n) / best / 1e9
+        }
         _ = try prefillOnce(); _ = try decodeOnce()   // warm-up (page in weights, spin up threads)
+        let bandwidth0 = readBandwidth()
         var pp: [Double] = [], tg: [Double] = [], ppCPU: [Double] = [], tgCPU: [Double] = []
         for _ in 0..<reps {
             pp.append(try prefillOnce()); ppCPU.append(cpuRate)
             tg.append(try decodeOnce()); tgCPU.append(cpuRate)
         }
+        let bandwidth = (bandwidth0 + readBandwidth()) / 2   // before and after the measurements
         let (ppm, pps) = meanSD(pp), (tgm, tgs) = meanSD(tg)
+        // Weight bytes streamed per second of decode: one pass over the packed weights per step.
+        let decodeReadGBs = tgm / Double(batch) * Double(m.packedWeightBytes) / 1e9
         let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? "?"
-        print(String(format: "engine: isa %@ threads %d batch %d | prefill pp%d %.1f ± %.1f tok/s | decode tg%d %.1f ± %.1f tok/s (aggregate) | load %@",
-                     KernelISA.current.description, threads, batch, prompt, ppm, pps, gen, tgm, tgs, load))
+        print(String(format: "engine: isa %@ threads %d batch %d | prefill pp%d %.1f ± %.1f tok/s | decode tg%d %.1f ± %.1f tok/s (aggregate) | weights read %.1f GB/s, 1-thread read bandwidth %.1f GB/s | load %@",
+                     KernelISA.current.description, threads, batch, prompt, ppm, pps, gen, tgm, tgs, decodeReadGBs, bandwidth, load))
         if let json {
             let obj: [String: Any] = [
                 "prefill_tok_per_s": ppm, "prefill_sd": pps, "decode_tok_per_s": tgm, "decode_sd": tgs,
@@ -105,6 +127,7 @@ struct EngineBenchCommand: ParsableCommand {
                 "loadavg_1m": Double(load) ?? -1, "packed_weight_bytes": m.packedWeightBytes,
                 "scratch_bytes": engine.scratchBytes,
                 "prefill_tok_per_cpu_s": meanSD(ppCPU).0, "decode_tok_per_cpu_s": meanSD(tgCPU).0, "kv_bytes_per_token": engine.kvBytesPerToken,
+                "decode_weight_read_gb_per_s": decodeReadGBs, "read_bandwidth_gb_per_s": bandwidth,
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             if json == "-" { print(String(decoding: data, as: UTF8.self)) }

@@ -799,6 +799,32 @@ void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo
     else gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);
 }
 
+// ============================================================================ bandwidth probe
+
+#if SYK_X86
+AVX512 static uint64_t stream_read512(const uint8_t *p, size_t n) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < n; i += 256) {
+        a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
+        a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(p + i + 64));
+        a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(p + i + 128));
+        a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)));
+}
+#endif
+
+uint64_t syk_stream_read(const void *p, size_t n) {
+    n &= ~(size_t)255;
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI) return stream_read512(p, n);
+#endif
+    uint64_t h = 0;
+    const uint64_t *q = p;
+    for (size_t i = 0; i < n / 8; i++) h ^= q[i];
+    return h;
+}
+
 // ============================================================================ attention
 
 void syk_store_f16(const float *x, uint16_t *dst, int n) {
