@@ -19,7 +19,7 @@
 #include <immintrin.h>
 #define SYK_X86 1
 #ifndef SYK_PF_DIST
-#define SYK_PF_DIST 2560   // bytes ahead of the current weight chunk
+#define SYK_PF_DIST 4096   // bytes ahead of the current weight chunk (one-token path; 2560 measured ~15 % slower decode)
 #endif
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma")))
 #endif
