@@ -568,11 +568,12 @@ AVX512 static inline __attribute__((always_inline)) __m512 lanes_hsum(const __m5
     return _mm512_add_ps(_mm512_add_ps(r0, r2), _mm512_add_ps(r1, r3));
 }
 
-AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+// One token (decode of one sequence): the 16-row block is unpacked in registers, 8 lane accumulators.
+AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const uint8_t *wg, int nb, const syk_act *a, int t,
                                                                          float *out, int ldo, int accumulate) {
     const int K = a->K;
-    __m512 lacc[2][8], macc[2];
-    for (int t = 0; t < NT; t++) { macc[t] = _mm512_setzero_ps(); for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps(); }
+    __m512 lacc[8], macc = _mm512_setzero_ps();
+    for (int L = 0; L < 8; L++) lacc[L] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i magic = _mm512_set1_epi32(SYK_LANE_MAGIC);
     const __m512 fmagic = _mm512_set1_ps(12582912.0f);
@@ -587,23 +588,19 @@ AVX512 static inline __attribute__((always_inline)) void tile_q4_1_lanes(const u
             w[2 * j] = _mm512_and_si512(v, m4);                              // elements 8j..8j+3   (lane 2j)
             w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);   // elements 8j+4..8j+7 (lane 2j+1)
         }
-        for (int t = 0; t < NT; t++) {
-            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
-            size_t o = (size_t)(t0 + t) * nb + b;
-            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
-            for (int L = 0; L < 8; L++) {
-                __m512i isum = _mm512_dpbusd_epi32(magic, w[L], bcast4(aq + 4 * L));
-                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
-            }
-            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc[t]);
+        const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
+        size_t o = (size_t)t * nb + b;
+        __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+        for (int L = 0; L < 8; L++) {
+            __m512i isum = _mm512_dpbusd_epi32(magic, w[L], bcast4(aq + 4 * L));
+            lacc[L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[L]);
         }
+        macc = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->s[o]), macc);
     }
-    for (int t = 0; t < NT; t++) {
-        float *o = out + (size_t)(t0 + t) * ldo;
-        __m512 r = _mm512_add_ps(lanes_hsum(lacc[t]), macc[t]);
-        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
-        _mm512_storeu_ps(o, r);
-    }
+    float *po = out + (size_t)t * ldo;
+    __m512 r = _mm512_add_ps(lanes_hsum(lacc), macc);
+    if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(po));
+    _mm512_storeu_ps(po, r);
 }
 
 // Multi-token tiles. Eight lane accumulators per token leave room in 32 registers for only two tokens, and
@@ -687,34 +684,30 @@ AVX512 static inline __attribute__((always_inline)) void tile_lanes_multi(const 
     default: tile_lanes_multi(wg, wu, nb, a, t, 1, q, o, ldo, accumulate, next, tiles, t / 4); break; \
     }
 
-AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const uint8_t *wg, int nb, const syk_act *a, int t0, const int NT,
+AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const uint8_t *wg, int nb, const syk_act *a, int t,
                                                                          float *out, int ldo, int accumulate) {
     const int K = a->K;
-    __m512 lacc[2][8];
-    for (int t = 0; t < NT; t++) for (int L = 0; L < 8; L++) lacc[t][L] = _mm512_setzero_ps();
+    __m512 lacc[8];
+    for (int L = 0; L < 8; L++) lacc[L] = _mm512_setzero_ps();
     const __m512 fmagic = _mm512_set1_ps(12582912.0f);
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
         for (int pf = 0; pf < SYK_R16_Q8_0_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_PF_DIST + pf), _MM_HINT_T0);
         __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)c));
-        for (int t = 0; t < NT; t++) {
-            const int8_t *aq = a->qs + (size_t)(t0 + t) * K + 32 * b;
-            size_t o = (size_t)(t0 + t) * nb + b;
-            __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
-            const int32_t *bias = a->bias4 + ((size_t)(t0 + t) * nb + b) * 8;
-            for (int L = 0; L < 8; L++) {
-                // weights are stored +128: start from -128 * (sum of the 4 activations) to remove the bias.
-                __m512i isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(bias[L]), _mm512_loadu_si512(c + 32 + 64 * L), bcast4(aq + 4 * L));
-                lacc[t][L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[t][L]);
-            }
+        const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
+        size_t o = (size_t)t * nb + b;
+        __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[o]));
+        const int32_t *bias = a->bias4 + o * 8;
+        for (int L = 0; L < 8; L++) {
+            // weights are stored +128: start from -128 * (sum of the 4 activations) to remove the bias.
+            __m512i isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(bias[L]), _mm512_loadu_si512(c + 32 + 64 * L), bcast4(aq + 4 * L));
+            lacc[L] = _mm512_fmadd_ps(dd, _mm512_sub_ps(_mm512_castsi512_ps(isum), fmagic), lacc[L]);
         }
     }
-    for (int t = 0; t < NT; t++) {
-        float *o = out + (size_t)(t0 + t) * ldo;
-        __m512 r = lanes_hsum(lacc[t]);
-        if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(o));
-        _mm512_storeu_ps(o, r);
-    }
+    float *po = out + (size_t)t * ldo;
+    __m512 r = lanes_hsum(lacc);
+    if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(po));
+    _mm512_storeu_ps(po, r);
 }
 
 
@@ -746,12 +739,9 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
             }
             continue;
         }
-        for (; t + 2 <= ntok; t += 2) {
-            if (q41) tile_q4_1_lanes(wg, nb, a, t, 1, o, ldo, accumulate), tile_q4_1_lanes(wg, nb, a, t + 1, 1, o, ldo, accumulate);
-            else tile_q8_0_lanes(wg, nb, a, t, 2, o, ldo, accumulate);
-        }
-        if (t < ntok) {
-            if (q41) tile_q4_1_lanes(wg, nb, a, t, 1, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, 1, o, ldo, accumulate);
+        // One token (decode of one sequence), or Q4_1 rows longer than the unpacked buffer: token by token.
+        for (; t < ntok; t++) {
+            if (q41) tile_q4_1_lanes(wg, nb, a, t, o, ldo, accumulate); else tile_q8_0_lanes(wg, nb, a, t, o, ldo, accumulate);
         }
     }
 }

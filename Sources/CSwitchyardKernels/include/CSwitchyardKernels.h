@@ -105,14 +105,14 @@ void syk_gemm(const syk_wmat *w, const syk_act *act, int ntok, float *out, int l
 /// out[hd] = Σ_j softmax(q·k_j * scale)_j v_j.
 void syk_attend(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd,
                 float scale, float *scores, float *out);
-/// The G query heads q[G][hd] that share one KV head (GQA group), out[G][hd]: the same results as G calls of
-/// syk_attend, done in one pass over K and V. scratch: 2*G*npos floats. Vector paths for hd = 64, G <= 4.
 /// Reads n bytes (a multiple of 256) with 64-byte vector loads, the way the matmul streams weights, and
 /// returns a value depending on all of them (so the loads cannot be dropped). For bandwidth probes.
 uint64_t syk_stream_read(const void *p, size_t n);
 /// expf of n floats as the attention softmax computes it: glibc's expf, 16 lanes at a time at the AVX-512
 /// level (bit-identical by construction; exposed so tests can check that against libm).
 void syk_expf_check(const float *x, float *y, int n);
+/// The G query heads q[G][hd] that share one KV head (GQA group), out[G][hd]: the same results as G calls of
+/// syk_attend, done in one pass over K and V. scratch: 2*G*npos floats. Vector paths for hd = 64, G <= 4.
 void syk_attend_group(const float *q, const uint16_t *k, const uint16_t *v, int stride, int npos, int hd, int G,
                       float scale, float *scratch, float *out);
 /// Store n floats as fp16.
