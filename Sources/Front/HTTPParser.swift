@@ -118,7 +118,7 @@ public struct HTTPRequestHead: Sendable, Equatable {
 
     /// Path without the query string.
     public var path: Substring {
-        if let q = target.firstIndex(of: "?") { return target[..<q] }
+        if let q = target.utf8.firstIndex(of: UInt8(ascii: "?")) { return target[..<q] }   // bytes, not Characters
         return target[...]
     }
 }
@@ -367,7 +367,7 @@ public struct HTTPRequestParser: Sendable {
         var i = 0
         while i < b.count && isTokenByte(b[i]) { i += 1 }
         if i == 0 || i >= b.count || b[i] != 58 { return nil }
-        let name = lowercased(string(b, 0, i))
+        let name = lowercasedString(b, 0, i)
         var s = i + 1
         var e = b.count
         while s < e && (b[s] == 32 || b[s] == 9) { s += 1 }
@@ -444,6 +444,14 @@ public struct HTTPRequestParser: Sendable {
 
     static func string(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int) -> String {
         String(decoding: UnsafeRawBufferPointer(rebasing: b[s..<e]), as: UTF8.self)
+    }
+
+    /// Bytes s..<e as a String with ASCII letters lower-cased, in one pass (header names are tokens: ASCII).
+    static func lowercasedString(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int) -> String {
+        String(unsafeUninitializedCapacity: e - s) { out in
+            for k in s..<e { let c = b[k]; out[k - s] = c >= 65 && c <= 90 ? c + 32 : c }
+            return e - s
+        }
     }
 
     static func lowercased(_ s: String) -> String {
