@@ -89,9 +89,10 @@ struct EngineBenchCommand: ParsableCommand {
             return Double(gen * batch) / dt
         }
 
-        // Single-thread DRAM read bandwidth in this run (the same streaming loads as the matmul, over a
-        // buffer larger than the weights and any cache): decode of one sequence reads every weight once per
-        // token, so its tok/s times the weight bytes is compared with this figure.
+        // Single-thread read bandwidth in this run: the same streaming loads as the matmul, over a 256 MiB
+        // buffer (larger than the weights; a host L3 as large as this machine's 300 MiB may still hold part
+        // of it). Decode of one sequence reads every weight once per token, so its tok/s times the weight
+        // bytes is compared with this figure.
         func readBandwidth() -> Double {
             let n = 256 << 20
             guard let p = mmap(nil, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return 0 }

@@ -41,8 +41,8 @@
 // double: kd' = fma(N/ln2, x, 1.5*2^52), ki = bits(kd'), kd = kd' - 1.5*2^52, r = fma(N/ln2, x, -kd),
 // s = asdouble(T[ki % 32] + (ki << 47)), y = fma(fma(C0, r, C1), r*r, fma(C2, r, 1)) * s, then (float)y.
 // The same double operations in the same order give the same float. Lanes outside glibc's main path
-// (|x| >= 2^... i.e. top bits of x >= 0x42b: x <= -85.3 or >= 85.3, infinities, NaN) are recomputed with the
-// library call itself, so they are exact by construction. syk_expf_check tests this against libm.
+// ((bits >> 20) & 0x7ff > 0x42a, i.e. |x| >= 88, infinities and NaN) are recomputed with the library call
+// itself, so they are exact by construction. syk_expf_check tests this against libm.
 static const uint64_t syk_exp2f_tab[32] __attribute__((aligned(64))) = {
     0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51,
     0x3fef72b83c7d517b, 0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1,

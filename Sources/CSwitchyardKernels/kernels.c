@@ -678,10 +678,10 @@ AVX512 static inline __attribute__((always_inline)) void tile_lanes_multi(const 
 
 #define SYK_MULTI_CASES(q)                                                                          \
     switch (nt) {                                                                                   \
-    case 4: tile_lanes_multi(wg, wu, nb, a, t, 4, q, o, ldo, accumulate, next, tiles, t / 4); break; \
-    case 3: tile_lanes_multi(wg, wu, nb, a, t, 3, q, o, ldo, accumulate, next, tiles, t / 4); break; \
-    case 2: tile_lanes_multi(wg, wu, nb, a, t, 2, q, o, ldo, accumulate, next, tiles, t / 4); break; \
-    default: tile_lanes_multi(wg, wu, nb, a, t, 1, q, o, ldo, accumulate, next, tiles, t / 4); break; \
+    case 4: tile_lanes_multi(wg, wu, nb, a, t, 4, q, o, ldo, accumulate, next, passes, t / 4); break; \
+    case 3: tile_lanes_multi(wg, wu, nb, a, t, 3, q, o, ldo, accumulate, next, passes, t / 4); break; \
+    case 2: tile_lanes_multi(wg, wu, nb, a, t, 2, q, o, ldo, accumulate, next, passes, t / 4); break; \
+    default: tile_lanes_multi(wg, wu, nb, a, t, 1, q, o, ldo, accumulate, next, passes, t / 4); break; \
     }
 
 AVX512 static inline __attribute__((always_inline)) void tile_q8_0_lanes(const uint8_t *wg, int nb, const syk_act *a, int t,
@@ -732,7 +732,7 @@ AVX512 static void gemm_avx512_lanes(const syk_wmat *w, const syk_act *a, int nt
             // While the tiles compute, the next group is prefetched, its blocks spread over the passes (pass i
             // takes blocks b with b % passes == i), so the memory traffic overlaps compute.
             const uint8_t *next = g + 1 < g1 ? wg + (size_t)nb * chunk : NULL;
-            int tiles = 2 * ((ntok + SYK_TILE_T - 1) / SYK_TILE_T);
+            int passes = 2 * ((ntok + SYK_TILE_T - 1) / SYK_TILE_T);   // two lane passes per tile of tokens
             for (; t < ntok; t += SYK_TILE_T) {
                 int nt = ntok - t < SYK_TILE_T ? ntok - t : SYK_TILE_T;
                 if (q41) { SYK_MULTI_CASES(1) } else { SYK_MULTI_CASES(0) }
