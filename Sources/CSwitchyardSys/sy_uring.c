@@ -20,16 +20,24 @@ struct sy_uring {
 sy_uring *sy_uring_create(unsigned entries, unsigned *setup_used, int *err) {
     sy_uring *r = calloc(1, sizeof *r);
     if (!r) { if (err) *err = ENOMEM; return NULL; }
-    // TASKRUN_FLAG (5.19+): with COOP_TASKRUN a completion may wait as task work until we enter the kernel;
-    // the flag makes the kernel say so in the SQ ring's flags (IORING_SQ_TASKRUN), so a loop that polls
-    // instead of sleeping (sy_uring_events_pending) notices without a system call.
-    const unsigned tries[4] = {
+    // DEFER_TASKRUN (6.1+, needs SINGLE_ISSUER): completion work (a multishot recv copying arriving data,
+    // a send finishing) runs only when the loop thread enters the kernel to wait for events, in one batch,
+    // instead of interrupting the thread whenever data arrives; the front's loop is the ring's only user,
+    // so that is always the case. A minimal C echo over this ring measured 1-2 µs less per round trip than
+    // with COOP_TASKRUN (the fallback for older kernels).
+    // TASKRUN_FLAG (5.19+): a completion may wait as task work until we enter the kernel; the flag makes
+    // the kernel say so in the SQ ring's flags (IORING_SQ_TASKRUN), so a loop that polls instead of
+    // sleeping (sy_uring_events_pending) notices without a system call, and liburing's submit then asks
+    // for the events (IORING_ENTER_GETEVENTS).
+    const unsigned tries[5] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, IORING_SETUP_COOP_TASKRUN, 0 };
-    const unsigned used[4] = { SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN | SY_SETUP_TASKRUN_FLAG,
+    const unsigned used[5] = { SY_SETUP_SINGLE_ISSUER | SY_SETUP_DEFER_TASKRUN | SY_SETUP_TASKRUN_FLAG,
+                               SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN | SY_SETUP_TASKRUN_FLAG,
                                SY_SETUP_SINGLE_ISSUER | SY_SETUP_COOP_TASKRUN, SY_SETUP_COOP_TASKRUN, 0 };
     int rc = -EINVAL;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         struct io_uring_params p;
         memset(&p, 0, sizeof p);
         p.flags = tries[i];

@@ -338,6 +338,7 @@ public final class FrontServer: @unchecked Sendable {
         let futex = n > Int32(SY_IORING_OP_FUTEX_WAIT) && ops[Int(SY_IORING_OP_FUTEX_WAIT)] != 0
         var flags: [String] = []
         if setupUsed & UInt32(SY_SETUP_SINGLE_ISSUER) != 0 { flags.append("SINGLE_ISSUER") }
+        if setupUsed & UInt32(SY_SETUP_DEFER_TASKRUN) != 0 { flags.append("DEFER_TASKRUN") }
         if setupUsed & UInt32(SY_SETUP_COOP_TASKRUN) != 0 { flags.append("COOP_TASKRUN") }
         if setupUsed & UInt32(SY_SETUP_TASKRUN_FLAG) != 0 { flags.append("TASKRUN_FLAG") }
         config.log(.info, "io_uring: setup flags [\(flags.joined(separator: ","))], \(n) opcodes probed; "

@@ -26,6 +26,7 @@ typedef struct sy_uring sy_uring;
 #define SY_SETUP_SINGLE_ISSUER 1u
 #define SY_SETUP_COOP_TASKRUN 2u
 #define SY_SETUP_TASKRUN_FLAG 4u
+#define SY_SETUP_DEFER_TASKRUN 8u
 
 // Creates a ring with `entries` SQEs. Tries SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG, SINGLE_ISSUER|COOP_TASKRUN,
 // then COOP_TASKRUN, then none
