@@ -13,6 +13,7 @@ struct SwitchyardBench: ParsableCommand {
             ServeBench.self,
             SamplerBench.self,
             FrontBench.self,
+            EchoServerCommand.self,
             EngineBenchCommand.self,
             EngineShardCommand.self,
             MakeModelCommand.self,

@@ -1,7 +1,10 @@
 // switchyard-bench front: the front's added latency and throughput with the echo engine.
 //   1. Round trip of a small non-streaming POST /v1/completions (1-character prompt, max_tokens 1) measured
 //      three ways in the same run, interleaved in blocks so load changes on the machine hit all three alike:
-//        raw      a raw Unix-socket echo (same request bytes, a blocking echo thread): the floor;
+//        raw      a raw Unix-socket echo (same request bytes, a blocking echo thread in this process);
+//        raw-proc the same blocking echo in a separate process (`switchyard-bench echo-server`): the floor for
+//                 any server process, since a switch to another process costs more than one to a thread of
+//                 the client's own (both are reported; the targets' "added" keeps the thread as its floor);
 //        inproc   the front in this process with the in-process EchoBackend (a thread, two eventfd wake-ups);
 //        workers  the real system: `switchyard serve --engine echo --workers 1` (front process, worker
 //                 process, shared-memory rings) started from the binary next to this one.
@@ -13,6 +16,7 @@
 import ArgumentParser
 import BenchKit
 import ClientKit
+import CSwitchyardSys
 import Foundation
 import Front
 import Glibc
@@ -58,6 +62,12 @@ struct FrontBench: ParsableCommand {
             close(c)
         }.start()
         let raw = try BenchClient(path: rawPath)
+
+        // The same echo in its own process.
+        let procPath = dir + "/raw-proc.sock"
+        let echoProc = try EchoServerCommand.spawn(socketPath: procPath)
+        defer { echoProc.terminate(); echoProc.waitUntilExit() }
+        let rawProc = try BenchClient.connectRetrying(path: procPath, timeout: 10)
 
         // The front in this process.
         var cfg = FrontConfig()
@@ -113,11 +123,12 @@ struct FrontBench: ParsableCommand {
 
         // Latency: blocks of `block` round trips, rotating raw → inproc → workers.
         let block = 500
-        var rawLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = [], oLat: [UInt64] = []
+        var rawLat: [UInt64] = [], procLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = [], oLat: [UInt64] = []
         rawLat.reserveCapacity(requests); inLat.reserveCapacity(requests); wLat.reserveCapacity(requests)
         // Warm-up (also checks every path answers 200).
         for _ in 0..<1000 {
             try raw.send(req); try raw.readExactly(req.count)
+            try rawProc.send(req); try rawProc.readExactly(req.count)
             try fc.send(req); try fc.readResponse(expect200: true)
             if let wc { try wc.send(req); try wc.readResponse(expect200: true) }
             if let oc { try oc.send(req); try oc.readResponse(expect200: true) }
@@ -126,6 +137,7 @@ struct FrontBench: ParsableCommand {
         while left > 0 {
             let n = min(block, left)
             try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
+            try measure(n, into: &procLat) { try rawProc.send(req); try rawProc.readExactly(req.count) }
             try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
             if let wc { try measure(n, into: &wLat) { try wc.send(req); try wc.readResponse() } }
             if let oc { try measure(n, into: &oLat) { try oc.send(req); try oc.readResponse() } }
@@ -137,13 +149,14 @@ struct FrontBench: ParsableCommand {
         try measure(requests, into: &healthLat) { try fc.send(health); try fc.readResponse() }
         raw.close()
         close(rawFD)
+        rawProc.close()
 
         // Throughput.
         let inRPS = throughput(path: inprocPath, req: req)
         let wRPS = real.map { throughput(path: $0.socketPath, req: req) }
         let oRPS = other.map { throughput(path: $0.socketPath, req: req) }
 
-        let r = pct(rawLat), i = pct(inLat), h = pct(healthLat)
+        let r = pct(rawLat), rp = pct(procLat), i = pct(inLat), h = pct(healthLat)
         let w = wLat.isEmpty ? nil : pct(wLat)
         var load = [Double](repeating: 0, count: 3)
         _ = getloadavg(&load, 3)
@@ -155,6 +168,7 @@ struct FrontBench: ParsableCommand {
             "load_average": load,
             "cpus_online": sysconf(Int32(_SC_NPROCESSORS_ONLN)),
             "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
+            "raw_process_rtt_p50_ns": rp.p50, "raw_process_rtt_p99_ns": rp.p99,
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
             "inproc_added_p50_ns": Int64(i.p50) - Int64(r.p50), "inproc_added_p99_ns": Int64(i.p99) - Int64(r.p99),
             "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
@@ -167,6 +181,8 @@ struct FrontBench: ParsableCommand {
             result["front_workers_rtt_p99_ns"] = w.p99
             result["added_p50_ns"] = Int64(w.p50) - Int64(r.p50)
             result["added_p99_ns"] = Int64(w.p99) - Int64(r.p99)
+            result["added_vs_process_p50_ns"] = Int64(w.p50) - Int64(rp.p50)
+            result["added_vs_process_p99_ns"] = Int64(w.p99) - Int64(rp.p99)
             result["front_workers_requests_per_second"] = wRPS
         }
         let o = oLat.isEmpty ? nil : pct(oLat)
@@ -183,12 +199,15 @@ struct FrontBench: ParsableCommand {
         out(String(format: "load average %.2f %.2f %.2f on %d cpus (other processes share the machine)", load[0], load[1], load[2],
                    Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)")
-        out(String(format: "raw echo            p50 %8.1f us  p99 %8.1f us", us(r.p50), us(r.p99)))
+        out(String(format: "raw echo (thread)   p50 %8.1f us  p99 %8.1f us", us(r.p50), us(r.p99)))
+        out(String(format: "raw echo (process)  p50 %8.1f us  p99 %8.1f us", us(rp.p50), us(rp.p99)))
         out(String(format: "front in-process    p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us)",
                    us(i.p50), us(i.p99), us(i.p50) - us(r.p50), us(i.p99) - us(r.p99)))
         if let w {
             out(String(format: "front + worker      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us; targets 5 / 25 us)",
                        us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99)))
+            out(String(format: "                    added over the echo process: p50 %.1f us, p99 %.1f us",
+                       us(w.p50) - us(rp.p50), us(w.p99) - us(rp.p99)))
         }
         if let o, let oRPS, let compareArgs {
             out(String(format: "compare server      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us), %.0f requests/s: ",
@@ -365,5 +384,73 @@ final class BenchClient {
         if have < 4 { return nil }
         for i in 0...(have - 4) where buf[i] == 13 && buf[i + 1] == 10 && buf[i + 2] == 13 && buf[i + 3] == 10 { return i + 4 }
         return nil
+    }
+}
+
+extension BenchClient {
+    /// Connects, retrying while the server is still starting (ENOENT / ECONNREFUSED) until `timeout` seconds.
+    static func connectRetrying(path: String, timeout: Double) throws -> BenchClient {
+        let deadline = monotonicNanos() + UInt64(timeout * 1e9)
+        while true {
+            do { return try BenchClient(path: path) } catch {
+                if monotonicNanos() >= deadline { throw error }
+                usleep(10_000)
+            }
+        }
+    }
+}
+
+/// `switchyard-bench echo-server --socket PATH`: the front bench's raw echo in a process of its own (blocking
+/// accept, then read/write until the peer closes; one connection at a time). Exits when its parent does.
+struct EchoServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "echo-server", abstract: "Blocking Unix-socket echo (the front bench's process floor).",
+        shouldDisplay: false)
+
+    @Option(help: "Socket path to listen on.") var socket: String
+
+    func run() throws {
+        _ = sy_set_parent_death_signal(SIGTERM)
+        unlink(socket)
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FrontBenchError("echo-server: socket failed (errno \(errno))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socket.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw FrontBenchError("echo-server: socket path too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+            raw[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, listen(fd, 8) == 0 else { throw FrontBenchError("echo-server: cannot listen on \(socket) (errno \(errno))") }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let c = accept(fd, nil, nil)
+            if c < 0 { if errno == EINTR { continue }; throw FrontBenchError("echo-server: accept failed (errno \(errno))") }
+            while true {
+                let n = read(c, &buf, buf.count)
+                if n <= 0 { break }
+                var off = 0
+                while off < n {
+                    let w = buf.withUnsafeBytes { write(c, $0.baseAddress! + off, n - off) }
+                    if w <= 0 { break }
+                    off += w
+                }
+                if off < n { break }
+            }
+            close(c)
+        }
+    }
+
+    /// Starts `switchyard-bench echo-server` (this executable) listening on `socketPath`.
+    static func spawn(socketPath: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        p.arguments = ["echo-server", "--socket", socketPath]
+        try p.run()
+        return p
     }
 }
