@@ -1353,9 +1353,10 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
     attend_tiled_scalar(q, kt, ldk, v, stride, npos, hd, scale, out);
 }
 
-// Tiled mode: work items are (run, kv head), a run being consecutive tokens of one sequence (same cache,
-// positions +1 each). A run of >= 64 tokens takes the tiled kernel: its kv head is transposed once into
-// this thread's scratch, then every token of the run and every query head of the group attends from it.
+// Tiled mode: a run is consecutive tokens of one sequence (same cache, positions +1 each). A run of >= 64
+// tokens takes the tiled kernel, per kv head: every thread transposes the kv head once into its own scratch,
+// then attends every nth token of the run (all query heads of the group) from it. Shorter runs are work
+// items (run, kv head) for the one-row kernel.
 // Shorter runs take the one-row kernel, so a sequence's numerics depend on its own chunk, never on what
 // other sequences share the batch (llama.cpp decides by ubatch rows; for one sequence that is the same).
 static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
@@ -1367,8 +1368,8 @@ static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
         while (i1 < t->ntok && t->toks[i1].k == t->toks[i0].k && t->toks[i1].npos == t->toks[i1 - 1].npos + 1) i1++;
         int ldk = t->toks[i1 - 1].npos;   // positions the run's last token attends to
         for (int kvh = 0; kvh < t->nkv; kvh++) {
-            if ((run * t->nkv + kvh) % nth != ith) continue;
             if (i1 - i0 < 64) {
+                if ((run * t->nkv + kvh) % nth != ith) continue;
                 for (int i = i0; i < i1; i++) {
                     const syk_attn_tok *tk = &t->toks[i];
                     const uint16_t *k = tk->k + (size_t)kvh * t->hd, *v = tk->v + (size_t)kvh * t->hd;
@@ -1381,8 +1382,13 @@ static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
                 }
                 continue;
             }
+            // A long run is shared by every thread, token by token in turn (each thread transposes the kv head
+            // into its own scratch): causal rows grow by one position each, so interleaving balances the work,
+            // whereas whole (run, kv head) items would leave threads idle (3 kv heads on 2 threads: 2:1).
+            // Every row is still computed by one thread with the same arithmetic.
+            if (ith >= i1 - i0) continue;
             transpose_k(t->toks[i0].k + (size_t)kvh * t->hd, kvdim, ldk, t->hd, kt, ldk);
-            for (int i = i0; i < i1; i++) {
+            for (int i = i0 + ith; i < i1; i += nth) {
                 const syk_attn_tok *tk = &t->toks[i];
                 for (int h = kvh * group; h < (kvh + 1) * group; h++)
                     attend_tiled(tk->q + (size_t)h * t->hd, kt, ldk, tk->v + (size_t)kvh * t->hd, kvdim, tk->npos, t->hd,

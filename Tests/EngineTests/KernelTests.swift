@@ -361,7 +361,8 @@ import CSwitchyardKernels
 
     /// The tiled kernel (llama.cpp's numerics for batches of >= 64 tokens) through syk_attn_run: 70 causal
     /// tokens of one sequence (positions 0..69, so rows span one and two 64-position tiles), 6 query heads
-    /// over 2 KV heads; against a float reference, and scalar vs vector bit for bit.
+    /// over 2 KV heads; against a float reference, scalar vs vector bit for bit, and split over 3 threads
+    /// (each takes every 3rd token of the run) bit for bit as one thread.
     @Test func tiledAttentionMatchesFloatAndPathsAgree() {
         var rng = TestRNG(seed: 5)
         let hd = 64, nhead = 6, nkv = 2, ntok = 70, kvdim = nkv * hd
@@ -371,21 +372,26 @@ import CSwitchyardKernels
         var outs: [[Float]] = []
         for isa in Self.levels.map(\.rawValue) {
             syk_set_thread_isa(isa); defer { syk_set_thread_isa(-1) }
-            var out = [Float](repeating: 0, count: ntok * nhead * hd)
-            var scratch = [Float](repeating: 0, count: hd * ntok)
-            q.withUnsafeBufferPointer { qp in k16.withUnsafeBufferPointer { kp in v16.withUnsafeBufferPointer { vp in
-            out.withUnsafeMutableBufferPointer { op in scratch.withUnsafeMutableBufferPointer { sp in
-                var toks = (0..<ntok).map { t in
-                    syk_attn_tok(q: qp.baseAddress! + t * nhead * hd, k: kp.baseAddress!, v: vp.baseAddress!,
-                                 out: op.baseAddress! + t * nhead * hd, npos: Int32(t + 1))
-                }
-                toks.withUnsafeMutableBufferPointer { tp in
-                    var task = syk_attn_task(toks: tp.baseAddress, ntok: Int32(ntok), nhead: Int32(nhead), nkv: Int32(nkv),
-                                             hd: Int32(hd), scale: 0.125, scratch: sp.baseAddress,
-                                             scratch_per_thread: Int32(hd * ntok), tiled: 1)
-                    syk_attn_run(&task, 0, 1)
-                }
-            } } } } }
+            func run(threads nth: Int) -> [Float] {
+                var out = [Float](repeating: .nan, count: ntok * nhead * hd)
+                var scratch = [Float](repeating: 0, count: hd * ntok * nth)
+                q.withUnsafeBufferPointer { qp in k16.withUnsafeBufferPointer { kp in v16.withUnsafeBufferPointer { vp in
+                out.withUnsafeMutableBufferPointer { op in scratch.withUnsafeMutableBufferPointer { sp in
+                    var toks = (0..<ntok).map { t in
+                        syk_attn_tok(q: qp.baseAddress! + t * nhead * hd, k: kp.baseAddress!, v: vp.baseAddress!,
+                                     out: op.baseAddress! + t * nhead * hd, npos: Int32(t + 1))
+                    }
+                    toks.withUnsafeMutableBufferPointer { tp in
+                        var task = syk_attn_task(toks: tp.baseAddress, ntok: Int32(ntok), nhead: Int32(nhead), nkv: Int32(nkv),
+                                                 hd: Int32(hd), scale: 0.125, scratch: sp.baseAddress,
+                                                 scratch_per_thread: Int32(hd * ntok), tiled: 1)
+                        for ith in 0..<nth { syk_attn_run(&task, Int32(ith), Int32(nth)) }
+                    }
+                } } } } }
+                return out
+            }
+            let out = run(threads: 1)
+            #expect(run(threads: 3) == out, "isa \(isa): 3 threads differ from 1")
             for t in [0, 1, 63, 64, 69] {
                 for h in 0..<nhead {
                     let kvh = h / (nhead / nkv)
