@@ -781,9 +781,11 @@ void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo
         else gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1);
         return;
     }
-    // The AVX2 level has only the fast order (its integer dot products are exact and its epilogue is the
-    // fast order's); llama.cpp's lane order is reproduced at the AVX-512 and scalar levels.
-    if (isa >= SYK_ISA_AVX2) { syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1); return; }
+    if (isa >= SYK_ISA_AVX2) {
+        if (llama) syk_gemm_avx2_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
+        else syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1);
+        return;
+    }
 #endif
     if (llama) gemm_scalar_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
     else gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);

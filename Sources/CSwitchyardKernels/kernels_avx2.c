@@ -115,6 +115,101 @@ A2 INLINE void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, co
     }
 }
 
+// ---- llama.cpp's summation order (the default; see gemm_scalar_lanes and gemm_avx512_lanes in kernels.c) ----
+// A 256-bit vector holds lane L (elements 4L..4L+3 of a block) of 8 rows, as the AVX-512 kernel holds it
+// for 16: per block, lane L's integer dot is maddubs + madd (exact: at most 2*15*127 per int16 pair for
+// Q4_1, 2*128*127 with the sign trick for Q8_0), converted to float and accumulated as
+// fma(d_w*d_a, x, acc_L); Q4_1's offsets run as the separate chain fma(m_w, s_a, macc); at the end the
+// lanes are summed ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), plus macc. Every output is the same float
+// sequence as at the other levels, so AVX2-only CPUs give llama.cpp's results too. Tokens are done one at
+// a time over a row half (8 accumulators + the offset chain fill the 16 registers); the group's weights
+// stay in L1/L2 across tokens.
+A2 INLINE __m256 lanes_hsum256(const __m256 *l) {
+    __m256 r0 = _mm256_add_ps(l[4], l[0]), r1 = _mm256_add_ps(l[5], l[1]);
+    __m256 r2 = _mm256_add_ps(l[6], l[2]), r3 = _mm256_add_ps(l[7], l[3]);
+    return _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+}
+
+A2 INLINE void lanes_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t, int h, int pf, float *out, int ldo,
+                          int accumulate) {
+    const int K = a->K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[8], macc = _mm256_setzero_ps();
+#pragma clang loop unroll(full)
+    for (int L = 0; L < 8; L++) acc[L] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
+        if (pf)
+            for (int p = 0; p < SYK_R16_Q4_1_CHUNK; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
+        __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 32 + 16 * h)));
+        const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
+        size_t o = (size_t)t * nb + b;
+        __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[o]));
+#pragma clang loop unroll(full)
+        for (int j = 0; j < 4; j++) {
+            // sub-chunk j: low nibbles are elements 8j..8j+3 (lane 2j), high nibbles 8j+4..8j+7 (lane 2j+1)
+            __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 + 64 * j + 32 * h));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            __m256i x0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bc4(aq + 8 * j)), ones);
+            __m256i x1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bc4(aq + 8 * j + 4)), ones);
+            acc[2 * j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x0), acc[2 * j]);
+            acc[2 * j + 1] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x1), acc[2 * j + 1]);
+        }
+        macc = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[o]), macc);
+    }
+    float *po = out + (size_t)t * ldo + 8 * h;
+    __m256 r = _mm256_add_ps(lanes_hsum256(acc), macc);
+    if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(po));
+    _mm256_storeu_ps(po, r);
+}
+
+A2 INLINE void lanes_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t, int h, int pf, float *out, int ldo,
+                          int accumulate) {
+    const int K = a->K;
+    const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+#pragma clang loop unroll(full)
+    for (int L = 0; L < 8; L++) acc[L] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
+        if (pf)
+            for (int p = 0; p < SYK_R16_Q8_0_CHUNK; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
+        const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
+        size_t o = (size_t)t * nb + b;
+        __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[o]));
+#pragma clang loop unroll(full)
+        for (int L = 0; L < 8; L++) {
+            // weights are stored +128: back to s8, then maddubs(|w|, sign(a, w)) = w*a pairwise
+            __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 32 + 64 * L + 32 * h)), bias);
+            __m256i x = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(bc4(aq + 4 * L), ws)), ones);
+            acc[L] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x), acc[L]);
+        }
+    }
+    float *po = out + (size_t)t * ldo + 8 * h;
+    __m256 r = lanes_hsum256(acc);
+    if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(po));
+    _mm256_storeu_ps(po, r);
+}
+
+A2 void syk_gemm_avx2_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+    int nb = w->K / 32;
+    int q41 = w->type == SYK_W_R16_Q4_1;
+    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *wg = w->data + (size_t)g * nb * chunk;
+        float *o = out + 16 * g;
+        for (int t = 0; t < ntok; t++) {
+            for (int h = 0; h < 2; h++) {
+                int pf = t == 0 && h == 0;   // the first pass over the group prefetches ahead
+                if (q41) lanes_q4_1(wg, nb, a, t, h, pf, o, ldo, accumulate);
+                else lanes_q8_0(wg, nb, a, t, h, pf, o, ldo, accumulate);
+            }
+        }
+    }
+}
+
 #define TILE_CASES(fn)                                                     \
     switch (nt) {                                                          \
     case 4: fn(wg, nb, a, t, 4, h, o, ldo, accumulate); break;             \

@@ -57,8 +57,7 @@ import CSwitchyardKernels
         #expect(syk_set_thread_isa(isa) == isa, "ISA level \(isa) not available on this CPU")
         syk_set_thread_sum_order(order)
         defer { syk_set_thread_isa(-1); syk_set_thread_sum_order(-1) }
-        // The AVX2 level has only the fast order.
-        let llamaOrder = order == Int32(SYK_SUM_LLAMA) && isa != Int32(SYK_ISA_AVX2)
+        let llamaOrder = order == Int32(SYK_SUM_LLAMA)
         qs.withUnsafeMutableBufferPointer { qp in d.withUnsafeMutableBufferPointer { dp in s.withUnsafeMutableBufferPointer { sp in
         isum.withUnsafeMutableBufferPointer { ip in bias4.withUnsafeMutableBufferPointer { bp in
             var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress,
@@ -164,7 +163,14 @@ import CSwitchyardKernels
     /// single-token path, for both weight types: each output is checked against llamaOrderDot.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8, 9])
     func gemmLlamaOrderEveryTileWidth(ntok: Int) throws {
-        for type in [GGMLType.q4_1, .q8_0] { try runGemm(type, isa: KernelISA.best.rawValue, ntok: ntok) }
+        // Every level this CPU has (AVX-512, AVX2, scalar): each output in llama.cpp's order, so the levels
+        // also agree with each other bit for bit.
+        for type in [GGMLType.q4_1, .q8_0] {
+            let outs = try Self.levels.map { try runGemm(type, isa: $0.rawValue, ntok: ntok) }
+            for (i, o) in outs.enumerated().dropFirst() {
+                #expect(o == outs[0], "\(type) ntok \(ntok): \(Self.levels[i]) differs from \(Self.levels[0]) in llama.cpp's order")
+            }
+        }
     }
 
     /// All ISA levels against the float and integer references, and against each other: the integer dot
@@ -442,23 +448,27 @@ import CSwitchyardKernels
             Array((0..<40).map { Int32(100 + 37 * $0) }),
             Array((0..<70).map { Int32(200 + 41 * $0) }),   // >= 64 tokens: the tiled attention kernel
         ]
-        // Per-engine overrides (the rest of the process keeps its level). Levels are compared in the fast
-        // summation order, the one every level has; in llama.cpp's order (AVX-512 and scalar levels) the
-        // default level must give the same greedy tokens as the fast order's first steps here too.
+        // Per-engine overrides (the rest of the process keeps its level). The vector levels are compared in
+        // both summation orders: every kernel does the same operations at every level, so logits agree bit
+        // for bit (in llama.cpp's order this is what makes an AVX2-only CPU give llama.cpp's results too).
+        // Across the orders, the first steps' greedy tokens must agree.
         defer { engine.setKernelOverrides(isa: nil, fastOrder: nil) }
         for p in prompts {
             engine.setKernelOverrides(isa: .avx512, fastOrder: true)
             let base = try Self.greedy(engine, prompt: p, steps: 8)
-            for level in KernelISA.allCases where level != .scalar && level.rawValue <= KernelISA.best.rawValue {
-                engine.setKernelOverrides(isa: level, fastOrder: true)
-                let r = try Self.greedy(engine, prompt: p, steps: 8)
-                #expect(r.tokens == base.tokens, "\(level): greedy tokens \(r.tokens) vs default \(base.tokens)")
-                var maxDiff: Float = 0
-                for i in r.logits.indices { maxDiff = max(maxDiff, abs(r.logits[i] - base.logits[i])) }
-                #expect(maxDiff == 0, "\(level): logits differ from the default level by up to \(maxDiff)")
-            }
             engine.setKernelOverrides(isa: .avx512, fastOrder: false)
             let llama = try Self.greedy(engine, prompt: p, steps: 8)
+            for level in KernelISA.allCases where level != .scalar && level.rawValue <= KernelISA.best.rawValue {
+                for (fast, ref) in [(true, base), (false, llama)] {
+                    engine.setKernelOverrides(isa: level, fastOrder: fast)
+                    let r = try Self.greedy(engine, prompt: p, steps: 8)
+                    let order = fast ? "fast order" : "llama.cpp's order"
+                    #expect(r.tokens == ref.tokens, "\(level), \(order): greedy tokens \(r.tokens) vs default \(ref.tokens)")
+                    var maxDiff: Float = 0
+                    for i in r.logits.indices { maxDiff = max(maxDiff, abs(r.logits[i] - ref.logits[i])) }
+                    #expect(maxDiff == 0, "\(level), \(order): logits differ from the default level by up to \(maxDiff)")
+                }
+            }
             // First step only (later steps may follow different tokens): the two orders differ in the last bits
             // of each dot product; 8-bit re-quantization between layers amplifies that to a few tenths of a
             // logit (0.63-0.72 measured on these prompts), well below a wrong-model error.
