@@ -35,9 +35,9 @@ let package = Package(
         // stay on.
         .target(name: "ShmRing", dependencies: ["SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
         .target(name: "Wire", swiftSettings: fastPath),
-        .target(name: "Routing"),
+        .target(name: "Routing", swiftSettings: fastPath),
         .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardSys", "CSwitchyardKernels"]),
-        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"]),
+        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
         .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
         .target(name: "ClientKit", dependencies: ["SysKit"]),

@@ -1,6 +1,9 @@
 // A small strict JSON reader and writer (RFC 8259), Foundation-free so it can be fuzzed with the parser.
 // Limits: nesting depth ≤ 64; input size is bounded by the HTTP body limit. Duplicate object keys are refused
 // (they make "which value wins" ambiguous). Numbers keep their integer value when they have one.
+#if canImport(Wire)
+import Wire   // UTF8Text (the fuzz target compiles Sources/Wire/UTF8Text.swift into its module instead)
+#endif
 
 public enum JSONValue: Sendable, Equatable {
     case null
@@ -184,6 +187,21 @@ public enum JSON {
 
         mutating func string() throws(JSONError) -> String {
             i += 1 // opening quote
+            // Fast path: no escape before the closing quote (the common case) → one String straight from the
+            // input bytes, no intermediate array.
+            var j = i
+            while j < b.count {
+                let c = b[j]
+                if c == 34 || c == 92 || c < 32 { break }
+                j += 1
+            }
+            if j < b.count && b[j] == 34 {
+                guard let s = UTF8Text.string(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(b)[i..<j])) else {
+                    throw fail("invalid UTF-8 in string")
+                }
+                i = j + 1
+                return s
+            }
             var out: [UInt8] = []
             while true {
                 guard i < b.count else { throw fail("unterminated string") }
@@ -221,7 +239,7 @@ public enum JSON {
                 }
             }
             // Strict UTF-8: invalid sequences are refused rather than silently repaired.
-            guard let s = String(validating: out, as: UTF8.self) else { throw fail("invalid UTF-8 in string") }
+            guard let s = out.withUnsafeBytes({ UTF8Text.string($0) }) else { throw fail("invalid UTF-8 in string") }
             return s
         }
     }

@@ -87,7 +87,7 @@ public struct WireReader {
         try need(n, field)
         let slice = UnsafeRawBufferPointer(rebasing: base[offset..<(offset + n)])
         offset += n
-        guard let s = String(validating: slice, as: UTF8.self) else { throw .invalidUTF8(field: field) }
+        guard let s = UTF8Text.string(slice) else { throw .invalidUTF8(field: field) }
         return s
     }
 

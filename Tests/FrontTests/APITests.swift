@@ -64,6 +64,22 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(e?.type == "invalid_request_error")
     }
 
+    /// Strings without escapes take the reader's fast path; with escapes the byte-by-byte one. Both are strict.
+    @Test func jsonStrings() throws {
+        func str(_ json: [UInt8]) throws -> String? {
+            if case .string(let s) = try JSON.parse(json) { return s }
+            return nil
+        }
+        #expect(try str(Array(#""plain ascii""#.utf8)) == "plain ascii")
+        #expect(try str(Array(#""héllo €""#.utf8)) == "héllo €")
+        #expect(try str(Array(#""a\nb\u00e9\"c""#.utf8)) == "a\nbé\"c")
+        #expect(try str(Array(#""é\té""#.utf8)) == "é\té")
+        #expect(try str(Array(#""""#.utf8)) == "")
+        for bad: [UInt8] in [[34, 0xC3, 34], [34, 97, 0xFF, 34], [34, 92, 110, 0xC3, 34], [34, 97, 10, 34], [34, 97, 98]] {
+            #expect(throws: JSONError.self, "\(bad)") { try JSON.parse(bad) }
+        }
+    }
+
     @Test func invalidJSON() {
         #expect(apiError(.completions, "{")?.code == "invalid_json")
         #expect(apiError(.completions, "[1]")?.code == "invalid_json")

@@ -98,3 +98,23 @@ struct SplitMix {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct UTF8TextTests {
+    /// The ASCII fast path and the validating path agree with String(validating:) on every length around
+    /// the 8-byte steps, with the non-ASCII or invalid byte at every position.
+    @Test func agreesWithStringValidating() {
+        let samples: [[UInt8]] = [Array("é".utf8), Array("€".utf8), Array("😀".utf8), [0xC3], [0xFF], [0xED, 0xA0, 0x80]]
+        for n in 0...19 {
+            let ascii = (0..<n).map { UInt8(97 + $0 % 26) }
+            #expect(ascii.withUnsafeBytes { UTF8Text.string($0) } == String(decoding: ascii, as: UTF8.self))
+            for s in samples {
+                for at in 0...n {
+                    var bytes = ascii
+                    bytes.insert(contentsOf: s, at: at)
+                    let got = bytes.withUnsafeBytes { UTF8Text.string($0) }
+                    #expect(got == String(validating: bytes, as: UTF8.self), "\(bytes)")
+                }
+            }
+        }
+    }
+}
