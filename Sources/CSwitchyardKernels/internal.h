@@ -12,8 +12,8 @@
 #if SYK_X86
 // AVX2 + FMA + F16C level (kernels_avx2.c). Each one does, per output lane, the same arithmetic in the same
 // order as its AVX-512 counterpart in kernels.c, so the two levels agree to the last bit.
-void syk_gemm_avx2(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1);
-void syk_gemm_avx2_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1);
+void syk_gemm_avx2(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1,
+                   int llama);
 void syk_quantize_act_avx2(const float *x, const float *norm, float eps, const syk_act *a, int t, float *xout);
 void syk_swiglu_avx2(const float *g, const float *u, float *h, int n);
 void syk_store_f16_avx2(const float *x, uint16_t *dst, int n);

@@ -781,11 +781,7 @@ void syk_gemm(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo
         else gemm_avx512(w, a, ntok, out, ldo, accumulate, g0, g1);
         return;
     }
-    if (isa >= SYK_ISA_AVX2) {
-        if (llama) syk_gemm_avx2_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
-        else syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1);
-        return;
-    }
+    if (isa >= SYK_ISA_AVX2) { syk_gemm_avx2(w, a, ntok, out, ldo, accumulate, g0, g1, llama); return; }
 #endif
     if (llama) gemm_scalar_lanes(w, a, ntok, out, ldo, accumulate, g0, g1);
     else gemm_scalar(w, a, ntok, out, ldo, accumulate, g0, g1);

@@ -130,84 +130,54 @@ A2 INLINE __m256 lanes_hsum256(const __m256 *l) {
     return _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
 }
 
-A2 INLINE void lanes_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t, int h, int pf, float *out, int ldo,
-                          int accumulate) {
+// One token over one row half; q41 is a constant after inlining (Q4_1 nibbles with the offset chain, or
+// Q8_0 bytes stored +128).
+A2 INLINE void lanes_tile(const uint8_t *wg, int nb, const syk_act *a, int t, int h, int pf, const int q41, float *out,
+                          int ldo, int accumulate) {
     const int K = a->K;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     __m256 acc[8], macc = _mm256_setzero_ps();
 #pragma clang loop unroll(full)
     for (int L = 0; L < 8; L++) acc[L] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
+        const uint8_t *c = wg + (size_t)b * chunk;
         if (pf)
-            for (int p = 0; p < SYK_R16_Q4_1_CHUNK; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
+            for (size_t p = 0; p < chunk; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
-        __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 32 + 16 * h)));
         const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
         size_t o = (size_t)t * nb + b;
         __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[o]));
+        __m256i x[8];
+        if (q41) {
 #pragma clang loop unroll(full)
-        for (int j = 0; j < 4; j++) {
-            // sub-chunk j: low nibbles are elements 8j..8j+3 (lane 2j), high nibbles 8j+4..8j+7 (lane 2j+1)
-            __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 + 64 * j + 32 * h));
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            __m256i x0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bc4(aq + 8 * j)), ones);
-            __m256i x1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bc4(aq + 8 * j + 4)), ones);
-            acc[2 * j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x0), acc[2 * j]);
-            acc[2 * j + 1] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x1), acc[2 * j + 1]);
+            for (int j = 0; j < 4; j++) {
+                // sub-chunk j: low nibbles are elements 8j..8j+3 (lane 2j), high nibbles 8j+4..8j+7 (lane 2j+1)
+                __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 + 64 * j + 32 * h));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                x[2 * j] = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bc4(aq + 8 * j)), ones);
+                x[2 * j + 1] = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bc4(aq + 8 * j + 4)), ones);
+            }
+        } else {
+#pragma clang loop unroll(full)
+            for (int L = 0; L < 8; L++) {
+                // weights are stored +128: back to s8, then maddubs(|w|, sign(a, w)) = w*a pairwise
+                __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 32 + 64 * L + 32 * h)), bias);
+                x[L] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(bc4(aq + 4 * L), ws)), ones);
+            }
         }
-        macc = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[o]), macc);
-    }
-    float *po = out + (size_t)t * ldo + 8 * h;
-    __m256 r = _mm256_add_ps(lanes_hsum256(acc), macc);
-    if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(po));
-    _mm256_storeu_ps(po, r);
-}
-
-A2 INLINE void lanes_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t, int h, int pf, float *out, int ldo,
-                          int accumulate) {
-    const int K = a->K;
-    const __m256i bias = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    __m256 acc[8];
 #pragma clang loop unroll(full)
-    for (int L = 0; L < 8; L++) acc[L] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
-        if (pf)
-            for (int p = 0; p < SYK_R16_Q8_0_CHUNK; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
-        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
-        const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
-        size_t o = (size_t)t * nb + b;
-        __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(a->d[o]));
-#pragma clang loop unroll(full)
-        for (int L = 0; L < 8; L++) {
-            // weights are stored +128: back to s8, then maddubs(|w|, sign(a, w)) = w*a pairwise
-            __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(c + 32 + 64 * L + 32 * h)), bias);
-            __m256i x = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(bc4(aq + 4 * L), ws)), ones);
-            acc[L] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x), acc[L]);
+        for (int L = 0; L < 8; L++) acc[L] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(x[L]), acc[L]);
+        if (q41) {
+            __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 32 + 16 * h)));
+            macc = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->s[o]), macc);
         }
     }
     float *po = out + (size_t)t * ldo + 8 * h;
     __m256 r = lanes_hsum256(acc);
+    if (q41) r = _mm256_add_ps(r, macc);
     if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(po));
     _mm256_storeu_ps(po, r);
-}
-
-A2 void syk_gemm_avx2_lanes(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
-    int nb = w->K / 32;
-    int q41 = w->type == SYK_W_R16_Q4_1;
-    size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
-    for (int g = g0; g < g1; g++) {
-        const uint8_t *wg = w->data + (size_t)g * nb * chunk;
-        float *o = out + 16 * g;
-        for (int t = 0; t < ntok; t++) {
-            for (int h = 0; h < 2; h++) {
-                int pf = t == 0 && h == 0;   // the first pass over the group prefetches ahead
-                if (q41) lanes_q4_1(wg, nb, a, t, h, pf, o, ldo, accumulate);
-                else lanes_q8_0(wg, nb, a, t, h, pf, o, ldo, accumulate);
-            }
-        }
-    }
 }
 
 #define TILE_CASES(fn)                                                     \
@@ -218,13 +188,26 @@ A2 void syk_gemm_avx2_lanes(const syk_wmat *w, const syk_act *a, int ntok, float
     default: fn(wg, nb, a, t, 1, h, o, ldo, accumulate); break;            \
     }
 
-A2 void syk_gemm_avx2(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1) {
+// llama: llama.cpp's summation order (lanes_tile, one token at a time); else the fast order (tiles of up to
+// 4 tokens).
+A2 void syk_gemm_avx2(const syk_wmat *w, const syk_act *a, int ntok, float *out, int ldo, int accumulate, int g0, int g1,
+                      int llama) {
     int nb = w->K / 32;
     int q41 = w->type == SYK_W_R16_Q4_1;
     size_t chunk = q41 ? SYK_R16_Q4_1_CHUNK : SYK_R16_Q8_0_CHUNK;
     for (int g = g0; g < g1; g++) {
         const uint8_t *wg = w->data + (size_t)g * nb * chunk;
         float *o = out + 16 * g;
+        if (llama) {
+            for (int t = 0; t < ntok; t++) {
+                for (int h = 0; h < 2; h++) {
+                    int pf = t == 0 && h == 0;   // the first pass over the group prefetches ahead
+                    if (q41) lanes_tile(wg, nb, a, t, h, pf, 1, o, ldo, accumulate);
+                    else lanes_tile(wg, nb, a, t, h, pf, 0, o, ldo, accumulate);
+                }
+            }
+            continue;
+        }
         for (int t = 0; t < ntok; t += 4) {
             int nt = ntok - t < 4 ? ntok - t : 4;
             for (int h = 0; h < 2; h++) {
