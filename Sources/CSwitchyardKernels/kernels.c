@@ -1353,10 +1353,9 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
 
 // Tiled mode: a run is consecutive tokens of one sequence (same cache, positions +1 each). A run of >= 64
 // tokens takes the tiled kernel, per kv head: every thread transposes the kv head once into its own scratch,
-// then attends every nth token of the run (all query heads of the group) from it. Shorter runs are work
-// items (run, kv head) for the one-row kernel.
-// Shorter runs take the one-row kernel, so a sequence's numerics depend on its own chunk, never on what
-// other sequences share the batch (llama.cpp decides by ubatch rows; for one sequence that is the same).
+// then attends every nth token of the run (all query heads of the group) from it. Shorter runs take the
+// one-row kernel as work items (run, kv head), so a sequence's numerics depend on its own chunk, never on
+// what other sequences share the batch (llama.cpp decides by ubatch rows; for one sequence that is the same).
 static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
     float *kt = t->scratch + (size_t)ith * t->scratch_per_thread;
     int group = t->nhead / t->nkv, kvdim = t->nkv * t->hd;

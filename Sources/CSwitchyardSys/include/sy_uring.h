@@ -28,10 +28,11 @@ typedef struct sy_uring sy_uring;
 #define SY_SETUP_TASKRUN_FLAG 4u
 #define SY_SETUP_DEFER_TASKRUN 8u
 
-// Creates a ring with `entries` SQEs. Tries SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG, SINGLE_ISSUER|COOP_TASKRUN,
-// then COOP_TASKRUN, then none
+// Creates a ring with `entries` SQEs. Tries SINGLE_ISSUER|DEFER_TASKRUN|TASKRUN_FLAG,
+// SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG, SINGLE_ISSUER|COOP_TASKRUN, then COOP_TASKRUN, then none
 // (older kernels refuse unknown flags with -EINVAL). Returns NULL and sets *err (a positive errno) on failure.
-// SINGLE_ISSUER binds the ring to the creating thread: create it on the thread that will submit.
+// SINGLE_ISSUER binds the ring to the creating thread: create it on the thread that will submit (with
+// DEFER_TASKRUN that thread is also the only one whose waits post completions).
 sy_uring *sy_uring_create(unsigned entries, unsigned *setup_used, int *err);
 void sy_uring_destroy(sy_uring *r);
 int sy_uring_fd(sy_uring *r);
