@@ -11,7 +11,9 @@
 //      added = workers − raw (the targets: p50 ≤ 5 µs, p99 ≤ 25 µs); inproc − raw is reported too.
 //      With --compare-args, a second real server (other `serve` arguments) joins the rotation: an A/B in the
 //      same time window (e.g. --compare-args "--poll-spin-us 0"; with --compare-bin, another build of the binary).
-//   2. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
+//   2. The front's CPU per request without I/O (FrontCPUProbe: parse, JSON decode, response), stable where
+//      the round trips are not.
+//   3. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
 // The load average is printed with the results: the numbers mean little on a busy machine.
 import ArgumentParser
 import BenchKit
@@ -151,6 +153,9 @@ struct FrontBench: ParsableCommand {
         close(rawFD)
         rawProc.close()
 
+        // The front's own CPU per request without I/O (stable where the round trips are not).
+        let cpu = try FrontCPUProbe.run(request: req, iterations: 200_000)
+
         // Throughput.
         let inRPS = throughput(path: inprocPath, req: req)
         let wRPS = real.map { throughput(path: $0.socketPath, req: req) }
@@ -172,6 +177,8 @@ struct FrontBench: ParsableCommand {
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
             "inproc_added_p50_ns": Int64(i.p50) - Int64(r.p50), "inproc_added_p99_ns": Int64(i.p99) - Int64(r.p99),
             "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
+            "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
+            "front_cpu_response_ns": cpu.responseNs, "front_cpu_health_response_ns": cpu.healthNs,
             "connections": connections,
             "front_inproc_requests_per_second": inRPS,
             "targets": ["added_p50_ns": 5000, "added_p99_ns": 25000],
@@ -215,6 +222,8 @@ struct FrontBench: ParsableCommand {
                 + [compareBin, compareArgs].compactMap { $0 }.joined(separator: " "))
         }
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
+        out(String(format: "front CPU per request, no I/O: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns (health response %.0f ns)",
+                   cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.healthNs))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
             + (wRPS.map { String(format: ", front + worker %.0f requests/s", $0) } ?? ""))
         if let json {

@@ -883,7 +883,7 @@ public final class FrontServer: @unchecked Sendable {
         switch admission {
         case .admitted(let worker):
             let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
-            let ident = CompletionIdentity(id: (chat ? "chatcmpl-" : "cmpl-") + String(id), created: Int(time(nil)),
+            let ident = CompletionIdentity(number: id, created: Int(time(nil)),
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
                                      includeUsage: includeUsage, identity: ident, start: now(),

@@ -254,11 +254,39 @@ public struct JSONWriter {
         bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
     }
     public mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
-    public mutating func int(_ v: Int) { raw(String(v)) }
+    public mutating func int(_ v: Int) { Self.appendDecimal(&bytes, v) }   // no String on the way
+
+    /// Appends `v` in decimal ASCII without allocating.
+    public static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
+        if v < 0 { out.append(45) }   // '-'
+        var m = v.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)   // UInt.max has 20 digits
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[19 - n] = UInt8(48 + m % 10)
+                m /= 10
+                n += 1
+            } while m > 0
+            out.append(contentsOf: d[(20 - n)...])
+        }
+    }
     public mutating func double(_ v: Double) { raw(v.isFinite ? String(v) : "null") }
 
     public mutating func string(_ s: String) {
         bytes.append(34)
+        // Most strings need no escape: copy their UTF-8 in one go (contiguous for native strings).
+        let plain = s.utf8.withContiguousStorageIfAvailable { u -> Bool in
+            for c in u where c < 32 || c == 34 || c == 92 { return false }
+            bytes.append(contentsOf: u)
+            return true
+        }
+        if plain == true {
+            bytes.append(34)
+            return
+        }
         for c in s.utf8 {
             switch c {
             case 34: bytes.append(92); bytes.append(34)

@@ -39,10 +39,10 @@ enum ResponseWriter {
                 out.append(contentsOf: "Content-Type: ".utf8); out.append(contentsOf: contentType.utf8); out.append(contentsOf: crlf)
             }
         }
-        if let contentLength { out.append(contentsOf: lengthName); appendDecimal(&out, contentLength); out.append(contentsOf: crlf) }
+        if let contentLength { out.append(contentsOf: lengthName); JSONWriter.appendDecimal(&out, contentLength); out.append(contentsOf: crlf) }
         if chunked { out.append(contentsOf: chunkedLine) }
         out.append(contentsOf: keepAlive ? keepAliveLine : closeLine)
-        if let worker { out.append(contentsOf: workerName); appendDecimal(&out, worker); out.append(contentsOf: crlf) }
+        if let worker { out.append(contentsOf: workerName); JSONWriter.appendDecimal(&out, worker); out.append(contentsOf: crlf) }
         for (k, v) in extra { out.append(contentsOf: "\(k): \(v)\r\n".utf8) }
         out.append(contentsOf: crlf)
     }
@@ -56,24 +56,6 @@ enum ResponseWriter {
     private static let closeLine = Array("Connection: close\r\n".utf8)
     private static let workerName = Array("X-Switchyard-Worker: ".utf8)
     private static let crlf: [UInt8] = [13, 10]
-
-    /// Appends `v` in decimal ASCII without allocating.
-    static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
-        if v < 0 { out.append(45) }   // '-'
-        var m = v.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)   // UInt.max has 20 digits
-        var n = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[19 - n] = UInt8(48 + m % 10)
-                m /= 10
-                n += 1
-            } while m > 0
-            out.append(contentsOf: d[(20 - n)...])
-        }
-    }
 
     static func full(_ out: inout [UInt8], status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
                      worker: Int?, extra: [(String, String)] = []) {
@@ -113,7 +95,7 @@ enum ResponseWriter {
 
 /// The fixed parts of one generation's response bodies.
 struct CompletionIdentity {
-    var id: String          // chatcmpl-… / cmpl-…
+    var number: UInt64      // the response id is "chatcmpl-<number>" or "cmpl-<number>"
     var created: Int
     var model: String
     var chat: Bool
@@ -129,7 +111,8 @@ enum OpenAIEncoder {
     }
 
     private static func prefix(_ w: inout JSONWriter, _ c: CompletionIdentity, chunk: Bool) {
-        w.raw("{\"id\":"); w.string(c.id)
+        let idStart: StaticString = c.chat ? "{\"id\":\"chatcmpl-" : "{\"id\":\"cmpl-"
+        w.raw(idStart); w.int(Int(c.number)); w.raw("\"")
         w.raw(",\"object\":")
         if c.chat { w.raw(chunk ? "\"chat.completion.chunk\"" : "\"chat.completion\"") } else { w.raw("\"text_completion\"") }
         w.raw(",\"created\":"); w.int(c.created)

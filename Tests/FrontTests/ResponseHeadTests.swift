@@ -28,10 +28,24 @@ import Testing
         #expect(head(status: 100, type: nil, length: nil) == "prefix|HTTP/1.1 100 Continue\r\nServer: switchyard\r\nConnection: keep-alive\r\n\r\n")
     }
 
+    /// JSON strings: plain ones are copied in one go, the rest escaped byte by byte; ids and integers are
+    /// written without intermediate Strings.
+    @Test func jsonWriterStringsAndIds() {
+        var w = JSONWriter()
+        w.string("plain é €"); w.raw(","); w.string("q\"b\\n\nt\tc\u{1}"); w.raw(","); w.int(-12); w.raw(","); w.int(0)
+        #expect(String(decoding: w.bytes, as: UTF8.self) == #""plain é €","q\"b\\n\nt\tc\u0001",-12,0"#)
+        let chat = OpenAIEncoder.completion(CompletionIdentity(number: 42, created: 7, model: "m", chat: true), text: "hi",
+                                            finish: .stop, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0))
+        #expect(String(decoding: chat, as: UTF8.self).hasPrefix(#"{"id":"chatcmpl-42","object":"chat.completion","created":7,"model":"m""#))
+        let text = OpenAIEncoder.completion(CompletionIdentity(number: 9, created: 7, model: "m", chat: false), text: "hi",
+                                            finish: .length, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0))
+        #expect(String(decoding: text, as: UTF8.self).hasPrefix(#"{"id":"cmpl-9","object":"text_completion""#))
+    }
+
     @Test func decimals() {
         for v in [0, 7, 9, 10, 99, 100, 65535, 1_000_000, Int.max, -1, -42, Int.min] {
             var out: [UInt8] = [120]   // "x"
-            ResponseWriter.appendDecimal(&out, v)
+            JSONWriter.appendDecimal(&out, v)
             #expect(String(decoding: out, as: UTF8.self) == "x" + String(v))
         }
     }

@@ -1,0 +1,78 @@
+// The front's own CPU per request, without I/O: the pieces the event loop runs for one small non-streaming
+// completion (parse the request, decode its JSON, build the response), each timed over many iterations on
+// one thread. Socket round trips on a shared VM swing by microseconds from minute to minute; these numbers
+// do not, so `switchyard-bench front` reports them beside the round trips to track the request path's cost.
+import Glibc
+
+public enum FrontCPUProbe {
+    public struct Result: Sendable {
+        /// Nanoseconds per iteration of each piece.
+        public var parseNs: Double
+        public var decodeNs: Double
+        public var responseNs: Double
+        public var healthNs: Double
+    }
+
+    /// Times `iterations` of each piece for `request` (an HTTP/1.1 POST /v1/completions with a body).
+    public static func run(request: [UInt8], iterations: Int) throws -> Result {
+        var parser = HTTPRequestParser()
+        var parsed: HTTPRequest? = nil
+        var sink = 0
+        let parse = time(iterations) {
+            parser.reset()
+            if case .complete(let r, let consumed) = request.withUnsafeBytes({ parser.parse($0) }) { parsed = r; sink &+= consumed }
+        }
+        guard let req = parsed else { throw ProbeError(message: "the probe request does not parse") }
+        var failed = false
+        let decode = time(iterations) {
+            do {
+                let api = try APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1,
+                                                          sessionHeader: req.head.header("x-session-id"), peer: .unknown)
+                sink &+= api.prompt.utf8.count
+            } catch { failed = true }
+        }
+        if failed { throw ProbeError(message: "the probe request does not decode") }
+        // What the loop builds for the final event of a non-streaming completion (identity at admission,
+        // body and head at the end), into a reused buffer as FrontServer does.
+        var out: [UInt8] = []
+        out.reserveCapacity(1024)
+        var n = 0
+        let response = time(iterations) {
+            n += 1
+            let ident = CompletionIdentity(number: UInt64(n), created: 1_800_000_000, model: "echo", chat: false)
+            let body = OpenAIEncoder.completion(ident, text: "h", finish: .length,
+                                                usage: Usage(promptTokens: 1, completionTokens: 1, cachedTokens: 0))
+            out.removeAll(keepingCapacity: true)
+            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: body, keepAlive: true, worker: 0)
+            sink &+= out.count
+        }
+        let health = time(iterations) {
+            out.removeAll(keepingCapacity: true)
+            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: Array("{\"status\":\"ok\"}".utf8),
+                                keepAlive: true, worker: nil)
+            sink &+= out.count
+        }
+        if sink == 42 { print("", terminator: "") }   // keeps the work observable
+        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: health)
+    }
+
+    public struct ProbeError: Error, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// Best of 5 rounds of `iterations / 5`, in ns per iteration (the minimum filters out preemption).
+    private static func time(_ iterations: Int, _ body: () -> Void) -> Double {
+        let per = max(1, iterations / 5)
+        var best = Double.infinity
+        for _ in 0..<5 {
+            var a = timespec(), b = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &a)
+            for _ in 0..<per { body() }
+            clock_gettime(CLOCK_MONOTONIC, &b)
+            let ns = Double(b.tv_sec - a.tv_sec) * 1e9 + Double(b.tv_nsec - a.tv_nsec)
+            best = min(best, ns / Double(per))
+        }
+        return best
+    }
+}
