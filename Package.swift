@@ -67,7 +67,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
-            path: "bench"
+            path: "bench",
+            exclude: ["floor"]   // bench/floor: a C latency-floor probe built by its own script
         ),
         .testTarget(name: "SysKitTests", dependencies: ["SysKit"]),
         .testTarget(name: "ShmRingTests", dependencies: ["ShmRing", "SysKit"]),
