@@ -179,6 +179,7 @@ struct FrontBench: ParsableCommand {
             "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
             "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
             "front_cpu_response_ns": cpu.responseNs, "front_cpu_health_response_ns": cpu.healthNs,
+            "front_cpu_records_ns": cpu.recordsNs,
             "connections": connections,
             "front_inproc_requests_per_second": inRPS,
             "targets": ["added_p50_ns": 5000, "added_p99_ns": 25000],
@@ -222,8 +223,8 @@ struct FrontBench: ParsableCommand {
                 + [compareBin, compareArgs].compactMap { $0 }.joined(separator: " "))
         }
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
-        out(String(format: "front CPU per request, no I/O: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns (health response %.0f ns)",
-                   cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.healthNs))
+        out(String(format: "front CPU per request, no I/O: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns (health response %.0f ns), records (submit, delta, done: encode + decode) %.0f ns",
+                   cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.healthNs, cpu.recordsNs))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
             + (wRPS.map { String(format: ", front + worker %.0f requests/s", $0) } ?? ""))
         if let json {

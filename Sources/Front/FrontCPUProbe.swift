@@ -1,8 +1,9 @@
 // The front's own CPU per request, without I/O: the pieces the event loop runs for one small non-streaming
-// completion (parse the request, decode its JSON, build the response), each timed over many iterations on
-// one thread. Socket round trips on a shared VM swing by microseconds from minute to minute; these numbers
+// completion (parse the request, decode its JSON, build the response) and the record coding of one request
+// on both sides of the rings (submit; delta and done back), each timed over many iterations on one thread. Socket round trips on a shared VM swing by microseconds from minute to minute; these numbers
 // do not, so `switchyard-bench front` reports them beside the round trips to track the request path's cost.
 import Glibc
+import Wire
 
 public enum FrontCPUProbe {
     public struct Result: Sendable {
@@ -11,6 +12,8 @@ public enum FrontCPUProbe {
         public var decodeNs: Double
         public var responseNs: Double
         public var healthNs: Double
+        /// Encode + decode of the request's three records (submit to the worker, delta and done back).
+        public var recordsNs: Double
     }
 
     /// Times `iterations` of each piece for `request` (an HTTP/1.1 POST /v1/completions with a body).
@@ -52,8 +55,29 @@ public enum FrontCPUProbe {
                                 keepAlive: true, worker: nil)
             sink &+= out.count
         }
+        // Records: what the pool encodes for the worker and the worker for the front, and their decoding.
+        let api = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
+        var sampling = WireSampling()
+        sampling.maxTokens = UInt32(clamping: api?.sampling.maxTokens ?? 1)
+        let records: [Record] = [
+            .submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "", sampling: sampling, prompt: api?.prompt ?? "")),
+            .delta(DeltaRecord(requestID: 1, completionTokens: 1, text: "h")),
+            .done(DoneRecord(requestID: 1, finish: .length, promptTokens: 1, completionTokens: 1, cachedTokens: 0)),
+        ]
+        var writer = WireWriter()
+        let recordsNs = time(iterations) {
+            for r in records {
+                writer.reset()
+                do {
+                    try r.encode(into: &writer)
+                    let back = try writer.bytes.withUnsafeBytes { try Record.decode(type: UInt32(r.type.rawValue), payload: $0) }
+                    if case .delta(let d) = back { sink &+= d.text.utf8.count }
+                } catch { failed = true }
+            }
+        }
+        if failed { throw ProbeError(message: "the probe records do not round-trip") }
         if sink == 42 { print("", terminator: "") }   // keeps the work observable
-        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: health)
+        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: health, recordsNs: recordsNs)
     }
 
     public struct ProbeError: Error, CustomStringConvertible {
