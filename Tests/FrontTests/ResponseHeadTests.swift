@@ -50,3 +50,17 @@ import Testing
         }
     }
 }
+
+@Suite struct FrontCPUProbeTests {
+    /// The bench's probe runs its pieces on a valid request (no timing is checked here) and refuses a request
+    /// it cannot parse or decode instead of timing nothing.
+    @Test func runsAndRefusesBadRequests() throws {
+        let body = #"{"prompt":"h","max_tokens":1}"#
+        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let r = try FrontCPUProbe.run(request: req, iterations: 50)
+        #expect(r.parseNs > 0 && r.decodeNs > 0 && r.responseNs > 0 && r.healthNs > 0 && r.recordsNs > 0)
+        #expect(throws: FrontCPUProbe.ProbeError.self) { try FrontCPUProbe.run(request: Array("GET / HTTP/1.1\r\n".utf8), iterations: 5) }
+        let bad = Array("POST /v1/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".utf8)
+        #expect(throws: FrontCPUProbe.ProbeError.self) { try FrontCPUProbe.run(request: bad, iterations: 5) }
+    }
+}
