@@ -1,7 +1,8 @@
 // The front's own CPU per request, without I/O: the pieces the event loop runs for one small non-streaming
 // completion (parse the request, decode its JSON, build the response) and the record coding of one request
-// on both sides of the rings (submit; delta and done back), each timed over many iterations on one thread. Socket round trips on a shared VM swing by microseconds from minute to minute; these numbers
-// do not, so `switchyard-bench front` reports them beside the round trips to track the request path's cost.
+// on both sides of the rings (submit; delta and done back), each timed over many iterations on one thread.
+// Socket round trips on a shared VM swing by microseconds from minute to minute; these numbers do not, so
+// `switchyard-bench front` reports them beside the round trips to track the request path's cost.
 import Glibc
 import Wire
 
