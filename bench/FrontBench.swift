@@ -52,15 +52,10 @@ struct FrontBench: ParsableCommand {
 
         // Raw echo baseline: one connection, a blocking echo thread.
         let rawPath = dir + "/raw.sock"
-        let rawFD = try listenUnix(rawPath)
+        let rawFD = try listenUnixSocket(rawPath, backlog: 16)
         Thread {
             let c = accept(rawFD, nil, nil)
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(c, &buf, buf.count)
-                if n <= 0 { break }
-                _ = write(c, buf, n)
-            }
+            echoUntilClosed(c)
             close(c)
         }.start()
         let raw = try BenchClient(path: rawPath)
@@ -276,22 +271,6 @@ struct FrontBench: ParsableCommand {
         let elapsed = Double(monotonicNanos() - t0) / 1e9
         return Double((0..<connections).reduce(0) { $0 + counts[$1] }) / elapsed
     }
-
-    private func listenUnix(_ path: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if rc != 0 || listen(fd, 16) != 0 { throw FrontBenchError("bind/listen \(path): \(errno)") }
-        return fd
-    }
 }
 
 struct FrontBenchError: Error, CustomStringConvertible {
@@ -306,14 +285,8 @@ final class BenchClient {
     private var have = 0
 
     init(path: String) throws {
+        var addr = try unixSocketAddress(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
@@ -421,36 +394,11 @@ struct EchoServerCommand: ParsableCommand {
 
     func run() throws {
         _ = sy_set_parent_death_signal(SIGTERM)
-        unlink(socket)
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw FrontBenchError("echo-server: socket failed (errno \(errno))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socket.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw FrontBenchError("echo-server: socket path too long") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 8) == 0 else { throw FrontBenchError("echo-server: cannot listen on \(socket) (errno \(errno))") }
-        var buf = [UInt8](repeating: 0, count: 65536)
+        let fd = try listenUnixSocket(socket, backlog: 8)
         while true {
             let c = accept(fd, nil, nil)
             if c < 0 { if errno == EINTR { continue }; throw FrontBenchError("echo-server: accept failed (errno \(errno))") }
-            while true {
-                let n = read(c, &buf, buf.count)
-                if n <= 0 { break }
-                var off = 0
-                while off < n {
-                    let w = buf.withUnsafeBytes { write(c, $0.baseAddress! + off, n - off) }
-                    if w <= 0 { break }
-                    off += w
-                }
-                if off < n { break }
-            }
+            echoUntilClosed(c)
             close(c)
         }
     }
@@ -462,5 +410,50 @@ struct EchoServerCommand: ParsableCommand {
         p.arguments = ["echo-server", "--socket", socketPath]
         try p.run()
         return p
+    }
+}
+
+/// A Unix-socket address for `path`; refused when the path does not fit in sun_path.
+func unixSocketAddress(_ path: String) throws -> sockaddr_un {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw FrontBenchError("socket path too long: \(path)") }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in bytes.enumerated() { raw[i] = b }
+        raw[bytes.count] = 0
+    }
+    return addr
+}
+
+/// A listening Unix socket at `path` (a stale file there is removed first).
+func listenUnixSocket(_ path: String, backlog: Int32) throws -> Int32 {
+    var addr = try unixSocketAddress(path)
+    unlink(path)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw FrontBenchError("socket: errno \(errno)") }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    if rc != 0 || listen(fd, backlog) != 0 {
+        let e = errno
+        close(fd)
+        throw FrontBenchError("bind/listen \(path): errno \(e)")
+    }
+    return fd
+}
+
+/// Echoes everything read from `c` back to it until the peer closes (short writes are continued).
+func echoUntilClosed(_ c: Int32) {
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(c, &buf, buf.count)
+        if n <= 0 { return }
+        var off = 0
+        while off < n {
+            let w = buf.withUnsafeBytes { write(c, $0.baseAddress! + off, n - off) }
+            if w <= 0 { return }
+            off += w
+        }
     }
 }
