@@ -11,6 +11,11 @@
 #define A2 SYK_AVX2_ATTR
 #define INLINE static inline __attribute__((always_inline))
 
+// Bytes ahead of the current weight chunk that the first pass over a row group prefetches: 2560, the value
+// SYK_PF_DIST in kernels.c had before it was re-measured (4096) for the AVX-512 one-token path; not
+// re-measured at this level.
+#define SYK_AVX2_PF_DIST 2560
+
 A2 INLINE __m256i bc4(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 
 // ---------------------------------------------------------------------------- gemm
@@ -31,7 +36,7 @@ A2 INLINE void tile_q4_1(const uint8_t *wg, int nb, const syk_act *a, int t0, co
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q4_1_CHUNK;
         if (h == 0)
-            for (int pf = 0; pf < SYK_R16_Q4_1_CHUNK; pf += 64) _mm_prefetch((const char *)(c + 2560 + pf), _MM_HINT_T0);
+            for (int pf = 0; pf < SYK_R16_Q4_1_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_AVX2_PF_DIST + pf), _MM_HINT_T0);
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
         __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 32 + 16 * h)));
         __m256i v0 = _mm256_loadu_si256((const __m256i *)(c + 64 + 32 * h));
@@ -83,7 +88,7 @@ A2 INLINE void tile_q8_0(const uint8_t *wg, int nb, const syk_act *a, int t0, co
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * SYK_R16_Q8_0_CHUNK;
         if (h == 0)
-            for (int pf = 0; pf < SYK_R16_Q8_0_CHUNK; pf += 64) _mm_prefetch((const char *)(c + 2560 + pf), _MM_HINT_T0);
+            for (int pf = 0; pf < SYK_R16_Q8_0_CHUNK; pf += 64) _mm_prefetch((const char *)(c + SYK_AVX2_PF_DIST + pf), _MM_HINT_T0);
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
         __m256i ws[8], wa[8];
         for (int j = 0; j < 8; j++) {
@@ -143,7 +148,7 @@ A2 INLINE void lanes_tile(const uint8_t *wg, int nb, const syk_act *a, int t, in
     for (int b = 0; b < nb; b++) {
         const uint8_t *c = wg + (size_t)b * chunk;
         if (pf)
-            for (size_t p = 0; p < chunk; p += 64) _mm_prefetch((const char *)(c + 2560 + p), _MM_HINT_T0);
+            for (size_t p = 0; p < chunk; p += 64) _mm_prefetch((const char *)(c + SYK_AVX2_PF_DIST + p), _MM_HINT_T0);
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
         const int8_t *aq = a->qs + (size_t)t * K + 32 * b;
         size_t o = (size_t)t * nb + b;
