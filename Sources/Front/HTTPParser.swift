@@ -454,11 +454,10 @@ public struct HTTPRequestParser: Sendable {
         }
     }
 
+    /// `s` with ASCII letters lower-cased (other bytes unchanged), through lowercasedString.
     static func lowercased(_ s: String) -> String {
-        var out = [UInt8]()
-        out.reserveCapacity(s.utf8.count)
-        for c in s.utf8 { out.append(c >= 65 && c <= 90 ? c + 32 : c) }
-        return String(decoding: out, as: UTF8.self)
+        var copy = s
+        return copy.withUTF8 { lowercasedString(UnsafeRawBufferPointer($0), 0, $0.count) }
     }
 }
 
