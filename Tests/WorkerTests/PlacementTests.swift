@@ -15,6 +15,13 @@ func makeTopologyDir(_ cpulists: [Int: String]) throws -> String {
     return dir
 }
 
+/// Runs `body` with a fake topology tree and removes the tree afterwards, so test runs leave nothing in /tmp.
+func withTopologyDir<R>(_ cpulists: [Int: String], _ body: (String) throws -> R) throws -> R {
+    let dir = try makeTopologyDir(cpulists)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    return try body(dir)
+}
+
 @Test func parsesKernelCPULists() throws {
     #expect(try NumaTopology.parseCPUList("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11])
     #expect(try NumaTopology.parseCPUList("\n") == [])
@@ -24,16 +31,17 @@ func makeTopologyDir(_ cpulists: [Int: String]) throws -> String {
 }
 
 @Test func environmentOverridesSysfs() throws {
-    let dir = try makeTopologyDir([0: "0-3", 1: "4-7"])
-    let topo = try NumaTopology.discover(environment: [NumaTopology.environmentKey: dir], fallbackCPUs: [0])
-    #expect(topo.nodes == [NumaNode(id: 0, cpus: [0, 1, 2, 3]), NumaNode(id: 1, cpus: [4, 5, 6, 7])])
-    #expect(throws: TopologyError.self) {
-        try NumaTopology.discover(environment: [NumaTopology.environmentKey: dir + "/missing"], fallbackCPUs: [0])
+    try withTopologyDir([0: "0-3", 1: "4-7"]) { dir in
+        let topo = try NumaTopology.discover(environment: [NumaTopology.environmentKey: dir], fallbackCPUs: [0])
+        #expect(topo.nodes == [NumaNode(id: 0, cpus: [0, 1, 2, 3]), NumaNode(id: 1, cpus: [4, 5, 6, 7])])
+        #expect(throws: TopologyError.self) {
+            try NumaTopology.discover(environment: [NumaTopology.environmentKey: dir + "/missing"], fallbackCPUs: [0])
+        }
     }
 }
 
 @Test func twoNodesSpreadReplicasAndGiveEachThreadACore() throws {
-    let topo = try NumaTopology.load(directory: try makeTopologyDir([0: "0-3", 1: "4-7"]))
+    let topo = try withTopologyDir([0: "0-3", 1: "4-7"]) { try NumaTopology.load(directory: $0) }
     let plan = planPlacement(workers: 4, threadsPerWorker: 2, tp: 1, mode: .auto, topology: topo)
     #expect(plan.workers.map(\.node) == [0, 1, 0, 1])
     #expect(plan.workers.map(\.cpus) == [[0, 1], [4, 5], [2, 3], [6, 7]])
@@ -48,7 +56,7 @@ func makeTopologyDir(_ cpulists: [Int: String]) throws -> String {
 }
 
 @Test func fourNodesWithUnevenSizes() throws {
-    let topo = try NumaTopology.load(directory: try makeTopologyDir([0: "0-1", 1: "2-5", 2: "6-7", 3: "8-13"]))
+    let topo = try withTopologyDir([0: "0-1", 1: "2-5", 2: "6-7", 3: "8-13"]) { try NumaTopology.load(directory: $0) }
     let plan = planPlacement(workers: 6, threadsPerWorker: 1, tp: 1, mode: .auto, topology: topo)
     // Most free cores first: node3 (6), node1 (4), then node3 (5) ... proportional to size.
     let perNode = Dictionary(grouping: plan.workers, by: { $0.node ?? -1 }).mapValues(\.count)
@@ -60,7 +68,7 @@ func makeTopologyDir(_ cpulists: [Int: String]) throws -> String {
 }
 
 @Test func tensorParallelGroupsStayOnOneNode() throws {
-    let topo = try NumaTopology.load(directory: try makeTopologyDir([0: "0-3", 1: "4-7", 2: "8-11", 3: "12-15"]))
+    let topo = try withTopologyDir([0: "0-3", 1: "4-7", 2: "8-11", 3: "12-15"]) { try NumaTopology.load(directory: $0) }
     let plan = planPlacement(workers: 8, threadsPerWorker: 2, tp: 2, mode: .auto, topology: topo)
     for g in 0..<4 {
         let nodes = Set(plan.workers.filter { $0.group == g }.map(\.node))
