@@ -22,6 +22,7 @@ import CSwitchyardSys
 import Foundation
 import Front
 import Glibc
+import Worker
 
 struct FrontBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -41,9 +42,33 @@ struct FrontBench: ParsableCommand {
     @Option(name: .customLong("compare-bin"), help: "The binary of the --compare-args server (default: the same; e.g. a build of the previous commit, for before/after).")
     var compareBin: String?
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
+    @Flag(name: .customLong("cpu-only"), help: "Only the CPU probes (front and worker request path without I/O).")
+    var cpuOnly = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
+    /// `--cpu-only`: the probes alone, best of 5 rounds each (seconds, not minutes: for before/after checks).
+    func runCPUProbes() throws {
+        let body = #"{"prompt":"h","max_tokens":1}"#
+        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let cpu = try FrontCPUProbe.run(request: req, iterations: 200_000)
+        let workerCPU = try WorkerCPUProbe.run(prompt: "h", iterations: 200_000)
+        let total = cpu.parseNs + cpu.decodeNs + cpu.responseNs + cpu.recordsNs + workerCPU.requestNs
+        print(String(format: "front: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns, records %.0f ns; worker: request %.0f ns; sum %.0f ns",
+                     cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.recordsNs, workerCPU.requestNs, total))
+        if let json {
+            let result: [String: Any] = [
+                "bench": "front-cpu",
+                "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
+                "front_cpu_response_ns": cpu.responseNs, "front_cpu_records_ns": cpu.recordsNs,
+                "worker_cpu_request_ns": workerCPU.requestNs,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
+            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
+        }
+    }
+
     func run() throws {
+        if cpuOnly { return try runCPUProbes() }
         let dir = String(cString: mkdtemp(strdup("/tmp/sy-front-bench-XXXXXX")))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The smallest request the echo worker can answer: 1-character prompt, one token.
@@ -150,6 +175,7 @@ struct FrontBench: ParsableCommand {
 
         // The front's own CPU per request without I/O (stable where the round trips are not).
         let cpu = try FrontCPUProbe.run(request: req, iterations: 200_000)
+        let workerCPU = try WorkerCPUProbe.run(prompt: "h", iterations: 200_000)
 
         // Throughput.
         let inRPS = throughput(path: inprocPath, req: req)
@@ -175,6 +201,7 @@ struct FrontBench: ParsableCommand {
             "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
             "front_cpu_response_ns": cpu.responseNs, "front_cpu_health_response_ns": cpu.healthNs,
             "front_cpu_records_ns": cpu.recordsNs,
+            "worker_cpu_request_ns": workerCPU.requestNs,
             "connections": connections,
             "front_inproc_requests_per_second": inRPS,
             "targets": ["added_p50_ns": 5000, "added_p99_ns": 25000],
@@ -220,6 +247,8 @@ struct FrontBench: ParsableCommand {
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
         out(String(format: "front CPU per request, no I/O: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns (health response %.0f ns), records (submit, delta, done: encode + decode) %.0f ns",
                    cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.healthNs, cpu.recordsNs))
+        out(String(format: "worker CPU per request, no I/O: submit decode + admit + step + records out %.0f ns (echo engine)",
+                   workerCPU.requestNs))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
             + (wRPS.map { String(format: ", front + worker %.0f requests/s", $0) } ?? ""))
         if let json {
