@@ -91,9 +91,13 @@ final class EchoState: GenerationState {
         guard emitted < answer.count else { return TokenOutcome(token: 256, text: "", finish: .stop, counts: false) }
         let b = answer[emitted]
         emitted += 1
-        held.append(b)
         var text = ""
-        if let s = String(validating: held, as: UTF8.self) { text = s; held.removeAll(keepingCapacity: true) }
+        if b < 0x80 && held.isEmpty {
+            text = String(Unicode.Scalar(b))   // ASCII: a whole character by itself
+        } else {
+            held.append(b)
+            if let s = String(validating: held, as: UTF8.self) { text = s; held.removeAll(keepingCapacity: true) }
+        }
         let finish: FinishReason? = emitted >= maxTokens ? .length : nil
         return TokenOutcome(token: Int32(b), text: text, finish: finish)
     }

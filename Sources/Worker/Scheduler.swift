@@ -187,7 +187,7 @@ public final class Scheduler {
             r.sequence = -1
         }
         stats.steps += 1
-        running.removeAll { $0.sequence < 0 }
+        dropFinished()
         return true
     }
 
@@ -224,10 +224,23 @@ public final class Scheduler {
     }
 
     func retireCancelled() {
+        var any = false
         for r in running where r.cancelled {
             complete(r, .cancelled)
+            any = true
         }
-        running.removeAll { $0.sequence < 0 }
+        if any { dropFinished() }
+    }
+
+    /// Removes the requests whose sequence is gone (finished: `sequence < 0`) from `running`, keeping the
+    /// order of the rest. One pass, in place; nothing moves when none finished (most decode steps).
+    func dropFinished() {
+        var kept = 0
+        for i in running.indices where running[i].sequence >= 0 {
+            if kept != i { running.swapAt(kept, i) }
+            kept += 1
+        }
+        if kept < running.count { running.removeLast(running.count - kept) }
     }
 
     /// Publishes the final record and parks (or frees) the sequence. Marks `r.sequence = -1`.

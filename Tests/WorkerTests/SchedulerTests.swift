@@ -187,3 +187,29 @@ final class RecordBox {
     #expect(h.box.records.contains(.tokens(TokensRecord(requestID: 9, tokens: [104, 105]))))
     #expect(h.box.records.contains(.text(TextRecord(requestID: 10, text: "hi"))))
 }
+
+@Test func finishedRequestsLeaveRunningInArrivalOrder() throws {
+    let h = Harness()
+    // Lengths 5, 1, 3, 4 and 2: they finish in the order 2, 5, 3, 4, 1.
+    let prompts: [UInt64: String] = [1: "aaaaa", 2: "b", 3: "ccc", 4: "dddd", 5: "ee"]
+    for id in UInt64(1)...5 { h.submit(id, prompts[id]!) }
+    var steps = 0
+    while h.scheduler.hasWork && steps < 100 {
+        try h.scheduler.step()
+        steps += 1
+        let running = h.scheduler.running.map(\.id)
+        let unfinished = (UInt64(1)...5).filter { h.done($0) == nil }
+        #expect(running == unfinished, "after step \(steps)")
+    }
+    for id in UInt64(1)...5 { #expect(h.text(id) == prompts[id]!) }
+    #expect(h.runner.freeSlots == 8)
+}
+
+@Test func workerCPUProbeRunsTheEchoRequestPath() throws {
+    let r = try WorkerCPUProbe.run(prompt: "h", iterations: 50)
+    #expect(r.requestNs > 0)
+    #expect(r.recordsPerRequest == 2)   // one delta, one done
+    // Five characters, one of them two bytes: five deltas (whole characters) and a done.
+    let u = try WorkerCPUProbe.run(prompt: "héllo", iterations: 50)
+    #expect(u.recordsPerRequest == 6)
+}
