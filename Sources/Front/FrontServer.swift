@@ -936,7 +936,7 @@ public final class FrontServer: @unchecked Sendable {
     // MARK: backend events
 
     private func onEvent(_ e: BackendEvent) {
-        guard let o = owners[e.requestID], let c = connection(o.slot, o.gen), !c.closing, var a = c.active,
+        guard let o = owners[e.requestID], let c = connection(o.slot, o.gen), !c.closing, let a = c.active,
               a.id == e.requestID else { return }
         let t = now()
         switch e {
@@ -952,14 +952,12 @@ public final class FrontServer: @unchecked Sendable {
             a.lastTokenAt = t
             if a.stream {
                 var out: [UInt8] = []
-                if !a.headersSent { startStream(c, &a, &out) }
+                if !a.headersSent { startStream(c, a, &out) }
                 let payload = OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil)
                 frame(a, &out, payload)
-                c.active = a
                 enqueue(c, out)
             } else {
                 a.text += text
-                c.active = a
             }
         case .final(_, let finish, let usage):
             if let h = tokensCounter { metrics.add(h, Double(usage.completionTokens)) } else {
@@ -968,7 +966,7 @@ public final class FrontServer: @unchecked Sendable {
             }
             if a.stream {
                 var out: [UInt8] = []
-                if !a.headersSent { startStream(c, &a, &out) }
+                if !a.headersSent { startStream(c, a, &out) }
                 frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish))
                 if a.includeUsage { frame(a, &out, OpenAIEncoder.usageChunk(a.identity, usage)) }
                 frame(a, &out, ResponseWriter.done)
@@ -980,10 +978,7 @@ public final class FrontServer: @unchecked Sendable {
                 finishWithJSON(c, a, body)
             }
         case .rerouted(_, let worker):
-            if !a.headersSent {
-                a.worker = worker
-                c.active = a
-            }
+            if !a.headersSent { a.worker = worker }
         case .error(_, let message), .rejected(_, _, let message):
             if a.headersSent {
                 var out: [UInt8] = []
@@ -1024,7 +1019,7 @@ public final class FrontServer: @unchecked Sendable {
         if a.http10 { out += payload } else { ResponseWriter.chunk(&out, payload) }
     }
 
-    private func startStream(_ c: Connection, _ a: inout ActiveRequest, _ out: inout [UInt8]) {
+    private func startStream(_ c: Connection, _ a: ActiveRequest, _ out: inout [UInt8]) {
         a.headersSent = true
         if a.http10 { c.keepAlive = false }
         ResponseWriter.head(&out, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
@@ -1064,21 +1059,29 @@ public final class FrontServer: @unchecked Sendable {
 }
 
 /// One admitted request on a connection (at most one at a time; pipelined requests wait in `input`).
-struct ActiveRequest {
+/// The request a connection is answering. A class: the event handlers update it in place (a struct taken
+/// out of the connection and stored back copied its fields, and a growing answer text, on every event).
+final class ActiveRequest {
     enum Kind { case generation, tokenize, detokenize }
-    var id: UInt64
-    var kind: Kind
-    var route: String
+    let id: UInt64
+    let kind: Kind
+    let route: String
     var worker: Int
-    var stream: Bool
-    var includeUsage: Bool
-    var identity: CompletionIdentity
-    var start: UInt64
-    var http10: Bool
+    let stream: Bool
+    let includeUsage: Bool
+    let identity: CompletionIdentity
+    let start: UInt64
+    let http10: Bool
     var headersSent = false
     var text = ""
     var firstTokenAt: UInt64 = 0
     var lastTokenAt: UInt64 = 0
+
+    init(id: UInt64, kind: Kind, route: String, worker: Int, stream: Bool, includeUsage: Bool,
+         identity: CompletionIdentity, start: UInt64, http10: Bool) {
+        self.id = id; self.kind = kind; self.route = route; self.worker = worker; self.stream = stream
+        self.includeUsage = includeUsage; self.identity = identity; self.start = start; self.http10 = http10
+    }
 }
 
 final class Connection {
