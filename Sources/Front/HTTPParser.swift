@@ -310,6 +310,7 @@ public struct HTTPRequestParser: Sendable {
         let versionMinor = Int(minor - 48)
 
         var headers: [HTTPHeader] = []
+        headers.reserveCapacity(8)   // a typical request's fields without regrowing
         var p = lineEnd + 2
         let end = b.count - 2   // the final empty line
         while p < end {

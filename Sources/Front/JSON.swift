@@ -28,7 +28,12 @@ public enum JSONValue: Sendable, Equatable {
     }
 
     public subscript(key: String) -> JSONValue? {
-        if case .object(let fields) = self { for (k, v) in fields where k == key { return v } }
+        guard case .object(let fields) = self else { return nil }
+        // Keys of another length are skipped on their UTF-8 count (O(1)): a String == that fails goes through
+        // the library's out-of-line Unicode comparison, and an API request looks up ~20 absent fields. (So
+        // a key matches only with the same UTF-8 length: JSON compares keys by code points anyway.)
+        let n = key.utf8.count
+        for i in fields.indices where fields[i].0.utf8.count == n && fields[i].0 == key { return fields[i].1 }
         return nil
     }
 
@@ -248,7 +253,8 @@ public enum JSON {
 /// Appends JSON text to a byte array without intermediate Strings.
 public struct JSONWriter {
     public var bytes: [UInt8] = []
-    public init() { bytes.reserveCapacity(256) }
+    /// 512 bytes hold a whole non-streaming completion with a short answer (with usage) without regrowing.
+    public init(capacity: Int = 512) { bytes.reserveCapacity(capacity) }
 
     public mutating func raw(_ s: StaticString) {
         bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
@@ -270,7 +276,7 @@ public struct JSONWriter {
                 m /= 10
                 n += 1
             } while m > 0
-            out.append(contentsOf: d[(20 - n)...])
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[(20 - n)...]))   // one copy, no slice iterator
         }
     }
     public mutating func double(_ v: Double) { raw(v.isFinite ? String(v) : "null") }

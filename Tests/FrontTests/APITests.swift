@@ -132,3 +132,16 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(EchoBackend.split("a b c").count == 3)
     }
 }
+
+@Suite struct JSONFieldLookupTests {
+    @Test func keysOfTheSameLength() throws {
+        let v = try JSON.parse(Array(#"{"top_p":0.5,"top_k":7,"model":"m","tópk":1}"#.utf8))
+        #expect(v["top_k"] == .number(7, integer: 7))
+        #expect(v["top_p"] == .number(0.5, integer: nil))
+        #expect(v["model"] == .string("m"))
+        #expect(v["tópk"] == .number(1, integer: 1))
+        #expect(v["topk"] == nil)
+        #expect(v["top_"] == nil)
+        #expect(JSONValue.string("x")["x"] == nil)  // not an object
+    }
+}
