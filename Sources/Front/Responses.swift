@@ -28,6 +28,16 @@ enum ResponseWriter {
     static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
                      keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
         // Appended piece by piece (no string interpolation): this runs once per response on the event loop.
+        if status == 200 && contentType == "application/json" && !chunked && keepAlive && extra.isEmpty,
+           let contentLength, let worker {
+            // The routed non-streaming answer, the most common head: two constant runs and two numbers.
+            out.append(contentsOf: okJSONLengthRun)
+            JSONWriter.appendDecimal(&out, contentLength)
+            out.append(contentsOf: keepAliveWorkerRun)
+            JSONWriter.appendDecimal(&out, worker)
+            out.append(contentsOf: crlfcrlf)
+            return
+        }
         if status == 200 {
             out.append(contentsOf: okLine)
         } else {
@@ -56,6 +66,10 @@ enum ResponseWriter {
     private static let closeLine = Array("Connection: close\r\n".utf8)
     private static let workerName = Array("X-Switchyard-Worker: ".utf8)
     private static let crlf: [UInt8] = [13, 10]
+    private static let crlfcrlf: [UInt8] = [13, 10, 13, 10]
+    // The same lines as above, joined (the fast path in head(); a test checks it equals the general one).
+    private static let okJSONLengthRun = okLine + serverLine + jsonTypeLine + lengthName
+    private static let keepAliveWorkerRun = crlf + keepAliveLine + workerName
 
     static func full(_ out: inout [UInt8], status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
                      worker: Int?, extra: [(String, String)] = []) {

@@ -16,6 +16,16 @@ import Testing
         #expect(head(status: 200, type: "application/json", length: 1234, worker: 3)
             == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: 1234\r\n"
              + "Connection: keep-alive\r\nX-Switchyard-Worker: 3\r\n\r\n")
+        // Beside the joined fast path: the same head closing, without a worker, and with zero numbers.
+        #expect(head(status: 200, type: "application/json", length: 7, keepAlive: false, worker: 12)
+            == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: 7\r\n"
+             + "Connection: close\r\nX-Switchyard-Worker: 12\r\n\r\n")
+        #expect(head(status: 200, type: "application/json", length: 15)
+            == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: 15\r\n"
+             + "Connection: keep-alive\r\n\r\n")
+        #expect(head(status: 200, type: "application/json", length: 0, worker: 0)
+            == "prefix|HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: 0\r\n"
+             + "Connection: keep-alive\r\nX-Switchyard-Worker: 0\r\n\r\n")
     }
 
     @Test func otherStatusTypeAndExtras() {
