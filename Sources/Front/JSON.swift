@@ -169,6 +169,15 @@ public enum JSON {
                 while i < b.count, b[i] >= 48 && b[i] <= 57 { i += 1 }
             }
             if i - start > 64 { throw fail("number literal too long") }
+            // Integers of up to 15 digits (every count and limit an API request carries) are read directly:
+            // exact in both Int64 and Double, without a String and two text-to-number conversions.
+            let digits = i - start - (negative ? 1 : 0)
+            if isInteger && digits <= 15 {
+                var v: Int64 = 0
+                for k in (negative ? start + 1 : start)..<i { v = v * 10 + Int64(b[k] - 48) }
+                if negative { v = -v }
+                return .number(negative && v == 0 ? -0.0 : Double(v), integer: v)
+            }
             let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
             guard let d = Double(text), d.isFinite else { throw fail("number out of range") }
             var integer: Int64? = nil

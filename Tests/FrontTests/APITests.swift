@@ -145,3 +145,25 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(JSONValue.string("x")["x"] == nil)  // not an object
     }
 }
+
+@Suite struct JSONNumberTests {
+    /// Integers of up to 15 digits are read without text conversion; the result must equal the text
+    /// conversion's (Double and Int64) for every length, sign and boundary, and longer ones take that path.
+    @Test func directIntegersEqualTextConversion() throws {
+        var cases = ["0", "-0", "1", "-1", "7", "10", "99", "1000", "123456789012345", "-123456789012345",
+                     "999999999999999", "1234567890123456", "9223372036854775807", "-9223372036854775808",
+                     "9223372036854775808", "12345678901234567890"]
+        var x: Int64 = 1
+        for _ in 0..<15 { cases.append(String(x)); cases.append(String(-x)); cases.append(String(x - 1)); x *= 10 }
+        for text in cases {
+            let v = try JSON.parse(Array(text.utf8))
+            guard case .number(let d, let i) = v else { Issue.record("\(text): not a number"); continue }
+            #expect(d == Double(text)!, "\(text)")
+            #expect(d.sign == Double(text)!.sign, "\(text): sign")
+            #expect(i == Int64(text), "\(text)")
+        }
+        for bad in ["01", "-", "-01", "1.", "+1", "--1"] {
+            #expect(throws: JSONError.self, "\(bad)") { try JSON.parse(Array(bad.utf8)) }
+        }
+    }
+}
