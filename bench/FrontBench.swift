@@ -44,6 +44,8 @@ struct FrontBench: ParsableCommand {
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Flag(name: .customLong("cpu-only"), help: "Only the CPU probes (front and worker request path without I/O).")
     var cpuOnly = false
+    @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path.")
+    var breakdown = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
     /// `--cpu-only`: the probes alone, best of 5 rounds each (seconds, not minutes: for before/after checks).
@@ -69,6 +71,7 @@ struct FrontBench: ParsableCommand {
 
     func run() throws {
         if cpuOnly { return try runCPUProbes() }
+        if breakdown { return try runBreakdown() }
         let dir = String(cString: mkdtemp(strdup("/tmp/sy-front-bench-XXXXXX")))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The smallest request the echo worker can answer: 1-character prompt, one token.
@@ -483,6 +486,108 @@ func echoUntilClosed(_ c: Int32) {
             let w = buf.withUnsafeBytes { write(c, $0.baseAddress! + off, n - off) }
             if w <= 0 { return }
             off += w
+        }
+    }
+}
+
+// MARK: latency breakdown
+
+extension FrontBench {
+    /// The stages of one round trip, from the client's timestamps and the server's trace points
+    /// (sy_trace.h): (name, JSON key, from, to). Client points: -1 before the write, -2 after the read.
+    static let breakdownStages: [(String, String, Int, Int)] = [
+        ("client write -> front takes the bytes", "client_to_front", -1, Int(SY_TP_FRONT_RECV.rawValue)),
+        ("front: HTTP parse", "front_parse", Int(SY_TP_FRONT_RECV.rawValue), Int(SY_TP_FRONT_PARSED.rawValue)),
+        ("front: route lookup + JSON decode", "front_decode", Int(SY_TP_FRONT_PARSED.rawValue), Int(SY_TP_FRONT_DECODED.rawValue)),
+        ("front: route + submit record into the ring", "front_submit", Int(SY_TP_FRONT_DECODED.rawValue), Int(SY_TP_FRONT_SUBMITTED.rawValue)),
+        ("ring: publish, worker sees the submit", "ring_to_worker", Int(SY_TP_FRONT_SUBMITTED.rawValue), Int(SY_TP_WORKER_SEEN.rawValue)),
+        ("worker: admit", "worker_admit", Int(SY_TP_WORKER_SEEN.rawValue), Int(SY_TP_WORKER_ADMITTED.rawValue)),
+        ("worker: step (prefill, sample, delta + done)", "worker_step", Int(SY_TP_WORKER_ADMITTED.rawValue), Int(SY_TP_WORKER_DONE.rawValue)),
+        ("worker: rest of the loop iteration", "worker_commit", Int(SY_TP_WORKER_DONE.rawValue), Int(SY_TP_WORKER_COMMITTED.rawValue)),
+        ("ring: publish, front sees the first record", "ring_to_front", Int(SY_TP_WORKER_COMMITTED.rawValue), Int(SY_TP_FRONT_SEEN.rawValue)),
+        ("front: records decoded", "front_drain", Int(SY_TP_FRONT_SEEN.rawValue), Int(SY_TP_FRONT_DRAINED.rawValue)),
+        ("front: events to the connection", "front_deliver", Int(SY_TP_FRONT_DRAINED.rawValue), Int(SY_TP_FRONT_FINAL.rawValue)),
+        ("front: response built + queued", "front_response", Int(SY_TP_FRONT_FINAL.rawValue), Int(SY_TP_FRONT_QUEUED.rawValue)),
+        ("send -> client read returns", "front_to_client", Int(SY_TP_FRONT_QUEUED.rawValue), -2),
+        ("round trip", "round_trip", -1, -2),
+    ]
+
+    /// `--breakdown`: a fresh echo server with SWITCHYARD_TRACE set, one connection sending `requests`
+    /// completions in sequence (request ids 1...n), then a graceful stop (the processes write their traces)
+    /// and the per-stage p50/p90 over the second half of the requests.
+    func runBreakdown() throws {
+        guard let bin = serverBin ?? ServerProcess.siblingBinary("switchyard") else {
+            throw FrontBenchError("no switchyard binary next to this one; build it or pass --server-bin")
+        }
+        let dir = try ServerProcess.makeTempDirectory(prefix: "sy-breakdown")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let body = #"{"prompt":"h","max_tokens":1}"#
+        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
+                                      + serverArgs.split(separator: " ").map(String.init),
+                                  socketPath: dir + "/server.sock", logPath: dir + "/server.log",
+                                  environment: ["SWITCHYARD_TRACE": dir])
+        try p.waitHealthy(timeout: 60)
+        let n = max(1000, min(requests, 60_000))   // the trace table holds 65536 requests
+        var client = [(UInt64, UInt64)]()
+        client.reserveCapacity(n)
+        let c = try BenchClient(path: p.socketPath)
+        for _ in 0..<n {
+            let t0 = monotonicNanos()
+            try c.send(req)
+            try c.readResponse()
+            client.append((t0, monotonicNanos()))
+        }
+        c.close()
+        let status = p.stop()
+        guard status == 0 else { throw FrontBenchError("the traced server exited with status \(status):\n" + p.logTail()) }
+        func load(_ path: String) throws -> [UInt64: [UInt64]] {
+            guard let d = FileManager.default.contents(atPath: path) else { throw FrontBenchError("no trace at \(path):\n" + p.logTail()) }
+            var rows: [UInt64: [UInt64]] = [:]
+            for line in String(decoding: d, as: UTF8.self).split(separator: "\n") {
+                let v = line.split(separator: " ").compactMap { UInt64($0) }
+                if v.count == 1 + Int(SY_TRACE_POINTS) { rows[v[0]] = Array(v[1...]) }
+            }
+            return rows
+        }
+        let front = try load(dir + "/front.trace")
+        let worker = try load(dir + "/worker-0.trace")
+        // Join: the k-th request of the only client has id k. Each point comes from the process that owns it.
+        var samples = [[Double]](repeating: [], count: Self.breakdownStages.count)
+        var joined = 0
+        for k in (n / 2)..<n {
+            let id = UInt64(k + 1)
+            guard let f = front[id], let w = worker[id] else { continue }
+            func at(_ point: Int) -> UInt64 {
+                if point == -1 { return client[k].0 }
+                if point == -2 { return client[k].1 }
+                return (4...7).contains(point) ? w[point] : f[point]
+            }
+            let points = Self.breakdownStages.flatMap { [$0.2, $0.3] }
+            if points.contains(where: { at($0) == 0 }) { continue }
+            joined += 1
+            for (i, st) in Self.breakdownStages.enumerated() {
+                samples[i].append(Double(Int64(bitPattern: at(st.3) &- at(st.2))))
+            }
+        }
+        guard joined > n / 4 else { throw FrontBenchError("only \(joined) of \(n - n / 2) requests had every trace point") }
+        func pct(_ v: [Double], _ q: Double) -> Double { let s = v.sorted(); return s[min(s.count - 1, Int(Double(s.count) * q))] }
+        print("latency breakdown: \(joined) traced round trips (the second half of \(n)), one connection, echo worker")
+        var result: [String: Any] = ["bench": "front-breakdown", "requests": n, "traced": joined,
+                                     "server_args": "--engine echo --workers 1 " + serverArgs]
+        var softwareP50 = 0.0
+        for (i, st) in Self.breakdownStages.enumerated() {
+            let p50 = pct(samples[i], 0.5), p90 = pct(samples[i], 0.9)
+            print("  " + st.0.padding(toLength: 46, withPad: " ", startingAt: 0) + String(format: " p50 %6.2f us  p90 %6.2f us", p50 / 1000, p90 / 1000))
+            result["\(st.1)_p50_ns"] = Int(p50)
+            result["\(st.1)_p90_ns"] = Int(p90)
+            if st.2 >= 0 && st.3 >= 0 { softwareP50 += p50 }
+        }
+        print(String(format: "  sum of the server's stages' p50: %.2f us (front and worker code and the two ring hand-offs)", softwareP50 / 1000))
+        result["server_stages_p50_sum_ns"] = Int(softwareP50)
+        if let json {
+            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
+            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
         }
     }
 }

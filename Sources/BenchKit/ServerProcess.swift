@@ -52,9 +52,10 @@ public final class ServerProcess {
         return String(cString: p)
     }
 
-    /// Spawns `binary serve --socket socketPath <extra>`; the server's output goes to `logPath`.
-    public init(binary: String, serveArguments extra: [String], socketPath: String, logPath: String)
-        throws(BenchError)
+    /// Spawns `binary serve --socket socketPath <extra>`; the server's output goes to `logPath`. `environment`
+    /// is added to this process's environment for the server (and the workers it starts).
+    public init(binary: String, serveArguments extra: [String], socketPath: String, logPath: String,
+                environment: [String: String] = [:]) throws(BenchError)
     {
         self.binary = binary
         self.arguments = ["serve", "--socket", socketPath] + extra
@@ -67,6 +68,9 @@ public final class ServerProcess {
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         do { try process.run() } catch { throw .server("cannot start \(binary): \(error)") }
         try? log.close()
         runningServerPID = process.processIdentifier

@@ -208,6 +208,19 @@ public final class FrontServer: @unchecked Sendable {
         }
         bufRing = br
         logProbe(setupUsed)
+        // SWITCHYARD_TRACE=DIR: request-path timestamps (sy_trace.h), written to DIR/front.trace at shutdown;
+        // the workers inherit the variable and write DIR/worker-N.trace.
+        let traceDir = getenv("SWITCHYARD_TRACE").map { String(cString: $0) }
+        if let traceDir {
+            if sy_trace_enable() == 0 { config.log(.info, "tracing request timestamps into \(traceDir)") }
+            else { config.log(.warn, "SWITCHYARD_TRACE: no memory for the trace table; tracing off") }
+        }
+        defer {
+            if let traceDir, sy_trace_enabled() != 0 {
+                let rc = sy_trace_dump(traceDir + "/front.trace", nextRequestID - 1)
+                if rc != 0 { config.log(.warn, "SWITCHYARD_TRACE: cannot write \(traceDir)/front.trace: \(String(cString: strerror(-rc)))") }
+            }
+        }
 
         if config.handleSignals {
             FrontServer.blockShutdownSignals()
@@ -567,6 +580,7 @@ public final class FrontServer: @unchecked Sendable {
                 // Our final response is queued or sent: what the client still sends is drained and dropped
                 // (so close() sends no RST that could destroy the response in flight).
             } else {
+                sy_trace_mark(nextRequestID, SY_TP_FRONT_RECV)   // tracing: one client sending in sequence
                 c.input.append(contentsOf: bytes)
                 if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
                     clientGone(c)   // pipelining far ahead of its responses: refuse to buffer more
@@ -756,6 +770,7 @@ public final class FrontServer: @unchecked Sendable {
                 sendError(c, status: e.status, message: e.message, code: e.code, close: true, count: false)
                 return
             case .complete(let req, let consumed):
+                sy_trace_mark(nextRequestID, SY_TP_FRONT_PARSED)
                 c.input.removeFirst(consumed)
                 c.parser.reset()
                 c.sentContinue = false
@@ -848,6 +863,7 @@ public final class FrontServer: @unchecked Sendable {
                 let api = try APIDecoder.decodeGeneration(kind: kind, body: req.body, id: id,
                                                           sessionHeader: req.head.header("x-session-id"), peer: c.peer)
                 nextRequestID += 1
+                sy_trace_mark(id, SY_TP_FRONT_DECODED)
                 admit(c, route: r.route, id: id, admission: backend.submit(api), stream: api.stream,
                       includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation)
             } catch {
@@ -960,6 +976,7 @@ public final class FrontServer: @unchecked Sendable {
                 a.text += text
             }
         case .final(_, let finish, let usage):
+            sy_trace_mark(a.id, SY_TP_FRONT_FINAL)
             if let h = tokensCounter { metrics.add(h, Double(usage.completionTokens)) } else {
                 metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
                 tokensCounter = metrics.handle(MetricsRegistry.tokensGenerated, kind: .counter)
@@ -1044,6 +1061,7 @@ public final class FrontServer: @unchecked Sendable {
         updateInFlight()
         if !c.keepAlive || c.closeAfterResponse { c.keepAlive = false; c.closeAfterFlush = true }
         enqueue(c, out)
+        sy_trace_mark(a.id, SY_TP_FRONT_QUEUED)
         if !c.closing { processInput(c) }
     }
 

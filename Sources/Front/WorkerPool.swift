@@ -374,6 +374,7 @@ public final class WorkerPool: FrontBackend {
             do throws(RingError) {
                 guard let dst = try channel.tx.tryReserve(type: UInt16(record.type.rawValue), length: src.count) else { return false }
                 if let d = dst.baseAddress, let s = src.baseAddress { d.copyMemory(from: s, byteCount: src.count) }
+                if case .submit(let sub) = record { sy_trace_mark(sub.requestID, SY_TP_FRONT_SUBMITTED) }
                 channel.tx.commit()   // release-publishes and wakes the worker if it sleeps
                 return true
             } catch { return false }
@@ -506,10 +507,13 @@ public final class WorkerPool: FrontBackend {
             router.setHealth(.healthy, slot: w.routerSlot)
             config.log(.info, "\(unitName(w)): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))\(w.followers.isEmpty ? "" : "; shards \(w.spec.tpSize), pids \(groupPIDs(i).map { $0.map(String.init) ?? "-" }.joined(separator: ","))")")
         case .delta(let d):
+            sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
             guard var f = inFlight[d.requestID], !f.cancelled else { return }
             if !f.started { f.started = true; f.request = nil; inFlight[d.requestID] = f }
             pending.append(.delta(requestID: d.requestID, text: d.text))
         case .done(let d):
+            sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
+            sy_trace_mark(d.requestID, SY_TP_FRONT_DRAINED)
             guard let f = inFlight.removeValue(forKey: d.requestID) else { return }
             w.requests.remove(d.requestID)
             if let t = f.ticket { router.release(t) }

@@ -158,9 +158,26 @@ public enum WorkerProcess {
             text = ModelTextEngine(tokenizer: tokenizer, template: template, modelName: name)
         }
 
+        // SWITCHYARD_TRACE=DIR (inherited from the front): request-path timestamps, written to
+        // DIR/worker-<id>.trace when the front closes the ring (sy_trace.h).
+        let traceDir = getenv("SWITCHYARD_TRACE").map { String(cString: $0) }
+        if traceDir != nil { _ = sy_trace_enable() }
+        var lastTracedID: UInt64 = 0
+        var committedDone: [UInt64] = []   // done records of this iteration, marked once committed
+        func dumpTrace() {
+            if let traceDir, sy_trace_enabled() != 0 {
+                let rc = sy_trace_dump(traceDir + "/worker-\(o.id).trace", lastTracedID)
+                if rc != 0 { log("worker \(o.id): SWITCHYARD_TRACE: cannot write the trace (errno \(-rc))") }
+            }
+        }
+
         var writer = WireWriter(capacity: 1 << 12)
         var sendError: RingError?
         let publish: (Record) -> Void = { record in
+            if traceDir != nil, case .done(let d) = record {
+                sy_trace_mark(d.requestID, SY_TP_WORKER_DONE)
+                committedDone.append(d.requestID)
+            }
             writer.reset()
             do {
                 try record.encode(into: &writer)
@@ -200,14 +217,22 @@ public enum WorkerProcess {
             do {
                 _ = try channel.rx.drain { type, payload in
                     do {
-                        scheduler.handle(try Record.decode(type: UInt32(type), payload: payload))
+                        let record = try Record.decode(type: UInt32(type), payload: payload)
+                        if traceDir != nil, case .submit(let s) = record {
+                            sy_trace_mark(s.requestID, SY_TP_WORKER_SEEN)
+                            scheduler.handle(record)
+                            sy_trace_mark(s.requestID, SY_TP_WORKER_ADMITTED)
+                            lastTracedID = max(lastTracedID, s.requestID)
+                        } else {
+                            scheduler.handle(record)
+                        }
                     } catch {
                         log("worker \(o.id): dropped a malformed request record: \(error)")
                     }
                 }
             } catch {
                 switch error {
-                case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); return 0
+                case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); dumpTrace(); return 0
                 case .peerDied: return 1
                 default: log("worker \(o.id): request ring failed: \(error)"); return 1
                 }
@@ -217,6 +242,11 @@ public enum WorkerProcess {
                     log("worker \(o.id): forward pass failed: \(error)")
                     scheduler.failAll("forward pass failed: \(error)")
                 }
+            }
+            if !committedDone.isEmpty {
+                // Marked before the commit: once it is published the front may take it at once.
+                for id in committedDone { sy_trace_mark(id, SY_TP_WORKER_COMMITTED) }
+                committedDone.removeAll(keepingCapacity: true)
             }
             channel.tx.commit()
             if let why = groupFailure() {
@@ -241,7 +271,7 @@ public enum WorkerProcess {
                 } catch {
                     switch error {
                     case .timedOut: continue
-                    case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); return 0
+                    case .closed: control.store(.state, ControlBlock.State.stopping.rawValue); dumpTrace(); return 0
                     case .peerDied: return 1
                     default: log("worker \(o.id): request ring failed: \(error)"); return 1
                     }

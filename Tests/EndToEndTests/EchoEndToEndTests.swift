@@ -478,6 +478,47 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
 
     // MARK: Shutdown
 
+    /// SWITCHYARD_TRACE=DIR: at a graceful stop the front and each worker write their request-path
+    /// timestamps (what `switchyard-bench front --breakdown` joins); every point of every request is there,
+    /// in the order the request passes them.
+    @Test func traceFilesHoldEveryPointInOrder() throws {
+        let traceDir = try Paths.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: traceDir) }
+        let s = try Server.start(["--engine", "echo", "--workers", "1"], env: ["SWITCHYARD_TRACE": traceDir])
+        let c = HTTPConnection(endpoint: s.endpoint, timeout: 30)
+        for _ in 0..<5 {
+            // One token: the delta and the done leave in one step (the breakdown's request), so the front's
+            // first record comes after the worker's last point.
+            let r = try c.request(method: "POST", path: "/v1/completions", body: jsonBytes(["prompt": "hi", "max_tokens": 1]))
+            #expect(r.head.status == 200)
+        }
+        c.close()
+        s.signal(SIGTERM)
+        #expect(s.waitExit(timeout: 20), "server still running 20 s after SIGTERM; log:\n\(s.logTail())")
+        #expect(s.exitCode == 0, "exit: \(s.describeStatus()); log:\n\(s.logTail())")
+        func rows(_ name: String) throws -> [UInt64: [UInt64]] {
+            let text = try String(contentsOfFile: traceDir + "/" + name, encoding: .utf8)
+            var out: [UInt64: [UInt64]] = [:]
+            for line in text.split(separator: "\n") {
+                let v = line.split(separator: " ").compactMap { UInt64($0) }
+                if v.count == 13 { out[v[0]] = Array(v[1...]) }
+            }
+            return out
+        }
+        let front = try rows("front.trace"), worker = try rows("worker-0.trace")
+        #expect(Set(front.keys) == [1, 2, 3, 4, 5] && Set(worker.keys) == [1, 2, 3, 4, 5], "\(front.keys) \(worker.keys)")
+        for id in UInt64(1)...5 {
+            guard let f = front[id], let w = worker[id] else { continue }
+            // front recv, parsed, decoded, submitted → worker seen, admitted, done, committed → front seen,
+            // drained, final, queued (points 0...11 of sy_trace.h; 4...7 are the worker's).
+            let path = [f[0], f[1], f[2], f[3], w[4], w[5], w[6], w[7], f[8], f[9], f[10], f[11]]
+            #expect(!path.contains(0), "request \(id): a point is missing: \(path)")
+            #expect(path == path.sorted(), "request \(id): points out of order: \(path)")
+            #expect(f[4...7].allSatisfy { $0 == 0 } && w[0...3].allSatisfy { $0 == 0 } && w[8...].allSatisfy { $0 == 0 })
+        }
+        if s.exitCode == 0 { s.cleanUp() }
+    }
+
     @Test func sigtermLetsAStreamFinishThenExitsCleanly() throws {
         let s = try Server.start(echoArgs)
         defer { s.stop() }

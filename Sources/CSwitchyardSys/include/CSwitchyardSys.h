@@ -10,5 +10,6 @@
 #include "sy_numa.h"    // libnuma wrappers
 #include "sy_control.h" // the worker control block (heartbeat, load) shared with the front
 #include "sy_tp.h"      // a tensor-parallel group's shared memory (command area, all-reduce partials)
+#include "sy_trace.h"   // request-path timestamps for latency breakdowns (off unless enabled)
 
 #endif
