@@ -813,36 +813,47 @@ public final class FrontServer: @unchecked Sendable {
         enqueue(c, scratch)
     }
 
-    private static let routes: [String: (method: String, route: String)] = [
-        "/v1/chat/completions": ("POST", "chat_completions"),
-        "/v1/completions": ("POST", "completions"),
-        "/v1/models": ("GET", "models"),
-        "/health": ("GET", "health"),
-        "/metrics": ("GET", "metrics"),
-        "/tokenize": ("POST", "tokenize"),
-        "/detokenize": ("POST", "detokenize"),
+    private enum Endpoint { case chatCompletions, completions, models, health, metrics, tokenize, detokenize }
+
+    /// (path, method, route name for metrics, endpoint). Looked up by the path's UTF-8 length first, then
+    /// compared: no String built from the path and no hashing on the request path.
+    private static let routes: [(path: String, method: String, route: String, endpoint: Endpoint)] = [
+        ("/v1/chat/completions", "POST", "chat_completions", .chatCompletions),
+        ("/v1/completions", "POST", "completions", .completions),
+        ("/v1/models", "GET", "models", .models),
+        ("/health", "GET", "health", .health),
+        ("/metrics", "GET", "metrics", .metrics),
+        ("/tokenize", "POST", "tokenize", .tokenize),
+        ("/detokenize", "POST", "detokenize", .detokenize),
     ]
 
+    private static func route(_ path: Substring) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
+        let n = path.utf8.count
+        for r in routes where r.path.utf8.count == n && r.path.utf8.elementsEqual(path.utf8) { return r }
+        return nil
+    }
+
     private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
-        let path = String(req.head.path)
-        guard let r = Self.routes[path] else {
+        guard let r = Self.route(req.head.path) else {
+            let path = String(req.head.path)
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
+        let path = r.path
         if req.head.method != r.method {
             sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
                       close: false, route: r.route, extra: [("Allow", r.method)])
             return
         }
-        switch r.route {
-        case "health":
+        switch r.endpoint {
+        case .health:
             let h = backend.health()
             if h.ready {
                 sendJSON(c, body: Array("{\"status\":\"ok\"}".utf8), route: "health")
             } else {
                 sendJSON(c, status: 503, body: Array("{\"status\":\"loading\",\"workers_ready\":\(h.workersReady),\"workers_total\":\(h.workersTotal)}".utf8), route: "health")
             }
-        case "models":
+        case .models:
             var w = JSONWriter()
             w.raw("{\"object\":\"list\",\"data\":[")
             let ids = backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs
@@ -852,12 +863,12 @@ public final class FrontServer: @unchecked Sendable {
             }
             w.raw("]}")
             sendJSON(c, body: w.bytes, route: "models")
-        case "metrics":
+        case .metrics:
             backend.collectMetrics(into: metrics)
             metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
             sendJSON(c, body: Array(metrics.render().utf8), route: "metrics", contentType: "text/plain; version=0.0.4")
-        case "chat_completions", "completions":
-            let kind: RouteKind = r.route == "chat_completions" ? .chatCompletions : .completions
+        case .chatCompletions, .completions:
+            let kind: RouteKind = r.endpoint == .chatCompletions ? .chatCompletions : .completions
             let id = nextRequestID
             do {
                 let api = try APIDecoder.decodeGeneration(kind: kind, body: req.body, id: id,
@@ -870,7 +881,7 @@ public final class FrontServer: @unchecked Sendable {
                 sendError(c, status: error.status, message: error.message, type: error.type, param: error.param,
                           code: error.code, close: false, route: r.route)
             }
-        case "tokenize":
+        case .tokenize:
             do {
                 let t = try APIDecoder.decodeTokenize(req.body)
                 let id = nextRequestID; nextRequestID += 1
@@ -880,7 +891,7 @@ public final class FrontServer: @unchecked Sendable {
             } catch {
                 sendError(c, status: error.status, message: error.message, param: error.param, code: error.code, close: false, route: "tokenize")
             }
-        case "detokenize":
+        case .detokenize:
             do {
                 let toks = try APIDecoder.decodeDetokenize(req.body)
                 let id = nextRequestID; nextRequestID += 1
@@ -889,8 +900,6 @@ public final class FrontServer: @unchecked Sendable {
             } catch {
                 sendError(c, status: error.status, message: error.message, param: error.param, code: error.code, close: false, route: "detokenize")
             }
-        default:
-            sendError(c, status: 404, message: "no route for \(path)", code: "not_found", close: false, route: "unknown")
         }
     }
 

@@ -112,7 +112,9 @@ public struct HTTPRequestHead: Sendable, Equatable {
 
     /// First value of the header with this lower-case name.
     public func header(_ lowercasedName: String) -> String? {
-        for h in headers where h.name == lowercasedName { return h.value }
+        // Length first: a String == that fails goes through the library's out-of-line comparison.
+        let n = lowercasedName.utf8.count
+        for h in headers where h.name.utf8.count == n && h.name == lowercasedName { return h.value }
         return nil
     }
 
@@ -330,7 +332,18 @@ public struct HTTPRequestParser: Sendable {
         var chunked = false
         var sawTransferEncoding = false
         for h in headers {
-            switch h.name {
+            // The name's length picks the one candidate (a failed String == goes out of line; most fields
+            // are none of these four).
+            let candidate: String
+            switch h.name.utf8.count {
+            case 14: candidate = "content-length"
+            case 17: candidate = "transfer-encoding"
+            case 10: candidate = "connection"
+            case 6: candidate = "expect"
+            default: continue
+            }
+            guard h.name == candidate else { continue }
+            switch candidate {
             case "content-length":
                 guard let v = parseContentLength(h.value) else { return .failure(.invalidContentLength) }
                 if let prev = contentLength, prev != v { return .failure(.conflictingContentLength) }
