@@ -86,6 +86,9 @@ public enum JSON {
                 if depth >= JSON.maxDepth { throw fail("JSON nested too deeply") }
                 i += 1
                 var fields: [(String, JSONValue)] = []
+                // The top-level object (a request's fields) in one allocation; nested objects grow as needed,
+                // so a body of many tiny objects cannot make the parser reserve 8 fields apiece.
+                if depth == 0 { fields.reserveCapacity(8) }
                 // Duplicate-key check: linear for small objects, a set once an object grows (bounded cost).
                 var seen: Set<String>? = nil
                 skipWS()
