@@ -71,7 +71,7 @@ public enum FrontCPUProbe {
                 writer.reset()
                 do {
                     try r.encode(into: &writer)
-                    let back = try writer.bytes.withUnsafeBytes { try Record.decode(type: UInt32(r.type.rawValue), payload: $0) }
+                    let back = try writer.withBytes { try Record.decode(type: UInt32(r.type.rawValue), payload: $0) }
                     if case .delta(let d) = back { sink &+= d.text.utf8.count }
                 } catch { failed = true }
             }

@@ -370,7 +370,7 @@ public final class WorkerPool: FrontBackend {
         guard let channel = w.channel else { return false }
         writer.reset()
         do { try record.encode(into: &writer) } catch { return false }
-        let ok: Bool = writer.bytes.withUnsafeBytes { src in
+        let ok: Bool = writer.withBytes { src in
             do throws(RingError) {
                 guard let dst = try channel.tx.tryReserve(type: UInt16(record.type.rawValue), length: src.count) else { return false }
                 if let d = dst.baseAddress, let s = src.baseAddress { d.copyMemory(from: s, byteCount: src.count) }

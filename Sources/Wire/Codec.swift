@@ -1,28 +1,65 @@
 // Encoding and decoding of wire records (layout: see Wire.swift and docs/ARCHITECTURE.md).
 
-/// Appends little-endian fields to a byte buffer. Reuse one buffer per sender (`reset()` keeps capacity)
-/// so steady-state encoding does not allocate.
+/// Writes little-endian fields into a reusable byte buffer. Reuse one writer per sender (`reset()` keeps the
+/// buffer) so steady-state encoding does not allocate. The backing array is kept at least as long as the
+/// payload (grown by doubling, zero-filled), so fixed-width fields are stored in place with one uniqueness
+/// check each instead of `append(contentsOf:)`'s generic sequence copy.
 public struct WireWriter: Sendable {
-    public private(set) var bytes: [UInt8]
+    private var storage: [UInt8]
+    /// Payload bytes written so far (the first `count` bytes of the buffer).
+    public private(set) var count = 0
 
-    public init(capacity: Int = 256) {
-        bytes = []
-        bytes.reserveCapacity(capacity)
+    public init(capacity: Int = 256) { storage = [UInt8](repeating: 0, count: max(64, capacity)) }
+
+    /// The payload as a new array (tests and cold paths; hot paths use `withBytes`).
+    public var bytes: [UInt8] { Array(storage[0..<count]) }
+
+    /// Calls `body` with the payload in place.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }
 
-    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+    public mutating func reset() { count = 0 }
 
-    @inline(__always) mutating func u8(_ v: UInt8) { bytes.append(v) }
-    @inline(__always) mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    @inline(__always) mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    @inline(__always) mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    @inline(__always) private mutating func room(_ n: Int) {
+        if n > storage.count - count { grow(n) }
+    }
+
+    @inline(never) private mutating func grow(_ n: Int) {
+        storage.append(contentsOf: repeatElement(0, count: Swift.max(storage.count, count + n - storage.count)))
+    }
+
+    @inline(__always) private mutating func put<T: FixedWidthInteger>(_ v: T) {
+        let n = MemoryLayout<T>.size
+        room(n)
+        let at = count
+        storage.withUnsafeMutableBytes { $0.storeBytes(of: v.littleEndian, toByteOffset: at, as: T.self) }
+        count += n
+    }
+
+    @inline(__always) mutating func u8(_ v: UInt8) { put(v) }
+    @inline(__always) mutating func u16(_ v: UInt16) { put(v) }
+    @inline(__always) mutating func u32(_ v: UInt32) { put(v) }
+    @inline(__always) mutating func u64(_ v: UInt64) { put(v) }
     @inline(__always) mutating func f32(_ v: Float) { u32(v.bitPattern) }
 
     mutating func string(_ s: String, field: String, limit: Int) throws(WireError) {
         let n = s.utf8.count
         guard n <= limit else { throw .tooLarge(field: field, length: n, limit: limit) }
         u32(UInt32(n))
-        bytes.append(contentsOf: s.utf8)
+        room(n)
+        let at = count
+        storage.withUnsafeMutableBytes { dst in
+            let copied = s.utf8.withContiguousStorageIfAvailable { src -> Bool in
+                if let b = src.baseAddress, n > 0 { (dst.baseAddress! + at).copyMemory(from: b, byteCount: n) }
+                return true
+            }
+            if copied == nil {   // a bridged or otherwise non-contiguous string: byte by byte
+                var k = at
+                for c in s.utf8 { dst[k] = c; k += 1 }
+            }
+        }
+        count += n
     }
 
     mutating func count(_ n: Int, field: String, limit: Int) throws(WireError) {

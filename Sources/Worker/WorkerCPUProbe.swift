@@ -35,8 +35,8 @@ public enum WorkerCPUProbe {
             publish: { record in
                 writer.reset()
                 do { try record.encode(into: &writer) } catch { failed = "\(error)"; return }
-                let n = min(writer.bytes.count, sinkBuffer.count)
-                writer.bytes.withUnsafeBytes { src in
+                let n = min(writer.count, sinkBuffer.count)
+                writer.withBytes { src in
                     sinkBuffer.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: n) }
                 }
                 if case .error(let e) = record { failed = e.message }

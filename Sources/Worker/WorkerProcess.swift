@@ -187,8 +187,7 @@ public enum WorkerProcess {
                 try? Record.error(ErrorRecord(requestID: record.requestID, code: .internalError,
                                               message: "response too large: \(error)")).encode(into: &writer)
             }
-            let bytes = writer.bytes
-            let result: RingError? = bytes.withUnsafeBytes { src in
+            let result: RingError? = writer.withBytes { src in
                 do throws(RingError) {
                     // Reserve + copy without committing: the loop commits once per step (batching).
                     let dst = try channel.tx.reserve(type: UInt16(record.type.rawValue), length: src.count)

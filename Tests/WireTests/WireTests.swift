@@ -118,3 +118,27 @@ struct SplitMix {
         }
     }
 }
+
+/// The writer stores fields in place in a reused buffer: one writer encoding records of growing and
+/// shrinking size (past its initial buffer) must produce exactly what a fresh writer produces, and the
+/// fixed-width fields are little-endian at their offsets.
+@Test func reusedWriterMatchesFreshEncodingAndLayout() throws {
+    var w = WireWriter(capacity: 16)
+    let big = String(repeating: "é✓x", count: 30_000)   // ~180 KB: grows the buffer several times
+    let records: [Record] = samples + [
+        .delta(DeltaRecord(requestID: 77, completionTokens: 1, text: big)),
+        .cancel(CancelRecord(requestID: 1)),
+        .text(TextRecord(requestID: 78, text: String(big.prefix(1000)))),
+    ]
+    for r in records + records.reversed() {
+        w.reset()
+        try r.encode(into: &w)
+        #expect(w.bytes == (try r.encoded()))
+        #expect(w.count == w.bytes.count)
+        let back = try w.withBytes { try Record.decode(type: r.type.rawValue, payload: $0) }
+        #expect(back == r)
+    }
+    w.reset()
+    try Record.delta(DeltaRecord(requestID: 0x0102_0304_0506_0708, completionTokens: 0x0A0B_0C0D, text: "hi")).encode(into: &w)
+    #expect(w.bytes == [8, 7, 6, 5, 4, 3, 2, 1, 0x0D, 0x0C, 0x0B, 0x0A, 2, 0, 0, 0, 104, 105])
+}
