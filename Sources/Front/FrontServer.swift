@@ -828,9 +828,16 @@ public final class FrontServer: @unchecked Sendable {
     ]
 
     private static func route(_ path: Substring) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
-        let n = path.utf8.count
-        for r in routes where r.path.utf8.count == n && r.path.utf8.elementsEqual(path.utf8) { return r }
-        return nil
+        var p = path
+        return p.withUTF8 { a in
+            for r in routes where r.path.utf8.count == a.count {
+                let same = r.path.utf8.withContiguousStorageIfAvailable { b in
+                    a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0
+                } ?? r.path.utf8.elementsEqual(a)
+                if same { return r }
+            }
+            return nil
+        }
     }
 
     private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
