@@ -163,7 +163,7 @@ public enum WorkerProcess {
         let traceDir = getenv("SWITCHYARD_TRACE").map { String(cString: $0) }
         if traceDir != nil { _ = sy_trace_enable() }
         var lastTracedID: UInt64 = 0
-        var committedDone: [UInt64] = []   // done records of this iteration, marked once committed
+        var committedDone: [UInt64] = []   // done records of this iteration, marked just before the commit
         func dumpTrace() {
             if let traceDir, sy_trace_enabled() != 0 {
                 let rc = sy_trace_dump(traceDir + "/worker-\(o.id).trace", lastTracedID)
