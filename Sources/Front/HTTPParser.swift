@@ -387,7 +387,28 @@ public struct HTTPRequestParser: Sendable {
         while s < e && (b[s] == 32 || b[s] == 9) { s += 1 }
         while e > s && (b[e - 1] == 32 || b[e - 1] == 9) { e -= 1 }
         for k in s..<e where !isFieldValueByte(b[k]) { return nil }
-        return HTTPHeader(name: name, value: string(b, s, e))
+        return HTTPHeader(name: name, value: interned(b, s, e) ?? string(b, s, e))
+    }
+
+    /// Field values longer than a small string (15 bytes) that clients send on almost every request: these
+    /// come back as the literal (no allocation) when the bytes match exactly.
+    static let commonValues: [String] = [
+        "application/json", "application/json; charset=utf-8", "text/event-stream", "gzip, deflate, br",
+        "gzip, deflate, br, zstd",
+    ]
+
+    static func interned(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int) -> String? {
+        let n = e - s
+        guard n > 15 else { return nil }   // shorter ones are small strings: no allocation anyway
+        for v in commonValues where v.utf8.count == n {
+            let same = v.utf8.withContiguousStorageIfAvailable { u -> Bool in
+                var k = 0
+                while k < n && b[s + k] == u[k] { k += 1 }
+                return k == n
+            }
+            if same == true { return v }
+        }
+        return nil
     }
 
     /// 1*DIGIT, at most 15 digits (far above any limit, far below overflow).

@@ -23,6 +23,19 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         #expect(r.body.isEmpty)
     }
 
+    /// Common long field values come back as shared literals; anything else, including same-length near
+    /// misses and values that only start like one, is copied byte for byte.
+    @Test func commonValuesAndNearMisses() throws {
+        let values = HTTPRequestParser.commonValues + ["application/jsoN", "application/json5", "application/js",
+                                                       "applicatioN/json; charset=utf-8", "text/event-streaM", "é" + "x"]
+        for v in values {
+            let text = "POST /v1/completions HTTP/1.1\r\nContent-Type: \(v)\r\nAccept: \(v)\r\nContent-Length: 0\r\n\r\n"
+            guard case .complete(let r, _) = parse(text) else { Issue.record("not complete: \(v)"); continue }
+            #expect(r.head.header("content-type") == v)
+            #expect(r.head.header("accept") == v)
+        }
+    }
+
     @Test func http10DefaultsToClose() {
         guard case .complete(let r, _) = parse("GET / HTTP/1.0\r\n\r\n") else { Issue.record("not complete"); return }
         #expect(!r.head.keepAlive)
