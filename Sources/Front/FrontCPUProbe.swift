@@ -40,14 +40,16 @@ public enum FrontCPUProbe {
         // body and head at the end), into a reused buffer as FrontServer does.
         var out: [UInt8] = []
         out.reserveCapacity(1024)
+        var bodyWriter = JSONWriter(capacity: 1024)
         var n = 0
         let response = time(iterations) {
             n += 1
             let ident = CompletionIdentity(number: UInt64(n), created: 1_800_000_000, model: "echo", chat: false)
-            let body = OpenAIEncoder.completion(ident, text: "h", finish: .length,
-                                                usage: Usage(promptTokens: 1, completionTokens: 1, cachedTokens: 0))
+            bodyWriter.reset()
+            OpenAIEncoder.completion(ident, text: "h", finish: .length,
+                                     usage: Usage(promptTokens: 1, completionTokens: 1, cachedTokens: 0), into: &bodyWriter)
             out.removeAll(keepingCapacity: true)
-            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: body, keepAlive: true, worker: 0)
+            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: bodyWriter.bytes, keepAlive: true, worker: 0)
             sink &+= out.count
         }
         let health = time(iterations) {

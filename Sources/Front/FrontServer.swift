@@ -278,6 +278,9 @@ public final class FrontServer: @unchecked Sendable {
         config.log(.info, "shut down")
     }
 
+    /// Non-streaming response bodies are built here (reused: no buffer allocated per response).
+    private var bodyWriter = JSONWriter(capacity: 1024)
+
     private lazy var deliverEvent: (BackendEvent) -> Void = { [unowned self] e in self.onEvent(e) }
 
     /// Fruitless spins of one kind in a row, and the probe that lets every 16th wait spin after 8 fruitless
@@ -608,6 +611,15 @@ public final class FrontServer: @unchecked Sendable {
 
     private func enqueue(_ c: Connection, _ bytes: [UInt8]) {
         guard !c.closing else { return }
+        if !c.sendInFlight && c.queued.isEmpty && c.sendOffset >= c.sendLength && !bytes.isEmpty
+            && bytes.count <= c.sendCapacity {
+            // An idle connection (the usual case: one response at a time): straight into the send buffer.
+            bytes.withUnsafeBytes { c.sendBuf.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            c.sendOffset = 0
+            c.sendLength = bytes.count
+            flush(c)
+            return
+        }
         c.queued.append(contentsOf: bytes)
         if c.queued.count > config.maxQueuedOutput {
             config.log(.warn, "dropping a client that does not read its responses")
@@ -1007,8 +1019,9 @@ public final class FrontServer: @unchecked Sendable {
                 countRequest(route: a.route, status: 200)
                 finishRequest(c, a, out)
             } else {
-                let body = OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage)
-                finishWithJSON(c, a, body)
+                bodyWriter.reset()
+                OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage, into: &bodyWriter)
+                finishWithJSON(c, a, bodyWriter.bytes)
             }
         case .rerouted(_, let worker):
             if !a.headersSent { a.worker = worker }

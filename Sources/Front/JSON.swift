@@ -267,6 +267,8 @@ public struct JSONWriter {
     public var bytes: [UInt8] = []
     /// 512 bytes hold a whole non-streaming completion with a short answer (with usage) without regrowing.
     public init(capacity: Int = 512) { bytes.reserveCapacity(capacity) }
+    /// Empties the writer, keeping its buffer.
+    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
 
     public mutating func raw(_ s: StaticString) {
         bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))

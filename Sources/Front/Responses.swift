@@ -136,6 +136,13 @@ enum OpenAIEncoder {
     /// Non-streaming response body.
     static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage) -> [UInt8] {
         var w = JSONWriter()
+        completion(c, text: text, finish: finish, usage: u, into: &w)
+        return w.bytes
+    }
+
+    /// The same, appended to `w` (the event loop reuses one writer: no buffer per response).
+    static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage,
+                           into w: inout JSONWriter) {
         prefix(&w, c, chunk: false)
         w.raw(",\"choices\":[{\"index\":0,")
         if c.chat {
@@ -146,7 +153,6 @@ enum OpenAIEncoder {
         w.raw("\"logprobs\":null,\"finish_reason\":"); w.string(finish.rawValue)
         w.raw("}],\"usage\":"); usage(&w, u)
         w.raw("}")
-        return w.bytes
     }
 
     /// One SSE event `data: {...}\n\n` for a streamed delta (role: first chat chunk) or the finishing chunk.
