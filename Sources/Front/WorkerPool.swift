@@ -508,8 +508,12 @@ public final class WorkerPool: FrontBackend {
             config.log(.info, "\(unitName(w)): ready (pid \(r.pid), node \(r.numaNode), cpus \(r.cpus.map(String.init).joined(separator: ",")), model \(r.modelName), context \(r.contextLength))\(w.followers.isEmpty ? "" : "; shards \(w.spec.tpSize), pids \(groupPIDs(i).map { $0.map(String.init) ?? "-" }.joined(separator: ","))")")
         case .delta(let d):
             sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
-            guard var f = inFlight[d.requestID], !f.cancelled else { return }
-            if !f.started { f.started = true; f.request = nil; inFlight[d.requestID] = f }
+            // Updated in place through the index: no copy of the entry (and its kept request) out and back.
+            guard let k = inFlight.index(forKey: d.requestID), !inFlight.values[k].cancelled else { return }
+            if !inFlight.values[k].started {
+                inFlight.values[k].started = true
+                inFlight.values[k].request = nil
+            }
             pending.append(.delta(requestID: d.requestID, text: d.text))
         case .done(let d):
             sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
