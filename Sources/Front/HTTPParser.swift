@@ -171,6 +171,13 @@ public struct HTTPRequestParser: Sendable {
             var i = max(0, scanned - 3)
             var end = -1
             while i + 3 < n {
+                if i + 8 <= n {
+                    // Eight bytes at a time to the next CR or LF (most header bytes are neither).
+                    let m = Self.lineBreakMask(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                    if m == 0 { i += 8; continue }
+                    i += m.trailingZeroBitCount >> 3
+                    if i + 3 >= n { break }
+                }
                 let c = buf[i]
                 if c == 13 {
                     if buf[i + 1] != 10 { return .failure(.malformedHeader) }   // bare CR
@@ -452,6 +459,15 @@ public struct HTTPRequestParser: Sendable {
     static func findCRLF(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
         if case .found(let i) = lineEnd(b, from: from, limit: limit) { return i }
         return nil
+    }
+
+    /// A mask whose lowest set bit is the high bit of the first CR or LF byte of `w` (little-endian byte
+    /// order), 0 if it has none. The classic "has a zero byte" test on w ^ CR and w ^ LF: a borrow can only
+    /// flag bytes after a real match, so the lowest flag is exact.
+    @inline(__always) static func lineBreakMask(_ w: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        let cr = w ^ (ones &* 13), lf = w ^ (ones &* 10)
+        return ((cr &- ones) & ~cr | (lf &- ones) & ~lf) & highs
     }
 
     static func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }

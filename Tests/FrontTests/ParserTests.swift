@@ -36,6 +36,46 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         }
     }
 
+    /// The header scan jumps eight bytes at a time to the next CR or LF: the mask must flag exactly the first
+    /// one, for every byte value around them.
+    @Test func lineBreakMaskFindsTheFirstCROrLF() {
+        let interesting: [UInt8] = [0, 9, 10, 11, 12, 13, 14, 0x8a, 0x8d, 0x7f, 0xff, 32, 65]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            var bytes = (0..<8).map { _ in interesting.randomElement(using: &rng)! }
+            if Bool.random(using: &rng) { bytes[Int.random(in: 0..<8, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            let w = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            let m = HTTPRequestParser.lineBreakMask(UInt64(littleEndian: w))
+            let first = bytes.firstIndex { $0 == 10 || $0 == 13 }
+            if let first { #expect(m != 0 && m.trailingZeroBitCount >> 3 == first, "\(bytes)") } else { #expect(m == 0, "\(bytes)") }
+        }
+    }
+
+    /// Fed one byte at a time (the window growing as from a slow client), a request parses exactly as in one
+    /// piece; a bare CR or LF at any position of the header block fails it, whatever its 8-byte alignment.
+    @Test func slowClientsAndBareLineBreaksAtEveryOffset() {
+        let text = "POST /v1/completions?a=b HTTP/1.1\r\nHost: example\r\nX-Long-Header-Name: some value here\r\n"
+            + "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        let bytes = Array(text.utf8)
+        guard case .complete(let whole, let n) = parse(text) else { Issue.record("not complete"); return }
+        var p = HTTPRequestParser()
+        var result: HTTPParseResult = .incomplete
+        for k in 1...bytes.count {
+            result = Array(bytes[0..<k]).withUnsafeBytes { p.parse($0) }
+            if k < bytes.count, result != .incomplete { Issue.record("answered \(result) after \(k) bytes"); return }
+        }
+        #expect(result == .complete(whole, consumed: n))
+        let headerEnd = bytes.count - 6   // before the final CRLF CRLF and the body
+        for k in 0..<headerEnd where bytes[k] != 13 && bytes[k] != 10 {
+            for bad: UInt8 in [10, 13] {
+                var b = bytes
+                b[k] = bad
+                let r = b.withUnsafeBytes { buf -> HTTPParseResult in var q = HTTPRequestParser(); return q.parse(buf) }
+                guard case .failure = r else { Issue.record("bare \(bad) at \(k) accepted: \(r)"); continue }
+            }
+        }
+    }
+
     @Test func http10DefaultsToClose() {
         guard case .complete(let r, _) = parse("GET / HTTP/1.0\r\n\r\n") else { Issue.record("not complete"); return }
         #expect(!r.head.keepAlive)
