@@ -446,6 +446,11 @@ public struct HTTPRequestParser: Sendable {
         var i = from
         let end = min(b.count, from + limit + 2)
         while i < end {
+            if i + 8 <= end {
+                let m = lineBreakMask(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+                if m == 0 { i += 8; continue }
+                i += m.trailingZeroBitCount >> 3
+            }
             if b[i] == 10 { return .invalid }
             if b[i] == 13 {
                 if i + 1 >= b.count { return .notYet }
