@@ -94,11 +94,11 @@ public final class FrontServer: @unchecked Sendable {
     private let controlFD: Int32
 
     public let metrics: MetricsRegistry
-    /// Cached metric handles for the per-request updates (see countRequest / updateInFlight).
+    /// Cached metric handles for the per-request updates (see countRequest). The in-flight gauge is set from
+    /// `owners` when /metrics is rendered, not on every request.
     private struct RouteStatus: Hashable { var route: String; var status: Int }
     private var requestCounters: [RouteStatus: MetricsRegistry.Handle] = [:]
     private var lastCounted: (route: String, status: Int, handle: MetricsRegistry.Handle)?
-    private var inFlightGauge: MetricsRegistry.Handle?
     private var tokensCounter: MetricsRegistry.Handle?
     private var ttftHistogram: MetricsRegistry.Handle?
     private var interTokenHistogram: MetricsRegistry.Handle?
@@ -670,7 +670,6 @@ public final class FrontServer: @unchecked Sendable {
             owners[a.id] = nil
             countRequest(route: a.route, status: 499)
             c.active = nil
-            updateInFlight()
         }
         closeConnection(c)
     }
@@ -681,7 +680,6 @@ public final class FrontServer: @unchecked Sendable {
             backend.cancel(requestID: a.id)
             owners[a.id] = nil
             c.active = nil
-            updateInFlight()
         }
         c.closing = true
         if c.recvArmed || c.sendInFlight {
@@ -933,7 +931,6 @@ public final class FrontServer: @unchecked Sendable {
                                      includeUsage: includeUsage, identity: ident, start: now(),
                                      http10: c.http10)
             owners[id] = (c.slot, c.gen)
-            updateInFlight()
         case .overloaded(let retry):
             sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
                       route: route, extra: [("Retry-After", String(max(1, retry)))])
@@ -943,11 +940,6 @@ public final class FrontServer: @unchecked Sendable {
         }
     }
 
-    private func updateInFlight() {
-        if let h = inFlightGauge { metrics.set(h, Double(owners.count)); return }
-        metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
-        inFlightGauge = metrics.handle(MetricsRegistry.inFlight, kind: .gauge)
-    }
 
     /// A latency observation through a cached handle (resolved after the series' first observation).
     private func observe(_ h: inout MetricsRegistry.Handle?, _ name: String, help: String, _ value: Double) {
@@ -1036,7 +1028,6 @@ public final class FrontServer: @unchecked Sendable {
             } else {
                 owners[a.id] = nil
                 c.active = nil
-                updateInFlight()
                 if case .rejected(_, let status, _) = e, status != 503 {
                     sendError(c, status: status, message: message, code: status == 400 ? "invalid_request" : "worker_error",
                               close: false, route: a.route, worker: a.worker)
@@ -1087,7 +1078,6 @@ public final class FrontServer: @unchecked Sendable {
     private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: [UInt8]) {
         owners[a.id] = nil
         c.active = nil
-        updateInFlight()
         if !c.keepAlive || c.closeAfterResponse { c.keepAlive = false; c.closeAfterFlush = true }
         enqueue(c, out)
         sy_trace_mark(a.id, SY_TP_FRONT_QUEUED)
