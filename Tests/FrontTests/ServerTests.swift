@@ -220,6 +220,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(text.contains("switchyard_tokens_generated_total 3"))
         #expect(text.contains("switchyard_time_to_first_token_seconds_count 1"))
         #expect(text.contains("switchyard_inter_token_seconds_count 2"))
+        #expect(text.contains("switchyard_requests_in_flight 0"))   // set from the owner table at rendering
         #expect(text.contains(#"switchyard_worker_in_flight{worker="0"}"#))
         #expect(text.contains(#"switchyard_worker_restarts_total{worker="1"} 0"#))
         #expect(text.contains("switchyard_ring_occupancy"))
