@@ -30,13 +30,15 @@ public final class MetricsRegistry: Sendable {
     private struct Series {
         var labels: String          // rendered `{a="x",b="y"}` or ""
         var value: Double = 0       // counter / gauge
+        /// Observations per bucket, not cumulative: each lands in the first bucket (ascending) it fits, and
+        /// render() sums them into Prometheus's cumulative `le` counts. One increment per observation.
         var bucketCounts: [UInt64] = []
         var sum: Double = 0
         var count: UInt64 = 0
 
         mutating func observe(_ value: Double, buckets: [Double]) {
             if bucketCounts.isEmpty { bucketCounts = Array(repeating: 0, count: buckets.count) }
-            for (k, b) in buckets.enumerated() where value <= b && k < bucketCounts.count { bucketCounts[k] += 1 }
+            if let k = buckets.firstIndex(where: { value <= $0 }), k < bucketCounts.count { bucketCounts[k] += 1 }
             sum += value
             count += 1
         }
@@ -70,8 +72,9 @@ public final class MetricsRegistry: Sendable {
 
     public func observe(_ name: String, help: String = "", buckets: [Double] = MetricsRegistry.latencyBuckets,
                         labels: [(String, String)] = [], _ value: Double) {
-        update(name, help: help, kind: .histogram, buckets: buckets, labels: labels) { s in
-            s.observe(value, buckets: buckets)
+        let ascending = buckets.sorted()   // the family keeps its buckets ascending (by-name calls are not hot)
+        update(name, help: help, kind: .histogram, buckets: ascending, labels: labels) { s in
+            s.observe(value, buckets: ascending)
         }
     }
 
@@ -139,9 +142,10 @@ public final class MetricsRegistry: Sendable {
                     case .counter, .gauge:
                         out += "\(f.name)\(s.labels) \(Self.format(s.value))\n"
                     case .histogram:
+                        var cumulative: UInt64 = 0
                         for (k, b) in f.buckets.enumerated() {
-                            let c = k < s.bucketCounts.count ? s.bucketCounts[k] : 0
-                            out += "\(f.name)_bucket\(Self.withLabel(s.labels, "le", Self.format(b))) \(c)\n"
+                            cumulative += k < s.bucketCounts.count ? s.bucketCounts[k] : 0
+                            out += "\(f.name)_bucket\(Self.withLabel(s.labels, "le", Self.format(b))) \(cumulative)\n"
                         }
                         out += "\(f.name)_bucket\(Self.withLabel(s.labels, "le", "+Inf")) \(s.count)\n"
                         out += "\(f.name)_sum\(s.labels) \(Self.format(s.sum))\n"
@@ -162,7 +166,7 @@ public final class MetricsRegistry: Sendable {
                 fi = i
             } else {
                 fi = st.families.count
-                st.families.append(Family(name: name, help: help, kind: kind, buckets: buckets))
+                st.families.append(Family(name: name, help: help, kind: kind, buckets: buckets.sorted()))   // ascending `le`
                 st.index[name] = fi
             }
             // A name keeps the kind it was first used with; a mismatched update is ignored.

@@ -105,6 +105,19 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(text.contains("lat_count 1"))
     }
 
+    /// Each observation is stored once, in its first bucket; rendering gives Prometheus's cumulative counts
+    /// (a value on a bound counts in that bucket, one above every bound only in +Inf), whatever order the
+    /// bounds were given in.
+    @Test func histogramBucketsAreCumulative() throws {
+        let m = MetricsRegistry()
+        for v in [0.05, 0.1, 0.3, 1.0, 2.0, 7.0] { m.observe("h", buckets: [1, 0.1, 5], v) }
+        let h = try #require(m.handle("h", kind: .histogram, buckets: [0.1, 1, 5]))
+        m.observe(h, 0.01)
+        let text = m.render()
+        #expect(text.contains("h_bucket{le=\"0.1\"} 3\nh_bucket{le=\"1\"} 5\nh_bucket{le=\"5\"} 6\nh_bucket{le=\"+Inf\"} 7\n"), "\(text)")
+        #expect(text.contains("h_count 7"))
+    }
+
     /// Updates through a handle land in the same series as updates by name and labels.
     @Test func metricsHandles() throws {
         let m = MetricsRegistry()
