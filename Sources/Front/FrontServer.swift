@@ -940,7 +940,6 @@ public final class FrontServer: @unchecked Sendable {
         }
     }
 
-
     /// A latency observation through a cached handle (resolved after the series' first observation).
     private func observe(_ h: inout MetricsRegistry.Handle?, _ name: String, help: String, _ value: Double) {
         if let h { metrics.observe(h, value); return }
