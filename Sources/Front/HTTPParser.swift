@@ -112,9 +112,7 @@ public struct HTTPRequestHead: Sendable, Equatable {
 
     /// First value of the header with this lower-case name.
     public func header(_ lowercasedName: String) -> String? {
-        // Length first: a String == that fails goes through the library's out-of-line comparison.
-        let n = lowercasedName.utf8.count
-        for h in headers where h.name.utf8.count == n && h.name == lowercasedName { return h.value }
+        for h in headers where h.name.sameUTF8Length(as: lowercasedName) && h.name == lowercasedName { return h.value }
         return nil
     }
 
@@ -170,14 +168,9 @@ public struct HTTPRequestParser: Sendable {
             let n = buf.count
             var i = max(0, scanned - 3)
             var end = -1
-            while i + 3 < n {
-                if i + 8 <= n {
-                    // Eight bytes at a time to the next CR or LF (most header bytes are neither).
-                    let m = Self.lineBreakMask(UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
-                    if m == 0 { i += 8; continue }
-                    i += m.trailingZeroBitCount >> 3
-                    if i + 3 >= n { break }
-                }
+            while true {
+                i = Self.nextLineBreak(buf, from: i, end: n)
+                if i + 3 >= n { break }   // (one in the last 3 bytes is looked at again with more bytes)
                 let c = buf[i]
                 if c == 13 {
                     if buf[i + 1] != 10 { return .failure(.malformedHeader) }   // bare CR
@@ -443,22 +436,25 @@ public struct HTTPRequestParser: Sendable {
     /// The offset of the next CRLF at or after `from`, scanning at most limit + 2 bytes.
     /// A bare CR or LF makes the line invalid (strict: only CRLF ends a line).
     static func lineEnd(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> LineEnd {
-        var i = from
         let end = min(b.count, from + limit + 2)
-        while i < end {
-            if i + 8 <= end {
-                let m = lineBreakMask(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
-                if m == 0 { i += 8; continue }
-                i += m.trailingZeroBitCount >> 3
-            }
-            if b[i] == 10 { return .invalid }
-            if b[i] == 13 {
-                if i + 1 >= b.count { return .notYet }
-                return b[i + 1] == 10 ? .found(i) : .invalid
-            }
-            i += 1
+        let i = nextLineBreak(b, from: from, end: end)
+        if i >= end { return .notYet }
+        if b[i] == 10 { return .invalid }
+        if i + 1 >= b.count { return .notYet }
+        return b[i + 1] == 10 ? .found(i) : .invalid
+    }
+
+    /// The index of the first CR or LF in b[from..<end], or `end` if there is none. Most header bytes are
+    /// neither, so it goes eight bytes at a time.
+    @inline(__always) static func nextLineBreak(_ b: UnsafeRawBufferPointer, from: Int, end: Int) -> Int {
+        var i = from
+        while i + 8 <= end {
+            let m = lineBreakMask(UInt64(littleEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self)))
+            if m != 0 { return i + m.trailingZeroBitCount >> 3 }
+            i += 8
         }
-        return .notYet
+        while i < end && b[i] != 10 && b[i] != 13 { i += 1 }
+        return i
     }
 
     static func findCRLF(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
@@ -518,6 +514,12 @@ public struct HTTPRequestParser: Sendable {
 }
 
 extension String {
+    /// Whether both have the same UTF-8 length (O(1)). Checked before `==` where most candidates differ: a
+    /// `String ==` that fails goes through the library's out-of-line Unicode comparison. (Strings of other
+    /// UTF-8 lengths can still be canonically equivalent; the callers compare protocol tokens and JSON keys,
+    /// which are matched by their code points.)
+    @inline(__always) func sameUTF8Length(as other: String) -> Bool { utf8.count == other.utf8.count }
+
     /// Without leading and trailing spaces/tabs (Foundation-free).
     func trimmingSpaces() -> String {
         var s = Substring(self)

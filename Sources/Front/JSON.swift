@@ -29,11 +29,8 @@ public enum JSONValue: Sendable, Equatable {
 
     public subscript(key: String) -> JSONValue? {
         guard case .object(let fields) = self else { return nil }
-        // Keys of another length are skipped on their UTF-8 count (O(1)): a String == that fails goes through
-        // the library's out-of-line Unicode comparison, and an API request looks up ~20 absent fields. (So
-        // a key matches only with the same UTF-8 length: JSON compares keys by code points anyway.)
-        let n = key.utf8.count
-        for i in fields.indices where fields[i].0.utf8.count == n && fields[i].0 == key { return fields[i].1 }
+        // An API request looks up ~20 fields, most of them absent: other lengths are skipped first.
+        for i in fields.indices where fields[i].0.sameUTF8Length(as: key) && fields[i].0 == key { return fields[i].1 }
         return nil
     }
 
