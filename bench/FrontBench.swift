@@ -48,25 +48,24 @@ struct FrontBench: ParsableCommand {
     var breakdown = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
 
+    /// The smallest request the echo worker can answer: 1-character prompt, one token.
+    static let probeBody = #"{"prompt":"h","max_tokens":1}"#
+    static let probeRequest = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(probeBody.utf8.count)\r\n\r\n\(probeBody)".utf8)
+
     /// `--cpu-only`: the probes alone, best of 5 rounds each (seconds, not minutes: for before/after checks).
     func runCPUProbes() throws {
-        let body = #"{"prompt":"h","max_tokens":1}"#
-        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let req = Self.probeRequest
         let cpu = try FrontCPUProbe.run(request: req, iterations: 200_000)
         let workerCPU = try WorkerCPUProbe.run(prompt: "h", iterations: 200_000)
         let total = cpu.parseNs + cpu.decodeNs + cpu.responseNs + cpu.recordsNs + workerCPU.requestNs
         print(String(format: "front: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns, records %.0f ns; worker: request %.0f ns; sum %.0f ns",
                      cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.recordsNs, workerCPU.requestNs, total))
-        if let json {
-            let result: [String: Any] = [
-                "bench": "front-cpu",
-                "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
-                "front_cpu_response_ns": cpu.responseNs, "front_cpu_records_ns": cpu.recordsNs,
-                "worker_cpu_request_ns": workerCPU.requestNs,
-            ]
-            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
-            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
-        }
+        try writeJSONDocument([
+            "bench": "front-cpu",
+            "front_cpu_parse_ns": cpu.parseNs, "front_cpu_decode_ns": cpu.decodeNs,
+            "front_cpu_response_ns": cpu.responseNs, "front_cpu_records_ns": cpu.recordsNs,
+            "worker_cpu_request_ns": workerCPU.requestNs,
+        ], to: json)
     }
 
     func run() throws {
@@ -75,8 +74,7 @@ struct FrontBench: ParsableCommand {
         let dir = String(cString: mkdtemp(strdup("/tmp/sy-front-bench-XXXXXX")))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The smallest request the echo worker can answer: 1-character prompt, one token.
-        let body = #"{"prompt":"h","max_tokens":1}"#
-        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let body = Self.probeBody, req = Self.probeRequest
 
         // Raw echo baseline: one connection, a blocking echo thread.
         let rawPath = dir + "/raw.sock"
@@ -254,10 +252,7 @@ struct FrontBench: ParsableCommand {
                    workerCPU.requestNs))
         out(String(format: "%d keep-alive connections: in-process %.0f requests/s", connections, inRPS)
             + (wRPS.map { String(format: ", front + worker %.0f requests/s", $0) } ?? ""))
-        if let json {
-            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
-            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
-        }
+        try writeJSONDocument(result, to: json)
     }
 
     private func us(_ ns: UInt64) -> Double { Double(ns) / 1000 }
@@ -521,8 +516,7 @@ extension FrontBench {
         }
         let dir = try ServerProcess.makeTempDirectory(prefix: "sy-breakdown")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let body = #"{"prompt":"h","max_tokens":1}"#
-        let req = Array("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+        let req = Self.probeRequest
         let p = try ServerProcess(binary: bin, serveArguments: ["--engine", "echo", "--workers", "1", "--log-level", "warn"]
                                       + serverArgs.split(separator: " ").map(String.init),
                                   socketPath: dir + "/server.sock", logPath: dir + "/server.log",
@@ -585,9 +579,6 @@ extension FrontBench {
         }
         print(String(format: "  sum of the server's stages' p50: %.2f us (front and worker code and the two ring hand-offs)", softwareP50 / 1000))
         result["server_stages_p50_sum_ns"] = Int(softwareP50)
-        if let json {
-            let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .prettyPrinted])
-            if json == "-" { print(String(decoding: data, as: UTF8.self)) } else { try data.write(to: URL(fileURLWithPath: json)) }
-        }
+        try writeJSONDocument(result, to: json)
     }
 }

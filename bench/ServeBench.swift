@@ -110,16 +110,7 @@ struct ServeBench: ParsableCommand {
         return result
     }
 
-    func writeJSON(_ doc: [String: Any]) throws {
-        guard let path = json else { return }
-        let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
-        if path == "-" {
-            FileHandle.standardOutput.write(data)
-            print()
-        } else {
-            try data.write(to: URL(fileURLWithPath: path))
-        }
-    }
+    func writeJSON(_ doc: [String: Any]) throws { try writeJSONDocument(doc, to: json) }
 
     func run() throws {
         if comparePolicies != nil { return try runComparison() }

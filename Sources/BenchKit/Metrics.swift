@@ -203,3 +203,14 @@ public struct BenchSummary: Sendable {
         return o
     }
 }
+
+/// Writes a bench's JSON document (keys sorted, pretty-printed) to `path`, or to stdout for "-"; nothing for nil.
+public func writeJSONDocument(_ doc: [String: Any], to path: String?) throws {
+    guard let path else { return }
+    let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
+    if path == "-" {
+        print(String(decoding: data, as: UTF8.self))   // through stdout's buffer, in order with the text
+    } else {
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+}
