@@ -973,9 +973,9 @@ public final class FrontServer: @unchecked Sendable {
     private func onEvent(_ e: BackendEvent) {
         guard let o = owners[e.requestID], let c = connection(o.slot, o.gen), !c.closing, let a = c.active,
               a.id == e.requestID else { return }
-        let t = now()
         switch e {
         case .delta(_, let text):
+            let t = now()   // only deltas are timed (TTFT, inter-token)
             if a.firstTokenAt == 0 {
                 a.firstTokenAt = t
                 observe(&ttftHistogram, MetricsRegistry.ttft, help: "Time from admission to the first generated text",
