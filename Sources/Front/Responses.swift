@@ -133,14 +133,7 @@ enum OpenAIEncoder {
         w.raw(",\"model\":"); w.string(c.model)
     }
 
-    /// Non-streaming response body.
-    static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage) -> [UInt8] {
-        var w = JSONWriter()
-        completion(c, text: text, finish: finish, usage: u, into: &w)
-        return w.bytes
-    }
-
-    /// The same, appended to `w` (the event loop reuses one writer: no buffer per response).
+    /// Non-streaming response body, appended to `w` (the event loop reuses one writer: no buffer per response).
     static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage,
                            into w: inout JSONWriter) {
         prefix(&w, c, chunk: false)

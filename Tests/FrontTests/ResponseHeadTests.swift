@@ -44,12 +44,15 @@ import Testing
         var w = JSONWriter()
         w.string("plain é €"); w.raw(","); w.string("q\"b\\n\nt\tc\u{1}"); w.raw(","); w.int(-12); w.raw(","); w.int(0)
         #expect(String(decoding: w.bytes, as: UTF8.self) == #""plain é €","q\"b\\n\nt\tc\u0001",-12,0"#)
-        let chat = OpenAIEncoder.completion(CompletionIdentity(number: 42, created: 7, model: "m", chat: true), text: "hi",
-                                            finish: .stop, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0))
-        #expect(String(decoding: chat, as: UTF8.self).hasPrefix(#"{"id":"chatcmpl-42","object":"chat.completion","created":7,"model":"m""#))
-        let text = OpenAIEncoder.completion(CompletionIdentity(number: 9, created: 7, model: "m", chat: false), text: "hi",
-                                            finish: .length, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0))
-        #expect(String(decoding: text, as: UTF8.self).hasPrefix(#"{"id":"cmpl-9","object":"text_completion""#))
+        // One writer reused across bodies, as the event loop does.
+        var body = JSONWriter()
+        OpenAIEncoder.completion(CompletionIdentity(number: 42, created: 7, model: "m", chat: true), text: "hi",
+                                 finish: .stop, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0), into: &body)
+        #expect(String(decoding: body.bytes, as: UTF8.self).hasPrefix(#"{"id":"chatcmpl-42","object":"chat.completion","created":7,"model":"m""#))
+        body.reset()
+        OpenAIEncoder.completion(CompletionIdentity(number: 9, created: 7, model: "m", chat: false), text: "hi",
+                                 finish: .length, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0), into: &body)
+        #expect(String(decoding: body.bytes, as: UTF8.self).hasPrefix(#"{"id":"cmpl-9","object":"text_completion""#))
     }
 
     @Test func decimals() {
