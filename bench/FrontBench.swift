@@ -269,7 +269,7 @@ struct FrontBench: ParsableCommand {
     private func pct(_ v: [UInt64]) -> (p50: UInt64, p99: UInt64) {
         guard !v.isEmpty else { return (0, 0) }
         let s = v.sorted()
-        return (s[s.count / 2], s[min(s.count - 1, s.count * 99 / 100)])
+        return (nearestRank(s, percent: 50), nearestRank(s, percent: 99))
     }
 
     /// Requests/s over `seconds` with `connections` keep-alive connections, one thread each.
@@ -299,6 +299,9 @@ struct FrontBench: ParsableCommand {
         return Double((0..<connections).reduce(0) { $0 + counts[$1] }) / elapsed
     }
 }
+
+/// The value at rank count × percent / 100 of `sorted` (ascending, not empty).
+func nearestRank<T>(_ sorted: [T], percent: Int) -> T { sorted[min(sorted.count - 1, sorted.count * percent / 100)] }
 
 struct FrontBenchError: Error, CustomStringConvertible {
     var description: String
@@ -547,8 +550,9 @@ extension FrontBench {
         let front = try load(dir + "/front.trace")
         let worker = try load(dir + "/worker-0.trace")
         // Join: the k-th request of the only client has id k. Each point comes from the process that owns it.
-        var samples = [[Double]](repeating: [], count: Self.breakdownStages.count)
+        var samples = [[Int64]](repeating: [], count: Self.breakdownStages.count)
         var joined = 0
+        let points = Self.breakdownStages.flatMap { [$0.2, $0.3] }
         for k in (n / 2)..<n {
             let id = UInt64(k + 1)
             guard let f = front[id], let w = worker[id] else { continue }
@@ -557,27 +561,28 @@ extension FrontBench {
                 if point == -2 { return client[k].1 }
                 return (4...7).contains(point) ? w[point] : f[point]
             }
-            let points = Self.breakdownStages.flatMap { [$0.2, $0.3] }
             if points.contains(where: { at($0) == 0 }) { continue }
             joined += 1
             for (i, st) in Self.breakdownStages.enumerated() {
-                samples[i].append(Double(Int64(bitPattern: at(st.3) &- at(st.2))))
+                samples[i].append(Int64(bitPattern: at(st.3) &- at(st.2)))
             }
         }
         guard joined > n / 4 else { throw FrontBenchError("only \(joined) of \(n - n / 2) requests had every trace point") }
-        func pct(_ v: [Double], _ q: Double) -> Double { let s = v.sorted(); return s[min(s.count - 1, Int(Double(s.count) * q))] }
         print("latency breakdown: \(joined) traced round trips (the second half of \(n)), one connection, echo worker")
         var result: [String: Any] = ["bench": "front-breakdown", "requests": n, "traced": joined,
                                      "server_args": "--engine echo --workers 1 " + serverArgs]
-        var softwareP50 = 0.0
+        var softwareP50: Int64 = 0
         for (i, st) in Self.breakdownStages.enumerated() {
-            let p50 = pct(samples[i], 0.5), p90 = pct(samples[i], 0.9)
-            print("  " + st.0.padding(toLength: 46, withPad: " ", startingAt: 0) + String(format: " p50 %6.2f us  p90 %6.2f us", p50 / 1000, p90 / 1000))
+            let sorted = samples[i].sorted()
+            let p50 = nearestRank(sorted, percent: 50), p90 = nearestRank(sorted, percent: 90)
+            print("  " + st.0.padding(toLength: 46, withPad: " ", startingAt: 0)
+                  + String(format: " p50 %6.2f us  p90 %6.2f us", Double(p50) / 1000, Double(p90) / 1000))
             result["\(st.1)_p50_ns"] = Int(p50)
             result["\(st.1)_p90_ns"] = Int(p90)
             if st.2 >= 0 && st.3 >= 0 { softwareP50 += p50 }
         }
-        print(String(format: "  sum of the server's stages' p50: %.2f us (front and worker code and the two ring hand-offs)", softwareP50 / 1000))
+        print(String(format: "  sum of the server's stages' p50: %.2f us (front and worker code and the two ring hand-offs)",
+                     Double(softwareP50) / 1000))
         result["server_stages_p50_sum_ns"] = Int(softwareP50)
         try writeJSONDocument(result, to: json)
     }
