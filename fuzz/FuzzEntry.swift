@@ -33,7 +33,31 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let b = bytes.withUnsafeBytes { whole.parse($0) }
         if case .failure = first {} else { precondition(a == b, "split parse differs") }
     }
-    // Raw bytes as a JSON body too.
-    _ = try? JSON.parse(bytes)
+    // Raw bytes as a JSON body too, through both readers: they must agree (values of the known keys, errors
+    // and their offsets, the verdict on a non-object).
+    checkKnownFields(bytes)
     return 0
+}
+
+private func checkKnownFields(_ bytes: [UInt8]) {
+    let keys = APIDecoder.generationKeys
+    var tree: JSONValue? = nil
+    var treeError: JSONError? = nil
+    do { tree = try JSON.parse(bytes) } catch { treeError = error }
+    var got = [JSONValue?](repeating: nil, count: keys.names.count)
+    do {
+        let isObject = try JSON.parseObject(bytes, keys: keys) { k, v in
+            precondition(got[k] == nil, "known key visited twice")
+            got[k] = v
+        }
+        precondition(treeError == nil, "parseObject accepted what parse refused: \(treeError!)")
+        if case .object = tree! {
+            precondition(isObject)
+            for (k, name) in keys.names.enumerated() { precondition(got[k] == tree![name], "key \(name) differs") }
+        } else {
+            precondition(!isObject && got.allSatisfy { $0 == nil })
+        }
+    } catch {
+        precondition(treeError == error, "errors differ: \(error) vs \(String(describing: treeError))")
+    }
 }

@@ -91,19 +91,19 @@ public enum APIDecoder {
 
     public static func decodeGeneration(kind: RouteKind, body: [UInt8], id: UInt64, sessionHeader: String?,
                                         peer: PeerIdentity) throws(APIError) -> APIRequest {
-        let root = try object(body)
+        let root = try generationFields(body)
         var req = APIRequest(id: id, kind: kind, peer: peer)
-        if let m = root["model"] { req.model = try string(m, "model") }
+        if let m = root[.model] { req.model = try string(m, "model") }
         switch kind {
         case .chatCompletions:
-            guard let msgs = root["messages"] else {
+            guard let msgs = root[.messages] else {
                 throw APIError(message: "'messages' is required", param: "messages", code: "missing_required_parameter")
             }
             guard case .array(let items) = msgs else { throw .wrongType("messages", expected: "an array", got: msgs) }
             if items.isEmpty { throw .invalid("messages", "'messages' must not be empty") }
             for (k, item) in items.enumerated() { req.messages.append(try message(item, index: k)) }
         case .completions:
-            guard let p = root["prompt"] else {
+            guard let p = root[.prompt] else {
                 throw APIError(message: "'prompt' is required", param: "prompt", code: "missing_required_parameter")
             }
             switch p {
@@ -117,39 +117,40 @@ public enum APIDecoder {
             }
         }
         var s = SamplingParams()
-        let maxKey = kind == .chatCompletions && root["max_completion_tokens"] != nil ? "max_completion_tokens" : "max_tokens"
-        if let v = root[maxKey], v != .null {
+        let maxField: GenerationKey = kind == .chatCompletions && root[.max_completion_tokens] != nil ? .max_completion_tokens : .max_tokens
+        let maxKey = generationKeys.names[maxField.rawValue]
+        if let v = root[maxField], v != .null {
             let n = try int(v, maxKey)
             if n < 1 || n > SamplingParams.maxTokensLimit {
                 throw .invalid(maxKey, "'\(maxKey)' must be between 1 and \(SamplingParams.maxTokensLimit)")
             }
             s.maxTokens = n
         }
-        if let v = root["temperature"], v != .null {
+        if let v = root[.temperature], v != .null {
             let t = try double(v, "temperature")
             if t < 0 || t > 2 { throw .invalid("temperature", "'temperature' must be between 0 and 2") }
             s.temperature = t
         }
-        if let v = root["top_p"], v != .null {
+        if let v = root[.top_p], v != .null {
             let t = try double(v, "top_p")
             if t <= 0 || t > 1 { throw .invalid("top_p", "'top_p' must be in (0, 1]") }
             s.topP = t
         }
-        if let v = root["top_k"], v != .null {
+        if let v = root[.top_k], v != .null {
             let t = try int(v, "top_k")
             if t < 0 || t > 1 << 20 { throw .invalid("top_k", "'top_k' must be between 0 and 1048576") }
             s.topK = t
         }
-        if let v = root["min_p"], v != .null {
+        if let v = root[.min_p], v != .null {
             let t = try double(v, "min_p")
             if t < 0 || t > 1 { throw .invalid("min_p", "'min_p' must be between 0 and 1") }
             s.minP = t
         }
-        if let v = root["seed"], v != .null {
+        if let v = root[.seed], v != .null {
             guard case .number(_, let i?) = v else { throw .wrongType("seed", expected: "an integer", got: v) }
             s.seed = i
         }
-        if let v = root["stop"], v != .null {
+        if let v = root[.stop], v != .null {
             switch v {
             case .string(let str):
                 if str.isEmpty { throw .invalid("stop", "'stop' strings must not be empty") }
@@ -164,21 +165,21 @@ public enum APIDecoder {
             default: throw .wrongType("stop", expected: "a string or an array of strings", got: v)
             }
         }
-        if let v = root["n"], v != .null {
+        if let v = root[.n], v != .null {
             let n = try int(v, "n")
             if n != 1 { throw .invalid("n", "only n = 1 is supported") }
         }
         req.sampling = s
-        if let v = root["stream"], v != .null { req.stream = try bool(v, "stream") }
-        if let v = root["stream_options"], v != .null {
+        if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
+        if let v = root[.stream_options], v != .null {
             guard case .object = v else { throw .wrongType("stream_options", expected: "an object", got: v) }
             if !req.stream { throw .invalid("stream_options", "'stream_options' is only allowed with stream: true") }
             if let u = v["include_usage"], u != .null { req.includeUsage = try bool(u, "stream_options.include_usage") }
         }
         var sessionID: String? = nil
-        if let v = root["session_id"], v != .null { sessionID = try string(v, "session_id") }
+        if let v = root[.session_id], v != .null { sessionID = try string(v, "session_id") }
         var user: String? = nil
-        if let v = root["user"], v != .null { user = try string(v, "user") }
+        if let v = root[.user], v != .null { user = try string(v, "user") }
         if let h = sessionHeader, !h.isEmpty { req.sessionKey = h }
         else if let sid = sessionID, !sid.isEmpty { req.sessionKey = sid }
         else if let u = user, !u.isEmpty { req.sessionKey = u }
@@ -217,6 +218,30 @@ public enum APIDecoder {
     }
 
     // MARK: helpers
+
+    /// The top-level fields decodeGeneration reads; every other field is validated and ignored.
+    enum GenerationKey: Int, CaseIterable {
+        case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
+             stop, n, stream, stream_options, session_id, user
+    }
+    static let generationKeys = JSONKeys(GenerationKey.allCases.map { "\($0)" })
+
+    /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
+    struct GenerationFields {
+        var values = InlineArray<16, JSONValue?>(repeating: nil)
+        subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
+    }
+
+    static func generationFields(_ body: [UInt8]) throws(APIError) -> GenerationFields {
+        if body.isEmpty { throw APIError(message: "request body is empty; expected a JSON object", code: "invalid_json") }
+        var f = GenerationFields()
+        let isObject: Bool
+        do { isObject = try JSON.parseObject(body, keys: generationKeys) { k, v in f.values[k] = v } } catch {
+            throw APIError(message: "invalid JSON at byte \(error.offset): \(error.message)", code: "invalid_json")
+        }
+        if !isObject { _ = try object(body) }   // names the JSON type the body has instead
+        return f
+    }
 
     static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
         if body.isEmpty { throw APIError(message: "request body is empty; expected a JSON object", code: "invalid_json") }

@@ -108,7 +108,7 @@ public final class FrontServer: @unchecked Sendable {
     private var conns: [Connection?] = []
     private var freeSlots: [Int] = []
     private var liveConnections = 0
-    private var owners: [UInt64: (slot: Int, gen: UInt32)] = [:]
+    private var owners = RequestTable<(slot: Int, gen: UInt32)>()
     private var nextRequestID: UInt64 = 1
     private var nextGeneration: UInt32 = 1
     private var signalFD: Int32 = -1

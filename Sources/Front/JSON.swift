@@ -47,6 +47,35 @@ public enum JSONValue: Sendable, Equatable {
     }
 }
 
+/// The top-level keys a decoder looks for (at most 64, ASCII), matched by length and then byte by byte.
+public struct JSONKeys: Sendable {
+    public let names: [String]
+    private let utf8: [[UInt8]]
+
+    public init(_ names: [String]) {
+        precondition(names.count <= 64 && Set(names).count == names.count && names.allSatisfy { $0.utf8.allSatisfy { $0 < 0x80 } })
+        self.names = names
+        utf8 = names.map { Array($0.utf8) }
+    }
+
+    /// Index of the key whose UTF-8 is `k`, if any.
+    func index(_ k: UnsafeBufferPointer<UInt8>) -> Int? {
+        for n in utf8.indices where utf8[n].count == k.count {
+            let same = utf8[n].withUnsafeBufferPointer { u -> Bool in
+                for x in 0..<u.count where u[x] != k[x] { return false }
+                return true
+            }
+            if same { return n }
+        }
+        return nil
+    }
+
+    func index(_ s: String) -> Int? {
+        var s = s
+        return s.withUTF8 { index($0) }
+    }
+}
+
 public struct JSONError: Error, Equatable, Sendable {
     public var message: String
     public var offset: Int
@@ -63,6 +92,32 @@ public enum JSON {
             r.skipWS()
             if r.i != b.count { throw JSONError(message: "unexpected data after the JSON value", offset: r.i) }
             return v
+        }
+    }
+
+    /// Parses a JSON object whose interesting top-level keys are known in advance (an API request's fields):
+    /// each known key's value goes to `visit(index in keys, value)`; every other value is parsed (validated,
+    /// nested objects included) and dropped. No String is built for a known key written without escapes and
+    /// no field list for the object, so a request is decoded without a tree of its top level.
+    /// Exactly as strict as `parse`: the same errors at the same offsets (duplicate keys included, also
+    /// among skipped ones) — the fuzz target checks the two against each other. Returns false, visiting
+    /// nothing, when the text is valid JSON but not an object (`parse` then names what it is).
+    public static func parseObject(_ bytes: [UInt8], keys: JSONKeys,
+                                   visit: (Int, JSONValue) -> Void) throws(JSONError) -> Bool {
+        try bytes.withUnsafeBufferPointer { (b) throws(JSONError) -> Bool in
+            var r = Reader(b: b)
+            r.skipWS()
+            if r.i < b.count && b[r.i] == 123 {
+                try r.knownFields(keys, visit)
+            } else {
+                _ = try r.value(depth: 0)
+                r.skipWS()
+                if r.i != b.count { throw JSONError(message: "unexpected data after the JSON value", offset: r.i) }
+                return false
+            }
+            r.skipWS()
+            if r.i != b.count { throw JSONError(message: "unexpected data after the JSON value", offset: r.i) }
+            return true
         }
     }
 
@@ -132,6 +187,60 @@ public enum JSON {
             case 110: try literal("null"); return .null
             case 45, 48...57: return try number()
             default: throw fail("unexpected character")
+            }
+        }
+
+        /// The top-level object of `parseObject` (at its '{'): `value(depth: 0)`'s checks, in the same order.
+        mutating func knownFields(_ keys: JSONKeys, _ visit: (Int, JSONValue) -> Void) throws(JSONError) {
+            i += 1
+            var found: UInt64 = 0        // bit k: keys[k] seen
+            var others: [String] = []    // unknown keys seen (for the duplicate check), rare in requests
+            var seen: Set<String>? = nil
+            skipWS()
+            if i < b.count && b[i] == 125 { i += 1; return }
+            while true {
+                skipWS()
+                guard i < b.count, b[i] == 34 else { throw fail("expected a string key") }
+                // A plain (escape-free) key is matched from the input bytes; anything else is decoded first.
+                var j = i + 1
+                while j < b.count {
+                    let c = b[j]
+                    if c == 34 || c == 92 || c < 32 { break }
+                    j += 1
+                }
+                var k: Int? = nil
+                if j < b.count && b[j] == 34, let m = keys.index(UnsafeBufferPointer(rebasing: b[(i + 1)..<j])) {
+                    k = m
+                    i = j + 1
+                } else {
+                    let s = try string()
+                    if let m = keys.index(s) {
+                        k = m
+                    } else {
+                        if seen == nil && others.count >= 16 { seen = Set(others) }
+                        if seen != nil {
+                            if seen?.insert(s).inserted == false { throw fail("duplicate key \"\(s)\"") }
+                        } else {
+                            for existing in others where existing == s { throw fail("duplicate key \"\(s)\"") }
+                        }
+                        others.append(s)
+                    }
+                }
+                if let k {
+                    if found & (1 << UInt64(k)) != 0 { throw fail("duplicate key \"\(keys.names[k])\"") }
+                    found |= 1 << UInt64(k)
+                }
+                skipWS()
+                guard i < b.count, b[i] == 58 else { throw fail("expected ':'") }
+                i += 1
+                skipWS()
+                let v = try value(depth: 1)
+                if let k { visit(k, v) }
+                skipWS()
+                guard i < b.count else { throw fail("unexpected end of JSON") }
+                if b[i] == 44 { i += 1; continue }
+                if b[i] == 125 { i += 1; return }
+                throw fail("expected ',' or '}'")
             }
         }
 

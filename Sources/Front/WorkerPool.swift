@@ -85,7 +85,6 @@ final class WorkerSlot {
     var readySince: UInt64 = 0
     var lastBeat: UInt64 = 0
     var lastBeatChange: UInt64 = 0
-    var requests: Set<UInt64> = []
     var readyInfo: ReadyRecord?
     /// The group's other shards (empty for --tp 1).
     let followers: [FollowerSlot]
@@ -109,7 +108,7 @@ public final class WorkerPool: FrontBackend {
     public let config: WorkerPoolConfig
     let router: Router
     var slots: [WorkerSlot] = []
-    var inFlight: [UInt64: InFlight] = [:]
+    var inFlight = RequestTable<InFlight>()
     let epoll: FileDescriptor
     let eventFD: EventFD
     let timerFD: FileDescriptor
@@ -252,9 +251,7 @@ public final class WorkerPool: FrontBackend {
             totalRestarts += 1
         }
         config.log(shuttingDown ? .info : .warn, "\(shardName(w, rank: 0)): \(reason)\(status.map { " (\($0))" } ?? "")")
-        let affected = w.requests
-        w.requests.removeAll()
-        for id in affected {
+        for id in inFlight.ids(where: { $0.worker == i }) {
             guard var f = inFlight[id] else { continue }
             if let t = f.ticket { router.release(t) }
             f.ticket = nil
@@ -358,7 +355,6 @@ public final class WorkerPool: FrontBackend {
                 return .overloaded(retryAfterSeconds: 1)
             }
             inFlight[r.id] = InFlight(worker: i, ticket: ticket, request: r, retries: retries)
-            w.requests.insert(r.id)
             return .admitted(workerID: w.spec.id)
         }
     }
@@ -406,7 +402,6 @@ public final class WorkerPool: FrontBackend {
         guard let i = anyReadyWorker() else { return .notReady(reason: "no worker is ready") }
         guard send(record, to: slots[i]) else { return .overloaded(retryAfterSeconds: 1) }
         inFlight[id] = InFlight(worker: i, ticket: nil, started: true)
-        slots[i].requests.insert(id)
         return .admitted(workerID: slots[i].spec.id)
     }
 
@@ -418,7 +413,6 @@ public final class WorkerPool: FrontBackend {
         if !send(.cancel(CancelRecord(requestID: requestID)), to: slots[f.worker]) {
             // Ring full or worker gone: forget it here; the worker's done record is ignored when it comes.
             if let t = f.ticket { router.release(t) }
-            slots[f.worker].requests.remove(requestID)
             inFlight[requestID] = nil
         }
     }
@@ -509,17 +503,20 @@ public final class WorkerPool: FrontBackend {
         case .delta(let d):
             sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
             // Updated in place through the index: no copy of the entry (and its kept request) out and back.
-            guard let k = inFlight.index(forKey: d.requestID), !inFlight.values[k].cancelled else { return }
-            if !inFlight.values[k].started {
-                inFlight.values[k].started = true
-                inFlight.values[k].request = nil
+            let live = inFlight.update(d.requestID) { f -> Bool in
+                if f.cancelled { return false }
+                if !f.started {
+                    f.started = true
+                    f.request = nil
+                }
+                return true
             }
+            guard live == true else { return }
             pending.append(.delta(requestID: d.requestID, text: d.text))
         case .done(let d):
             sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
             sy_trace_mark(d.requestID, SY_TP_FRONT_DRAINED)
             guard let f = inFlight.removeValue(forKey: d.requestID) else { return }
-            w.requests.remove(d.requestID)
             if let t = f.ticket { router.release(t) }
             guard !f.cancelled, !f.errored, d.finish != .error else { return }
             let reason: FinishReason = d.finish == .length ? .length : (d.finish == .cancelled ? .cancelled : .stop)
@@ -542,16 +539,13 @@ public final class WorkerPool: FrontBackend {
             // request the worker never admitted).
             if !f.started || e.code == .overloaded || e.code == .invalidRequest {
                 inFlight[e.requestID] = nil
-                w.requests.remove(e.requestID)
                 if let t = f.ticket { router.release(t) }
             }
         case .tokens(let t):
             guard inFlight.removeValue(forKey: t.requestID) != nil else { return }
-            w.requests.remove(t.requestID)
             pending.append(.tokens(requestID: t.requestID, tokens: t.tokens))
         case .text(let t):
             guard inFlight.removeValue(forKey: t.requestID) != nil else { return }
-            w.requests.remove(t.requestID)
             pending.append(.text(requestID: t.requestID, content: t.text))
         case .submit, .cancel, .tokenize, .detokenize:
             config.log(.warn, "worker \(w.spec.id): sent a request-side record; ignored")

@@ -180,3 +180,76 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         }
     }
 }
+
+/// JSON.parseObject (the request decoder's one-pass reader of known top-level fields) must agree with
+/// JSON.parse on every input: the same known values, the same errors at the same offsets, the same verdict
+/// for a valid non-object.
+@Suite struct JSONKnownFieldsTests {
+    static let keys = JSONKeys(["prompt", "max_tokens", "top_k", "top_p", "stop", "user"])
+
+    /// parse's verdict in parseObject's terms: the known keys' values, or its error, or nil for a non-object.
+    static func viaParse(_ b: [UInt8]) -> Result<[JSONValue?]?, JSONError> {
+        do {
+            let v = try JSON.parse(b)
+            guard case .object = v else { return .success(nil) }
+            return .success(keys.names.map { v[$0] })
+        } catch { return .failure(error) }
+    }
+
+    static func viaParseObject(_ b: [UInt8]) -> Result<[JSONValue?]?, JSONError> {
+        var got = [JSONValue?](repeating: nil, count: keys.names.count)
+        var visits = 0
+        do {
+            let isObject = try JSON.parseObject(b, keys: keys) { k, v in got[k] = v; visits += 1 }
+            if !isObject { return visits == 0 ? .success(nil) : .success([]) }
+            return .success(got)
+        } catch { return .failure(error) }
+    }
+
+    static let cases: [String] = [
+        #"{"prompt":"h","max_tokens":1}"#,
+        #" { "prompt" : "h" , "max_tokens" : 1 } "#,
+        #"{}"#, #"{ }"#, #"[1]"#, #""s""#, #"3"#, #"null"#, #"{"#, #"{"prompt""#, #"{"prompt":}"#,
+        #"{"prompt":"a","prompt":"b"}"#,                        // duplicate known key
+        #"{"pr\u006fmpt":"a","prompt":"b"}"#,                   // the same key, one escaped
+        #"{"pr\u006fmpt":"a"}"#,                                // an escaped known key alone
+        #"{"x":1,"x":2}"#,                                      // duplicate unknown key
+        #"{"x":1,"\u0078":2}"#,
+        #"{"x":{"a":1,"a":2}}"#,                                // duplicate inside a skipped value
+        #"{"x":[1,{"b":[true,false,null]}],"stop":["a","b"],"top_k":40,"top_p":0.9}"#,
+        #"{"prompt":"h"} x"#, #"{"prompt":"h"}}"#, #"{"prompt":"h",}"#, #"{,}"#, #"{"a" 1}"#,
+        #"{"prompt":"\ud800"}"#, #"{"\ud800":1}"#, #"{"prom"#, #"{"prompt":"h","max_tokens":01}"#,
+        #"{"user":"u","topk":1,"top_":2,"top_kk":3,"TOP_K":4}"#,
+        "{\"prompt\":\"a\u{7}\"}", "{\"k\u{1}\":1}",
+        #"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17,"r":18,"a":19}"#,
+        #"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17,"r":18,"prompt":"x"}"#,
+    ]
+
+    @Test func agreesWithParse() {
+        for c in Self.cases {
+            let b = Array(c.utf8)
+            #expect(Self.viaParseObject(b) == Self.viaParse(b), "\(c)")
+        }
+        // Invalid UTF-8 in a key and in a value.
+        for b: [UInt8] in [[123, 34, 0xFF, 34, 58, 49, 125], [123, 34, 112, 34, 58, 34, 0xC3, 34, 125], [123, 34]] {
+            #expect(Self.viaParseObject(b) == Self.viaParse(b), "\(b)")
+        }
+    }
+
+    /// Every prefix of valid requests: truncated bodies fail identically at every cut.
+    @Test func prefixesAgree() {
+        for c in Self.cases.prefix(2) + [Self.cases[17]] {
+            let b = Array(c.utf8)
+            for n in 0...b.count {
+                let p = Array(b[..<n])
+                #expect(Self.viaParseObject(p) == Self.viaParse(p), "\(String(decoding: p, as: UTF8.self))")
+            }
+        }
+    }
+
+    @Test func requestDecodingKeepsItsErrors() {
+        #expect(apiError(.completions, #"{"prompt":"a","pr\u006fmpt":"b"}"#)?.message == #"invalid JSON at byte 27: duplicate key "prompt""#)
+        #expect(apiError(.completions, "[1]")?.message == "request body must be a JSON object, got array")
+        #expect(apiError(.completions, #"{"x":{"y":1,"y":2},"prompt":"p"}"#)?.code == "invalid_json")
+    }
+}
