@@ -38,24 +38,25 @@ public enum FrontCPUProbe {
         if failed { throw ProbeError(message: "the probe request does not decode") }
         // What the loop builds for the final event of a non-streaming completion (identity at admission,
         // body and head at the end), into a reused buffer as FrontServer does.
-        var out: [UInt8] = []
-        out.reserveCapacity(1024)
+        var out = ByteWriter(capacity: 1024)
         var bodyWriter = JSONWriter(capacity: 1024)
         var n = 0
+        let health = Array("{\"status\":\"ok\"}".utf8)
         let response = time(iterations) {
             n += 1
             let ident = CompletionIdentity(number: UInt64(n), created: 1_800_000_000, model: "echo", chat: false)
             bodyWriter.reset()
             OpenAIEncoder.completion(ident, text: "h", finish: .length,
                                      usage: Usage(promptTokens: 1, completionTokens: 1, cachedTokens: 0), into: &bodyWriter)
-            out.removeAll(keepingCapacity: true)
-            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: bodyWriter.bytes, keepAlive: true, worker: 0)
+            out.reset()
+            bodyWriter.withBytes {
+                ResponseWriter.full(&out, status: 200, contentType: "application/json", body: $0, keepAlive: true, worker: 0)
+            }
             sink &+= out.count
         }
-        let health = time(iterations) {
-            out.removeAll(keepingCapacity: true)
-            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: Array("{\"status\":\"ok\"}".utf8),
-                                keepAlive: true, worker: nil)
+        let healthNs = time(iterations) {
+            out.reset()
+            ResponseWriter.full(&out, status: 200, contentType: "application/json", body: health, keepAlive: true, worker: nil)
             sink &+= out.count
         }
         // Records: what the pool encodes for the worker and the worker for the front, and their decoding.
@@ -80,7 +81,7 @@ public enum FrontCPUProbe {
         }
         if failed { throw ProbeError(message: "the probe records do not round-trip") }
         if sink == 42 { print("", terminator: "") }   // keeps the work observable
-        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: health, recordsNs: recordsNs)
+        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: healthNs, recordsNs: recordsNs)
     }
 
     public struct ProbeError: Error, CustomStringConvertible {

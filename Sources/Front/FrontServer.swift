@@ -119,7 +119,7 @@ public final class FrontServer: @unchecked Sendable {
     private var multishotRecv = true
     private var multishotAccept = true
     private var acceptArmed: [Bool] = []
-    private var scratch: [UInt8] = []
+    private var scratch = ByteWriter(capacity: 2048)
     /// Backend fds with an armed one-shot poll → the token in its user_data (stale completions are dropped).
     private var watched: [Int32: UInt32] = [:]
     private var nextWatchToken: UInt32 = 1
@@ -237,6 +237,7 @@ public final class FrontServer: @unchecked Sendable {
             config.log(.info, l.family == .unix ? "listening on unix:\(l.ownedPath ?? "fd \(l.fd)")" : "listening on tcp port \(l.port.map(String.init) ?? "?")")
         }
 
+        loopNow = now()
         let batch = 256
         let cqes = UnsafeMutablePointer<OpaquePointer?>.allocate(capacity: batch)
         defer { cqes.deallocate() }
@@ -261,6 +262,7 @@ public final class FrontServer: @unchecked Sendable {
             // waitFor 0: submits what is queued (no system call when nothing is, unless completions wait in
             // the kernel) and goes on to the completions.
             let rc = sy_uring_submit_and_wait(r, waitFor)
+            loopNow = now()
             if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
                 throw FrontError.system("io_uring_enter", -rc)
             }
@@ -610,11 +612,15 @@ public final class FrontServer: @unchecked Sendable {
     // MARK: output
 
     private func enqueue(_ c: Connection, _ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { enqueue(c, $0) }
+    }
+
+    private func enqueue(_ c: Connection, _ bytes: UnsafeRawBufferPointer) {
         guard !c.closing else { return }
         if !c.sendInFlight && c.queued.isEmpty && c.sendOffset >= c.sendLength && !bytes.isEmpty
             && bytes.count <= c.sendCapacity {
             // An idle connection (the usual case: one response at a time): straight into the send buffer.
-            bytes.withUnsafeBytes { c.sendBuf.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            c.sendBuf.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
             c.sendOffset = 0
             c.sendLength = bytes.count
             flush(c)
@@ -643,7 +649,7 @@ public final class FrontServer: @unchecked Sendable {
             c.takeQueued()
         }
         let s = getSQE()
-        c.lastSendProgress = now()   // submitted right after a completion or onto an idle socket
+        c.lastSendProgress = loopNow   // submitted right after a completion or onto an idle socket
         sy_prep_send(s, c.fd, c.sendBuf + c.sendOffset, c.sendLength - c.sendOffset)
         sy_sqe_set_data64(s, Self.data(.send, slot: c.slot, gen: c.gen))
         c.sendInFlight = true
@@ -759,7 +765,7 @@ public final class FrontServer: @unchecked Sendable {
     private func processInput(_ c: Connection) {
         while c.active == nil && !c.closing && !c.closeAfterFlush && !c.lingering {
             if c.input.isEmpty {
-                c.deadline = now() + nanos(config.idleTimeout)
+                c.deadline = loopNow + nanos(config.idleTimeout)
                 if c.deadlineKind != .idleFirst { c.deadlineKind = .idle }
                 return
             }
@@ -768,7 +774,7 @@ public final class FrontServer: @unchecked Sendable {
             case .incomplete:
                 if c.deadlineKind != .request {
                     c.deadlineKind = .request
-                    c.deadline = now() + nanos(config.requestTimeout)
+                    c.deadline = loopNow + nanos(config.requestTimeout)
                 }
                 if let h = c.parser.head, h.expectContinue, !c.sentContinue {
                     c.sentContinue = true
@@ -799,7 +805,7 @@ public final class FrontServer: @unchecked Sendable {
         let body = ResponseWriter.errorBody(message: message, type: type ?? ResponseWriter.errorType(for: status),
                                             param: param, code: code)
         let keep = !close && c.keepAlive
-        scratch.removeAll(keepingCapacity: true)
+        scratch.reset()
         ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
                             worker: worker, extra: extra)
         if count {
@@ -810,18 +816,20 @@ public final class FrontServer: @unchecked Sendable {
             c.deadline = now() + nanos(config.requestTimeout)
             c.deadlineKind = .linger
         }
-        enqueue(c, scratch)
+        scratch.withBytes { enqueue(c, $0) }
     }
 
     private func sendJSON(_ c: Connection, status: Int = 200, body: [UInt8], route: String, worker: Int? = nil,
                           contentType: String = "application/json") {
-        scratch.removeAll(keepingCapacity: true)
+        scratch.reset()
         ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
                             worker: worker)
         countRequest(route: route, status: status)
         if !c.keepAlive { c.closeAfterFlush = true }
-        enqueue(c, scratch)
+        scratch.withBytes { enqueue(c, $0) }
     }
+
+    private static let healthOK = Array("{\"status\":\"ok\"}".utf8)
 
     private enum Endpoint { case chatCompletions, completions, models, health, metrics, tokenize, detokenize }
 
@@ -837,9 +845,8 @@ public final class FrontServer: @unchecked Sendable {
         ("/detokenize", "POST", "detokenize", .detokenize),
     ]
 
-    private static func route(_ path: Substring) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
-        var p = path
-        return p.withUTF8 { a in
+    private static func route(_ head: HTTPRequestHead) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
+        head.withPath { a in
             for r in routes where r.path.utf8.count == a.count {
                 let same = r.path.utf8.withContiguousStorageIfAvailable { b in
                     a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0
@@ -851,13 +858,13 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
-        guard let r = Self.route(req.head.path) else {
+        guard let r = Self.route(req.head) else {
             let path = String(req.head.path)
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
         let path = r.path
-        if req.head.method != r.method {
+        if !req.head.methodIs(r.method) {
             sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
                       close: false, route: r.route, extra: [("Allow", r.method)])
             return
@@ -866,7 +873,7 @@ public final class FrontServer: @unchecked Sendable {
         case .health:
             let h = backend.health()
             if h.ready {
-                sendJSON(c, body: Array("{\"status\":\"ok\"}".utf8), route: "health")
+                sendJSON(c, body: Self.healthOK, route: "health")
             } else {
                 sendJSON(c, status: 503, body: Array("{\"status\":\"loading\",\"workers_ready\":\(h.workersReady),\"workers_total\":\(h.workersTotal)}".utf8), route: "health")
             }
@@ -1012,7 +1019,7 @@ public final class FrontServer: @unchecked Sendable {
             } else {
                 bodyWriter.reset()
                 OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage, into: &bodyWriter)
-                finishWithJSON(c, a, bodyWriter.bytes)
+                bodyWriter.withBytes { finishWithJSON(c, a, $0) }
             }
         case .rerouted(_, let worker):
             if !a.headersSent { a.worker = worker }
@@ -1041,11 +1048,11 @@ public final class FrontServer: @unchecked Sendable {
             w.raw("{\"tokens\":[")
             for (k, t) in tokens.enumerated() { if k > 0 { w.raw(",") }; w.int(Int(t)) }
             w.raw("]}")
-            finishWithJSON(c, a, w.bytes)
+            w.withBytes { finishWithJSON(c, a, $0) }
         case .text(_, let content):
             var w = JSONWriter()
             w.raw("{\"content\":"); w.string(content); w.raw("}")
-            finishWithJSON(c, a, w.bytes)
+            w.withBytes { finishWithJSON(c, a, $0) }
         }
     }
 
@@ -1065,16 +1072,20 @@ public final class FrontServer: @unchecked Sendable {
         }
     }
 
-    private func finishWithJSON(_ c: Connection, _ a: ActiveRequest, _ body: [UInt8]) {
+    private func finishWithJSON(_ c: Connection, _ a: ActiveRequest, _ body: UnsafeRawBufferPointer) {
         // Built in the reused scratch buffer (enqueue copies it out before anything else can touch it).
-        scratch.removeAll(keepingCapacity: true)
+        scratch.reset()
         ResponseWriter.full(&scratch, status: 200, contentType: "application/json", body: body, keepAlive: c.keepAlive,
                             worker: a.worker)
         countRequest(route: a.route, status: 200)
-        finishRequest(c, a, scratch)
+        scratch.withBytes { finishRequest(c, a, $0) }
     }
 
     private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: [UInt8]) {
+        out.withUnsafeBytes { finishRequest(c, a, $0) }
+    }
+
+    private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: UnsafeRawBufferPointer) {
         owners[a.id] = nil
         c.active = nil
         if !c.keepAlive || c.closeAfterResponse { c.keepAlive = false; c.closeAfterFlush = true }
@@ -1084,6 +1095,11 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     // MARK: time
+
+    /// The clock when the loop last woke (read once per wake-up, not per request): for the per-request
+    /// deadlines and send-progress stamps, whose timeouts are seconds, where a few microseconds of
+    /// staleness cannot matter. Latency observations read the clock itself.
+    private var loopNow: UInt64 = 0
 
     private func now() -> UInt64 {
         var ts = Glibc.timespec()

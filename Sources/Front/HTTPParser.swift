@@ -99,27 +99,99 @@ public struct HTTPHeader: Sendable, Equatable {
 }
 
 public struct HTTPRequestHead: Sendable, Equatable {
-    public var method: String
-    public var target: String
+    /// One buffer per head: the header block as received (request line through the empty line), then the
+    /// field table, four Int32 per field line (name start and end, value start and end, offsets into the
+    /// block; the value without surrounding whitespace). Nothing else is copied or allocated while parsing:
+    /// names and values become Strings only when asked for.
+    private let storage: [UInt8]
+    private let blockLength: Int
+    private let fieldCount: Int
+    private let methodEnd: Int
+    private let targetStart: Int
+    private let targetEnd: Int
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     public var versionMinor: Int
-    public var headers: [HTTPHeader]
     public var keepAlive: Bool
     public var expectContinue: Bool
     /// Declared Content-Length (0 when absent or chunked).
     public var contentLength: Int
     public var chunked: Bool
 
-    /// First value of the header with this lower-case name.
+    fileprivate init(storage: [UInt8], blockLength: Int, fieldCount: Int, methodEnd: Int, targetStart: Int,
+                     targetEnd: Int, versionMinor: Int, keepAlive: Bool, expectContinue: Bool, contentLength: Int,
+                     chunked: Bool) {
+        self.storage = storage; self.blockLength = blockLength; self.fieldCount = fieldCount
+        self.methodEnd = methodEnd; self.targetStart = targetStart; self.targetEnd = targetEnd
+        self.versionMinor = versionMinor; self.keepAlive = keepAlive; self.expectContinue = expectContinue
+        self.contentLength = contentLength; self.chunked = chunked
+    }
+
+    public var method: String { string(0, methodEnd) }
+    public var target: String { string(targetStart, targetEnd) }
+
+    /// Whether the method is exactly `m` (methods are case-sensitive).
+    public func methodIs(_ m: String) -> Bool {
+        var m = m
+        return m.withUTF8 { u in
+            u.count == methodEnd && storage.withUnsafeBufferPointer { b in (0..<u.count).allSatisfy { b[$0] == u[$0] } }
+        }
+    }
+
+    /// Every field line in order, names lower-cased.
+    public var headers: [HTTPHeader] {
+        (0..<fieldCount).map { k in
+            let f = field(k)
+            return HTTPHeader(name: storage.withUnsafeBytes { HTTPRequestParser.lowercasedString($0, f.0, f.1) },
+                              value: string(f.2, f.3))
+        }
+    }
+
+    /// First value of the header with this lower-case name (compared without case, byte by byte).
     public func header(_ lowercasedName: String) -> String? {
-        for h in headers where h.name.sameUTF8Length(as: lowercasedName) && h.name == lowercasedName { return h.value }
-        return nil
+        var name = lowercasedName
+        let k: Int? = name.withUTF8 { n in
+            storage.withUnsafeBufferPointer { b in
+                for k in 0..<fieldCount {
+                    let f = field(k)
+                    if f.1 - f.0 == n.count && HTTPRequestParser.equalsLowercased(b, f.0, n) { return k }
+                }
+                return nil
+            }
+        }
+        guard let k else { return nil }
+        let f = field(k)
+        return string(f.2, f.3)
     }
 
     /// Path without the query string.
     public var path: Substring {
-        if let q = target.utf8.firstIndex(of: UInt8(ascii: "?")) { return target[..<q] }   // bytes, not Characters
-        return target[...]
+        let t = target
+        if let q = t.utf8.firstIndex(of: UInt8(ascii: "?")) { return t[..<q] }   // bytes, not Characters
+        return t[...]
+    }
+
+    /// The path's bytes (without the query string), without building a String.
+    public func withPath<R>(_ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        storage.withUnsafeBufferPointer { b in
+            var e = targetStart
+            while e < targetEnd && b[e] != UInt8(ascii: "?") { e += 1 }
+            return body(UnsafeBufferPointer(rebasing: b[targetStart..<e]))
+        }
+    }
+
+    /// Field k's (name start, name end, value start, value end).
+    private func field(_ k: Int) -> (Int, Int, Int, Int) {
+        storage.withUnsafeBytes { r in
+            let o = blockLength + 16 * k
+            return (Int(r.loadUnaligned(fromByteOffset: o, as: Int32.self)),
+                    Int(r.loadUnaligned(fromByteOffset: o + 4, as: Int32.self)),
+                    Int(r.loadUnaligned(fromByteOffset: o + 8, as: Int32.self)),
+                    Int(r.loadUnaligned(fromByteOffset: o + 12, as: Int32.self)))
+        }
+    }
+
+    private func string(_ s: Int, _ e: Int) -> String {
+        storage.withUnsafeBytes { HTTPRequestParser.string($0, s, e) }
     }
 }
 
@@ -276,7 +348,7 @@ public struct HTTPRequestParser: Sendable {
                     let req = HTTPRequest(head: h, body: body)
                     return .complete(req, consumed: consumed)
                 }
-                if Self.parseHeaderLine(UnsafeRawBufferPointer(rebasing: buf[pos..<lineEnd])) == nil {
+                if !Self.isValidFieldLine(UnsafeRawBufferPointer(rebasing: buf[pos..<lineEnd])) {
                     return .failure(.malformedHeader)
                 }
                 pos = lineEnd + 2
@@ -295,12 +367,12 @@ public struct HTTPRequestParser: Sendable {
         var i = 0
         while i < lineEnd && isTokenByte(b[i]) { i += 1 }
         if i == 0 || i >= lineEnd || b[i] != 32 { return .failure(.malformedRequestLine) }
-        let method = string(b, 0, i)
+        let methodEnd = i
         i += 1
         let targetStart = i
         while i < lineEnd && b[i] > 32 && b[i] < 127 { i += 1 }
         if i == targetStart || i >= lineEnd || b[i] != 32 { return .failure(.malformedRequestLine) }
-        let target = string(b, targetStart, i)
+        let targetEnd = i
         i += 1
         // "HTTP/" DIGIT "." DIGIT
         if lineEnd - i != 8 { return .failure(.malformedRequestLine) }
@@ -311,55 +383,65 @@ public struct HTTPRequestParser: Sendable {
         if major != 49 || (minor != 48 && minor != 49) { return .failure(.unsupportedVersion) }
         let versionMinor = Int(minor - 48)
 
-        var headers: [HTTPHeader] = []
-        headers.reserveCapacity(8)   // a typical request's fields without regrowing
-        var p = lineEnd + 2
-        let end = b.count - 2   // the final empty line
-        while p < end {
-            guard let le = findCRLF(b, from: p, limit: b.count) else { return .failure(.malformedHeader) }
-            if b[p] == 32 || b[p] == 9 { return .failure(.obsoleteLineFolding) }
-            guard let field = parseHeaderLine(UnsafeRawBufferPointer(rebasing: b[p..<le])) else {
-                return .failure(.malformedHeader)
-            }
-            headers.append(field)
-            if headers.count > limits.maxHeaderCount { return .failure(.tooManyHeaders) }
-            p = le + 2
-        }
-
+        // The block, then the field table (16 bytes per field), in one buffer.
+        var storage: [UInt8] = []
+        storage.reserveCapacity(b.count + 16 * 12)
+        storage.append(contentsOf: b)
+        var fieldCount = 0
         var keepAlive = versionMinor == 1
         var expectContinue = false
         var contentLength: Int? = nil
         var chunked = false
         var sawTransferEncoding = false
-        for h in headers {
-            // The name's length picks the one candidate (a failed String == goes out of line; most fields
-            // are none of these four).
-            let candidate: String
-            switch h.name.utf8.count {
-            case 14: candidate = "content-length"
-            case 17: candidate = "transfer-encoding"
-            case 10: candidate = "connection"
-            case 6: candidate = "expect"
-            default: continue
-            }
-            guard h.name == candidate else { continue }
-            switch candidate {
-            case "content-length":
-                guard let v = parseContentLength(h.value) else { return .failure(.invalidContentLength) }
+        var p = lineEnd + 2
+        let end = b.count - 2   // the final empty line
+        while p < end {
+            guard let le = findCRLF(b, from: p, limit: b.count) else { return .failure(.malformedHeader) }
+            if b[p] == 32 || b[p] == 9 { return .failure(.obsoleteLineFolding) }
+            // field-line = field-name ":" OWS field-value OWS  (no whitespace before the colon).
+            var n = p
+            while n < le && isTokenByte(b[n]) { n += 1 }
+            if n == p || n >= le || b[n] != 58 { return .failure(.malformedHeader) }
+            var vs = n + 1, ve = le
+            while vs < ve && (b[vs] == 32 || b[vs] == 9) { vs += 1 }
+            while ve > vs && (b[ve - 1] == 32 || b[ve - 1] == 9) { ve -= 1 }
+            for k in vs..<ve where !isFieldValueByte(b[k]) { return .failure(.malformedHeader) }
+            fieldCount += 1
+            if fieldCount > limits.maxHeaderCount { return .failure(.tooManyHeaders) }
+            let nameStart = p
+            p = le + 2
+            withUnsafeBytes(of: (Int32(nameStart).littleEndian, Int32(n).littleEndian, Int32(vs).littleEndian,
+                                 Int32(ve).littleEndian)) { storage.append(contentsOf: $0) }
+
+            // The fields the parser acts on, picked by the name's length first (most fields are none of them).
+            let name = UnsafeRawBufferPointer(rebasing: b[nameStart..<n])
+            let value = UnsafeRawBufferPointer(rebasing: b[vs..<ve])
+            switch name.count {
+            case 14 where equalsLowercased(name, "content-length"):
+                guard let v = parseContentLength(value) else { return .failure(.invalidContentLength) }
                 if let prev = contentLength, prev != v { return .failure(.conflictingContentLength) }
                 contentLength = v
-            case "transfer-encoding":
+            case 17 where equalsLowercased(name, "transfer-encoding"):
                 if sawTransferEncoding { return .failure(.unsupportedTransferEncoding) }
                 sawTransferEncoding = true
-                if lowercased(h.value) != "chunked" { return .failure(.unsupportedTransferEncoding) }
+                if !(value.count == 7 && equalsLowercased(value, "chunked")) { return .failure(.unsupportedTransferEncoding) }
                 chunked = true
-            case "connection":
-                for token in h.value.split(separator: ",") {
-                    let t = lowercased(String(token).trimmingSpaces())
-                    if t == "close" { keepAlive = false } else if t == "keep-alive" { keepAlive = true }
+            case 10 where equalsLowercased(name, "connection"):
+                // Comma-separated tokens, each trimmed of spaces and tabs, compared without case.
+                var t = 0
+                while t <= value.count {
+                    var e = t
+                    while e < value.count && value[e] != 44 { e += 1 }
+                    var ts = t, te = e
+                    while ts < te && (value[ts] == 32 || value[ts] == 9) { ts += 1 }
+                    while te > ts && (value[te - 1] == 32 || value[te - 1] == 9) { te -= 1 }
+                    let token = UnsafeRawBufferPointer(rebasing: value[ts..<te])
+                    if token.count == 5 && equalsLowercased(token, "close") { keepAlive = false }
+                    else if token.count == 10 && equalsLowercased(token, "keep-alive") { keepAlive = true }
+                    t = e + 1
                 }
-            case "expect":
-                if lowercased(h.value) != "100-continue" { return .failure(.unsupportedExpectation) }
+            case 6 where equalsLowercased(name, "expect"):
+                if !(value.count == 12 && equalsLowercased(value, "100-continue")) { return .failure(.unsupportedExpectation) }
                 // HTTP/1.0 clients do not know 100 Continue (RFC 9110 §10.1.1): ignore it for them.
                 expectContinue = versionMinor == 1
             default:
@@ -372,48 +454,44 @@ public struct HTTPRequestParser: Sendable {
         if length > limits.maxBodyBytes { return .failure(.bodyTooLarge) }
         if length == 0 && !chunked { expectContinue = false }
         return .success(HTTPRequestHead(
-            method: method, target: target, versionMinor: versionMinor, headers: headers,
-            keepAlive: keepAlive, expectContinue: expectContinue, contentLength: length, chunked: chunked))
+            storage: storage, blockLength: b.count, fieldCount: fieldCount, methodEnd: methodEnd,
+            targetStart: targetStart, targetEnd: targetEnd, versionMinor: versionMinor, keepAlive: keepAlive,
+            expectContinue: expectContinue, contentLength: length, chunked: chunked))
     }
 
-    /// field-line = field-name ":" OWS field-value OWS  (no whitespace before the colon).
-    private static func parseHeaderLine(_ b: UnsafeRawBufferPointer) -> HTTPHeader? {
+    /// Whether b[start..<start + lower.count], ASCII letters lower-cased, equals `lower` (already lower case).
+    static func equalsLowercased(_ b: UnsafeBufferPointer<UInt8>, _ start: Int, _ lower: UnsafeBufferPointer<UInt8>) -> Bool {
+        for k in 0..<lower.count {
+            let c = b[start + k]
+            if (c >= 65 && c <= 90 ? c + 32 : c) != lower[k] { return false }
+        }
+        return true
+    }
+
+    /// Whether `b` (of the same length) equals `lower` once its ASCII letters are lower-cased.
+    static func equalsLowercased(_ b: UnsafeRawBufferPointer, _ lower: StaticString) -> Bool {
+        let n = lower.utf8CodeUnitCount
+        guard b.count == n else { return false }
+        let l = lower.utf8Start
+        for k in 0..<n {
+            let c = b[k]
+            if (c >= 65 && c <= 90 ? c + 32 : c) != l[k] { return false }
+        }
+        return true
+    }
+
+
+    /// field-line = field-name ":" OWS field-value OWS (a trailer line; its content is not kept).
+    private static func isValidFieldLine(_ b: UnsafeRawBufferPointer) -> Bool {
         var i = 0
         while i < b.count && isTokenByte(b[i]) { i += 1 }
-        if i == 0 || i >= b.count || b[i] != 58 { return nil }
-        let name = lowercasedString(b, 0, i)
-        var s = i + 1
-        var e = b.count
-        while s < e && (b[s] == 32 || b[s] == 9) { s += 1 }
-        while e > s && (b[e - 1] == 32 || b[e - 1] == 9) { e -= 1 }
-        for k in s..<e where !isFieldValueByte(b[k]) { return nil }
-        return HTTPHeader(name: name, value: interned(b, s, e) ?? string(b, s, e))
-    }
-
-    /// Field values longer than a small string (15 bytes) that clients send on almost every request: these
-    /// come back as the literal (no allocation) when the bytes match exactly.
-    static let commonValues: [String] = [
-        "application/json", "application/json; charset=utf-8", "text/event-stream", "gzip, deflate, br",
-        "gzip, deflate, br, zstd",
-    ]
-
-    static func interned(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int) -> String? {
-        let n = e - s
-        guard n > 15 else { return nil }   // shorter ones are small strings: no allocation anyway
-        for v in commonValues where v.utf8.count == n {
-            let same = v.utf8.withContiguousStorageIfAvailable { u -> Bool in
-                var k = 0
-                while k < n && b[s + k] == u[k] { k += 1 }
-                return k == n
-            }
-            if same == true { return v }
-        }
-        return nil
+        if i == 0 || i >= b.count || b[i] != 58 { return false }
+        for k in (i + 1)..<b.count where !isFieldValueByte(b[k]) { return false }
+        return true
     }
 
     /// 1*DIGIT, at most 15 digits (far above any limit, far below overflow).
-    private static func parseContentLength(_ s: String) -> Int? {
-        let u = Array(s.utf8)
+    private static func parseContentLength(_ u: UnsafeRawBufferPointer) -> Int? {
         if u.isEmpty || u.count > 15 { return nil }
         var v = 0
         for c in u {
@@ -505,12 +583,6 @@ public struct HTTPRequestParser: Sendable {
             return e - s
         }
     }
-
-    /// `s` with ASCII letters lower-cased (other bytes unchanged), through lowercasedString.
-    static func lowercased(_ s: String) -> String {
-        var copy = s
-        return copy.withUTF8 { lowercasedString(UnsafeRawBufferPointer($0), 0, $0.count) }
-    }
 }
 
 extension String {
@@ -519,12 +591,4 @@ extension String {
     /// UTF-8 lengths can still be canonically equivalent; the callers compare protocol tokens and JSON keys,
     /// which are matched by their code points.)
     @inline(__always) func sameUTF8Length(as other: String) -> Bool { utf8.count == other.utf8.count }
-
-    /// Without leading and trailing spaces/tabs (Foundation-free).
-    func trimmingSpaces() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
-    }
 }

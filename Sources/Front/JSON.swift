@@ -368,84 +368,150 @@ public enum JSON {
     }
 }
 
-/// Appends JSON text to a byte array without intermediate Strings.
-public struct JSONWriter {
-    public var bytes: [UInt8] = []
-    /// 512 bytes hold a whole non-streaming completion with a short answer (with usage) without regrowing.
-    public init(capacity: Int = 512) { bytes.reserveCapacity(capacity) }
-    /// Empties the writer, keeping its buffer.
-    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+/// A growable byte buffer written through a raw pointer: an append is one capacity check and a copy
+/// (an Array append pays ~10 ns of uniqueness and capacity bookkeeping each time, and a response is a few
+/// dozen short appends). Non-copyable, so two values can never share, or free twice, one allocation.
+public struct ByteWriter: ~Copyable {
+    private var base: UnsafeMutableRawPointer
+    private var capacity: Int
+    /// Bytes written so far.
+    public private(set) var count = 0
 
-    public mutating func raw(_ s: StaticString) {
-        bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    public init(capacity: Int = 512) {
+        self.capacity = max(16, capacity)
+        base = .allocate(byteCount: self.capacity, alignment: 16)
     }
-    public mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
-    public mutating func int(_ v: Int) { Self.appendDecimal(&bytes, v) }   // no String on the way
 
-    /// Appends `v` in decimal ASCII without allocating.
-    public static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
-        if v < 0 { out.append(45) }   // '-'
+    deinit { base.deallocate() }
+
+    /// Empties the buffer, keeping its allocation.
+    public mutating func reset() { count = 0 }
+
+    @inline(__always) public mutating func append(_ p: UnsafeRawPointer, count n: Int) {
+        if n > capacity - count { grow(n) }
+        (base + count).copyMemory(from: p, byteCount: n)
+        count += n
+    }
+
+    @inline(__always) public mutating func append(_ byte: UInt8) {
+        if capacity == count { grow(1) }
+        base.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
+        count += 1
+    }
+
+    @inline(__always) public mutating func append(_ s: StaticString) { append(s.utf8Start, count: s.utf8CodeUnitCount) }
+
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        if let p = bytes.baseAddress { append(p, count: bytes.count) }
+    }
+
+    public mutating func append(_ bytes: [UInt8]) { bytes.withUnsafeBytes { append($0) } }
+
+    /// Appends `v` in decimal ASCII.
+    public mutating func appendDecimal(_ v: Int) {
+        if 21 > capacity - count { grow(21) }   // sign + 20 digits
+        if v < 0 { base.storeBytes(of: 45, toByteOffset: count, as: UInt8.self); count += 1 }   // '-'
         var m = v.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)   // UInt.max has 20 digits
-        var n = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[19 - n] = UInt8(48 + m % 10)
-                m /= 10
-                n += 1
-            } while m > 0
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[(20 - n)...]))   // one copy, no slice iterator
-        }
+        var digits = 1
+        var t = m
+        while t >= 10 { t /= 10; digits += 1 }
+        var k = count + digits - 1
+        repeat {
+            base.storeBytes(of: UInt8(48 + m % 10), toByteOffset: k, as: UInt8.self)
+            m /= 10
+            k -= 1
+        } while m > 0
+        count += digits
+    }
+
+    /// Calls `body` with the bytes written so far, in place.
+    public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
+    /// The bytes as a new array (cold paths and tests).
+    public var bytes: [UInt8] { withBytes { Array($0) } }
+
+    @inline(never) private mutating func grow(_ n: Int) {
+        var c = capacity * 2
+        while c - count < n { c *= 2 }
+        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)
+        nb.copyMemory(from: base, byteCount: count)
+        base.deallocate()
+        base = nb
+        capacity = c
+    }
+}
+
+/// Appends JSON text to a byte buffer without intermediate Strings.
+public struct JSONWriter: ~Copyable {
+    public var out: ByteWriter
+    /// 512 bytes hold a whole non-streaming completion with a short answer (with usage) without regrowing.
+    public init(capacity: Int = 512) { out = ByteWriter(capacity: capacity) }
+    /// Empties the writer, keeping its buffer.
+    public mutating func reset() { out.reset() }
+    /// The text as a new array (cold paths; the event loop uses `withBytes`).
+    public var bytes: [UInt8] { out.bytes }
+    public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R { try out.withBytes(body) }
+
+    public mutating func raw(_ s: StaticString) { out.append(s) }
+    public mutating func raw(_ s: String) {
+        var s = s
+        s.withUTF8 { out.append(UnsafeRawBufferPointer($0)) }
+    }
+    public mutating func int(_ v: Int) { out.appendDecimal(v) }   // no String on the way
+
+    /// Appends `v` in decimal ASCII to an array (the array-based response pieces).
+    public static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
+        var w = ByteWriter(capacity: 24)
+        w.appendDecimal(v)
+        w.withBytes { out.append(contentsOf: $0) }
     }
     public mutating func double(_ v: Double) { raw(v.isFinite ? String(v) : "null") }
 
     public mutating func string(_ s: String) {
-        bytes.append(34)
-        // Most strings need no escape: copy their UTF-8 in one go (contiguous for native strings).
-        let plain = s.utf8.withContiguousStorageIfAvailable { u -> Bool in
-            for c in u where c < 32 || c == 34 || c == 92 { return false }
-            bytes.append(contentsOf: u)
-            return true
-        }
-        if plain == true {
-            bytes.append(34)
-            return
-        }
-        for c in s.utf8 {
-            switch c {
-            case 34: bytes.append(92); bytes.append(34)
-            case 92: bytes.append(92); bytes.append(92)
-            case 10: bytes.append(92); bytes.append(110)
-            case 13: bytes.append(92); bytes.append(114)
-            case 9: bytes.append(92); bytes.append(116)
-            case 0..<32:
-                let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                bytes.append(contentsOf: [92, 117, 48, 48, hex[Int(c >> 4)], hex[Int(c & 15)]])
-            default: bytes.append(c)
+        out.append(34)
+        var s = s
+        s.withUTF8 { u in
+            // Most strings need no escape: copy their UTF-8 in one go.
+            var plain = true
+            for c in u where c < 32 || c == 34 || c == 92 { plain = false; break }
+            if plain { out.append(UnsafeRawBufferPointer(u)); return }
+            for c in u {
+                switch c {
+                case 34: out.append(92); out.append(34)
+                case 92: out.append(92); out.append(92)
+                case 10: out.append(92); out.append(110)
+                case 13: out.append(92); out.append(114)
+                case 9: out.append(92); out.append(116)
+                case 0..<32:
+                    let hex: StaticString = "0123456789abcdef"
+                    out.append("\\u00")
+                    out.append(hex.utf8Start[Int(c >> 4)]); out.append(hex.utf8Start[Int(c & 15)])
+                default: out.append(c)
+                }
             }
         }
-        bytes.append(34)
+        out.append(34)
     }
 
     public mutating func value(_ v: JSONValue) {
         switch v {
         case .null: raw("null")
-        case .bool(let b): raw(b ? "true" : "false")
+        case .bool(let b): if b { raw("true") } else { raw("false") }
         case .number(let d, let i): if let i { raw(String(i)) } else { double(d) }
         case .string(let s): string(s)
         case .array(let a):
-            bytes.append(91)
-            for (k, x) in a.enumerated() { if k > 0 { bytes.append(44) }; value(x) }
-            bytes.append(93)
+            out.append(91)
+            for (k, x) in a.enumerated() { if k > 0 { out.append(44) }; value(x) }
+            out.append(93)
         case .object(let o):
-            bytes.append(123)
+            out.append(123)
             for (k, (key, x)) in o.enumerated() {
-                if k > 0 { bytes.append(44) }
-                string(key); bytes.append(58); value(x)
+                if k > 0 { out.append(44) }
+                string(key); out.append(58); value(x)
             }
-            bytes.append(125)
+            out.append(125)
         }
     }
 }

@@ -25,57 +25,59 @@ enum HTTPStatus {
 enum ResponseWriter {
     /// Status line and headers, ending with the empty line. `contentLength` nil + `chunked` false means the
     /// body runs until the connection closes (HTTP/1.0 streams).
-    static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
+    static func head(_ out: inout ByteWriter, status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
                      keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
         // Appended piece by piece (no string interpolation): this runs once per response on the event loop.
         if status == 200 && contentType == "application/json" && !chunked && keepAlive && extra.isEmpty,
            let contentLength, let worker {
             // The routed non-streaming answer, the most common head: two constant runs and two numbers.
-            out.append(contentsOf: okJSONLengthRun)
-            JSONWriter.appendDecimal(&out, contentLength)
-            out.append(contentsOf: keepAliveWorkerRun)
-            JSONWriter.appendDecimal(&out, worker)
-            out.append(contentsOf: crlfcrlf)
+            out.append("HTTP/1.1 200 OK\r\nServer: switchyard\r\nContent-Type: application/json\r\nContent-Length: ")
+            out.appendDecimal(contentLength)
+            out.append("\r\nConnection: keep-alive\r\nX-Switchyard-Worker: ")
+            out.appendDecimal(worker)
+            out.append("\r\n\r\n")
             return
         }
         if status == 200 {
-            out.append(contentsOf: okLine)
+            out.append("HTTP/1.1 200 OK\r\n")
         } else {
-            out.append(contentsOf: "HTTP/1.1 \(status) \(HTTPStatus.reason(status))\r\n".utf8)
+            out.append(Array("HTTP/1.1 \(status) \(HTTPStatus.reason(status))\r\n".utf8))
         }
-        out.append(contentsOf: serverLine)
+        out.append("Server: switchyard\r\n")
         if let contentType {
-            if contentType == "application/json" { out.append(contentsOf: jsonTypeLine) } else {
-                out.append(contentsOf: "Content-Type: ".utf8); out.append(contentsOf: contentType.utf8); out.append(contentsOf: crlf)
+            if contentType == "application/json" { out.append("Content-Type: application/json\r\n") } else {
+                out.append("Content-Type: "); out.append(Array(contentType.utf8)); out.append("\r\n")
             }
         }
-        if let contentLength { out.append(contentsOf: lengthName); JSONWriter.appendDecimal(&out, contentLength); out.append(contentsOf: crlf) }
-        if chunked { out.append(contentsOf: chunkedLine) }
-        out.append(contentsOf: keepAlive ? keepAliveLine : closeLine)
-        if let worker { out.append(contentsOf: workerName); JSONWriter.appendDecimal(&out, worker); out.append(contentsOf: crlf) }
-        for (k, v) in extra { out.append(contentsOf: "\(k): \(v)\r\n".utf8) }
-        out.append(contentsOf: crlf)
+        if let contentLength { out.append("Content-Length: "); out.appendDecimal(contentLength); out.append("\r\n") }
+        if chunked { out.append("Transfer-Encoding: chunked\r\n") }
+        if keepAlive { out.append("Connection: keep-alive\r\n") } else { out.append("Connection: close\r\n") }
+        if let worker { out.append("X-Switchyard-Worker: "); out.appendDecimal(worker); out.append("\r\n") }
+        for (k, v) in extra { out.append(Array("\(k): \(v)\r\n".utf8)) }
+        out.append("\r\n")
     }
 
-    private static let okLine = Array("HTTP/1.1 200 OK\r\n".utf8)
-    private static let serverLine = Array("Server: switchyard\r\n".utf8)
-    private static let jsonTypeLine = Array("Content-Type: application/json\r\n".utf8)
-    private static let lengthName = Array("Content-Length: ".utf8)
-    private static let chunkedLine = Array("Transfer-Encoding: chunked\r\n".utf8)
-    private static let keepAliveLine = Array("Connection: keep-alive\r\n".utf8)
-    private static let closeLine = Array("Connection: close\r\n".utf8)
-    private static let workerName = Array("X-Switchyard-Worker: ".utf8)
-    private static let crlf: [UInt8] = [13, 10]
-    private static let crlfcrlf: [UInt8] = [13, 10, 13, 10]
-    // The same lines as above, joined (the fast path in head(); a test checks it equals the general one).
-    private static let okJSONLengthRun = okLine + serverLine + jsonTypeLine + lengthName
-    private static let keepAliveWorkerRun = crlf + keepAliveLine + workerName
+    /// `head` appended to an array (the streaming paths, once per response).
+    static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
+                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
+        var w = ByteWriter(capacity: 256)
+        head(&w, status: status, contentType: contentType, contentLength: contentLength, chunked: chunked,
+             keepAlive: keepAlive, worker: worker, extra: extra)
+        w.withBytes { out.append(contentsOf: $0) }
+    }
 
-    static func full(_ out: inout [UInt8], status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
-                     worker: Int?, extra: [(String, String)] = []) {
+    static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: UnsafeRawBufferPointer,
+                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
         head(&out, status: status, contentType: contentType, contentLength: body.count, chunked: false,
              keepAlive: keepAlive, worker: worker, extra: extra)
-        out.append(contentsOf: body)
+        out.append(body)
+    }
+
+    static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
+                     worker: Int?, extra: [(String, String)] = []) {
+        body.withUnsafeBytes {
+            full(&out, status: status, contentType: contentType, body: $0, keepAlive: keepAlive, worker: worker, extra: extra)
+        }
     }
 
     /// {"error":{"message":…,"type":…,"param":…,"code":…}}

@@ -77,3 +77,28 @@ import Testing
         #expect(throws: FrontCPUProbe.ProbeError.self) { try FrontCPUProbe.run(request: bad, iterations: 5) }
     }
 }
+
+/// ByteWriter: appends of every kind across many regrowths give exactly the bytes an array would hold.
+@Suite struct ByteWriterTests {
+    @Test func growsAndKeepsEveryByte() {
+        var w = ByteWriter(capacity: 1)
+        var expected: [UInt8] = []
+        for k in 0..<3000 {
+            switch k % 5 {
+            case 0: w.append(UInt8(k & 0xFF)); expected.append(UInt8(k & 0xFF))
+            case 1: w.append("ab\r\n"); expected += Array("ab\r\n".utf8)
+            case 2: let a = (0..<(k % 97)).map { UInt8(($0 + k) & 0xFF) }; w.append(a); expected += a
+            case 3: let v = (k % 2 == 0 ? -1 : 1) * k * 7919; w.appendDecimal(v); expected += Array(String(v).utf8)
+            default: w.append([]); w.append(UnsafeRawBufferPointer(start: nil, count: 0))
+            }
+            #expect(w.count == expected.count)
+        }
+        #expect(w.bytes == expected)
+        #expect(w.withBytes { Array($0) } == expected)
+        for v in [0, 9, 10, Int.max, Int.min, -1] {
+            w.reset()
+            w.appendDecimal(v)
+            #expect(String(decoding: w.bytes, as: UTF8.self) == String(v))
+        }
+    }
+}
