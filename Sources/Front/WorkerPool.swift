@@ -452,7 +452,7 @@ public final class WorkerPool: FrontBackend {
         spareEvents = []
         swap(&events, &pending)
         for e in events { deliver(e) }
-        events.removeAll(keepingCapacity: true)
+        events.removeAllKeepingStorage()
         spareEvents = events
     }
 

@@ -151,8 +151,8 @@ public final class Scheduler {
         admit()
         guard !running.isEmpty else { return false }
 
-        items.removeAll(keepingCapacity: true)
-        itemOwners.removeAll(keepingCapacity: true)
+        items.removeAllKeepingStorage()
+        itemOwners.removeAllKeepingStorage()
         var budget = runner.maxBatchTokens
         // Decode tokens first: every sequence whose last sampled token is not yet in its KV cache advances by
         // exactly that token.
@@ -240,7 +240,7 @@ public final class Scheduler {
             if kept != i { running.swapAt(kept, i) }
             kept += 1
         }
-        if kept < running.count { running.removeLast(running.count - kept) }
+        while running.count > kept { running.removeLast() }
     }
 
     /// Publishes the final record and parks (or frees) the sequence. Marks `r.sequence = -1`.
@@ -271,7 +271,7 @@ public final class Scheduler {
         // case) by emptying the array, which is much cheaper than removeFirst's element shuffle per request.
         var admitted = 0
         defer {
-            if admitted == waiting.count { waiting.removeAll(keepingCapacity: true) }
+            if admitted == waiting.count { waiting.removeAllKeepingStorage() }
             else if admitted > 0 { waiting.removeFirst(admitted) }
         }
         while admitted < waiting.count && running.count < config.maxRunning {
