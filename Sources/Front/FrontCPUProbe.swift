@@ -13,6 +13,8 @@ public enum FrontCPUProbe {
         public var decodeNs: Double
         public var responseNs: Double
         public var healthNs: Double
+        /// One streamed delta of a chat completion: its SSE event and HTTP chunk (what the loop sends per token).
+        public var streamDeltaNs: Double
         /// Encode + decode of the request's three records (submit to the worker, delta and done back).
         public var recordsNs: Double
     }
@@ -59,6 +61,14 @@ public enum FrontCPUProbe {
             ResponseWriter.full(&out, status: 200, contentType: "application/json", body: health, keepAlive: true, worker: nil)
             sink &+= out.count
         }
+        let chat = CompletionIdentity(number: 7, created: 1_800_000_000, model: "echo", chat: true)
+        let streamDelta = time(iterations) {
+            bodyWriter.reset()
+            OpenAIEncoder.streamChunk(chat, text: " word", role: false, finish: nil, into: &bodyWriter)
+            out.reset()
+            bodyWriter.withBytes { ResponseWriter.chunk(&out, $0) }
+            sink &+= out.count
+        }
         // Records: what the pool encodes for the worker and the worker for the front, and their decoding.
         let api = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
         var sampling = WireSampling()
@@ -81,7 +91,8 @@ public enum FrontCPUProbe {
         }
         if failed { throw ProbeError(message: "the probe records do not round-trip") }
         if sink == 42 { print("", terminator: "") }   // keeps the work observable
-        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: healthNs, recordsNs: recordsNs)
+        return Result(parseNs: parse, decodeNs: decode, responseNs: response, healthNs: healthNs, streamDeltaNs: streamDelta,
+                      recordsNs: recordsNs)
     }
 
     public struct ProbeError: Error, CustomStringConvertible {

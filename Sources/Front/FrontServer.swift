@@ -993,11 +993,13 @@ public final class FrontServer: @unchecked Sendable {
             }
             a.lastTokenAt = t
             if a.stream {
-                var out: [UInt8] = []
-                if !a.headersSent { startStream(c, a, &out) }
-                let payload = OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil)
-                frame(a, &out, payload)
-                enqueue(c, out)
+                // Head (first delta only) and chunk built in the reused buffers, then copied to the connection.
+                scratch.reset()
+                if !a.headersSent { startStream(c, a) }
+                bodyWriter.reset()
+                OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil, into: &bodyWriter)
+                bodyWriter.withBytes { frame(a, $0) }
+                scratch.withBytes { enqueue(c, $0) }
             } else {
                 a.text += text
             }
@@ -1008,29 +1010,34 @@ public final class FrontServer: @unchecked Sendable {
                 tokensCounter = metrics.handle(MetricsRegistry.tokensGenerated, kind: .counter)
             }
             if a.stream {
-                var out: [UInt8] = []
-                if !a.headersSent { startStream(c, a, &out) }
-                frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish))
-                if a.includeUsage { frame(a, &out, OpenAIEncoder.usageChunk(a.identity, usage)) }
-                frame(a, &out, ResponseWriter.done)
-                if !a.http10 { out += ResponseWriter.lastChunk }
+                scratch.reset()
+                if !a.headersSent { startStream(c, a) }
+                bodyWriter.reset()
+                OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish, into: &bodyWriter)
+                bodyWriter.withBytes { frame(a, $0) }
+                if a.includeUsage {
+                    bodyWriter.reset()
+                    OpenAIEncoder.usageChunk(a.identity, usage, into: &bodyWriter)
+                    bodyWriter.withBytes { frame(a, $0) }
+                }
+                endStream(a)
                 countRequest(route: a.route, status: 200)
-                finishRequest(c, a, out)
+                finishFromScratch(c, a)
             } else {
                 bodyWriter.reset()
                 OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage, into: &bodyWriter)
-                bodyWriter.withBytes { finishWithJSON(c, a, $0) }
+                bodyWriter.withBytes { buildJSONResponse(c, a, $0) }
+                finishFromScratch(c, a)
             }
         case .rerouted(_, let worker):
             if !a.headersSent { a.worker = worker }
         case .error(_, let message), .rejected(_, _, let message):
             if a.headersSent {
-                var out: [UInt8] = []
-                frame(a, &out, OpenAIEncoder.streamError(message: message))
-                frame(a, &out, ResponseWriter.done)
-                if !a.http10 { out += ResponseWriter.lastChunk }
+                scratch.reset()
+                OpenAIEncoder.streamError(message: message).withUnsafeBytes { frame(a, $0) }
+                endStream(a)
                 countRequest(route: a.route, status: 200)
-                finishRequest(c, a, out)
+                finishFromScratch(c, a)
             } else {
                 owners[a.id] = nil
                 c.active = nil
@@ -1048,48 +1055,57 @@ public final class FrontServer: @unchecked Sendable {
             w.raw("{\"tokens\":[")
             for (k, t) in tokens.enumerated() { if k > 0 { w.raw(",") }; w.int(Int(t)) }
             w.raw("]}")
-            w.withBytes { finishWithJSON(c, a, $0) }
+            w.withBytes { buildJSONResponse(c, a, $0) }
+            finishFromScratch(c, a)
         case .text(_, let content):
             var w = JSONWriter()
             w.raw("{\"content\":"); w.string(content); w.raw("}")
-            w.withBytes { finishWithJSON(c, a, $0) }
+            w.withBytes { buildJSONResponse(c, a, $0) }
+            finishFromScratch(c, a)
         }
     }
 
-    /// Appends a piece of a streamed body: an HTTP/1.1 chunk, or raw bytes for HTTP/1.0 (whose stream is
-    /// delimited by closing the connection).
-    private func frame(_ a: ActiveRequest, _ out: inout [UInt8], _ payload: [UInt8]) {
-        if a.http10 { out += payload } else { ResponseWriter.chunk(&out, payload) }
+    /// Appends a piece of a streamed body to `scratch`: an HTTP/1.1 chunk, or raw bytes for HTTP/1.0 (whose
+    /// stream is delimited by closing the connection).
+    private func frame(_ a: ActiveRequest, _ payload: UnsafeRawBufferPointer) {
+        if a.http10 { scratch.append(payload) } else { ResponseWriter.chunk(&scratch, payload) }
     }
 
-    private func startStream(_ c: Connection, _ a: ActiveRequest, _ out: inout [UInt8]) {
+    /// Appends the stream's head to `scratch` (and, for chat, the chunk announcing the assistant role).
+    private func startStream(_ c: Connection, _ a: ActiveRequest) {
         a.headersSent = true
         if a.http10 { c.keepAlive = false }
-        ResponseWriter.head(&out, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
+        ResponseWriter.head(&scratch, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
                             keepAlive: c.keepAlive, worker: a.worker, extra: [("Cache-Control", "no-cache")])
         if a.identity.chat {
-            frame(a, &out, OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil))
+            bodyWriter.reset()
+            OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil, into: &bodyWriter)
+            bodyWriter.withBytes { frame(a, $0) }
         }
     }
 
-    private func finishWithJSON(_ c: Connection, _ a: ActiveRequest, _ body: UnsafeRawBufferPointer) {
-        // Built in the reused scratch buffer (enqueue copies it out before anything else can touch it).
+    /// Appends `data: [DONE]` and, for chunked streams, the last chunk to `scratch`.
+    private func endStream(_ a: ActiveRequest) {
+        ResponseWriter.done.withUnsafeBytes { frame(a, $0) }
+        if !a.http10 { scratch.append(ResponseWriter.lastChunk) }
+    }
+
+    /// A 200 JSON response to `a` in `scratch` (sent by finishFromScratch).
+    private func buildJSONResponse(_ c: Connection, _ a: ActiveRequest, _ body: UnsafeRawBufferPointer) {
         scratch.reset()
         ResponseWriter.full(&scratch, status: 200, contentType: "application/json", body: body, keepAlive: c.keepAlive,
                             worker: a.worker)
         countRequest(route: a.route, status: 200)
-        scratch.withBytes { finishRequest(c, a, $0) }
     }
 
-    private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: [UInt8]) {
-        out.withUnsafeBytes { finishRequest(c, a, $0) }
-    }
-
-    private func finishRequest(_ c: Connection, _ a: ActiveRequest, _ out: UnsafeRawBufferPointer) {
+    /// Ends `a` with the response in `scratch`, then serves the connection's next pipelined request. The
+    /// next request is taken only after `scratch` has been copied out and released (its answer may be built
+    /// in `scratch` at once: an error, /health), so no buffer is reused while it is being read.
+    private func finishFromScratch(_ c: Connection, _ a: ActiveRequest) {
         owners[a.id] = nil
         c.active = nil
         if !c.keepAlive || c.closeAfterResponse { c.keepAlive = false; c.closeAfterFlush = true }
-        enqueue(c, out)
+        scratch.withBytes { enqueue(c, $0) }
         sy_trace_mark(a.id, SY_TP_FRONT_QUEUED)
         if !c.closing { processInput(c) }
     }

@@ -96,13 +96,16 @@ enum ResponseWriter {
         status >= 500 ? "server_error" : "invalid_request_error"
     }
 
-    /// One HTTP/1.1 chunk wrapping `payload`.
-    static func chunk(_ out: inout [UInt8], _ payload: [UInt8]) {
+    /// One HTTP/1.1 chunk wrapping `payload`: its size in hex, CRLF, the bytes, CRLF.
+    static func chunk(_ out: inout ByteWriter, _ payload: UnsafeRawBufferPointer) {
         if payload.isEmpty { return }   // an empty chunk would end the body
-        out.append(contentsOf: String(payload.count, radix: 16).utf8)
-        out.append(13); out.append(10)
-        out.append(contentsOf: payload)
-        out.append(13); out.append(10)
+        let hex: StaticString = "0123456789abcdef"
+        var digits = 1
+        while payload.count >> (4 * digits) != 0 { digits += 1 }
+        for d in stride(from: digits - 1, through: 0, by: -1) { out.append(hex.utf8Start[(payload.count >> (4 * d)) & 15]) }
+        out.append("\r\n")
+        out.append(payload)
+        out.append("\r\n")
     }
 
     static let lastChunk: [UInt8] = Array("0\r\n\r\n".utf8)
@@ -151,8 +154,9 @@ enum OpenAIEncoder {
     }
 
     /// One SSE event `data: {...}\n\n` for a streamed delta (role: first chat chunk) or the finishing chunk.
-    static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?) -> [UInt8] {
-        var w = JSONWriter()
+    /// One SSE event (`data: {...}` and the blank line) of a streamed completion, appended to `w`.
+    static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?,
+                            into w: inout JSONWriter) {
         w.raw("data: ")
         prefix(&w, c, chunk: true)
         w.raw(",\"choices\":[{\"index\":0,")
@@ -168,17 +172,14 @@ enum OpenAIEncoder {
         w.raw("\"logprobs\":null,\"finish_reason\":")
         if let finish { w.string(finish.rawValue) } else { w.raw("null") }
         w.raw("}]}\n\n")
-        return w.bytes
     }
 
     /// The include_usage chunk: empty choices and the usage object.
-    static func usageChunk(_ c: CompletionIdentity, _ u: Usage) -> [UInt8] {
-        var w = JSONWriter()
+    static func usageChunk(_ c: CompletionIdentity, _ u: Usage, into w: inout JSONWriter) {
         w.raw("data: ")
         prefix(&w, c, chunk: true)
         w.raw(",\"choices\":[],\"usage\":"); usage(&w, u)
         w.raw("}\n\n")
-        return w.bytes
     }
 
     /// An SSE error event for a stream that already started.

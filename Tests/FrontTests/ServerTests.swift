@@ -112,6 +112,39 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(c.waitClosed())
     }
 
+    /// A pipelined request answered at once (health, models, 404, 405, a bad body) right behind a
+    /// generation: its answer is built while the generation's response is being handed to the connection,
+    /// in the same reused buffers. Every response must come back whole and in order.
+    @Test func immediateAnswersBehindGenerations() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        for stream in [false, true] {
+            let gen = stream ? #"{"prompt":"alpha beta","stream":true}"# : #"{"prompt":"alpha beta"}"#
+            let burst = request("POST", "/v1/completions", body: gen) + request("GET", "/health")
+                + request("POST", "/v1/completions", body: gen) + request("GET", "/nope")
+                + request("POST", "/v1/completions", body: gen) + request("GET", "/v1/completions")
+                + request("POST", "/v1/completions", body: gen) + request("POST", "/v1/completions", body: "{")
+                + request("POST", "/v1/chat/completions", body: #"{"messages":[{"role":"user","content":"chat here"}],"stream":\#(stream)}"#)
+                + request("GET", "/v1/models")
+            try c.send(burst)
+            for k in 0..<4 {
+                let g = try c.read()
+                #expect(g.status == 200, "generation \(k)")
+                #expect(g.bodyText.contains("alpha") && g.bodyText.contains("beta"), "generation \(k): \(g.bodyText)")
+                if stream { #expect(g.bodyText.hasSuffix("data: [DONE]\n\n")) }
+                let x = try c.read()
+                let expected = [200, 404, 405, 400][k]
+                #expect(x.status == expected, "immediate answer \(k): \(x.status) \(x.bodyText)")
+                #expect(x.status == 200 ? x.bodyText.contains("ok") : x.bodyText.contains("\"error\""))
+            }
+            let chat = try c.read()
+            #expect(chat.status == 200 && chat.bodyText.contains("chat"))
+            let models = try c.read()
+            #expect(models.status == 200 && models.bodyText.contains("\"object\":\"list\""))
+        }
+    }
+
     @Test func chunkedRequestBodyAndExpectContinue() throws {
         let s = try TestServer()
         defer { s.stop() }
