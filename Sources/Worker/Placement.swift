@@ -187,3 +187,16 @@ public func planPlacement(workers: Int, threadsPerWorker: Int, tp: Int, mode: Nu
     }
     return PlacementPlan(workers: result, oversubscribed: oversubscribed, splitGroups: split)
 }
+
+extension PlacementPlan {
+    /// The CPUs for the front's event loop: those of `allowed` that no worker is pinned to, so the loop does
+    /// not share a core with a worker that spins waiting for requests (on a small machine the front,
+    /// a pinned worker and a client otherwise pile onto one CPU). Nil (leave the front where it is) when the
+    /// workers are not pinned or take every allowed CPU.
+    public func frontCPUs(allowed: [Int]) -> [Int]? {
+        let pinned = Set(workers.flatMap(\.cpus))
+        guard !pinned.isEmpty else { return nil }
+        let free = allowed.filter { !pinned.contains($0) }
+        return free.isEmpty ? nil : free
+    }
+}

@@ -89,3 +89,20 @@ func withTopologyDir<R>(_ cpulists: [Int: String], _ body: (String) throws -> R)
     let off = planPlacement(workers: 3, threadsPerWorker: 1, tp: 1, mode: .off, topology: topo)
     #expect(off.workers.allSatisfy { $0.node == nil && $0.cpus.isEmpty })
 }
+
+@Test func frontAvoidsPinnedWorkerCPUs() throws {
+    let topo = NumaTopology(nodes: [NumaNode(id: 0, cpus: [0, 1, 2, 3])])
+    // One worker on a 4-CPU machine: the front gets the other three.
+    let one = planPlacement(workers: 1, threadsPerWorker: 1, tp: 1, mode: .auto, topology: topo)
+    #expect(one.workers.map(\.cpus) == [[0]])
+    #expect(one.frontCPUs(allowed: [0, 1, 2, 3]) == [1, 2, 3])
+    // Two workers of two threads: nothing is left, the front stays unpinned.
+    let full = planPlacement(workers: 2, threadsPerWorker: 2, tp: 1, mode: .auto, topology: topo)
+    #expect(full.frontCPUs(allowed: [0, 1, 2, 3]) == nil)
+    // --numa off: workers unpinned, so is the front.
+    let off = planPlacement(workers: 1, threadsPerWorker: 1, tp: 1, mode: .off, topology: topo)
+    #expect(off.frontCPUs(allowed: [0, 1, 2, 3]) == nil)
+    // Only CPUs the front may use count (a restricted cpuset).
+    #expect(one.frontCPUs(allowed: [0, 3]) == [3])
+    #expect(one.frontCPUs(allowed: [0]) == nil)
+}
