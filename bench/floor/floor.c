@@ -9,7 +9,9 @@
 //            (the real front's and worker's wait policies);
 //   uring    the same, with the front on io_uring (recv and send as SQEs, one submit_and_wait per turn).
 // "added" = server − raw. What Switchyard adds beyond these is its own per-request work.
-// Build and run: bench/floor/run [ROUND_TRIPS]   (needs liburing-dev; tools/install-deps installs it)
+// With a second argument, a running Switchyard server's socket is measured as a fourth path by the same client
+// (a small single-threaded process, like a client of a real server).
+// Build and run: bench/floor/run [ROUND_TRIPS [SERVER_SOCKET]]   (needs liburing-dev; tools/install-deps installs it)
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <liburing.h>
@@ -149,16 +151,41 @@ static int connect_to(const char *path) {
     exit(1);
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body (a Switchyard server's answer): 0, or -1 on error.
+static int read_http(int fd, char *buf, int cap) {
+    int got = 0, head = -1;
+    long want = -1;
+    for (;;) {
+        if (head < 0) {
+            for (int i = 0; i + 3 < got; i++)
+                if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '\r' && buf[i + 3] == '\n') { head = i + 4; break; }
+            if (head >= 0) {
+                for (int i = 0; i + 16 < head; i++)
+                    if (strncasecmp(buf + i, "\r\ncontent-length:", 17) == 0) { want = head + atol(buf + i + 17); break; }
+                if (want < 0 || want > cap) return -1;
+            }
+        }
+        if (want >= 0 && got >= want) return 0;
+        if (got == cap) return -1;
+        int n = read(fd, buf + got, cap - got);
+        if (n <= 0) return -1;
+        got += n;
+    }
+}
+
 static int cmp(const void *a, const void *b) { long x = *(const long *)a, y = *(const long *)b; return (x > y) - (x < y); }
 
 int main(int argc, char **argv) {
     int total = argc > 1 ? atoi(argv[1]) : 20000;
     if (total < 500) total = 500;
+    // Optional: a running Switchyard server's socket, measured by the same client as a fourth path.
+    const char *server = argc > 2 ? argv[2] : NULL;
+    int paths_n = server ? 4 : 3;
     char dir[] = "/tmp/sy-floor-XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
-    const char *names[3] = {"raw", "mailbox", "uring"};
+    const char *names[4] = {"raw", "mailbox", "uring", "server"};
     char paths[3][128];
-    int fds[3];
+    int fds[4];
     for (int k = 0; k < 3; k++) {
         snprintf(paths[k], sizeof paths[k], "%s/%s.sock", dir, names[k]);
         int l = listen_at(paths[k]);
@@ -171,34 +198,43 @@ int main(int argc, char **argv) {
         close(l);
         fds[k] = connect_to(paths[k]);
     }
+    if (server) {
+        if (strlen(server) >= sizeof(((struct sockaddr_un *)0)->sun_path)) { fprintf(stderr, "socket path too long\n"); return 1; }
+        fds[3] = connect_to(server);
+    }
     static const char body[] = "{\"prompt\":\"h\",\"max_tokens\":1}";
-    char req[256], buf[4096];
+    char req[256], buf[65536];
     int len = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
                        sizeof body - 1, body);
-    long *lat[3];
-    for (int k = 0; k < 3; k++) lat[k] = malloc(sizeof(long) * total);
+    long *lat[4];
+    for (int k = 0; k < paths_n; k++) lat[k] = malloc(sizeof(long) * total);
     for (int i = 0; i < 1000; i++)   // warm-up
-        for (int k = 0; k < 3; k++) { if (write(fds[k], req, len) != len || read(fds[k], buf, sizeof buf) <= 0) return 1; }
+        for (int k = 0; k < paths_n; k++) {
+            if (write(fds[k], req, len) != len) return 1;
+            if (k == 3 ? read_http(fds[k], buf, sizeof buf) < 0 : read(fds[k], buf, sizeof buf) <= 0) { fprintf(stderr, "%s: no answer\n", names[k]); return 1; }
+        }
     for (int done = 0; done < total; done += 500)
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < paths_n; k++)
             for (int i = done; i < done + 500 && i < total; i++) {
                 long t = now_ns();
                 int got = 0;
                 if (write(fds[k], req, len) != len) return 1;
-                while (got < len) { int n = read(fds[k], buf + got, sizeof buf - got); if (n <= 0) return 1; got += n; }
+                if (k == 3) { if (read_http(fds[k], buf, sizeof buf) < 0) return 1; }
+                else while (got < len) { int n = read(fds[k], buf + got, sizeof buf - got); if (n <= 0) return 1; got += n; }
                 lat[k][i] = now_ns() - t;
             }
-    long p50[3], p99[3];
-    for (int k = 0; k < 3; k++) {
+    long p50[4], p99[4];
+    for (int k = 0; k < paths_n; k++) {
         qsort(lat[k], total, sizeof(long), cmp);
         p50[k] = lat[k][total / 2];
         p99[k] = lat[k][total * 99 / 100];
     }
     printf("round trip, %d each, interleaved in blocks of 500, %d-byte request\n", total, len);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < paths_n; k++)
         printf("%-8s p50 %6.1f us  p99 %6.1f us  (added p50 %5.1f us, p99 %5.1f us)\n", names[k], p50[k] / 1e3,
                p99[k] / 1e3, (p50[k] - p50[0]) / 1e3, (p99[k] - p99[0]) / 1e3);
     for (int k = 0; k < 3; k++) { close(fds[k]); unlink(paths[k]); }
+    if (server) close(fds[3]);
     rmdir(dir);
     return 0;
 }
