@@ -64,9 +64,19 @@ public final class EchoText: TextEngine {
             }
             text = last.content
         }
-        let bytes = Array(text.utf8)
-        let prompt = bytes.isEmpty ? [256] : bytes.map { Int32($0) }
-        return (prompt, EchoState(answer: bytes, maxTokens: Int(submit.sampling.maxTokens)))
+        // The prompt's byte tokens in one allocation, with room for the answer (the scheduler appends the
+        // sampled tokens to this array); the state reads the answer from the text itself.
+        let maxTokens = Int(submit.sampling.maxTokens)
+        var t = text
+        let prompt: [Int32] = t.withUTF8 { u in
+            if u.isEmpty { return [256] }
+            let room = u.count + min(maxTokens, 1024) + 1
+            return [Int32](unsafeUninitializedCapacity: room) { out, n in
+                for k in 0..<u.count { out[k] = Int32(u[k]) }
+                n = u.count
+            }
+        }
+        return (prompt, EchoState(answer: text, maxTokens: maxTokens))
     }
 
     public func tokenize(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {
@@ -78,18 +88,19 @@ public final class EchoText: TextEngine {
     }
 }
 
-/// Streams `answer` one byte-token per step, publishing whole UTF-8 characters only.
+/// Streams `answer`'s UTF-8 one byte-token per step, publishing whole UTF-8 characters only.
 final class EchoState: GenerationState {
-    let answer: [UInt8]
+    var answer: String
     let maxTokens: Int
     var emitted = 0
     var held: [UInt8] = []
 
-    init(answer: [UInt8], maxTokens: Int) { self.answer = answer; self.maxTokens = maxTokens }
+    init(answer: String, maxTokens: Int) { self.answer = answer; self.maxTokens = maxTokens }
 
     func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
-        guard emitted < answer.count else { return TokenOutcome(token: 256, text: "", finish: .stop, counts: false) }
-        let b = answer[emitted]
+        // Native strings are contiguous UTF-8 (small ones inline): a byte by offset without an array copy.
+        let b: UInt8? = answer.withUTF8 { u in emitted < u.count ? u[emitted] : nil }
+        guard let b else { return TokenOutcome(token: 256, text: "", finish: .stop, counts: false) }
         emitted += 1
         var text = ""
         if b < 0x80 && held.isEmpty {

@@ -36,7 +36,8 @@ public final class Scheduler {
     final class Request {
         let id: UInt64
         let sessionKey: String
-        let prompt: [Int32]
+        /// Prompt tokens: the first `promptCount` of `history`.
+        let promptCount: Int
         let state: any GenerationState
         let admitted: UInt64              // monotonic ns
         var firstToken: UInt64 = 0
@@ -44,7 +45,9 @@ public final class Scheduler {
         /// Tokens whose KV is in the cache (prompt prefix, then fed-back completion tokens).
         var kvLength = 0
         var cached = 0                    // prompt tokens served from the session cache
-        var history: [Int32]              // prompt + sampled tokens; the last one is fed at the next step
+        /// Prompt + sampled tokens; the last one is fed at the next step. Starts as the engine's prompt array
+        /// (which may carry spare capacity for the answer: then sampling appends without reallocating).
+        var history: [Int32]
         var completionTokens = 0
         var cancelled = false
         /// Done (its final record is published), but its last sampled token, part of the answer, is not in
@@ -52,10 +55,10 @@ public final class Scheduler {
         /// this a follow-up turn (whose prompt repeats the whole answer) would re-prefill that token.
         var feedingFinalToken = false
         init(id: UInt64, sessionKey: String, prompt: [Int32], state: any GenerationState, now: UInt64) {
-            self.id = id; self.sessionKey = sessionKey; self.prompt = prompt; self.state = state
+            self.id = id; self.sessionKey = sessionKey; self.promptCount = prompt.count; self.state = state
             self.admitted = now; self.history = prompt
         }
-        var promptRemaining: Int { max(0, prompt.count - kvLength) }
+        var promptRemaining: Int { max(0, promptCount - kvLength) }
     }
 
     /// An idle session's KV cache: the sequence slot and the tokens whose KV it holds.
@@ -81,6 +84,9 @@ public final class Scheduler {
     // Reused every step (no per-step allocation once warmed up).
     var items: [StepItem] = []
     var itemOwners: [Request] = []
+    var itemCounts: [Int] = []
+    /// This step's input tokens, which `items` slice (see step()).
+    var stepTokens: [Int32] = []
     let maxItems: Int
 
     public init(runner: ModelRunner, text: TextEngine, config: SchedulerConfig,
@@ -133,7 +139,7 @@ public final class Scheduler {
     func cancel(_ id: UInt64) {
         if let i = waiting.firstIndex(where: { $0.id == id }) {
             let r = waiting.remove(at: i)
-            publish(.done(DoneRecord(requestID: r.id, finish: .cancelled, promptTokens: UInt32(r.prompt.count),
+            publish(.done(DoneRecord(requestID: r.id, finish: .cancelled, promptTokens: UInt32(r.promptCount),
                                      completionTokens: 0, cachedTokens: 0)))
         } else if let r = running.first(where: { $0.id == id && !$0.feedingFinalToken }) {
             r.cancelled = true  // stops at the next step
@@ -153,21 +159,33 @@ public final class Scheduler {
 
         items.removeAllKeepingStorage()
         itemOwners.removeAllKeepingStorage()
+        itemCounts.removeAllKeepingStorage()
+        stepTokens.removeAllKeepingStorage()
         var budget = runner.maxBatchTokens
         // Decode tokens first: every sequence whose last sampled token is not yet in its KV cache advances by
         // exactly that token.
         for r in running where r.promptRemaining == 0 && r.kvLength == r.history.count - 1
-            && budget > 0 && items.count < maxItems {
-            items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.history[r.kvLength...]))
+            && budget > 0 && itemOwners.count < maxItems {
+            stepTokens.append(r.history[r.kvLength])
             itemOwners.append(r)
+            itemCounts.append(1)
             budget -= 1
         }
         // Prefill chunks in arrival order with what is left of the token budget.
-        for r in running where r.promptRemaining > 0 && budget > 0 && items.count < maxItems {
+        for r in running where r.promptRemaining > 0 && budget > 0 && itemOwners.count < maxItems {
             let n = min(r.promptRemaining, budget)
-            items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: r.prompt[r.kvLength ..< r.kvLength + n]))
+            stepTokens.append(contentsOf: r.history[r.kvLength ..< r.kvLength + n])
             itemOwners.append(r)
+            itemCounts.append(n)
             budget -= n
+        }
+        // The items' tokens are slices of `stepTokens`, not of the requests' histories: sampling appends to a
+        // history during the forward pass, and a slice holding its buffer would make every append copy the
+        // whole history.
+        var at = 0
+        for (i, r) in itemOwners.enumerated() {
+            items.append(StepItem(sequence: r.sequence, position: r.kvLength, tokens: stepTokens[at ..< at + itemCounts[i]]))
+            at += itemCounts[i]
         }
         guard !items.isEmpty else { return false }
 
@@ -212,7 +230,7 @@ public final class Scheduler {
     public func failAll(_ message: String) {
         for r in running + waiting where !r.feedingFinalToken {
             publish(.error(ErrorRecord(requestID: r.id, code: .internalError, message: message)))
-            publish(.done(DoneRecord(requestID: r.id, finish: .error, promptTokens: UInt32(r.prompt.count),
+            publish(.done(DoneRecord(requestID: r.id, finish: .error, promptTokens: UInt32(r.promptCount),
                                      completionTokens: UInt32(r.completionTokens), cachedTokens: UInt32(r.cached))))
             if r.sequence >= 0 { runner.releaseSequence(r.sequence) }
         }
@@ -246,7 +264,7 @@ public final class Scheduler {
     /// Publishes the final record and parks (or frees) the sequence. Marks `r.sequence = -1`.
     func complete(_ r: Request, _ finish: FinishReason) {
         let now = clock()
-        publish(.done(DoneRecord(requestID: r.id, finish: finish, promptTokens: UInt32(r.prompt.count),
+        publish(.done(DoneRecord(requestID: r.id, finish: finish, promptTokens: UInt32(r.promptCount),
                                  completionTokens: UInt32(r.completionTokens), cachedTokens: UInt32(r.cached),
                                  firstTokenNanos: r.firstToken > 0 ? r.firstToken - r.admitted : 0,
                                  totalNanos: now - r.admitted)))
@@ -285,8 +303,8 @@ public final class Scheduler {
                 // Reuse the longest common prefix of the cached history and the new prompt whose KV is
                 // present; always leave at least one prompt token to prefill so the model yields logits.
                 var common = 0
-                let limit = min(cached.kvLength, cached.tokens.count, r.prompt.count - 1)
-                while common < limit && cached.tokens[common] == r.prompt[common] { common += 1 }
+                let limit = min(cached.kvLength, cached.tokens.count, r.promptCount - 1)
+                while common < limit && cached.tokens[common] == r.history[common] { common += 1 }
                 runner.truncateSequence(cached.sequence, to: common)
                 r.sequence = cached.sequence
                 r.kvLength = common

@@ -213,3 +213,31 @@ final class RecordBox {
     let u = try WorkerCPUProbe.run(prompt: "héllo", iterations: 50)
     #expect(u.recordsPerRequest == 6)
 }
+
+/// Sampling appends to a request's history during the forward pass. No batch item may hold the history's
+/// buffer then (a slice of it would make each append copy the whole history: O(length) per token), so with
+/// the echo engine's reserved room the history keeps one buffer from the first to the last token, for
+/// several sequences decoding together.
+@Test func historyIsAppendedInPlace() throws {
+    let h = Harness()
+    let prompts = [String(repeating: "a", count: 300), String(repeating: "b", count: 200), "c"]
+    for (k, p) in prompts.enumerated() { h.submit(UInt64(k + 1), p, maxTokens: 500) }
+    // Times a request's history moved to another buffer between two steps (a freed buffer's address can come
+    // back, so changes are counted, not distinct addresses).
+    var last: [UInt64: UInt] = [:], moves: [UInt64: Int] = [:]
+    var steps = 0
+    while h.scheduler.hasWork && steps < 10_000 {
+        try h.scheduler.step()
+        steps += 1
+        for r in h.scheduler.running {
+            let base = r.history.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+            if let l = last[r.id], l != base { moves[r.id, default: 0] += 1 }
+            last[r.id] = base
+        }
+    }
+    #expect(!h.scheduler.hasWork)
+    for (k, p) in prompts.enumerated() {
+        #expect(h.text(UInt64(k + 1)) == p)
+        #expect(moves[UInt64(k + 1), default: 0] == 0, "request \(k + 1): history moved \(moves[UInt64(k + 1), default: 0]) times")
+    }
+}
