@@ -150,10 +150,10 @@ public struct HTTPRequestHead: Sendable, Equatable {
     public func header(_ lowercasedName: String) -> String? {
         var name = lowercasedName
         let k: Int? = name.withUTF8 { n in
-            storage.withUnsafeBufferPointer { b in
+            storage.withUnsafeBytes { b in
                 for k in 0..<fieldCount {
                     let f = field(k)
-                    if f.1 - f.0 == n.count && HTTPRequestParser.equalsLowercased(b, f.0, n) { return k }
+                    if HTTPRequestParser.equalsLowercased(UnsafeRawBufferPointer(rebasing: b[f.0..<f.1]), UnsafeRawBufferPointer(n)) { return k }
                 }
                 return nil
             }
@@ -348,7 +348,7 @@ public struct HTTPRequestParser: Sendable {
                     let req = HTTPRequest(head: h, body: body)
                     return .complete(req, consumed: consumed)
                 }
-                if !Self.isValidFieldLine(UnsafeRawBufferPointer(rebasing: buf[pos..<lineEnd])) {
+                if Self.fieldLine(UnsafeRawBufferPointer(rebasing: buf[pos..<lineEnd])) == nil {
                     return .failure(.malformedHeader)
                 }
                 pos = lineEnd + 2
@@ -398,14 +398,8 @@ public struct HTTPRequestParser: Sendable {
         while p < end {
             guard let le = findCRLF(b, from: p, limit: b.count) else { return .failure(.malformedHeader) }
             if b[p] == 32 || b[p] == 9 { return .failure(.obsoleteLineFolding) }
-            // field-line = field-name ":" OWS field-value OWS  (no whitespace before the colon).
-            var n = p
-            while n < le && isTokenByte(b[n]) { n += 1 }
-            if n == p || n >= le || b[n] != 58 { return .failure(.malformedHeader) }
-            var vs = n + 1, ve = le
-            while vs < ve && (b[vs] == 32 || b[vs] == 9) { vs += 1 }
-            while ve > vs && (b[ve - 1] == 32 || b[ve - 1] == 9) { ve -= 1 }
-            for k in vs..<ve where !isFieldValueByte(b[k]) { return .failure(.malformedHeader) }
+            guard let f = fieldLine(UnsafeRawBufferPointer(rebasing: b[p..<le])) else { return .failure(.malformedHeader) }
+            let n = p + f.nameEnd, vs = p + f.valueStart, ve = p + f.valueEnd
             fieldCount += 1
             if fieldCount > limits.maxHeaderCount { return .failure(.tooManyHeaders) }
             let nameStart = p
@@ -424,7 +418,7 @@ public struct HTTPRequestParser: Sendable {
             case 17 where equalsLowercased(name, "transfer-encoding"):
                 if sawTransferEncoding { return .failure(.unsupportedTransferEncoding) }
                 sawTransferEncoding = true
-                if !(value.count == 7 && equalsLowercased(value, "chunked")) { return .failure(.unsupportedTransferEncoding) }
+                if !equalsLowercased(value, "chunked") { return .failure(.unsupportedTransferEncoding) }
                 chunked = true
             case 10 where equalsLowercased(name, "connection"):
                 // Comma-separated tokens, each trimmed of spaces and tabs, compared without case.
@@ -436,12 +430,12 @@ public struct HTTPRequestParser: Sendable {
                     while ts < te && (value[ts] == 32 || value[ts] == 9) { ts += 1 }
                     while te > ts && (value[te - 1] == 32 || value[te - 1] == 9) { te -= 1 }
                     let token = UnsafeRawBufferPointer(rebasing: value[ts..<te])
-                    if token.count == 5 && equalsLowercased(token, "close") { keepAlive = false }
-                    else if token.count == 10 && equalsLowercased(token, "keep-alive") { keepAlive = true }
+                    if equalsLowercased(token, "close") { keepAlive = false }
+                    else if equalsLowercased(token, "keep-alive") { keepAlive = true }
                     t = e + 1
                 }
             case 6 where equalsLowercased(name, "expect"):
-                if !(value.count == 12 && equalsLowercased(value, "100-continue")) { return .failure(.unsupportedExpectation) }
+                if !equalsLowercased(value, "100-continue") { return .failure(.unsupportedExpectation) }
                 // HTTP/1.0 clients do not know 100 Continue (RFC 9110 §10.1.1): ignore it for them.
                 expectContinue = versionMinor == 1
             default:
@@ -459,35 +453,32 @@ public struct HTTPRequestParser: Sendable {
             expectContinue: expectContinue, contentLength: length, chunked: chunked))
     }
 
-    /// Whether b[start..<start + lower.count], ASCII letters lower-cased, equals `lower` (already lower case).
-    static func equalsLowercased(_ b: UnsafeBufferPointer<UInt8>, _ start: Int, _ lower: UnsafeBufferPointer<UInt8>) -> Bool {
-        for k in 0..<lower.count {
-            let c = b[start + k]
+    /// Whether `b`, its ASCII letters lower-cased, equals `lower` (already lower case; lengths compared first).
+    static func equalsLowercased(_ b: UnsafeRawBufferPointer, _ lower: UnsafeRawBufferPointer) -> Bool {
+        guard b.count == lower.count else { return false }
+        for k in 0..<b.count {
+            let c = b[k]
             if (c >= 65 && c <= 90 ? c + 32 : c) != lower[k] { return false }
         }
         return true
     }
 
-    /// Whether `b` (of the same length) equals `lower` once its ASCII letters are lower-cased.
     static func equalsLowercased(_ b: UnsafeRawBufferPointer, _ lower: StaticString) -> Bool {
-        let n = lower.utf8CodeUnitCount
-        guard b.count == n else { return false }
-        let l = lower.utf8Start
-        for k in 0..<n {
-            let c = b[k]
-            if (c >= 65 && c <= 90 ? c + 32 : c) != l[k] { return false }
-        }
-        return true
+        equalsLowercased(b, UnsafeRawBufferPointer(start: lower.utf8Start, count: lower.utf8CodeUnitCount))
     }
 
 
-    /// field-line = field-name ":" OWS field-value OWS (a trailer line; its content is not kept).
-    private static func isValidFieldLine(_ b: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        while i < b.count && isTokenByte(b[i]) { i += 1 }
-        if i == 0 || i >= b.count || b[i] != 58 { return false }
-        for k in (i + 1)..<b.count where !isFieldValueByte(b[k]) { return false }
-        return true
+    /// field-line = field-name ":" OWS field-value OWS (no whitespace before the colon): the name's end and the
+    /// value's bounds without surrounding spaces and tabs (offsets in `b`), or nil when the line is malformed.
+    private static func fieldLine(_ b: UnsafeRawBufferPointer) -> (nameEnd: Int, valueStart: Int, valueEnd: Int)? {
+        var n = 0
+        while n < b.count && isTokenByte(b[n]) { n += 1 }
+        if n == 0 || n >= b.count || b[n] != 58 { return nil }
+        var vs = n + 1, ve = b.count
+        while vs < ve && (b[vs] == 32 || b[vs] == 9) { vs += 1 }
+        while ve > vs && (b[ve - 1] == 32 || b[ve - 1] == 9) { ve -= 1 }
+        for k in vs..<ve where !isFieldValueByte(b[k]) { return nil }
+        return (n, vs, ve)
     }
 
     /// 1*DIGIT, at most 15 digits (far above any limit, far below overflow).
