@@ -224,10 +224,14 @@ public enum APIDecoder {
         case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
              stop, n, stream, stream_options, session_id, user
     }
-    static let generationKeys = JSONKeys(GenerationKey.allCases.map { "\($0)" })
+    static let generationKeys: JSONKeys = {
+        precondition(GenerationKey.allCases.count == GenerationFields.capacity, "GenerationFields holds every key")
+        return JSONKeys(GenerationKey.allCases.map { "\($0)" })
+    }()
 
     /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
     struct GenerationFields {
+        static let capacity = 16
         var values = InlineArray<16, JSONValue?>(repeating: nil)
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }

@@ -996,9 +996,7 @@ public final class FrontServer: @unchecked Sendable {
                 // Head (first delta only) and chunk built in the reused buffers, then copied to the connection.
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
-                bodyWriter.reset()
-                OpenAIEncoder.streamChunk(a.identity, text: text, role: false, finish: nil, into: &bodyWriter)
-                bodyWriter.withBytes { frame(a, $0) }
+                frameChunk(a, text: text, role: false, finish: nil)
                 scratch.withBytes { enqueue(c, $0) }
             } else {
                 a.text += text
@@ -1012,9 +1010,7 @@ public final class FrontServer: @unchecked Sendable {
             if a.stream {
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
-                bodyWriter.reset()
-                OpenAIEncoder.streamChunk(a.identity, text: nil, role: false, finish: finish, into: &bodyWriter)
-                bodyWriter.withBytes { frame(a, $0) }
+                frameChunk(a, text: nil, role: false, finish: finish)
                 if a.includeUsage {
                     bodyWriter.reset()
                     OpenAIEncoder.usageChunk(a.identity, usage, into: &bodyWriter)
@@ -1077,11 +1073,14 @@ public final class FrontServer: @unchecked Sendable {
         if a.http10 { c.keepAlive = false }
         ResponseWriter.head(&scratch, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
                             keepAlive: c.keepAlive, worker: a.worker, extra: [("Cache-Control", "no-cache")])
-        if a.identity.chat {
-            bodyWriter.reset()
-            OpenAIEncoder.streamChunk(a.identity, text: "", role: true, finish: nil, into: &bodyWriter)
-            bodyWriter.withBytes { frame(a, $0) }
-        }
+        if a.identity.chat { frameChunk(a, text: "", role: true, finish: nil) }
+    }
+
+    /// Appends one SSE event of `a`'s stream to `scratch` (encoded in the body writer, then framed).
+    private func frameChunk(_ a: ActiveRequest, text: String?, role: Bool, finish: FinishReason?) {
+        bodyWriter.reset()
+        OpenAIEncoder.streamChunk(a.identity, text: text, role: role, finish: finish, into: &bodyWriter)
+        bodyWriter.withBytes { frame(a, $0) }
     }
 
     /// Appends `data: [DONE]` and, for chunked streams, the last chunk to `scratch`.
