@@ -460,13 +460,6 @@ public struct JSONWriter: ~Copyable {
         s.withUTF8 { out.append(UnsafeRawBufferPointer($0)) }
     }
     public mutating func int(_ v: Int) { out.appendDecimal(v) }   // no String on the way
-
-    /// Appends `v` in decimal ASCII to an array (the array-based response pieces).
-    public static func appendDecimal(_ out: inout [UInt8], _ v: Int) {
-        var w = ByteWriter(capacity: 24)
-        w.appendDecimal(v)
-        w.withBytes { out.append(contentsOf: $0) }
-    }
     public mutating func double(_ v: Double) { raw(v.isFinite ? String(v) : "null") }
 
     public mutating func string(_ s: String) {

@@ -57,15 +57,6 @@ enum ResponseWriter {
         out.append("\r\n")
     }
 
-    /// `head` appended to an array (the streaming paths, once per response).
-    static func head(_ out: inout [UInt8], status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
-                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
-        var w = ByteWriter(capacity: 256)
-        head(&w, status: status, contentType: contentType, contentLength: contentLength, chunked: chunked,
-             keepAlive: keepAlive, worker: worker, extra: extra)
-        w.withBytes { out.append(contentsOf: $0) }
-    }
-
     static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: UnsafeRawBufferPointer,
                      keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
         head(&out, status: status, contentType: contentType, contentLength: body.count, chunked: false,

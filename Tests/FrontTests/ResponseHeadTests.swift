@@ -6,10 +6,11 @@ import Testing
 @Suite struct ResponseHeadTests {
     private func head(status: Int, type: String?, length: Int?, chunked: Bool = false, keepAlive: Bool = true,
                       worker: Int? = nil, extra: [(String, String)] = []) -> String {
-        var out: [UInt8] = Array("prefix|".utf8)   // appends, never replaces
+        var out = ByteWriter(capacity: 16)
+        out.append("prefix|")   // appends, never replaces
         ResponseWriter.head(&out, status: status, contentType: type, contentLength: length, chunked: chunked,
                             keepAlive: keepAlive, worker: worker, extra: extra)
-        return String(decoding: out, as: UTF8.self)
+        return String(decoding: out.bytes, as: UTF8.self)
     }
 
     @Test func okJSONWithWorker() {
@@ -57,9 +58,10 @@ import Testing
 
     @Test func decimals() {
         for v in [0, 7, 9, 10, 99, 100, 65535, 1_000_000, Int.max, -1, -42, Int.min] {
-            var out: [UInt8] = [120]   // "x"
-            JSONWriter.appendDecimal(&out, v)
-            #expect(String(decoding: out, as: UTF8.self) == "x" + String(v))
+            var out = ByteWriter(capacity: 1)   // grows on the way
+            out.append(120)   // "x"
+            out.appendDecimal(v)
+            #expect(String(decoding: out.bytes, as: UTF8.self) == "x" + String(v))
         }
     }
 }
