@@ -34,7 +34,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Seconds a worker (or tensor-parallel group) may take from its start to ready (model load, warm-up) before it is killed and restarted.") var startupTimeout = 600.0
     @Option(help: "error | warn | info | debug") var logLevel = "info"
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
-    @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never, the default).") var lingerUs = 0
+    @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
 
     func validate() throws {

@@ -428,9 +428,9 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
     }
 
     /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU,
-    /// lingering for the next request after each answer (30 µs) included.
+    /// lingering for the next request after each answer (50 µs, `serve`'s default) included.
     @Test func idleUsesNoCPU() throws {
-        let s = try TestServer(configure: { $0.lingerNanoseconds = 30_000 })
+        let s = try TestServer(configure: { $0.lingerNanoseconds = 50_000 })
         defer { s.stop() }
         let clients = try (0..<8).map { _ in try RawClient(path: s.path) }
         try clients[0].send(request("GET", "/health"))
