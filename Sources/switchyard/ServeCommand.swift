@@ -35,6 +35,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "error | warn | info | debug") var logLevel = "info"
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
+    @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
 
     func validate() throws {
@@ -92,7 +93,8 @@ struct ServeCommand: ParsableCommand {
         for p in plan.workers {
             var args = ["--engine", engineKind.rawValue, "--threads", "\(threadsPerWorker)",
                         "--session-cache-mb", "\(cacheMB)", "--max-queue", "\(maxQueue)",
-                        "--max-running", "\(maxRunning)", "--context", "\(context)"]
+                        "--max-running", "\(maxRunning)", "--context", "\(context)",
+                        "--idle-spin-us", "\(max(0, min(workerIdleSpinUs, 10_000)))"]
             if let modelPath { args += ["--model", modelPath] }
             if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
             if let n = p.node { args += ["--node", "\(n)"] }

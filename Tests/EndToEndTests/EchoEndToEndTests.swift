@@ -54,6 +54,21 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// With every spin off (the worker sleeps at once when idle, the front neither polls the rings nor
+    /// lingers), each hand-off goes through a sleep and a wake-up: sequential and concurrent requests are
+    /// still all answered, whole.
+    @Test func everyWaitSleepingStillAnswers() throws {
+        try withServer(echoArgs + ["--worker-idle-spin-us", "0", "--poll-spin-us", "0", "--linger-us", "0"]) { s in
+            for i in 0..<50 {
+                let prompt = "sleepy \(i)"
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": prompt, "max_tokens": 64])
+                #expect(r.head.status == 200, "\(r.text)")
+                let text = ((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String
+                #expect(text == prompt)
+            }
+        }
+    }
+
     @Test func streamingCompletionsAndChat() throws {
         try withServer(echoArgs) { s in
             let conn = HTTPConnection(endpoint: s.endpoint, timeout: 30)
