@@ -311,8 +311,9 @@ public final class FrontServer: @unchecked Sendable {
         _ = sy_uring_submit(r)
         let deadline = now() &+ nanoseconds
         var spins: UInt32 = 0
+        let deliver = deliverEvent   // read once, not per check
         while true {
-            if let p = backend, p.pollEvents(deliverEvent) { return .backend }
+            if let p = backend, p.pollEvents(deliver) { return .backend }
             if sy_uring_events_pending(r) != 0 { return .completions }
             sy_cpu_relax()
             spins &+= 1

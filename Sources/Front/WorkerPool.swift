@@ -109,6 +109,12 @@ public final class WorkerPool: FrontBackend {
     let router: Router
     var slots: [WorkerSlot] = []
     var inFlight = RequestTable<InFlight>()
+    /// The live workers' response-ring consumers, for the front's spin (`pollEvents`): held strongly in
+    /// `pollOwners`, read through `pollRings` without reference counting (the spin checks them millions of
+    /// times; retaining and releasing a slot, its channel and its consumer on every check was a third of
+    /// the loop's CPU). Rebuilt whenever a channel is set or dropped.
+    var pollOwners: [RingConsumer] = []
+    var pollRings: [Unmanaged<RingConsumer>] = []
     let epoll: FileDescriptor
     let eventFD: EventFD
     let timerFD: FileDescriptor
@@ -198,6 +204,7 @@ public final class WorkerPool: FrontBackend {
             w.process = handle
             w.spawnedAt = Self.now()
             w.channel = channel
+            channelsChanged()
             w.control = control
             w.ready = false
             w.lastBeat = 0
@@ -241,6 +248,7 @@ public final class WorkerPool: FrontBackend {
         w.process = nil                       // kills and reaps if it was still running
         w.channel?.close()
         w.channel = nil
+        channelsChanged()
         w.control = nil
         w.ready = false
         router.setHealth(.dead, slot: w.routerSlot)
@@ -603,6 +611,7 @@ public final class WorkerPool: FrontBackend {
             w.process = nil  // kills if still running, reaps
             w.channel = nil
         }
+        channelsChanged()
         // Followers stop once their leader has shut the group down; same deadline.
         for w in slots {
             for f in w.followers {
@@ -629,13 +638,21 @@ extension WorkerPool: PollableBackend {
         for w in slots { w.channel?.rx.finishSleep() }
     }
 
+    /// Refreshes the consumers `pollEvents` checks (after a channel was set or dropped).
+    func channelsChanged() {
+        pollOwners = slots.compactMap { $0.channel?.rx }
+        pollRings = pollOwners.map { Unmanaged.passUnretained($0) }
+    }
+
     public func pollEvents(_ deliver: (BackendEvent) -> Void) -> Bool {
-        // The common case, nothing there: one acquire load of each ring's head, no system call.
-        var ready = false
-        for w in slots {
-            // A corrupt head counts as ready: drainRing reports it and kills the worker.
-            guard let ch = w.channel else { continue }
-            if (try? ch.rx.hasData()) ?? true { ready = true; break }
+        // The common case, nothing there: one acquire load of each ring's head, no system call and no
+        // reference counting (`pollOwners` keeps the consumers alive).
+        let ready = pollRings.withUnsafeBufferPointer { rings -> Bool in
+            for u in rings {
+                // A corrupt head counts as ready: drainRing reports it and kills the worker.
+                if u._withUnsafeGuaranteedRef({ (try? $0.hasData()) ?? true }) { return true }
+            }
+            return false
         }
         guard ready else { return false }
         for i in slots.indices { drainRing(i, announceSleep: false) }
