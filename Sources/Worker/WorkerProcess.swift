@@ -85,11 +85,11 @@ public enum WorkerProcess {
         control.store(.numaNode, o.node.map { UInt64($0) } ?? .max)
         let peer = o.parentPID > 0 ? try PeerMonitor.parent(expected: o.parentPID) : nil
         let notifier = RingNotifier(EventFD(adopting: FileDescriptor(adopting: o.notifyFD)))
-        // Idle wait: spin (50 µs by default) for the next request (a keep-alive client's next request usually comes
-        // sooner, and then the front need not wake us), but sched_yield between spin checks from the start:
-        // the thread we wait for (the front, or its client) may be queued on our very CPU (always so when
-        // we are pinned and cores are few), and a plain spin would hold it off until the spin ends. With
-        // nothing else runnable, sched_yield returns at once. Measured on a 2-core box, pinned worker:
+        // Idle wait: spin (--idle-spin-us, 50 µs by default) for the next request (a keep-alive client's next
+        // request usually comes sooner, and then the front need not wake us), but sched_yield between spin
+        // checks from the start: the thread we wait for (the front, or its client) may be queued on our very
+        // CPU (always so when we are pinned and cores are few), and a plain spin would hold it off until the
+        // spin ends. With nothing else runnable, sched_yield returns at once. Measured on a 2-core box, pinned worker:
         // front + worker added p50 ~75 µs → ~18 µs.
         let idlePolicy = WaitPolicy(spinNanoseconds: o.idleSpinNanoseconds, sleeps: true, yieldAfterNanoseconds: 0)
         let channel = try RingChannel(sending: ShmRing(inheritedDescriptor: o.responseFD),

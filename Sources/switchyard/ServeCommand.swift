@@ -47,6 +47,7 @@ struct ServeCommand: ParsableCommand {
         }
         guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
         guard ["auto", "all"].contains(frontCpus) else { throw ValidationError("--front-cpus must be auto or all") }
+        guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
             throw ValidationError("--policy must be one of \(RoutingPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -94,7 +95,7 @@ struct ServeCommand: ParsableCommand {
             var args = ["--engine", engineKind.rawValue, "--threads", "\(threadsPerWorker)",
                         "--session-cache-mb", "\(cacheMB)", "--max-queue", "\(maxQueue)",
                         "--max-running", "\(maxRunning)", "--context", "\(context)",
-                        "--idle-spin-us", "\(max(0, min(workerIdleSpinUs, 10_000)))"]
+                        "--idle-spin-us", "\(workerIdleSpinUs)"]
             if let modelPath { args += ["--model", modelPath] }
             if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
             if let n = p.node { args += ["--node", "\(n)"] }
