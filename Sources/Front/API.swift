@@ -237,7 +237,7 @@ public enum APIDecoder {
     }
 
     static func generationFields(_ body: [UInt8]) throws(APIError) -> GenerationFields {
-        if body.isEmpty { throw APIError(message: "request body is empty; expected a JSON object", code: "invalid_json") }
+        if body.isEmpty { throw emptyBody }
         var f = GenerationFields()
         let isObject: Bool
         do { isObject = try JSON.parseObject(body, keys: generationKeys) { k, v in f.values[k] = v } } catch {
@@ -247,8 +247,10 @@ public enum APIDecoder {
         return f
     }
 
+    static let emptyBody = APIError(message: "request body is empty; expected a JSON object", code: "invalid_json")
+
     static func object(_ body: [UInt8]) throws(APIError) -> JSONValue {
-        if body.isEmpty { throw APIError(message: "request body is empty; expected a JSON object", code: "invalid_json") }
+        if body.isEmpty { throw emptyBody }
         let v: JSONValue
         do { v = try JSON.parse(body) } catch {
             throw APIError(message: "invalid JSON at byte \(error.offset): \(error.message)", code: "invalid_json")

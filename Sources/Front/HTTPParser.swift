@@ -164,11 +164,7 @@ public struct HTTPRequestHead: Sendable, Equatable {
     }
 
     /// Path without the query string.
-    public var path: Substring {
-        let t = target
-        if let q = t.utf8.firstIndex(of: UInt8(ascii: "?")) { return t[..<q] }   // bytes, not Characters
-        return t[...]
-    }
+    public var path: Substring { withPath { String(decoding: $0, as: UTF8.self)[...] } }
 
     /// The path's bytes (without the query string), without building a String.
     public func withPath<R>(_ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {

@@ -424,6 +424,14 @@ public struct ByteWriter: ~Copyable {
         count += digits
     }
 
+    /// Appends `v` (≥ 0) in lower-case hex, at least `minDigits` digits (zero-padded).
+    public mutating func appendHex(_ v: Int, minDigits: Int = 1) {
+        let hex: StaticString = "0123456789abcdef"
+        var digits = max(1, minDigits)
+        while v >> (4 * digits) != 0 { digits += 1 }
+        for d in stride(from: digits - 1, through: 0, by: -1) { append(hex.utf8Start[(v >> (4 * d)) & 15]) }
+    }
+
     /// Calls `body` with the bytes written so far, in place.
     public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
         try body(UnsafeRawBufferPointer(start: base, count: count))
@@ -478,9 +486,8 @@ public struct JSONWriter: ~Copyable {
                 case 13: out.append(92); out.append(114)
                 case 9: out.append(92); out.append(116)
                 case 0..<32:
-                    let hex: StaticString = "0123456789abcdef"
-                    out.append("\\u00")
-                    out.append(hex.utf8Start[Int(c >> 4)]); out.append(hex.utf8Start[Int(c & 15)])
+                    out.append("\\u")
+                    out.appendHex(Int(c), minDigits: 4)
                 default: out.append(c)
                 }
             }

@@ -90,10 +90,7 @@ enum ResponseWriter {
     /// One HTTP/1.1 chunk wrapping `payload`: its size in hex, CRLF, the bytes, CRLF.
     static func chunk(_ out: inout ByteWriter, _ payload: UnsafeRawBufferPointer) {
         if payload.isEmpty { return }   // an empty chunk would end the body
-        let hex: StaticString = "0123456789abcdef"
-        var digits = 1
-        while payload.count >> (4 * digits) != 0 { digits += 1 }
-        for d in stride(from: digits - 1, through: 0, by: -1) { out.append(hex.utf8Start[(payload.count >> (4 * d)) & 15]) }
+        out.appendHex(payload.count)
         out.append("\r\n")
         out.append(payload)
         out.append("\r\n")

@@ -102,5 +102,13 @@ import Testing
             w.appendDecimal(v)
             #expect(String(decoding: w.bytes, as: UTF8.self) == String(v))
         }
+        for v in [0, 1, 15, 16, 255, 4096, 65535, 1 << 20, Int.max] {
+            for minDigits in [1, 2, 4] {
+                w.reset()
+                w.appendHex(v, minDigits: minDigits)
+                let plain = String(v, radix: 16)
+                #expect(String(decoding: w.bytes, as: UTF8.self) == String(repeating: "0", count: max(0, minDigits - plain.count)) + plain)
+            }
+        }
     }
 }
