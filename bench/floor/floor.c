@@ -9,9 +9,9 @@
 //            (the real front's and worker's wait policies);
 //   uring    the same, with the front on io_uring (recv and send as SQEs, one submit_and_wait per turn).
 // "added" = server − raw. What Switchyard adds beyond these is its own per-request work.
-// With a second argument, a running Switchyard server's socket is measured as a fourth path by the same client
+// With more arguments, running Switchyard servers' sockets are measured as further paths by the same client
 // (a small single-threaded process, like a client of a real server).
-// Build and run: bench/floor/run [ROUND_TRIPS [SERVER_SOCKET]]   (needs liburing-dev; tools/install-deps installs it)
+// Build and run: bench/floor/run [ROUND_TRIPS [SERVER_SOCKET...]]   (needs liburing-dev; tools/install-deps installs it)
 #define _GNU_SOURCE
 #include <immintrin.h>
 #include <liburing.h>
@@ -178,15 +178,18 @@ static int cmp(const void *a, const void *b) { long x = *(const long *)a, y = *(
 int main(int argc, char **argv) {
     int total = argc > 1 ? atoi(argv[1]) : 20000;
     if (total < 500) total = 500;
-    // Optional: a running Switchyard server's socket, measured by the same client as a fourth path.
-    const char *server = argc > 2 ? argv[2] : NULL;
-    int paths_n = server ? 4 : 3;
+    // Optional: running Switchyard servers' sockets, each measured by the same client as one more path (e.g.
+    // the same build started with different options, compared in the same minutes).
+    enum { LOCAL = 3, MAXP = 12 };
+    int servers = argc > 2 ? argc - 2 : 0;
+    if (servers > MAXP - LOCAL) { fprintf(stderr, "at most %d server sockets\n", MAXP - LOCAL); return 1; }
+    int paths_n = LOCAL + servers;
     char dir[] = "/tmp/sy-floor-XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
-    const char *names[4] = {"raw", "mailbox", "uring", "server"};
-    char paths[3][128];
-    int fds[4];
-    for (int k = 0; k < 3; k++) {
+    const char *names[MAXP] = {"raw", "mailbox", "uring"};
+    char paths[LOCAL][128], server_names[MAXP][16];
+    int fds[MAXP];
+    for (int k = 0; k < LOCAL; k++) {
         snprintf(paths[k], sizeof paths[k], "%s/%s.sock", dir, names[k]);
         int l = listen_at(paths[k]);
         mailbox *m = mmap(0, sizeof(mailbox), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -198,20 +201,23 @@ int main(int argc, char **argv) {
         close(l);
         fds[k] = connect_to(paths[k]);
     }
-    if (server) {
+    for (int i = 0; i < servers; i++) {
+        const char *server = argv[2 + i];
         if (strlen(server) >= sizeof(((struct sockaddr_un *)0)->sun_path)) { fprintf(stderr, "socket path too long\n"); return 1; }
-        fds[3] = connect_to(server);
+        snprintf(server_names[i], sizeof server_names[i], servers == 1 ? "server" : "server%d", i + 1);
+        names[LOCAL + i] = server_names[i];
+        fds[LOCAL + i] = connect_to(server);
     }
     static const char body[] = "{\"prompt\":\"h\",\"max_tokens\":1}";
     char req[256], buf[65536];
     int len = snprintf(req, sizeof req, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
                        sizeof body - 1, body);
-    long *lat[4];
+    long *lat[MAXP];
     for (int k = 0; k < paths_n; k++) lat[k] = malloc(sizeof(long) * total);
     for (int i = 0; i < 1000; i++)   // warm-up
         for (int k = 0; k < paths_n; k++) {
             if (write(fds[k], req, len) != len) return 1;
-            if (k == 3 ? read_http(fds[k], buf, sizeof buf) < 0 : read(fds[k], buf, sizeof buf) <= 0) { fprintf(stderr, "%s: no answer\n", names[k]); return 1; }
+            if (k >= LOCAL ? read_http(fds[k], buf, sizeof buf) < 0 : read(fds[k], buf, sizeof buf) <= 0) { fprintf(stderr, "%s: no answer\n", names[k]); return 1; }
         }
     for (int done = 0; done < total; done += 500)
         for (int k = 0; k < paths_n; k++)
@@ -219,11 +225,11 @@ int main(int argc, char **argv) {
                 long t = now_ns();
                 int got = 0;
                 if (write(fds[k], req, len) != len) return 1;
-                if (k == 3) { if (read_http(fds[k], buf, sizeof buf) < 0) return 1; }
+                if (k >= LOCAL) { if (read_http(fds[k], buf, sizeof buf) < 0) return 1; }
                 else while (got < len) { int n = read(fds[k], buf + got, sizeof buf - got); if (n <= 0) return 1; got += n; }
                 lat[k][i] = now_ns() - t;
             }
-    long p50[4], p99[4];
+    long p50[MAXP], p99[MAXP];
     for (int k = 0; k < paths_n; k++) {
         qsort(lat[k], total, sizeof(long), cmp);
         p50[k] = lat[k][total / 2];
@@ -233,8 +239,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < paths_n; k++)
         printf("%-8s p50 %6.1f us  p99 %6.1f us  (added p50 %5.1f us, p99 %5.1f us)\n", names[k], p50[k] / 1e3,
                p99[k] / 1e3, (p50[k] - p50[0]) / 1e3, (p99[k] - p99[0]) / 1e3);
-    for (int k = 0; k < 3; k++) { close(fds[k]); unlink(paths[k]); }
-    if (server) close(fds[3]);
+    for (int k = 0; k < LOCAL; k++) { close(fds[k]); unlink(paths[k]); }
+    for (int k = LOCAL; k < paths_n; k++) close(fds[k]);
     rmdir(dir);
     return 0;
 }
