@@ -37,6 +37,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
+    @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "multishot"
 
     func validate() throws {
         if let w = workers, !(1...256).contains(w) { throw ValidationError("--workers must be 1...256") }
@@ -47,6 +48,7 @@ struct ServeCommand: ParsableCommand {
         }
         guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
         guard ["auto", "all"].contains(frontCpus) else { throw ValidationError("--front-cpus must be auto or all") }
+        guard ["multishot", "peek"].contains(recv) else { throw ValidationError("--recv must be multishot or peek") }
         guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
@@ -129,6 +131,7 @@ struct ServeCommand: ParsableCommand {
         fc.limits.maxBodyBytes = maxBody
         fc.pollSpinNanoseconds = UInt64(max(0, min(pollSpinUs, 1000))) * 1000
         fc.lingerNanoseconds = UInt64(max(0, min(lingerUs, 1000))) * 1000
+        fc.deferConsume = recv == "peek"
         fc.defaultModel = poolConfig.modelID
         fc.log = logger
         if frontCpus == "auto", let cpus = plan.frontCPUs(allowed: online) {

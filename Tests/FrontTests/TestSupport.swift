@@ -44,6 +44,9 @@ final class TestServer: @unchecked Sendable {
         cfg.shutdownGrace = 2
         let sink = logSink
         cfg.log = { _, line in sink.lines.withLock { $0.append(line) } }
+        // tools/test runs this suite a second time with SWITCHYARD_TEST_FRONT_RECV=peek, so every test covers
+        // both ways of reading Unix-socket clients (a test's own `configure` still decides last).
+        if let m = getenv("SWITCHYARD_TEST_FRONT_RECV") { cfg.deferConsume = String(cString: m) == "peek" }
         configure(&cfg)
         backend = EchoBackend(options: echo)
         do { server = try FrontServer(config: cfg, backend: backend) } catch { backend.stop(); throw error }

@@ -214,6 +214,10 @@ int main(int argc, char **argv) {
                        sizeof body - 1, body);
     long *lat[MAXP];
     for (int k = 0; k < paths_n; k++) lat[k] = malloc(sizeof(long) * total);
+    // Where the client ran after each round trip, per path (which CPU it shares with which server process
+    // decides much of the latency on a small machine).
+    enum { CPUS_SHOWN = 4 };
+    long on_cpu[MAXP][CPUS_SHOWN] = {{0}};
     for (int i = 0; i < 1000; i++)   // warm-up
         for (int k = 0; k < paths_n; k++) {
             if (write(fds[k], req, len) != len) return 1;
@@ -228,6 +232,8 @@ int main(int argc, char **argv) {
                 if (k >= LOCAL) { if (read_http(fds[k], buf, sizeof buf) < 0) return 1; }
                 else while (got < len) { int n = read(fds[k], buf + got, sizeof buf - got); if (n <= 0) return 1; got += n; }
                 lat[k][i] = now_ns() - t;
+                int cpu = sched_getcpu();
+                if (cpu >= 0 && cpu < CPUS_SHOWN) on_cpu[k][cpu]++;
             }
     long p50[MAXP], p99[MAXP];
     for (int k = 0; k < paths_n; k++) {
@@ -236,9 +242,12 @@ int main(int argc, char **argv) {
         p99[k] = lat[k][total * 99 / 100];
     }
     printf("round trip, %d each, interleaved in blocks of 500, %d-byte request\n", total, len);
-    for (int k = 0; k < paths_n; k++)
-        printf("%-8s p50 %6.1f us  p99 %6.1f us  (added p50 %5.1f us, p99 %5.1f us)\n", names[k], p50[k] / 1e3,
+    for (int k = 0; k < paths_n; k++) {
+        printf("%-8s p50 %6.1f us  p99 %6.1f us  (added p50 %5.1f us, p99 %5.1f us)  client on cpu", names[k], p50[k] / 1e3,
                p99[k] / 1e3, (p50[k] - p50[0]) / 1e3, (p99[k] - p99[0]) / 1e3);
+        for (int c = 0; c < CPUS_SHOWN; c++) if (on_cpu[k][c]) printf(" %d: %ld%%", c, on_cpu[k][c] * 100 / total);
+        printf("\n");
+    }
     for (int k = 0; k < LOCAL; k++) { close(fds[k]); unlink(paths[k]); }
     for (int k = LOCAL; k < paths_n; k++) close(fds[k]);
     rmdir(dir);

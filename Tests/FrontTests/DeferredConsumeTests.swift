@@ -1,0 +1,98 @@
+// FrontConfig.deferConsume: a Unix-socket request stays in the client's socket until its answer goes out.
+// The client's SIOCOUTQ (bytes it sent that the server has not taken out of the socket yet) shows when.
+import Foundation
+import Glibc
+import Testing
+@testable import Front
+
+/// Bytes `fd` has sent that its peer has not read yet (SIOCOUTQ; for Unix sockets their buffer memory).
+private func unreadByServer(_ fd: Int32) -> Int32 {
+    var n: Int32 = -1
+    _ = ioctl(fd, UInt(0x5411) /* SIOCOUTQ */, &n)
+    return n
+}
+
+@Suite(.serialized) struct DeferredConsumeTests {
+    private static func slowEcho() -> EchoBackend.Options {
+        var o = EchoBackend.Options()
+        o.delayPerWord = 0.1   // two words: the answer comes ~0.2 s after the request
+        return o
+    }
+
+    @Test func peekHoldsTheRequestUntilItsAnswer() throws {
+        let s = try TestServer(configure: { $0.deferConsume = true }, echo: Self.slowEcho())
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b","max_tokens":2}"#))
+        usleep(60_000)   // the front has parsed and dispatched it long ago
+        #expect(s.backend.submittedCount == 1)
+        #expect(unreadByServer(c.fd) > 0)
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(unreadByServer(c.fd) == 0)
+        // The connection goes on: a second request, and an immediate answer (consumed with it).
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        #expect(unreadByServer(c.fd) == 0)
+    }
+
+    @Test func multishotTakesTheRequestAtOnce() throws {
+        let s = try TestServer(configure: { $0.deferConsume = false }, echo: Self.slowEcho())
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"a b","max_tokens":2}"#))
+        usleep(60_000)
+        #expect(unreadByServer(c.fd) == 0)
+        #expect(try c.read().status == 200)
+    }
+
+    @Test func peekTakesPartialRequestsAtOnce() throws {
+        // Nobody waits for an answer while a request is incomplete: those bytes are consumed on arrival
+        // (no re-peeking of a large body as it trickles in).
+        let s = try TestServer(configure: { $0.deferConsume = true })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let whole = Array(request("POST", "/v1/completions", body: #"{"prompt":"a b c","max_tokens":3}"#).utf8)
+        try c.send(Array(whole[..<(whole.count - 10)]))
+        usleep(60_000)
+        #expect(unreadByServer(c.fd) == 0)
+        try c.send(Array(whole[(whole.count - 10)...]))
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(try r.json()["choices"] != nil)
+    }
+
+    @Test func peekLargeBodiesPipeliningAndEOF() throws {
+        let s = try TestServer(configure: { $0.deferConsume = true })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        // A body over the 64 KiB peek buffer, then two pipelined requests in one write.
+        let words = (0..<25_000).map { "w\($0 % 10)" }.joined(separator: " ")
+        let big = request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","max_tokens":2}"#)
+        #expect(big.utf8.count > 65536)
+        try c.send(big + request("GET", "/health") + request("POST", "/v1/completions", body: #"{"prompt":"x y","max_tokens":1}"#))
+        let r1 = try c.read()
+        #expect(r1.status == 200)
+        #expect(try c.read().status == 200)
+        let r3 = try c.read()
+        #expect(r3.status == 200)
+        #expect(r3.bodyText.contains("\"x\""))
+        // The client closes after a request whose answer is still coming: the request is cancelled.
+        var o = Self.slowEcho()
+        o.delayPerWord = 0.05
+        let s2 = try TestServer(configure: { $0.deferConsume = true }, echo: o)
+        defer { s2.stop() }
+        do {
+            let c2 = try RawClient(path: s2.path)
+            try c2.send(request("POST", "/v1/completions", body: #"{"prompt":"\#((0..<100).map { "w\($0)" }.joined(separator: " "))","stream":true}"#))
+            var got = [UInt8](repeating: 0, count: 256)
+            #expect(recv(c2.fd, &got, got.count, 0) > 0)
+        }   // the client closes here
+        var cancelled: [UInt64] = []
+        for _ in 0..<200 where cancelled.isEmpty {
+            usleep(10_000)
+            cancelled = s2.backend.cancelledRequests
+        }
+        #expect(cancelled.count == 1)
+    }
+}
