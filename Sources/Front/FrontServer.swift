@@ -57,10 +57,10 @@ public struct FrontConfig: Sendable {
     /// arrive. Taking bytes out of a Unix socket wakes a writer's task even when it sleeps in read() for the
     /// answer (the kernel's write-space wake-up is not filtered by what the sleeper waits for), and on a
     /// small machine that wake-up preempts whoever shares the client's CPU, often the worker about to answer.
-    /// Costs two plain system calls per request (peek, consume): measured, one client's round trip −5 to −6 µs
-    /// p50 when it shares the worker's CPU and unchanged otherwise, but 3-23 % fewer requests/s with 64
-    /// connections; so off by default (`serve --recv peek`). TCP connections always use multishot recv.
-    public var deferConsume = false
+    /// Costs two plain system calls per request (peek, consume). Measured: one client's round trip −5 to −6 µs
+    /// p50 when it shares the worker's CPU, unchanged on the front's; requests/s with 64 connections within
+    /// the bench's order effect (−9 to +8 %). `serve --recv multishot` turns it off; TCP always uses multishot.
+    public var deferConsume = true
     /// Model name reported when a request names none and the backend lists none.
     public var defaultModel = "switchyard"
     public var log: @Sendable (LogLevel, String) -> Void = LogLevel.stderrLogger(prefix: "front", threshold: .info)

@@ -37,7 +37,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
-    @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "multishot"
+    @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "peek"
 
     func validate() throws {
         if let w = workers, !(1...256).contains(w) { throw ValidationError("--workers must be 1...256") }

@@ -88,11 +88,6 @@ private func unreadByServer(_ fd: Int32) -> Int32 {
             var got = [UInt8](repeating: 0, count: 256)
             #expect(recv(c2.fd, &got, got.count, 0) > 0)
         }   // the client closes here
-        var cancelled: [UInt64] = []
-        for _ in 0..<200 where cancelled.isEmpty {
-            usleep(10_000)
-            cancelled = s2.backend.cancelledRequests
-        }
-        #expect(cancelled.count == 1)
+        #expect(s2.backend.awaitCancellations().count == 1)
     }
 }

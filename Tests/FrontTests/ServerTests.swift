@@ -302,12 +302,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
             let n = recv(c.fd, &got, got.count, 0)   // the stream has started
             #expect(n > 0)
         }   // the client closes here
-        var cancelled: [UInt64] = []
-        for _ in 0..<200 where cancelled.isEmpty {
-            usleep(10_000)
-            cancelled = s.backend.cancelledRequests
-        }
-        #expect(cancelled.count == 1)
+        #expect(s.backend.awaitCancellations().count == 1)
     }
 
     @Test func staleSocketReplacedLiveSocketRefused() throws {
@@ -498,9 +493,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
             #expect(text == words)
         }
         clients = []
-        var cancelled = 0
-        for _ in 0..<300 where cancelled < 32 { usleep(10_000); cancelled = s.backend.cancelledRequests.count }
-        #expect(cancelled == 32)
+        #expect(s.backend.awaitCancellations(32).count == 32)
         var after = openFDCount()
         for _ in 0..<300 where after != before { usleep(10_000); after = openFDCount() }
         #expect(after == before)
@@ -536,9 +529,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         let words = (0..<20000).map { _ in "word" }.joined(separator: " ")
         try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","stream":true}"#))
-        var cancelled: [UInt64] = []
-        for _ in 0..<500 where cancelled.isEmpty { usleep(10_000); cancelled = s.backend.cancelledRequests }
-        #expect(cancelled.count == 1)
+        #expect(s.backend.awaitCancellations(timeout: 5).count == 1)
         #expect(s.logs.contains { $0.contains("accepted nothing") }, "\(s.logs)")
         let other = try RawClient(path: s.path)
         try other.send(request("GET", "/health"))

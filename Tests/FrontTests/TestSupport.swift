@@ -44,9 +44,9 @@ final class TestServer: @unchecked Sendable {
         cfg.shutdownGrace = 2
         let sink = logSink
         cfg.log = { _, line in sink.lines.withLock { $0.append(line) } }
-        // tools/test runs this suite a second time with SWITCHYARD_TEST_FRONT_RECV=peek, so every test covers
-        // both ways of reading Unix-socket clients (a test's own `configure` still decides last).
-        if let m = getenv("SWITCHYARD_TEST_FRONT_RECV") { cfg.deferConsume = String(cString: m) == "peek" }
+        // tools/test runs this suite a second time with SWITCHYARD_TEST_FRONT_RECV=multishot, so every test
+        // covers both ways of reading Unix-socket clients (a test's own `configure` still decides last).
+        if let m = getenv("SWITCHYARD_TEST_FRONT_RECV") { cfg.deferConsume = String(cString: m) != "multishot" }
         configure(&cfg)
         backend = EchoBackend(options: echo)
         do { server = try FrontServer(config: cfg, backend: backend) } catch { backend.stop(); throw error }
@@ -78,6 +78,19 @@ final class TestServer: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+extension EchoBackend {
+    /// The ids of the requests cancelled so far, once there are at least `count`, or after `timeout` seconds
+    /// (cancellations reach the backend asynchronously, after the loop sees the client leave).
+    func awaitCancellations(_ count: Int = 1, timeout: Double = 3) -> [UInt64] {
+        var cancelled = cancelledRequests
+        for _ in 0..<Int(timeout * 100) where cancelled.count < count {
+            usleep(10_000)
+            cancelled = cancelledRequests
+        }
+        return cancelled
+    }
 }
 
 final class LogSink: Sendable {
