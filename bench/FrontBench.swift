@@ -157,19 +157,22 @@ struct FrontBench: ParsableCommand {
             if let oc { try oc.send(req); try oc.readResponse(expect200: true) }
         }
         var left = requests
+        // Where this client thread ran after each round trip through the worker (the server pins its worker and
+        // its front to different CPUs; a client beside the worker measures slower, see the README).
+        var clientCPUs = [Int](repeating: 0, count: 64), otherCPUs = clientCPUs
         while left > 0 {
             let n = min(block, left)
-            try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
-            try measure(n, into: &procLat) { try rawProc.send(req); try rawProc.readExactly(req.count) }
-            try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
-            if let wc { try measure(n, into: &wLat) { try wc.send(req); try wc.readResponse() } }
-            if let oc { try measure(n, into: &oLat) { try oc.send(req); try oc.readResponse() } }
+            try measure(n, into: &rawLat, cpus: &otherCPUs) { try raw.send(req); try raw.readExactly(req.count) }
+            try measure(n, into: &procLat, cpus: &otherCPUs) { try rawProc.send(req); try rawProc.readExactly(req.count) }
+            try measure(n, into: &inLat, cpus: &otherCPUs) { try fc.send(req); try fc.readResponse() }
+            if let wc { try measure(n, into: &wLat, cpus: &clientCPUs) { try wc.send(req); try wc.readResponse() } }
+            if let oc { try measure(n, into: &oLat, cpus: &otherCPUs) { try oc.send(req); try oc.readResponse() } }
             left -= n
         }
         // GET /health never reaches a backend: the front's own cost without the handoff.
         let health = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         var healthLat: [UInt64] = []
-        try measure(requests, into: &healthLat) { try fc.send(health); try fc.readResponse() }
+        try measure(requests, into: &healthLat, cpus: &otherCPUs) { try fc.send(health); try fc.readResponse() }
         raw.close()
         close(rawFD)
         rawProc.close()
@@ -216,6 +219,8 @@ struct FrontBench: ParsableCommand {
             result["added_vs_process_p50_ns"] = Int64(w.p50) - Int64(rp.p50)
             result["added_vs_process_p99_ns"] = Int64(w.p99) - Int64(rp.p99)
             result["front_workers_requests_per_second"] = wRPS
+            result["front_workers_client_cpu_share"] = Dictionary(uniqueKeysWithValues: clientCPUs.indices.filter { clientCPUs[$0] > 0 }
+                .map { (String($0), Double(clientCPUs[$0]) / Double(max(1, wLat.count))) })
         }
         let o = oLat.isEmpty ? nil : pct(oLat)
         if let o, let oRPS, let compareArgs {
@@ -240,6 +245,8 @@ struct FrontBench: ParsableCommand {
                        us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99)))
             out(String(format: "                    added over the echo process: p50 %.1f us, p99 %.1f us",
                        us(w.p50) - us(rp.p50), us(w.p99) - us(rp.p99)))
+            out("                    client ran on " + clientCPUs.indices.filter { clientCPUs[$0] > 0 }
+                .map { "cpu \($0) \(clientCPUs[$0] * 100 / max(1, wLat.count)) %" }.joined(separator: ", "))
         }
         if let o, let oRPS, let compareArgs {
             out(String(format: "compare server      p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us), %.0f requests/s: ",
@@ -259,11 +266,14 @@ struct FrontBench: ParsableCommand {
     private func us(_ ns: UInt64) -> Double { Double(ns) / 1000 }
 
     /// Appends `n` timed runs of `body` (ns) to `lat`.
-    private func measure(_ n: Int, into lat: inout [UInt64], _ body: () throws -> Void) throws {
+    /// `cpus`: counts, per CPU, where the calling thread is after each run (outside the timed part).
+    private func measure(_ n: Int, into lat: inout [UInt64], cpus: inout [Int], _ body: () throws -> Void) throws {
         for _ in 0..<n {
             let t = monotonicNanos()
             try body()
             lat.append(monotonicNanos() - t)
+            let cpu = Int(sy_current_cpu())
+            if cpus.indices.contains(cpu) { cpus[cpu] += 1 }
         }
     }
 

@@ -101,3 +101,5 @@ uint64_t sy_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
+
+int sy_current_cpu(void) { return sched_getcpu(); }

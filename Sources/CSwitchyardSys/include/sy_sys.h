@@ -221,4 +221,7 @@ static inline uint16_t sy_ring_record_check(uint32_t length, uint16_t type) {
     return (uint16_t)(0xC35AU ^ type ^ (uint16_t)length ^ (uint16_t)(length >> 16));
 }
 
+/// The CPU the calling thread runs on (sched_getcpu, via the vDSO), or -1.
+int sy_current_cpu(void);
+
 #endif
