@@ -709,9 +709,17 @@ public final class FrontServer: @unchecked Sendable {
 
     private func enqueue(_ c: Connection, _ bytes: UnsafeRawBufferPointer) {
         guard !c.closing else { return }
-        // deferConsume: the request's bytes leave the socket right before its answer, so a client blocked in
-        // read() is woken once, by the answer.
-        if c.unconsumed > 0 && !consumeHeldBack(c) { return }
+        // deferConsume: the request's bytes leave the socket right after its answer went out (submitted here,
+        // not at the loop's next io_uring_enter), so a client blocked in read() is woken once, by the answer,
+        // and the consuming system call is off the answer's path.
+        enqueueNow(c, bytes)
+        if c.unconsumed > 0 && !c.closing {
+            _ = sy_uring_submit(ring)
+            _ = consumeHeldBack(c)
+        }
+    }
+
+    private func enqueueNow(_ c: Connection, _ bytes: UnsafeRawBufferPointer) {
         if !c.sendInFlight && c.queued.isEmpty && c.sendOffset >= c.sendLength && !bytes.isEmpty
             && bytes.count <= c.sendCapacity {
             // An idle connection (the usual case: one response at a time): straight into the send buffer.
