@@ -606,16 +606,23 @@ public final class FrontServer: @unchecked Sendable {
                 // Our final response is queued or sent: what the client still sends is drained and dropped
                 // (so close() sends no RST that could destroy the response in flight).
             } else {
-                sy_trace_mark(nextRequestID, SY_TP_FRONT_RECV)   // tracing: one client sending in sequence
-                c.input.append(contentsOf: bytes)
-                if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
-                    clientGone(c)   // pipelining far ahead of its responses: refuse to buffer more
-                    return
-                }
-                processInput(c)
+                if !takeInput(c, bytes) { return }
             }
         }
         if !c.recvArmed && !c.closing { armRecv(c) }
+    }
+
+    /// Appends bytes the client sent to its input and serves what they complete. False if the client was
+    /// dropped for pipelining too far ahead of its responses.
+    private func takeInput(_ c: Connection, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        sy_trace_mark(nextRequestID, SY_TP_FRONT_RECV)   // tracing: one client sending in sequence
+        c.input.append(contentsOf: bytes)
+        if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
+            clientGone(c)   // pipelining far ahead of its responses: refuse to buffer more
+            return false
+        }
+        processInput(c)
+        return true
     }
 
     /// deferConsume: the connection is readable (a multishot poll). Bytes already handed to the parser stay
@@ -655,14 +662,8 @@ public final class FrontServer: @unchecked Sendable {
                     clientGone(c)   // the peer closed its end
                     return
                 }
-                sy_trace_mark(nextRequestID, SY_TP_FRONT_RECV)
-                c.input.append(contentsOf: UnsafeRawBufferPointer(start: peekBuffer, count: n))
-                c.unconsumed = n
-                if c.active != nil && c.input.count > config.limits.maxHeaderBytes + config.limits.maxBodyBytes + 65536 {
-                    clientGone(c)   // pipelining far ahead of its responses: refuse to buffer more
-                    return
-                }
-                processInput(c)
+                c.unconsumed = n   // before the input is served: an answer sent meanwhile takes these bytes out
+                if !takeInput(c, UnsafeRawBufferPointer(start: peekBuffer, count: n)) { return }
                 // A full buffer may leave more in the socket, and a hang-up that came with the data is not
                 // announced again: take these bytes out and look again (a hang-up then reads 0).
                 if n < Self.peekBufferSize && !hangUp { break }
