@@ -159,20 +159,24 @@ struct FrontBench: ParsableCommand {
         var left = requests
         // Where this client thread ran after each round trip through the worker (the server pins its worker and
         // its front to different CPUs; a client beside the worker measures slower, see the README).
-        var clientCPUs = [Int](repeating: 0, count: 64), otherCPUs = clientCPUs
+        var clientCPUs = [Int](repeating: 0, count: 64)
+        let countClientCPU = {
+            let cpu = Int(sy_current_cpu())
+            if clientCPUs.indices.contains(cpu) { clientCPUs[cpu] += 1 }
+        }
         while left > 0 {
             let n = min(block, left)
-            try measure(n, into: &rawLat, cpus: &otherCPUs) { try raw.send(req); try raw.readExactly(req.count) }
-            try measure(n, into: &procLat, cpus: &otherCPUs) { try rawProc.send(req); try rawProc.readExactly(req.count) }
-            try measure(n, into: &inLat, cpus: &otherCPUs) { try fc.send(req); try fc.readResponse() }
-            if let wc { try measure(n, into: &wLat, cpus: &clientCPUs) { try wc.send(req); try wc.readResponse() } }
-            if let oc { try measure(n, into: &oLat, cpus: &otherCPUs) { try oc.send(req); try oc.readResponse() } }
+            try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
+            try measure(n, into: &procLat) { try rawProc.send(req); try rawProc.readExactly(req.count) }
+            try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
+            if let wc { try measure(n, into: &wLat, after: countClientCPU) { try wc.send(req); try wc.readResponse() } }
+            if let oc { try measure(n, into: &oLat) { try oc.send(req); try oc.readResponse() } }
             left -= n
         }
         // GET /health never reaches a backend: the front's own cost without the handoff.
         let health = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         var healthLat: [UInt64] = []
-        try measure(requests, into: &healthLat, cpus: &otherCPUs) { try fc.send(health); try fc.readResponse() }
+        try measure(requests, into: &healthLat) { try fc.send(health); try fc.readResponse() }
         raw.close()
         close(rawFD)
         rawProc.close()
@@ -266,14 +270,13 @@ struct FrontBench: ParsableCommand {
     private func us(_ ns: UInt64) -> Double { Double(ns) / 1000 }
 
     /// Appends `n` timed runs of `body` (ns) to `lat`.
-    /// `cpus`: counts, per CPU, where the calling thread is after each run (outside the timed part).
-    private func measure(_ n: Int, into lat: inout [UInt64], cpus: inout [Int], _ body: () throws -> Void) throws {
+    /// Appends `n` timed runs of `body` (ns) to `lat`; `after` runs after each, outside the timed part.
+    private func measure(_ n: Int, into lat: inout [UInt64], after: () -> Void = {}, _ body: () throws -> Void) throws {
         for _ in 0..<n {
             let t = monotonicNanos()
             try body()
             lat.append(monotonicNanos() - t)
-            let cpu = Int(sy_current_cpu())
-            if cpus.indices.contains(cpu) { cpus[cpu] += 1 }
+            after()
         }
     }
 
