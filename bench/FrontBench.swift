@@ -14,6 +14,8 @@
 //   2. The front's CPU per request without I/O (FrontCPUProbe: parse, JSON decode, response), stable where
 //      the round trips are not.
 //   3. Requests/s with 64 concurrent keep-alive connections (one client thread each), in-process and real.
+// --client-cpu N pins the measuring client thread for step 1 (each: unpinned, then once per allowed CPU), since
+// on this 2-vCPU VM where the client runs decides the latency mode (README, "Front").
 // The load average is printed with the results: the numbers mean little on a busy machine.
 import ArgumentParser
 import BenchKit
@@ -22,6 +24,7 @@ import CSwitchyardSys
 import Foundation
 import Front
 import Glibc
+import SysKit
 import Worker
 
 struct FrontBench: ParsableCommand {
@@ -47,6 +50,9 @@ struct FrontBench: ParsableCommand {
     @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path.")
     var breakdown = false
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
+    @Option(name: .customLong("client-cpu"),
+            help: "Where the measuring client thread runs: any (unpinned, the scheduler decides), a CPU number, or each (unpinned, then once pinned to every allowed CPU). The server pins its worker and its front to different CPUs, and a client beside the spinning worker measures slower on this VM (README).")
+    var clientCPU: String = "any"
 
     /// The smallest request the echo worker can answer: 1-character prompt, one token.
     static let probeBody = #"{"prompt":"h","max_tokens":1}"#
@@ -144,10 +150,6 @@ struct FrontBench: ParsableCommand {
             other?.stop()
         }
 
-        // Latency: blocks of `block` round trips, rotating raw → inproc → workers.
-        let block = 500
-        var rawLat: [UInt64] = [], procLat: [UInt64] = [], inLat: [UInt64] = [], wLat: [UInt64] = [], oLat: [UInt64] = []
-        rawLat.reserveCapacity(requests); inLat.reserveCapacity(requests); wLat.reserveCapacity(requests)
         // Warm-up (also checks every path answers 200).
         for _ in 0..<1000 {
             try raw.send(req); try raw.readExactly(req.count)
@@ -156,23 +158,14 @@ struct FrontBench: ParsableCommand {
             if let wc { try wc.send(req); try wc.readResponse(expect200: true) }
             if let oc { try oc.send(req); try oc.readResponse(expect200: true) }
         }
-        var left = requests
-        // Where this client thread ran after each round trip through the worker (the server pins its worker and
-        // its front to different CPUs; a client beside the worker measures slower, see the README).
-        var clientCPUs = [Int](repeating: 0, count: 64)
-        let countClientCPU = {
-            let cpu = Int(sy_current_cpu())
-            if clientCPUs.indices.contains(cpu) { clientCPUs[cpu] += 1 }
-        }
-        while left > 0 {
-            let n = min(block, left)
-            try measure(n, into: &rawLat) { try raw.send(req); try raw.readExactly(req.count) }
-            try measure(n, into: &procLat) { try rawProc.send(req); try rawProc.readExactly(req.count) }
-            try measure(n, into: &inLat) { try fc.send(req); try fc.readResponse() }
-            if let wc { try measure(n, into: &wLat, after: countClientCPU) { try wc.send(req); try wc.readResponse() } }
-            if let oc { try measure(n, into: &oLat) { try oc.send(req); try oc.readResponse() } }
-            left -= n
-        }
+        let paths = LatencyPaths(raw: raw, rawProc: rawProc, inproc: fc, workers: wc, compare: oc, request: req)
+        let placements = try clientPlacements()
+        let main = try latencyRun(paths, pin: placements.first ?? nil)
+        var pinned: [LatencyRun] = []
+        for cpu in placements.dropFirst() { pinned.append(try latencyRun(paths, pin: cpu)) }
+        let rawLat = main.raw, procLat = main.rawProc, inLat = main.inproc, wLat = main.workers, oLat = main.compare
+        let clientCPUs = main.clientCPUs
+        let block = Self.block
         // GET /health never reaches a backend: the front's own cost without the handoff.
         let health = Array("GET /health HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         var healthLat: [UInt64] = []
@@ -236,10 +229,13 @@ struct FrontBench: ParsableCommand {
             result["compare_added_p99_ns"] = Int64(o.p99) - Int64(r.p99)
             result["compare_requests_per_second"] = oRPS
         }
+        if let pin = main.pin { result["client_cpu"] = pin }
+        if !pinned.isEmpty { result["placements"] = pinned.map(placementJSON) }
         let out = json == "-" ? { (s: String) in FileHandle.standardError.write(Data((s + "\n").utf8)) } : { print($0) }
         out(String(format: "load average %.2f %.2f %.2f on %d cpus (other processes share the machine)", load[0], load[1], load[2],
                    Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
-        out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)")
+        out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)"
+            + (main.pin.map { ", client pinned to cpu \($0)" } ?? ""))
         out(String(format: "raw echo (thread)   p50 %8.1f us  p99 %8.1f us", us(r.p50), us(r.p99)))
         out(String(format: "raw echo (process)  p50 %8.1f us  p99 %8.1f us", us(rp.p50), us(rp.p99)))
         out(String(format: "front in-process    p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us)",
@@ -257,6 +253,13 @@ struct FrontBench: ParsableCommand {
                        us(o.p50), us(o.p99), us(o.p50) - us(r.p50), us(o.p99) - us(r.p99), oRPS)
                 + [compareBin, compareArgs].compactMap { $0 }.joined(separator: " "))
         }
+        for run in pinned {
+            let r = pct(run.raw), rp = pct(run.rawProc), w = pct(run.workers)
+            out(String(format: "client pinned to cpu %d: raw echo p50 %.1f us (process %.1f us), front + worker p50 %.1f us p99 %.1f us (added p50 %.1f us, p99 %.1f us)",
+                       run.pin ?? -1, us(r.p50), us(rp.p50), us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99))
+                + (run.compare.isEmpty ? "" : String(format: "; compare server added p50 %.1f us, p99 %.1f us",
+                                                     us(pct(run.compare).p50) - us(r.p50), us(pct(run.compare).p99) - us(r.p99))))
+        }
         out(String(format: "GET /health         p50 %8.1f us  p99 %8.1f us  (front alone, no backend handoff)", us(h.p50), us(h.p99)))
         out(String(format: "front CPU per request, no I/O: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns (health response %.0f ns, one streamed delta %.0f ns), records (submit, delta, done: encode + decode) %.0f ns",
                    cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.healthNs, cpu.streamDeltaNs, cpu.recordsNs))
@@ -269,6 +272,69 @@ struct FrontBench: ParsableCommand {
 
     private func us(_ ns: UInt64) -> Double { Double(ns) / 1000 }
 
+    /// Round trips per path between switches to the next path.
+    static let block = 500
+
+    /// The connections one latency measurement rotates over (nil: the path is not measured).
+    struct LatencyPaths {
+        var raw: BenchClient, rawProc: BenchClient, inproc: BenchClient
+        var workers: BenchClient?, compare: BenchClient?
+        var request: [UInt8]
+    }
+
+    /// One latency measurement: every path's round trips (ns), and the CPUs the client ran on after its round
+    /// trips through the worker (index = CPU).
+    struct LatencyRun {
+        var pin: Int?
+        var raw: [UInt64] = [], rawProc: [UInt64] = [], inproc: [UInt64] = [], workers: [UInt64] = [], compare: [UInt64] = []
+        var clientCPUs = [Int](repeating: 0, count: 64)
+    }
+
+    /// `--client-cpu`: nil = unpinned. `each` = unpinned first, then every CPU this process may run on.
+    func clientPlacements() throws -> [Int?] {
+        switch clientCPU {
+        case "any": return [nil]
+        case "each": return [nil] + (try CPUAffinity.get()).map { Optional($0) }
+        default:
+            guard let n = Int(clientCPU), n >= 0, (try CPUAffinity.get()).contains(n) else {
+                throw FrontBenchError("--client-cpu must be any, each, or a CPU this process may run on (got \(clientCPU))")
+            }
+            return [n]
+        }
+    }
+
+    /// `requests` round trips per path in blocks of `block`, rotating raw → raw process → in-process →
+    /// workers (→ compare), so load changes on the machine hit every path alike. With `pin`, the calling
+    /// thread (the client) runs on that CPU only for the measurement; the servers and echo processes keep
+    /// their own placement.
+    func latencyRun(_ p: LatencyPaths, pin: Int?) throws -> LatencyRun {
+        var run = LatencyRun(pin: pin)
+        let saved = try CPUAffinity.get()
+        if let pin { try CPUAffinity.set([pin]) }
+        defer { if pin != nil { try? CPUAffinity.set(saved) } }
+        let req = p.request
+        for lat in [\LatencyRun.raw, \.rawProc, \.inproc, \.workers, \.compare] { run[keyPath: lat].reserveCapacity(requests) }
+        // Where this client thread ran after each round trip through the worker (the server pins its worker and
+        // its front to different CPUs; a client beside the worker measures slower, see the README).
+        var cpus = run.clientCPUs
+        let countClientCPU = {
+            let cpu = Int(sy_current_cpu())
+            if cpus.indices.contains(cpu) { cpus[cpu] += 1 }
+        }
+        var left = requests
+        while left > 0 {
+            let n = min(Self.block, left)
+            try measure(n, into: &run.raw) { try p.raw.send(req); try p.raw.readExactly(req.count) }
+            try measure(n, into: &run.rawProc) { try p.rawProc.send(req); try p.rawProc.readExactly(req.count) }
+            try measure(n, into: &run.inproc) { try p.inproc.send(req); try p.inproc.readResponse() }
+            if let wc = p.workers { try measure(n, into: &run.workers, after: countClientCPU) { try wc.send(req); try wc.readResponse() } }
+            if let oc = p.compare { try measure(n, into: &run.compare) { try oc.send(req); try oc.readResponse() } }
+            left -= n
+        }
+        run.clientCPUs = cpus
+        return run
+    }
+
     /// Appends `n` timed runs of `body` (ns) to `lat`.
     /// Appends `n` timed runs of `body` (ns) to `lat`; `after` runs after each, outside the timed part.
     private func measure(_ n: Int, into lat: inout [UInt64], after: () -> Void = {}, _ body: () throws -> Void) throws {
@@ -278,6 +344,30 @@ struct FrontBench: ParsableCommand {
             lat.append(monotonicNanos() - t)
             after()
         }
+    }
+
+    /// One pinned placement's percentiles (ns) for the JSON document.
+    private func placementJSON(_ run: LatencyRun) -> [String: Any] {
+        let r = pct(run.raw), rp = pct(run.rawProc), i = pct(run.inproc)
+        var d: [String: Any] = [
+            "client_cpu": run.pin ?? -1,
+            "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
+            "raw_process_rtt_p50_ns": rp.p50, "raw_process_rtt_p99_ns": rp.p99,
+            "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
+        ]
+        if !run.workers.isEmpty {
+            let w = pct(run.workers)
+            d["front_workers_rtt_p50_ns"] = w.p50
+            d["front_workers_rtt_p99_ns"] = w.p99
+            d["added_p50_ns"] = Int64(w.p50) - Int64(r.p50)
+            d["added_p99_ns"] = Int64(w.p99) - Int64(r.p99)
+        }
+        if !run.compare.isEmpty {
+            let o = pct(run.compare)
+            d["compare_added_p50_ns"] = Int64(o.p50) - Int64(r.p50)
+            d["compare_added_p99_ns"] = Int64(o.p99) - Int64(r.p99)
+        }
+        return d
     }
 
     private func pct(_ v: [UInt64]) -> (p50: UInt64, p99: UInt64) {
