@@ -35,10 +35,11 @@ public enum BackendEvent: Sendable, Equatable {
     /// The request failed (worker died, internal error). Streams already started get an SSE error event;
     /// otherwise the client gets 503.
     case error(requestID: UInt64, message: String)
-    /// The worker refused the request before generating anything, with an HTTP status: 400 (e.g. the prompt
-    /// does not fit the context, a role the chat template refuses), 503 (its queue is full; Retry-After is
+    /// The worker refused the request before generating anything, with an HTTP status and the OpenAI error
+    /// code of the body: 400 `context_length_exceeded` (the prompt does not fit the context), 400
+    /// `invalid_request` (e.g. a role the chat template refuses), 503 (its queue is full; Retry-After is
     /// sent). If a stream has already started it is handled like `.error`.
-    case rejected(requestID: UInt64, status: Int, message: String)
+    case rejected(requestID: UInt64, status: Int, code: String, message: String)
     /// The request moved to another worker before anything was sent (its first worker died): the response
     /// names the new one in X-Switchyard-Worker.
     case rerouted(requestID: UInt64, workerID: Int)
@@ -49,7 +50,7 @@ public enum BackendEvent: Sendable, Equatable {
 
     public var requestID: UInt64 {
         switch self {
-        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _), .rerouted(let id, _), .tokens(let id, _), .text(let id, _): return id
+        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _, _), .rerouted(let id, _), .tokens(let id, _), .text(let id, _): return id
         }
     }
 }

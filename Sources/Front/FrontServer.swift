@@ -1131,7 +1131,7 @@ public final class FrontServer: @unchecked Sendable {
             }
         case .rerouted(_, let worker):
             if !a.headersSent { a.worker = worker }
-        case .error(_, let message), .rejected(_, _, let message):
+        case .error(_, let message), .rejected(_, _, _, let message):
             if a.headersSent {
                 scratch.reset()
                 OpenAIEncoder.streamError(message: message).withUnsafeBytes { frame(a, $0) }
@@ -1141,8 +1141,8 @@ public final class FrontServer: @unchecked Sendable {
             } else {
                 owners[a.id] = nil
                 c.active = nil
-                if case .rejected(_, let status, _) = e, status != 503 {
-                    sendError(c, status: status, message: message, code: status == 400 ? "invalid_request" : "worker_error",
+                if case .rejected(_, let status, let code, _) = e, status != 503 {
+                    sendError(c, status: status, message: message, code: code,
                               close: false, route: a.route, worker: a.worker)
                 } else {
                     sendError(c, status: 503, message: message, code: "worker_error", close: false, route: a.route,

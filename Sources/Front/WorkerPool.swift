@@ -537,15 +537,20 @@ public final class WorkerPool: FrontBackend {
                 if f.started {
                     pending.append(.error(requestID: e.requestID, message: e.message))
                 } else {
-                    let status = e.code == .invalidRequest ? 400 : (e.code == .overloaded ? 503 : 500)
-                    pending.append(.rejected(requestID: e.requestID, status: status, message: e.message))
+                    let (status, code): (Int, String) = switch e.code {
+                    case .invalidRequest: (400, "invalid_request")
+                    case .contextLengthExceeded: (400, "context_length_exceeded")
+                    case .overloaded: (503, "worker_error")
+                    case .internalError: (500, "worker_error")
+                    }
+                    pending.append(.rejected(requestID: e.requestID, status: status, code: code, message: e.message))
                 }
             }
             f.errored = true
             inFlight[e.requestID] = f
             // A refusal before the request started ends it now (no done record follows an error of a
             // request the worker never admitted).
-            if !f.started || e.code == .overloaded || e.code == .invalidRequest {
+            if !f.started || e.code == .overloaded || e.code == .invalidRequest || e.code == .contextLengthExceeded {
                 inFlight[e.requestID] = nil
                 if let t = f.ticket { router.release(t) }
             }

@@ -173,7 +173,10 @@ public struct DoneRecord: Equatable, Sendable {
 }
 
 public enum WireErrorCode: UInt16, Sendable {
-    case invalidRequest = 400      // e.g. bad template role, prompt too long for the context
+    case invalidRequest = 400      // e.g. bad template role, an empty prompt
+    /// The prompt does not fit the model's context: HTTP 400 with OpenAI's code `context_length_exceeded`
+    /// (clients such as LangChain look for that code to trim a conversation).
+    case contextLengthExceeded = 1400
     case overloaded = 503          // the worker's batch and queue are full
     case internalError = 500
 

@@ -127,8 +127,8 @@ public final class Scheduler {
                 throw RequestRejection(.invalidRequest, "the prompt is empty after tokenization")
             }
             guard prompt.count < runner.contextLength else {
-                throw RequestRejection(.invalidRequest,
-                                       "the prompt has \(prompt.count) tokens; this model's context is \(runner.contextLength)")
+                throw RequestRejection(.contextLengthExceeded,
+                                       "This model's maximum context length is \(runner.contextLength) tokens; the prompt has \(prompt.count) tokens")
             }
             waiting.append(Request(id: s.requestID, sessionKey: s.sessionKey, prompt: prompt, state: state, now: clock()))
         } catch {

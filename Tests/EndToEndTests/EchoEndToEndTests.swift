@@ -188,6 +188,15 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
                               status: 400, "no messages")
             expectOpenAIError(try s.request("POST", "/v1/completions", json: ["prompt": "x", "max_tokens": -3]),
                               status: 400, "negative max_tokens")
+            // A prompt longer than the worker's context (the echo engine's is 65 536 byte-tokens): 400 with
+            // OpenAI's code context_length_exceeded, decided by the worker before admission.
+            do {
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": String(repeating: "y", count: 70_000), "max_tokens": 4])
+                expectOpenAIError(r, status: 400, "prompt over the context")
+                let err = jsonObject(r.body)?["error"] as? [String: Any]
+                #expect(err?["code"] as? String == "context_length_exceeded", "\(r.text)")
+                #expect((err?["message"] as? String)?.contains("70000") == true, "\(r.text)")
+            }
             expectOpenAIError(try s.request("GET", "/v1/nothing-here"), status: 404, "unknown route")
             expectOpenAIError(try s.request("GET", "/v1/chat/completions"), status: 405, "GET on a POST route")
             expectOpenAIError(try s.request("POST", "/health", json: [:]), status: 405, "POST on a GET route")

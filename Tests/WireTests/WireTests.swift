@@ -17,6 +17,7 @@ let samples: [Record] = [
     .done(DoneRecord(requestID: 4, finish: .length, promptTokens: 10, completionTokens: 20, cachedTokens: 8,
                      firstTokenNanos: 123, totalNanos: 456)),
     .error(ErrorRecord(requestID: 5, code: .overloaded, message: "busy")),
+    .error(ErrorRecord(requestID: 6, code: .contextLengthExceeded, message: "too long")),
     .tokens(TokensRecord(requestID: 6, tokens: [])),
     .text(TextRecord(requestID: 7, text: "")),
     .ready(ReadyRecord(workerID: 3, pid: 1234, numaNode: 0, contextLength: 8192, modelName: "smollm2",

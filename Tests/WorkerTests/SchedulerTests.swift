@@ -9,8 +9,8 @@ final class Harness {
     var records: [Record] = []
     var now: UInt64 = 1
 
-    init(slots: Int = 8, maxBatchTokens: Int = 4096, config: SchedulerConfig = SchedulerConfig()) {
-        runner = EchoRunner(slots: slots, contextLength: 4096, maxBatchTokens: maxBatchTokens)
+    init(slots: Int = 8, maxBatchTokens: Int = 4096, contextLength: Int = 4096, config: SchedulerConfig = SchedulerConfig()) {
+        runner = EchoRunner(slots: slots, contextLength: contextLength, maxBatchTokens: maxBatchTokens)
         let box = RecordBox()
         scheduler = Scheduler(runner: runner, text: EchoText(), config: config, clock: { box.tick() },
                               publish: { box.records.append($0) })
@@ -58,6 +58,23 @@ final class RecordBox {
     #expect(d.cachedTokens == 0)
     #expect(d.firstTokenNanos > 0 && d.totalNanos >= d.firstTokenNanos)
     #expect(h.runner.freeSlots == 8, "sequence not released")
+}
+
+/// A prompt that does not fit the context is refused before admission with its own code (the front answers
+/// 400 `context_length_exceeded`, which clients look for), naming both lengths; one that fits is served.
+@Test func promptLongerThanTheContextIsRefused() throws {
+    let h = Harness(contextLength: 16)
+    h.submit(1, String(repeating: "x", count: 40))
+    h.submit(2, "short")
+    try h.runToIdle()
+    let errors = h.box.records.compactMap { if case .error(let e) = $0 { e } else { nil } }
+    #expect(errors.count == 1)
+    #expect(errors.first?.requestID == 1)
+    #expect(errors.first?.code == .contextLengthExceeded)
+    #expect(errors.first?.message.contains("16") == true && errors.first?.message.contains("40") == true)
+    #expect(h.done(1) == nil, "a refused request has no done record")
+    #expect(h.text(2) == "short")
+    #expect(h.runner.freeSlots == 8)
 }
 
 @Test func maxTokensEndsWithLength() throws {
