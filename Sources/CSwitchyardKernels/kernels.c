@@ -1318,6 +1318,127 @@ AVX512 static void attend_tiled_avx512(const float *q, const float *kt, int ldk,
     for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
 }
 
+// The G query heads of one GQA group at once (G * hd/16 <= 16): the same arithmetic per head as
+// attend_tiled_avx512, op for op, so the results are bit-identical; only the instruction order differs. One
+// head alone is latency-bound: each of its 4 score chains (16 positions) is a sequential FMA chain over the
+// hd dims, and each accumulator chain over the tile's positions is too. With the group's heads interleaved,
+// 4G independent chains share every transposed-K load and every V conversion.
+AVX512 static inline __attribute__((always_inline)) void attend_tiled_group_body(const float *q, const float *kt, int ldk, const uint16_t *v,
+                                                                                 int stride, int npos, const int NC, const int G,
+                                                                                 float scale, float *out) {
+    const int hd = 16 * NC;
+    __m512 acc[4][8];
+    float M[4], S[4];
+#pragma clang loop unroll(full)
+    for (int g = 0; g < G; g++) {
+        M[g] = -INFINITY; S[g] = 0;
+#pragma clang loop unroll(full)
+        for (int c = 0; c < NC; c++) acc[g][c] = _mm512_setzero_ps();
+    }
+    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    _Alignas(64) float kq[4][64];
+    for (int ic = 0; ic < npos; ic += 64) {
+        int nt = npos - ic < 64 ? npos - ic : 64;
+        __mmask16 m[4];
+#pragma clang loop unroll(full)
+        for (int c = 0; c < 4; c++) {
+            int valid = nt - 16 * c;
+            m[c] = valid >= 16 ? 0xffff : (valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1));
+        }
+        // Scores: s[g][c] = Σ_d kt[d][chunk c] * q_g[d], each a sequential chain over d.
+        __m512 sc[4][4];
+#pragma clang loop unroll(full)
+        for (int g = 0; g < G; g++)
+#pragma clang loop unroll(full)
+            for (int c = 0; c < 4; c++) sc[g][c] = _mm512_setzero_ps();
+        for (int d = 0; d < hd; d++) {
+            const float *row = kt + (size_t)d * ldk + ic;
+            __m512 kv[4];
+#pragma clang loop unroll(full)
+            for (int c = 0; c < 4; c++) kv[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+#pragma clang loop unroll(full)
+            for (int g = 0; g < G; g++) {
+                __m512 qd = _mm512_set1_ps(q[g * hd + d]);
+#pragma clang loop unroll(full)
+                for (int c = 0; c < 4; c++) sc[g][c] = _mm512_fmadd_ps(kv[c], qd, sc[g][c]);
+            }
+        }
+        // Per head, as attend_tiled_avx512: scale (+0 mask), tile max, rescale, exponentials, sum.
+#pragma clang loop unroll(full)
+        for (int g = 0; g < G; g++) {
+            __m512 tmaxv = ninf;
+#pragma clang loop unroll(full)
+            for (int c = 0; c < 4; c++) {
+                __m512 s = _mm512_add_ps(_mm512_mul_ps(sc[g][c], vscale), _mm512_setzero_ps());
+                s = _mm512_mask_blend_ps(m[c], ninf, s);
+                _mm512_store_ps(kq[g] + 16 * c, s);
+                tmaxv = _mm512_max_ps(tmaxv, s);
+            }
+            float tmax = _mm512_reduce_max_ps(tmaxv);
+            float Mnew = fmaxf(M[g], tmax);
+            if (Mnew > M[g]) {
+                float ms = expf(M[g] - Mnew);
+                __m512 vms = _mm512_set1_ps(ms);
+#pragma clang loop unroll(full)
+                for (int c = 0; c < NC; c++) acc[g][c] = _mm512_mul_ps(acc[g][c], vms);
+                S[g] *= ms;
+            }
+            M[g] = Mnew;
+            double sum = 0;
+            __m512 vM = _mm512_set1_ps(Mnew);
+            for (int c = 0; c < 4; c++) {
+                __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_load_ps(kq[g] + 16 * c), vM));
+                _mm512_store_ps(kq[g] + 16 * c, e);
+                sum += (double)syk_reduce_tree512(e);
+            }
+            S[g] = (float)((double)S[g] + sum);
+        }
+        // acc_g += p_g[j] * v_j, a sequential chain over j per head and dim chunk; v_j converted once.
+        for (int j = 0; j < nt; j++) {
+            const uint16_t *vj = v + (size_t)(ic + j) * stride;
+            __m512 vc[8];
+#pragma clang loop unroll(full)
+            for (int c = 0; c < NC; c++) vc[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c)));
+#pragma clang loop unroll(full)
+            for (int g = 0; g < G; g++) {
+                __m512 p = _mm512_set1_ps(kq[g][j]);
+#pragma clang loop unroll(full)
+                for (int c = 0; c < NC; c++) acc[g][c] = _mm512_fmadd_ps(vc[c], p, acc[g][c]);
+            }
+        }
+    }
+#pragma clang loop unroll(full)
+    for (int g = 0; g < G; g++) {
+        __m512 inv = _mm512_set1_ps(S[g] == 0.0f ? 0.0f : 1.0f / S[g]);
+#pragma clang loop unroll(full)
+        for (int c = 0; c < NC; c++) _mm512_storeu_ps(out + g * hd + 16 * c, _mm512_mul_ps(acc[g][c], inv));
+    }
+}
+
+/// True if the grouped tiled kernel took the G heads (hd 64 with G <= 4, hd 128 with G <= 2).
+AVX512 static int attend_tiled_group_avx512(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
+                                            int G, float scale, float *out) {
+#define SYK_TG(NC, GG) attend_tiled_group_body(q, kt, ldk, v, stride, npos, NC, GG, scale, out)
+    if (hd == 64) {
+        switch (G) {
+        case 1: SYK_TG(4, 1); return 1;
+        case 2: SYK_TG(4, 2); return 1;
+        case 3: SYK_TG(4, 3); return 1;
+        case 4: SYK_TG(4, 4); return 1;
+        default: return 0;
+        }
+    }
+    if (hd == 128) {
+        switch (G) {
+        case 1: SYK_TG(8, 1); return 1;
+        case 2: SYK_TG(8, 2); return 1;
+        default: return 0;
+        }
+    }
+#undef SYK_TG
+    return 0;
+}
+
 AVX512 static void transpose_k_avx512(const uint16_t *k, int stride, int npos, int hd, float *kt, int ldk) {
     for (int j = 0; j < npos; j++) {
         const uint16_t *kj = k + (size_t)j * stride;
@@ -1349,6 +1470,18 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
     if (syk_get_isa() >= SYK_ISA_AVX2) { attend_tiled_fma(q, kt, ldk, v, stride, npos, hd, scale, out); return; }
 #endif
     attend_tiled_scalar(q, kt, ldk, v, stride, npos, hd, scale, out);
+}
+
+/// The group's G heads (q, out: [G][hd]) in one pass where a vector kernel exists; 0 if the caller must go head
+/// by head (same results either way).
+static int attend_tiled_group(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd, int G,
+                              float scale, float *out) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI)
+        return attend_tiled_group_avx512(q, kt, ldk, v, stride, npos, hd, G, scale, out);
+#endif
+    (void)q; (void)kt; (void)ldk; (void)v; (void)stride; (void)npos; (void)hd; (void)G; (void)scale; (void)out;
+    return 0;
 }
 
 // Tiled mode: a run is consecutive tokens of one sequence (same cache, positions +1 each). A run of >= 64
@@ -1387,6 +1520,9 @@ static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
             transpose_k(t->toks[i0].k + (size_t)kvh * t->hd, kvdim, ldk, t->hd, kt, ldk);
             for (int i = i0 + ith; i < i1; i += nth) {
                 const syk_attn_tok *tk = &t->toks[i];
+                if (attend_tiled_group(tk->q + (size_t)kvh * group * t->hd, kt, ldk, tk->v + (size_t)kvh * t->hd, kvdim, tk->npos,
+                                       t->hd, group, t->scale, tk->out + (size_t)kvh * group * t->hd))
+                    continue;
                 for (int h = kvh * group; h < (kvh + 1) * group; h++)
                     attend_tiled(tk->q + (size_t)h * t->hd, kt, ldk, tk->v + (size_t)kvh * t->hd, kvdim, tk->npos, t->hd,
                                  t->scale, tk->out + (size_t)h * t->hd);

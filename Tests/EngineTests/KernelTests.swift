@@ -365,13 +365,16 @@ import CSwitchyardKernels
         for o in outs.dropFirst() { for i in 0..<hd { #expect(o[i] == outs[0][i], "scalar vs vector attention dim \(i)") } }
     }
 
-    /// The tiled kernel (llama.cpp's numerics for batches of >= 64 tokens) through syk_attn_run: 70 causal
-    /// tokens of one sequence (positions 0..69, so rows span one and two 64-position tiles), 6 query heads
-    /// over 2 KV heads; against a float reference, scalar vs vector bit for bit, and split over 3 threads
-    /// (each takes every 3rd token of the run) bit for bit as one thread.
-    @Test func tiledAttentionMatchesFloatAndPathsAgree() {
+    /// The tiled kernel (llama.cpp's numerics for batches of >= 64 tokens) through syk_attn_run: causal tokens
+    /// of one sequence (70: rows span one and two 64-position tiles; 150: three, the last partial), query
+    /// heads over KV heads in groups of 1 to 5 (the AVX-512 level takes a group's heads in one pass for hd 64
+    /// with up to 4 and hd 128 with up to 2, else head by head); against a float reference, scalar vs vector
+    /// bit for bit, and split over 3 threads (each takes every 3rd token of the run) bit for bit as one thread.
+    @Test(arguments: [(64, 6, 2, 70), (64, 6, 2, 150), (64, 4, 4, 70), (64, 4, 2, 70), (64, 8, 2, 70), (128, 4, 2, 70), (64, 10, 2, 70)])
+    func tiledAttentionMatchesFloatAndPathsAgree(_ shape: (Int, Int, Int, Int)) {
         var rng = TestRNG(seed: 5)
-        let hd = 64, nhead = 6, nkv = 2, ntok = 70, kvdim = nkv * hd
+        let (hd, nhead, nkv, ntok) = shape
+        let kvdim = nkv * hd
         let q = (0..<(ntok * nhead * hd)).map { _ in rng.float() }
         let k16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
         let v16 = (0..<(ntok * kvdim)).map { _ in syk_fp32_to_fp16(rng.float()) }
@@ -398,7 +401,7 @@ import CSwitchyardKernels
             }
             let out = run(threads: 1)
             #expect(run(threads: 3) == out, "isa \(isa): 3 threads differ from 1")
-            for t in [0, 1, 63, 64, 69] {
+            for t in Set([0, 1, 63, 64, 69, ntok - 1]).sorted() {
                 for h in 0..<nhead {
                     let kvh = h / (nhead / nkv)
                     var s = (0...t).map { j in
