@@ -26,6 +26,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("min-p")) var minP: Float = 0.05
     @Option(help: "Compute threads.") var threads: Int = 1
     @Flag(help: "Print one JSON object {text, tokens, prompt_tokens, prefill_tok_per_s, decode_tok_per_s}.") var json = false
+    @Option(name: .customLong("top-logprobs"),
+            help: "With --json: also print top_logprobs, the N most likely [id, logprob] of every step (softmax of the raw logits).")
+    var topLogprobs: Int = 0
 
     func run() throws {
         try requireModel(model)
@@ -46,16 +49,21 @@ struct GenerateCommand: ParsableCommand {
         let params = SamplingParams(temperature: temperature, topK: topK, topP: topP, minP: minP, seed: seed,
                                     maxTokens: maxTokens, stop: [])
         try params.validate()
+        guard topLogprobs >= 0 else { throw ValidationError("--top-logprobs must be >= 0") }
         var sampler = try Sampler(params: params, vocabSize: m.config.vocabSize)
         let seq = try engine.createSequence(maxContext: ids.count + maxTokens)
         var detok = StreamingDetokenizer(tokenizer: tokenizer)
         var out = ""
         var generated: [Int32] = []
+        var tops: [[[Double]]] = []
 
         let t0 = DispatchTime.now().uptimeNanoseconds
         var result = try engine.forward([BatchItem(sequence: seq, tokens: ids)])
         let t1 = DispatchTime.now().uptimeNanoseconds
         while generated.count < maxTokens {
+            if topLogprobs > 0 {
+                tops.append(Logprobs.top(result.logits(item: 0), count: topLogprobs).map { [Double($0.id), Double($0.logprob)] })
+            }
             let next = sampler.sample(result.logits(item: 0))
             if tokenizer.isEndOfGeneration(next) { break }
             generated.append(next)
@@ -72,8 +80,9 @@ struct GenerateCommand: ParsableCommand {
         // Decode steps: one forward per generated token after the first.
         let decode = generated.count > 1 ? Double(generated.count - 1) / max(Double(t2 - t1) / 1e9, 1e-9) : 0
         if json {
-            let obj: [String: Any] = ["text": out, "tokens": generated.count, "token_ids": generated.map(Int.init),
+            var obj: [String: Any] = ["text": out, "tokens": generated.count, "token_ids": generated.map(Int.init),
                                       "prompt_tokens": ids.count, "prefill_tok_per_s": prefill, "decode_tok_per_s": decode]
+            if topLogprobs > 0 { obj["top_logprobs"] = tops }
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {

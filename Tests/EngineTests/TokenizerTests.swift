@@ -63,6 +63,55 @@ struct TokenizerGoldenTests {
         }
     }
 
+    /// Ids from llama.cpp's llama-server (/tokenize, add_special false; parse_special true, then false)
+    /// for inputs beyond the fixtures, found clean by tools/diff-llama-cpp (reference-only tool):
+    /// upper-case contractions, U+3000 / U+00A0 runs, digit runs with non-ASCII numbers, ZWJ emoji,
+    /// a special token inside a partial one, \r\n runs, U+1C89 (Unicode 16.0, unassigned for
+    /// llama.cpp) and CJK Extension H, combining marks, plane-15/16 private use, C0 separators
+    /// (0x1D has no token and is dropped) with U+0085 / U+2028, typographic apostrophes.
+    @Test func llamaCppIDsBeyondTheFixtures() throws {
+        let tok = try RealVocab.tokenizer()
+        let cases: [(String, [Int32], [Int32])] = [
+            ("IT'S 'S 'LL we've",
+             [2901, 23, 67, 637, 67, 637, 16421, 392, 3543],
+             [2901, 23, 67, 637, 67, 637, 16421, 392, 3543]),
+            ("x\u{3000}\u{3000}\u{3000}y  \u{A0}z",
+             [104, 12109, 218, 12109, 218, 12109, 218, 105, 256, 15442, 106],
+             [104, 12109, 218, 12109, 218, 12109, 218, 105, 256, 15442, 106]),
+            ("123456789012 \u{BD}\u{B2}\u{663}",
+             [33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 33, 34, 216, 16738, 19133, 164, 113],
+             [33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 33, 34, 216, 16738, 19133, 164, 113]),
+            ("\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{200D}\u{1F466}\u{1F44D}\u{1F3FD}\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",
+             [10813, 235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117, 321, 231, 10813, 235, 116, 10813, 235, 231, 10813, 233, 138, 10813, 233, 128, 31752, 321, 231, 10813, 230, 226],
+             [10813, 235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117, 321, 231, 10813, 235, 116, 10813, 235, 231, 10813, 233, 138, 10813, 233, 128, 31752, 321, 231, 10813, 230, 226]),
+            ("<|im_sta<|im_end|>rt|>",
+             [44, 108, 306, 79, 40966, 2, 9573, 108, 46],
+             [44, 108, 306, 79, 40966, 44, 108, 306, 79, 486, 108, 46, 9573, 108, 46]),
+            ("a\u{D}\u{A}\u{D}\u{A}\u{9}b \u{A}",
+             [81, 18682, 197, 82, 3717],
+             [81, 18682, 197, 82, 3717]),
+            ("\u{1C89}\u{1C8A} a\u{31350}b",
+             [172, 127, 227, 172, 127, 228, 253, 187, 126, 231, 234, 82],
+             [172, 127, 227, 172, 127, 228, 253, 187, 126, 231, 234, 82]),
+            ("e\u{301}\u{301} Z\u{FC}rich",
+             [85, 151, 219, 151, 219, 1777, 7170, 5130],
+             [85, 151, 219, 151, 219, 1777, 7170, 5130]),
+            ("\u{F0000}\u{E000} \u{10FFFD}",
+             [188, 125, 218, 218, 185, 218, 218, 216, 189, 233, 140, 138],
+             [188, 125, 218, 218, 185, 218, 218, 216, 189, 233, 140, 138]),
+            ("\u{1C}\u{1D}\u{1E}\u{1F} \u{85}\u{2028}x",
+             [213, 214, 215, 3351, 223, 321, 118, 104],
+             [213, 214, 215, 3351, 223, 321, 118, 104]),
+            ("don\u{2019}t 'dd ''s",
+             [12420, 417, 100, 637, 2977, 10922, 99],
+             [12420, 417, 100, 637, 2977, 10922, 99]),
+        ]
+        for (text, special, plain) in cases {
+            #expect(tok.encode(text, parseSpecial: true) == special, "tokenize(\(text.debugDescription))")
+            #expect(tok.encode(text, parseSpecial: false) == plain, "tokenize(\(text.debugDescription), parse_special false)")
+        }
+    }
+
     @Test func goldenRoundTrips() throws {
         let tok = try RealVocab.tokenizer()
         for g in try RealVocab.goldens().tokenize {
