@@ -857,6 +857,7 @@ public final class FrontServer: @unchecked Sendable {
             case .idleFirst, .request:
                 // Slow or silent client: 408, then close.
                 c.deadline = 0
+                c.headOnly = false
                 sendError(c, status: 408, message: "request not received in time", code: "request_timeout", close: true)
             case .none:
                 break
@@ -886,6 +887,7 @@ public final class FrontServer: @unchecked Sendable {
                 }
                 return
             case .failure(let e):
+                c.headOnly = false
                 countRequest(route: "invalid", status: e.status)
                 sendError(c, status: e.status, message: e.message, code: e.code, close: true, count: false)
                 return
@@ -898,6 +900,7 @@ public final class FrontServer: @unchecked Sendable {
                 c.deadlineKind = .none
                 c.keepAlive = req.head.keepAlive && !c.closeAfterResponse
                 c.http10 = req.head.versionMinor == 0
+                c.headOnly = req.head.methodIs("HEAD")
                 handleRequest(c, req)
             }
         }
@@ -910,8 +913,13 @@ public final class FrontServer: @unchecked Sendable {
                                             param: param, code: code)
         let keep = !close && c.keepAlive
         scratch.reset()
-        ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
-                            worker: worker, extra: extra)
+        if c.headOnly {
+            ResponseWriter.head(&scratch, status: status, contentType: "application/json", contentLength: body.count,
+                                chunked: false, keepAlive: keep, worker: worker, extra: extra)
+        } else {
+            ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
+                                worker: worker, extra: extra)
+        }
         if count {
             countRequest(route: route, status: status)
         }
@@ -926,8 +934,13 @@ public final class FrontServer: @unchecked Sendable {
     private func sendJSON(_ c: Connection, status: Int = 200, body: [UInt8], route: String, worker: Int? = nil,
                           contentType: String = "application/json") {
         scratch.reset()
-        ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
-                            worker: worker)
+        if c.headOnly {
+            ResponseWriter.head(&scratch, status: status, contentType: contentType, contentLength: body.count,
+                                chunked: false, keepAlive: c.keepAlive, worker: worker)
+        } else {
+            ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
+                                worker: worker)
+        }
         countRequest(route: route, status: status)
         if !c.keepAlive { c.closeAfterFlush = true }
         scratch.withBytes { enqueue(c, $0) }
@@ -968,9 +981,11 @@ public final class FrontServer: @unchecked Sendable {
             return
         }
         let path = r.path
-        if !req.head.methodIs(r.method) {
-            sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
-                      close: false, route: r.route, extra: [("Allow", r.method)])
+        // HEAD is answered like GET, without the body (sendJSON and sendError leave it out for every HEAD).
+        if !req.head.methodIs(r.method) && !(r.method == "GET" && c.headOnly) {
+            let allow = r.method == "GET" ? "GET, HEAD" : r.method
+            sendError(c, status: 405, message: "\(path) accepts \(allow) only", code: "method_not_allowed",
+                      close: false, route: r.route, extra: [("Allow", allow)])
             return
         }
         switch r.endpoint {
@@ -1269,6 +1284,9 @@ final class Connection {
     var keepAlive = true
     /// The current request is HTTP/1.0: streams are sent unchunked and end with the connection.
     var http10 = false
+    /// The current request is HEAD: its answer carries the head only (a body would be read by the client as
+    /// the start of the next response).
+    var headOnly = false
     var active: ActiveRequest?
 
     // Output: the kernel may read sendBuf[sendOffset..<sendLength] while sendInFlight; new output goes to

@@ -198,7 +198,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         try expectError(s, request("POST", "/tokenize", body: #"{"content":3}"#), status: 400, closes: false)
         let c = try RawClient(path: s.path)
         try c.send(request("DELETE", "/health"))
-        #expect(try c.read().header("allow") == "GET")
+        #expect(try c.read().header("allow") == "GET, HEAD")
     }
 
     @Test func requestTimeouts() throws {
@@ -419,7 +419,32 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(r.bodyText.hasSuffix("data: [DONE]\n\n"))
         let h = try RawClient(path: s.path)
         try h.send(request("HEAD", "/health"))
-        #expect(try h.read().status == 405)
+        #expect(try h.read(head: true).status == 200)
+    }
+
+    /// The answer to a HEAD carries no body, whatever its status: a keep-alive client (httpx, aiohttp,
+    /// http.client) reads the next response right after the head, so a body would be taken for its status
+    /// line. GET routes answer HEAD like GET; the others answer 405 with Allow.
+    @Test func headAnswersHaveNoBody() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        var pipelined = ""
+        for p in ["/health", "/v1/models", "/nowhere", "/v1/completions"] { pipelined += request("HEAD", p) }
+        pipelined += request("GET", "/health")
+        try c.send(pipelined)
+        let health = try c.read(head: true)
+        #expect(health.status == 200 && health.header("content-length") == "15" && health.header("connection") == "keep-alive")
+        #expect(try c.read(head: true).status == 200)
+        let missing = try c.read(head: true)
+        #expect(missing.status == 404 && Int(missing.header("content-length") ?? "") ?? 0 > 0)
+        let post = try c.read(head: true)
+        #expect(post.status == 405 && post.header("allow") == "POST")
+        let after = try c.read()   // intact: nothing of the bodies above came before it
+        #expect(after.status == 200 && after.bodyText == #"{"status":"ok"}"#)
+        #expect(c.pending == 0)
+        try c.send(request("DELETE", "/v1/models"))
+        #expect(try c.read().header("allow") == "GET, HEAD")
     }
 
     /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU,
