@@ -596,9 +596,12 @@ public final class FrontServer: @unchecked Sendable {
             armRecv(c)   // every buffer was in use; this batch returns them, so re-arm right away
             return
         }
-        if res <= 0 {
-            // 0: the peer closed its end; < 0: reset or error. Either way the client is gone.
-            clientGone(c)
+        if res == 0 {
+            peerEOF(c)   // the peer closed its end: gone, or only done sending
+            return
+        }
+        if res < 0 {
+            clientGone(c)   // reset or error
             return
         }
         if let bytes {
@@ -637,13 +640,18 @@ public final class FrontServer: @unchecked Sendable {
             clientGone(c)
             return
         }
+        if c.peerClosed {
+            // Only the answers are left to send; the poll stays armed to notice the client leaving altogether.
+            if peerHungUp(c.fd) { clientGone(c) }
+            return
+        }
         if c.lingering || c.closeAfterFlush {
             // Our final response is queued or sent: drain and drop what the client still sends (so close()
             // resets nothing), until it closes.
             while !c.closing {
                 let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT))
                 if n > 0 { continue }
-                if n == 0 || (errno != EAGAIN && errno != EINTR) { clientGone(c) }
+                if n == 0 { peerEOF(c) } else if errno != EAGAIN && errno != EINTR { clientGone(c) }
                 break
             }
         } else {
@@ -659,7 +667,7 @@ public final class FrontServer: @unchecked Sendable {
                     break
                 }
                 if n == 0 {
-                    clientGone(c)   // the peer closed its end
+                    peerEOF(c)   // the peer closed its end: gone, or only done sending
                     return
                 }
                 c.unconsumed = n   // before the input is served: an answer sent meanwhile takes these bytes out
@@ -747,7 +755,8 @@ public final class FrontServer: @unchecked Sendable {
             c.sendOffset = 0
             c.sendLength = 0
             if c.queued.isEmpty {
-                if c.closeAfterFlush { startLingeringClose(c) }
+                // A client that has closed its side sends nothing a close could reset: close at once.
+                if c.closeAfterFlush { if c.peerClosed { closeConnection(c) } else { startLingeringClose(c) } }
                 return
             }
             c.takeQueued()
@@ -773,7 +782,24 @@ public final class FrontServer: @unchecked Sendable {
         c.deadlineKind = .linger
     }
 
-    /// The client disappeared (EOF, reset, send error): cancel its request on the backend and close.
+    /// The client closed its sending side (EOF). It may have only half-closed (shutdown(SHUT_WR) right after
+    /// its last request) and still be reading, so the requests it sent complete are answered before the
+    /// connection closes. A peer that is gone altogether is dropped now (its request cancelled): a Unix socket
+    /// reports that hang-up; over TCP it shows when a send fails.
+    private func peerEOF(_ c: Connection) {
+        if c.lingering || peerHungUp(c.fd) { clientGone(c); return }
+        c.peerClosed = true
+        if c.active == nil && !c.closeAfterFlush { processInput(c) }   // serves what is complete, then closes
+    }
+
+    /// Whether the peer closed both directions: a Unix socket polls POLLHUP once its peer has closed, not
+    /// after a mere shutdown(SHUT_WR); TCP reports neither as POLLHUP.
+    private func peerHungUp(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0 && p.revents & Int16(POLLHUP) != 0
+    }
+
+    /// The client disappeared (reset, send error, hang-up): cancel its request on the backend and close.
     private func clientGone(_ c: Connection) {
         if let a = c.active {
             backend.cancel(requestID: a.id)
@@ -870,6 +896,7 @@ public final class FrontServer: @unchecked Sendable {
     private func processInput(_ c: Connection) {
         while c.active == nil && !c.closing && !c.closeAfterFlush && !c.lingering {
             if c.input.isEmpty {
+                if c.peerClosed { closeAfterAnswers(c); return }
                 c.deadline = loopNow + nanos(config.idleTimeout)
                 if c.deadlineKind != .idleFirst { c.deadlineKind = .idle }
                 return
@@ -877,6 +904,7 @@ public final class FrontServer: @unchecked Sendable {
             let result = c.input.withUnsafeBytes { c.parser.parse($0) }
             switch result {
             case .incomplete:
+                if c.peerClosed { closeAfterAnswers(c); return }   // the rest of it will never come
                 if c.deadlineKind != .request {
                     c.deadlineKind = .request
                     c.deadline = loopNow + nanos(config.requestTimeout)
@@ -904,6 +932,13 @@ public final class FrontServer: @unchecked Sendable {
                 handleRequest(c, req)
             }
         }
+    }
+
+    /// The client has stopped sending (peerEOF) and every request it completed is answered: close once the
+    /// answers are out.
+    private func closeAfterAnswers(_ c: Connection) {
+        c.closeAfterFlush = true
+        flush(c)
     }
 
     private func sendError(_ c: Connection, status: Int, message: String, type: String? = nil, param: String? = nil,
@@ -1308,6 +1343,9 @@ final class Connection {
     var closing = false
     var closeAfterFlush = false
     var closeAfterResponse = false
+    /// The client closed its sending side (EOF) and has not hung up: its complete requests are answered, then
+    /// the connection closes.
+    var peerClosed = false
     var lingering = false
     var deadline: UInt64 = 0
     var deadlineKind = Deadline.none

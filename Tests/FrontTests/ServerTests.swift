@@ -447,6 +447,34 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(try c.read().header("allow") == "GET, HEAD")
     }
 
+    /// A client that half-closes (shutdown(SHUT_WR)) right after its requests still gets every answer, then
+    /// the close; over TCP and both ways of reading Unix sockets (tools/test runs the suite with each).
+    @Test(arguments: [false, true])
+    func halfClosedClientGetsItsAnswers(tcp: Bool) throws {
+        var opts = EchoBackend.Options()
+        opts.delayPerWord = 0.01   // the EOF arrives while the generation runs
+        let s = try TestServer(configure: { if tcp { $0.tcp = "127.0.0.1:0" } }, echo: opts)
+        defer { s.stop() }
+        let port = s.server.listeners.first { $0.family == .tcp }?.port
+        let c = tcp ? try RawClient(tcpPort: try #require(port)) : try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"one two three"}"#)
+                   + request("POST", "/v1/completions", body: #"{"prompt":"four five","stream":true}"#)
+                   + request("GET", "/health"))
+        shutdown(c.fd, Int32(SHUT_WR))
+        let a = try c.read()
+        #expect(a.status == 200 && a.bodyText.contains("one two three"))
+        let b = try c.read()
+        #expect(b.status == 200 && b.bodyText.hasSuffix("data: [DONE]\n\n"))
+        #expect(try c.read().status == 200)
+        #expect(c.waitClosed())
+        #expect(s.backend.cancelledRequests.isEmpty)
+        // A partial request followed by the half-close: closed without an answer (it can never complete).
+        let p = try RawClient(path: s.path)
+        try p.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+        shutdown(p.fd, Int32(SHUT_WR))
+        #expect(p.waitClosed())
+    }
+
     /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU,
     /// lingering for the next request after each answer (50 µs, `serve`'s default) included.
     @Test func idleUsesNoCPU() throws {
