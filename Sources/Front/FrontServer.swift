@@ -596,9 +596,12 @@ public final class FrontServer: @unchecked Sendable {
             armRecv(c)   // every buffer was in use; this batch returns them, so re-arm right away
             return
         }
-        if res <= 0 {
-            // 0: the peer closed its end; < 0: reset or error. Either way the client is gone.
-            clientGone(c)
+        if res == 0 {
+            peerEOF(c)   // the peer closed its end: gone, or only done sending
+            return
+        }
+        if res < 0 {
+            clientGone(c)   // reset or error
             return
         }
         if let bytes {
@@ -637,13 +640,18 @@ public final class FrontServer: @unchecked Sendable {
             clientGone(c)
             return
         }
+        if c.peerClosed {
+            // Only the answers are left to send; the poll stays armed to notice the client leaving altogether.
+            if peerHungUp(c.fd) { clientGone(c) }
+            return
+        }
         if c.lingering || c.closeAfterFlush {
             // Our final response is queued or sent: drain and drop what the client still sends (so close()
             // resets nothing), until it closes.
             while !c.closing {
                 let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT))
                 if n > 0 { continue }
-                if n == 0 || (errno != EAGAIN && errno != EINTR) { clientGone(c) }
+                if n == 0 { peerEOF(c) } else if errno != EAGAIN && errno != EINTR { clientGone(c) }
                 break
             }
         } else {
@@ -659,7 +667,7 @@ public final class FrontServer: @unchecked Sendable {
                     break
                 }
                 if n == 0 {
-                    clientGone(c)   // the peer closed its end
+                    peerEOF(c)   // the peer closed its end: gone, or only done sending
                     return
                 }
                 c.unconsumed = n   // before the input is served: an answer sent meanwhile takes these bytes out
@@ -747,7 +755,8 @@ public final class FrontServer: @unchecked Sendable {
             c.sendOffset = 0
             c.sendLength = 0
             if c.queued.isEmpty {
-                if c.closeAfterFlush { startLingeringClose(c) }
+                // A client that has closed its side sends nothing a close could reset: close at once.
+                if c.closeAfterFlush { if c.peerClosed { closeConnection(c) } else { startLingeringClose(c) } }
                 return
             }
             c.takeQueued()
@@ -773,7 +782,24 @@ public final class FrontServer: @unchecked Sendable {
         c.deadlineKind = .linger
     }
 
-    /// The client disappeared (EOF, reset, send error): cancel its request on the backend and close.
+    /// The client closed its sending side (EOF). It may have only half-closed (shutdown(SHUT_WR) right after
+    /// its last request) and still be reading, so the requests it sent complete are answered before the
+    /// connection closes. A peer that is gone altogether is dropped now (its request cancelled): a Unix socket
+    /// reports that hang-up; over TCP it shows when a send fails.
+    private func peerEOF(_ c: Connection) {
+        if c.lingering || peerHungUp(c.fd) { clientGone(c); return }
+        c.peerClosed = true
+        if c.active == nil && !c.closeAfterFlush { processInput(c) }   // serves what is complete, then closes
+    }
+
+    /// Whether the peer closed both directions: a Unix socket polls POLLHUP once its peer has closed, not
+    /// after a mere shutdown(SHUT_WR); TCP reports neither as POLLHUP.
+    private func peerHungUp(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0 && p.revents & Int16(POLLHUP) != 0
+    }
+
+    /// The client disappeared (reset, send error, hang-up): cancel its request on the backend and close.
     private func clientGone(_ c: Connection) {
         if let a = c.active {
             backend.cancel(requestID: a.id)
@@ -857,6 +883,7 @@ public final class FrontServer: @unchecked Sendable {
             case .idleFirst, .request:
                 // Slow or silent client: 408, then close.
                 c.deadline = 0
+                c.headOnly = false
                 sendError(c, status: 408, message: "request not received in time", code: "request_timeout", close: true)
             case .none:
                 break
@@ -869,6 +896,7 @@ public final class FrontServer: @unchecked Sendable {
     private func processInput(_ c: Connection) {
         while c.active == nil && !c.closing && !c.closeAfterFlush && !c.lingering {
             if c.input.isEmpty {
+                if c.peerClosed { closeAfterAnswers(c); return }
                 c.deadline = loopNow + nanos(config.idleTimeout)
                 if c.deadlineKind != .idleFirst { c.deadlineKind = .idle }
                 return
@@ -876,6 +904,7 @@ public final class FrontServer: @unchecked Sendable {
             let result = c.input.withUnsafeBytes { c.parser.parse($0) }
             switch result {
             case .incomplete:
+                if c.peerClosed { closeAfterAnswers(c); return }   // the rest of it will never come
                 if c.deadlineKind != .request {
                     c.deadlineKind = .request
                     c.deadline = loopNow + nanos(config.requestTimeout)
@@ -886,6 +915,7 @@ public final class FrontServer: @unchecked Sendable {
                 }
                 return
             case .failure(let e):
+                c.headOnly = false
                 countRequest(route: "invalid", status: e.status)
                 sendError(c, status: e.status, message: e.message, code: e.code, close: true, count: false)
                 return
@@ -898,9 +928,17 @@ public final class FrontServer: @unchecked Sendable {
                 c.deadlineKind = .none
                 c.keepAlive = req.head.keepAlive && !c.closeAfterResponse
                 c.http10 = req.head.versionMinor == 0
+                c.headOnly = req.head.methodIs("HEAD")
                 handleRequest(c, req)
             }
         }
+    }
+
+    /// The client has stopped sending (peerEOF) and every request it completed is answered: close once the
+    /// answers are out.
+    private func closeAfterAnswers(_ c: Connection) {
+        c.closeAfterFlush = true
+        flush(c)
     }
 
     private func sendError(_ c: Connection, status: Int, message: String, type: String? = nil, param: String? = nil,
@@ -910,8 +948,13 @@ public final class FrontServer: @unchecked Sendable {
                                             param: param, code: code)
         let keep = !close && c.keepAlive
         scratch.reset()
-        ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
-                            worker: worker, extra: extra)
+        if c.headOnly {
+            ResponseWriter.head(&scratch, status: status, contentType: "application/json", contentLength: body.count,
+                                chunked: false, keepAlive: keep, worker: worker, extra: extra)
+        } else {
+            ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
+                                worker: worker, extra: extra)
+        }
         if count {
             countRequest(route: route, status: status)
         }
@@ -926,8 +969,13 @@ public final class FrontServer: @unchecked Sendable {
     private func sendJSON(_ c: Connection, status: Int = 200, body: [UInt8], route: String, worker: Int? = nil,
                           contentType: String = "application/json") {
         scratch.reset()
-        ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
-                            worker: worker)
+        if c.headOnly {
+            ResponseWriter.head(&scratch, status: status, contentType: contentType, contentLength: body.count,
+                                chunked: false, keepAlive: c.keepAlive, worker: worker)
+        } else {
+            ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
+                                worker: worker)
+        }
         countRequest(route: route, status: status)
         if !c.keepAlive { c.closeAfterFlush = true }
         scratch.withBytes { enqueue(c, $0) }
@@ -968,9 +1016,11 @@ public final class FrontServer: @unchecked Sendable {
             return
         }
         let path = r.path
-        if !req.head.methodIs(r.method) {
-            sendError(c, status: 405, message: "\(path) accepts \(r.method) only", code: "method_not_allowed",
-                      close: false, route: r.route, extra: [("Allow", r.method)])
+        // HEAD is answered like GET, without the body (sendJSON and sendError leave it out for every HEAD).
+        if !req.head.methodIs(r.method) && !(r.method == "GET" && c.headOnly) {
+            let allow = r.method == "GET" ? "GET, HEAD" : r.method
+            sendError(c, status: 405, message: "\(path) accepts \(allow) only", code: "method_not_allowed",
+                      close: false, route: r.route, extra: [("Allow", allow)])
             return
         }
         switch r.endpoint {
@@ -1269,6 +1319,9 @@ final class Connection {
     var keepAlive = true
     /// The current request is HTTP/1.0: streams are sent unchunked and end with the connection.
     var http10 = false
+    /// The current request is HEAD: its answer carries the head only (a body would be read by the client as
+    /// the start of the next response).
+    var headOnly = false
     var active: ActiveRequest?
 
     // Output: the kernel may read sendBuf[sendOffset..<sendLength] while sendInFlight; new output goes to
@@ -1290,6 +1343,9 @@ final class Connection {
     var closing = false
     var closeAfterFlush = false
     var closeAfterResponse = false
+    /// The client closed its sending side (EOF) and has not hung up: its complete requests are answered, then
+    /// the connection closes.
+    var peerClosed = false
     var lingering = false
     var deadline: UInt64 = 0
     var deadlineKind = Deadline.none

@@ -166,12 +166,24 @@ public struct HTTPRequestHead: Sendable, Equatable {
     /// Path without the query string.
     public var path: Substring { withPath { String(decoding: $0, as: UTF8.self)[...] } }
 
-    /// The path's bytes (without the query string), without building a String.
+    /// The path's bytes (without the query string), without building a String. An absolute-form target
+    /// (`http://host/path`, which a server must accept: RFC 9112 §3.2.2) gives its path.
     public func withPath<R>(_ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
         storage.withUnsafeBufferPointer { b in
-            var e = targetStart
+            var s = targetStart
+            if b[s] != UInt8(ascii: "/") {
+                // scheme "://" authority: the path starts at the next "/" ("?" or the end: an empty path).
+                var k = s
+                while k < targetEnd && b[k] != UInt8(ascii: ":") && b[k] != UInt8(ascii: "/") { k += 1 }
+                if k + 2 < targetEnd && b[k] == UInt8(ascii: ":") && b[k + 1] == UInt8(ascii: "/") && b[k + 2] == UInt8(ascii: "/") {
+                    k += 3
+                    while k < targetEnd && b[k] != UInt8(ascii: "/") && b[k] != UInt8(ascii: "?") { k += 1 }
+                    s = k
+                }
+            }
+            var e = s
             while e < targetEnd && b[e] != UInt8(ascii: "?") { e += 1 }
-            return body(UnsafeBufferPointer(rebasing: b[targetStart..<e]))
+            return body(UnsafeBufferPointer(rebasing: b[s..<e]))
         }
     }
 
@@ -389,6 +401,7 @@ public struct HTTPRequestParser: Sendable {
         var contentLength: Int? = nil
         var chunked = false
         var sawTransferEncoding = false
+        var sawClose = false
         var p = lineEnd + 2
         let end = b.count - 2   // the final empty line
         while p < end {
@@ -426,8 +439,9 @@ public struct HTTPRequestParser: Sendable {
                     while ts < te && (value[ts] == 32 || value[ts] == 9) { ts += 1 }
                     while te > ts && (value[te - 1] == 32 || value[te - 1] == 9) { te -= 1 }
                     let token = UnsafeRawBufferPointer(rebasing: value[ts..<te])
-                    if equalsLowercased(token, "close") { keepAlive = false }
-                    else if equalsLowercased(token, "keep-alive") { keepAlive = true }
+                    // "close" wins wherever it stands (RFC 9112 §9.6): the client will not send another request.
+                    if equalsLowercased(token, "close") { keepAlive = false; sawClose = true }
+                    else if equalsLowercased(token, "keep-alive") && !sawClose { keepAlive = true }
                     t = e + 1
                 }
             case 6 where equalsLowercased(name, "expect"):

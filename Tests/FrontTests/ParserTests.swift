@@ -71,6 +71,22 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         #expect(failure("POST /x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n") == .invalidContentLength)
     }
 
+    /// "close" in Connection wins over "keep-alive" in any order; an absolute-form target (RFC 9112 §3.2.2)
+    /// routes by its path.
+    @Test func connectionCloseWinsAndAbsoluteForm() throws {
+        for v in ["close, keep-alive", "keep-alive, close", "Keep-Alive,CLOSE"] {
+            guard case .complete(let r, _) = parse("GET / HTTP/1.1\r\nConnection: \(v)\r\n\r\n") else { Issue.record("\(v)"); continue }
+            #expect(!r.head.keepAlive, "\(v)")
+        }
+        let paths = ["http://localhost/v1/models?x=1": "/v1/models", "HTTPS://h:8080/health": "/health",
+                     "http://h": "", "http://h?q": "", "*": "*", "/a:b//c": "/a:b//c", "x:/y": "x:/y"]
+        for (target, path) in paths {
+            guard case .complete(let r, _) = parse("GET \(target) HTTP/1.1\r\n\r\n") else { Issue.record("\(target)"); continue }
+            #expect(r.head.path == path, "\(target)")
+            #expect(r.head.target == target)
+        }
+    }
+
     /// The header scan jumps eight bytes at a time to the next CR or LF: the mask must flag exactly the first
     /// one, for every byte value around them.
     @Test func lineBreakMaskFindsTheFirstCROrLF() {

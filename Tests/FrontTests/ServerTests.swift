@@ -198,7 +198,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         try expectError(s, request("POST", "/tokenize", body: #"{"content":3}"#), status: 400, closes: false)
         let c = try RawClient(path: s.path)
         try c.send(request("DELETE", "/health"))
-        #expect(try c.read().header("allow") == "GET")
+        #expect(try c.read().header("allow") == "GET, HEAD")
     }
 
     @Test func requestTimeouts() throws {
@@ -419,7 +419,60 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(r.bodyText.hasSuffix("data: [DONE]\n\n"))
         let h = try RawClient(path: s.path)
         try h.send(request("HEAD", "/health"))
-        #expect(try h.read().status == 405)
+        #expect(try h.read(head: true).status == 200)
+    }
+
+    /// The answer to a HEAD carries no body, whatever its status: a keep-alive client (httpx, aiohttp,
+    /// http.client) reads the next response right after the head, so a body would be taken for its status
+    /// line. GET routes answer HEAD like GET; the others answer 405 with Allow.
+    @Test func headAnswersHaveNoBody() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        var pipelined = ""
+        for p in ["/health", "/v1/models", "/nowhere", "/v1/completions"] { pipelined += request("HEAD", p) }
+        pipelined += request("GET", "/health")
+        try c.send(pipelined)
+        let health = try c.read(head: true)
+        #expect(health.status == 200 && health.header("content-length") == "15" && health.header("connection") == "keep-alive")
+        #expect(try c.read(head: true).status == 200)
+        let missing = try c.read(head: true)
+        #expect(missing.status == 404 && Int(missing.header("content-length") ?? "") ?? 0 > 0)
+        let post = try c.read(head: true)
+        #expect(post.status == 405 && post.header("allow") == "POST")
+        let after = try c.read()   // intact: nothing of the bodies above came before it
+        #expect(after.status == 200 && after.bodyText == #"{"status":"ok"}"#)
+        #expect(c.pending == 0)
+        try c.send(request("DELETE", "/v1/models"))
+        #expect(try c.read().header("allow") == "GET, HEAD")
+    }
+
+    /// A client that half-closes (shutdown(SHUT_WR)) right after its requests still gets every answer, then
+    /// the close; over TCP and both ways of reading Unix sockets (tools/test runs the suite with each).
+    @Test(arguments: [false, true])
+    func halfClosedClientGetsItsAnswers(tcp: Bool) throws {
+        var opts = EchoBackend.Options()
+        opts.delayPerWord = 0.01   // the EOF arrives while the generation runs
+        let s = try TestServer(configure: { if tcp { $0.tcp = "127.0.0.1:0" } }, echo: opts)
+        defer { s.stop() }
+        let port = s.server.listeners.first { $0.family == .tcp }?.port
+        let c = tcp ? try RawClient(tcpPort: try #require(port)) : try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"one two three"}"#)
+                   + request("POST", "/v1/completions", body: #"{"prompt":"four five","stream":true}"#)
+                   + request("GET", "/health"))
+        shutdown(c.fd, Int32(SHUT_WR))
+        let a = try c.read()
+        #expect(a.status == 200 && a.bodyText.contains("one two three"))
+        let b = try c.read()
+        #expect(b.status == 200 && b.bodyText.hasSuffix("data: [DONE]\n\n"))
+        #expect(try c.read().status == 200)
+        #expect(c.waitClosed())
+        #expect(s.backend.cancelledRequests.isEmpty)
+        // A partial request followed by the half-close: closed without an answer (it can never complete).
+        let p = try RawClient(path: s.path)
+        try p.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+        shutdown(p.fd, Int32(SHUT_WR))
+        #expect(p.waitClosed())
     }
 
     /// With open but quiet connections the loop sleeps in io_uring_enter: its thread uses (almost) no CPU,

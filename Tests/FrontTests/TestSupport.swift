@@ -198,8 +198,8 @@ final class RawClient {
         return out
     }
 
-    /// Reads one response (skipping 1xx unless `stopAt100`).
-    func read(stopAt100: Bool = false) throws -> RawResponse {
+    /// Reads one response (skipping 1xx unless `stopAt100`); the answer to a HEAD request (`head`) has no body.
+    func read(stopAt100: Bool = false, head: Bool = false) throws -> RawResponse {
         while true {
             let statusLine = try line()
             let parts = statusLine.split(separator: " ", maxSplits: 2)
@@ -215,6 +215,7 @@ final class RawClient {
             }
             var r = RawResponse(status: status, headers: headers, body: [])
             if status == 100 { if stopAt100 { return r }; continue }
+            if head { return r }
             if let cl = r.header("content-length"), let n = Int(cl) {
                 r.body = try take(n)
             } else if r.header("transfer-encoding")?.lowercased() == "chunked" {
@@ -233,6 +234,9 @@ final class RawClient {
             return r
         }
     }
+
+    /// Bytes received but not yet read as part of a response.
+    var pending: Int { buf.count }
 
     /// True when the server closes the connection (EOF) within the receive timeout.
     func waitClosed() -> Bool {
