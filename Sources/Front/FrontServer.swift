@@ -555,7 +555,8 @@ public final class FrontServer: @unchecked Sendable {
         if nextGeneration == 0 { nextGeneration = 1 }
         let c = Connection(fd: fd, slot: slot, gen: nextGeneration, limits: config.limits,
                            peer: Sockets.peerIdentity(fd, family: listener.family))
-        c.deferConsume = config.deferConsume && listener.family == .unix
+        c.unixSocket = listener.family == .unix
+        c.deferConsume = config.deferConsume && c.unixSocket
         c.deadline = now() + nanos(config.idleTimeout)
         c.deadlineKind = .idleFirst
         conns[slot] = c
@@ -782,12 +783,15 @@ public final class FrontServer: @unchecked Sendable {
         c.deadlineKind = .linger
     }
 
-    /// The client closed its sending side (EOF). It may have only half-closed (shutdown(SHUT_WR) right after
-    /// its last request) and still be reading, so the requests it sent complete are answered before the
-    /// connection closes. A peer that is gone altogether is dropped now (its request cancelled): a Unix socket
-    /// reports that hang-up; over TCP it shows when a send fails.
+    /// The client closed its sending side (EOF). On a Unix socket it may have only half-closed
+    /// (shutdown(SHUT_WR) right after its last request) and still be reading, so the requests it sent complete
+    /// are answered before the connection closes; a peer that is gone altogether is dropped now (its request
+    /// cancelled): a Unix socket reports that hang-up. Over TCP the two look alike until a send fails, and a
+    /// client that went away (a timeout, Ctrl-C) is far more common than an HTTP client that half-closes, so
+    /// EOF ends a TCP connection and cancels its request, as nginx treats a client abort: a generation nobody
+    /// will read would otherwise hold a worker to its end.
     private func peerEOF(_ c: Connection) {
-        if c.lingering || peerHungUp(c.fd) { clientGone(c); return }
+        if c.lingering || !c.unixSocket || peerHungUp(c.fd) { clientGone(c); return }
         c.peerClosed = true
         if c.active == nil && !c.closeAfterFlush { processInput(c) }   // serves what is complete, then closes
     }
@@ -1335,6 +1339,8 @@ final class Connection {
     /// Monotonic time the send in flight was submitted (each submission follows a completion or an idle socket).
     var lastSendProgress: UInt64 = 0
     var recvArmed = false
+    /// Accepted on a Unix-socket listener (else TCP).
+    var unixSocket = false
     /// FrontConfig.deferConsume on this connection (Unix sockets only).
     var deferConsume = false
     /// deferConsume: bytes at the head of the socket's receive queue that are already in `input` (peeked).
