@@ -229,6 +229,10 @@ public struct HTTPRequestParser: Sendable {
     private var pos = 0
     private var trailerBytes = 0
     private var body: [UInt8] = []
+    /// Empty lines (CRLF) before the request line, skipped (RFC 9112 §2.2: a server SHOULD ignore at least
+    /// one; some clients send one after a body). Every offset above is relative to the bytes after them.
+    private var leading = 0
+    static let maxLeadingEmptyLines = 2
 
     public init(limits: HTTPLimits = HTTPLimits()) { self.limits = limits }
 
@@ -240,9 +244,27 @@ public struct HTTPRequestParser: Sendable {
         pos = 0
         trailerBytes = 0
         body = []
+        leading = 0
     }
 
     public mutating func parse(_ buf: UnsafeRawBufferPointer) -> HTTPParseResult {
+        if head == nil {
+            // Up to maxLeadingEmptyLines; more fail as a malformed request line, so they cannot pile up.
+            var skip = 0
+            while skip < 2 * Self.maxLeadingEmptyLines && skip + 1 < buf.count && buf[skip] == 13 && buf[skip + 1] == 10 {
+                skip += 2
+            }
+            leading = skip
+            // A lone CR may yet become an empty line.
+            if skip < 2 * Self.maxLeadingEmptyLines && buf.count == skip + 1 && buf[skip] == 13 { return .incomplete }
+        }
+        if leading == 0 { return parseRequest(buf) }
+        let r = parseRequest(UnsafeRawBufferPointer(rebasing: buf[leading...]))
+        if case .complete(let req, let consumed) = r { return .complete(req, consumed: consumed + leading) }
+        return r
+    }
+
+    private mutating func parseRequest(_ buf: UnsafeRawBufferPointer) -> HTTPParseResult {
         if head == nil {
             // Find CRLF CRLF. Bytes before `scanned` held no terminator; back up 3 bytes to catch a split one.
             let n = buf.count

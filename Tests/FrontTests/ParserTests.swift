@@ -224,12 +224,37 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         #expect(paths == ["/a", "/b", "/c"])
     }
 
+    /// Up to two empty lines before a request line are ignored (RFC 9112 §2.2; some clients end a body with
+    /// an extra CRLF) and counted as consumed, also between pipelined requests; a third is a malformed request
+    /// line, so empty lines cannot pile up unanswered.
+    @Test func leadingEmptyLinesAreIgnored() {
+        let one = "\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        guard case .complete(let r, let n) = parse(one) else { Issue.record("not complete"); return }
+        #expect(n == one.utf8.count && r.head.path == "/health" && r.head.header("host") == "x")
+        guard case .complete(_, let n2) = parse("\r\n" + one) else { Issue.record("two empty lines: not complete"); return }
+        #expect(n2 == one.utf8.count + 2)
+        #expect(failure("\r\n\r\n" + one) == .malformedRequestLine)
+        #expect(parse("\r\n") == .incomplete)
+        let s = Array("POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\r\nGET /d HTTP/1.1\r\n\r\n".utf8)
+        var p = HTTPRequestParser()
+        var off = 0
+        var got: [String] = []
+        while off < s.count {
+            guard case .complete(let r, let n) = s[off...].withUnsafeBytes({ p.parse($0) }) else { Issue.record("stuck at \(off)"); return }
+            got.append(r.head.target + ":" + String(decoding: r.body, as: UTF8.self))
+            off += n
+            p.reset()
+        }
+        #expect(got == ["/b:ok", "/c:hi", "/d:"])
+    }
+
     /// Every request, fed one more byte at a time, is incomplete until its last byte and then equals the
     /// one-shot parse.
     @Test(arguments: [
         "POST /v1/completions HTTP/1.1\r\nContent-Length: 11\r\nX: y\r\n\r\n{\"a\":\"b c\"}",
         "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n2\r\nde\r\n0\r\nTr: x\r\n\r\n",
         "GET / HTTP/1.1\r\n\r\n",
+        "\r\n\r\nPOST /y HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
     ])
     func splitAtEveryByte(input: String) {
         let bytes = Array(input.utf8)
