@@ -1318,107 +1318,145 @@ AVX512 static void attend_tiled_avx512(const float *q, const float *kt, int ldk,
     for (int c = 0; c < nc; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
 }
 
-// The G query heads of one GQA group at once (G * hd/16 <= 16): the same arithmetic per head as
-// attend_tiled_avx512, op for op, so the results are bit-identical; only the instruction order differs. One
-// head alone is latency-bound: each of its 4 score chains (16 positions) is a sequential FMA chain over the
-// hd dims, and each accumulator chain over the tile's positions is too. With the group's heads interleaved,
-// 4G independent chains share every transposed-K load and every V conversion.
-AVX512 static inline __attribute__((always_inline)) void attend_tiled_group_body(const float *q, const float *kt, int ldk, const uint16_t *v,
-                                                                                 int stride, int npos, const int NC, const int G,
-                                                                                 float scale, float *out) {
+// The G query heads of one GQA group at once (G * hd/16 <= 16), for T = 1 or 2 query tokens of the run: the
+// same arithmetic per head and token as attend_tiled_avx512, op for op, so the results are bit-identical;
+// only the instruction order differs. One head alone is latency-bound: each of its 4 score chains (16
+// positions) is a sequential FMA chain over the hd dims, and each accumulator chain over the tile's positions
+// is too. With the group's heads (and a second token) interleaved, 4GT independent chains share every
+// transposed-K load and every V conversion. Tokens: npos[0] <= npos[T-1]; a position past a token's own
+// npos is loaded for the longer one but masked to -inf for it (as the one-token kernel's masked load does)
+// and never enters its accumulator.
+AVX512 static inline __attribute__((always_inline)) void attend_tiled_group_body(const float *const *qs, const float *kt, int ldk,
+                                                                                 const uint16_t *v, int stride, const int *npos,
+                                                                                 const int T, const int NC, const int G,
+                                                                                 float scale, float *const *outs) {
     const int hd = 16 * NC;
-    __m512 acc[4][8];
-    float M[4], S[4];
+    __m512 acc[2][4][8];
+    float M[2][4], S[2][4];
 #pragma clang loop unroll(full)
-    for (int g = 0; g < G; g++) {
-        M[g] = -INFINITY; S[g] = 0;
+    for (int t = 0; t < T; t++)
 #pragma clang loop unroll(full)
-        for (int c = 0; c < NC; c++) acc[g][c] = _mm512_setzero_ps();
-    }
-    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
-    _Alignas(64) float kq[4][64];
-    for (int ic = 0; ic < npos; ic += 64) {
-        int nt = npos - ic < 64 ? npos - ic : 64;
-        __mmask16 m[4];
+        for (int g = 0; g < G; g++) {
+            M[t][g] = -INFINITY; S[t][g] = 0;
 #pragma clang loop unroll(full)
-        for (int c = 0; c < 4; c++) {
-            int valid = nt - 16 * c;
-            m[c] = valid >= 16 ? 0xffff : (valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1));
+            for (int c = 0; c < NC; c++) acc[t][g][c] = _mm512_setzero_ps();
         }
-        // Scores: s[g][c] = Σ_d kt[d][chunk c] * q_g[d], each a sequential chain over d.
-        __m512 sc[4][4];
+    const __m512 vscale = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    _Alignas(64) float kq[2][4][64];
+    for (int ic = 0; ic < npos[T - 1]; ic += 64) {
+        int nt[2];
+        __mmask16 m[2][4];
 #pragma clang loop unroll(full)
-        for (int g = 0; g < G; g++)
+        for (int t = 0; t < T; t++) {
+            int r = npos[t] - ic;
+            nt[t] = r > 64 ? 64 : (r < 0 ? 0 : r);
 #pragma clang loop unroll(full)
-            for (int c = 0; c < 4; c++) sc[g][c] = _mm512_setzero_ps();
+            for (int c = 0; c < 4; c++) {
+                int valid = nt[t] - 16 * c;
+                m[t][c] = valid >= 16 ? 0xffff : (valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1));
+            }
+        }
+        // Scores: s[t][g][c] = Σ_d kt[d][chunk c] * q_tg[d], each a sequential chain over d.
+        __m512 sc[2][4][4];
+#pragma clang loop unroll(full)
+        for (int t = 0; t < T; t++)
+#pragma clang loop unroll(full)
+            for (int g = 0; g < G; g++)
+#pragma clang loop unroll(full)
+                for (int c = 0; c < 4; c++) sc[t][g][c] = _mm512_setzero_ps();
         for (int d = 0; d < hd; d++) {
             const float *row = kt + (size_t)d * ldk + ic;
             __m512 kv[4];
 #pragma clang loop unroll(full)
-            for (int c = 0; c < 4; c++) kv[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+            for (int c = 0; c < 4; c++) kv[c] = _mm512_maskz_loadu_ps(m[T - 1][c], row + 16 * c);
+#pragma clang loop unroll(full)
+            for (int t = 0; t < T; t++)
+#pragma clang loop unroll(full)
+                for (int g = 0; g < G; g++) {
+                    __m512 qd = _mm512_set1_ps(qs[t][g * hd + d]);
+#pragma clang loop unroll(full)
+                    for (int c = 0; c < 4; c++) sc[t][g][c] = _mm512_fmadd_ps(kv[c], qd, sc[t][g][c]);
+                }
+        }
+        // Per token and head, as attend_tiled_avx512: scale (+0 mask), tile max, rescale, exponentials, sum.
+#pragma clang loop unroll(full)
+        for (int t = 0; t < T; t++) {
+            if (nt[t] == 0) continue;   // the shorter token has no position in this tile
 #pragma clang loop unroll(full)
             for (int g = 0; g < G; g++) {
-                __m512 qd = _mm512_set1_ps(q[g * hd + d]);
+                __m512 tmaxv = ninf;
 #pragma clang loop unroll(full)
-                for (int c = 0; c < 4; c++) sc[g][c] = _mm512_fmadd_ps(kv[c], qd, sc[g][c]);
+                for (int c = 0; c < 4; c++) {
+                    __m512 s = _mm512_add_ps(_mm512_mul_ps(sc[t][g][c], vscale), _mm512_setzero_ps());
+                    s = _mm512_mask_blend_ps(m[t][c], ninf, s);
+                    _mm512_store_ps(kq[t][g] + 16 * c, s);
+                    tmaxv = _mm512_max_ps(tmaxv, s);
+                }
+                float tmax = _mm512_reduce_max_ps(tmaxv);
+                float Mnew = fmaxf(M[t][g], tmax);
+                if (Mnew > M[t][g]) {
+                    float ms = expf(M[t][g] - Mnew);
+                    __m512 vms = _mm512_set1_ps(ms);
+#pragma clang loop unroll(full)
+                    for (int c = 0; c < NC; c++) acc[t][g][c] = _mm512_mul_ps(acc[t][g][c], vms);
+                    S[t][g] *= ms;
+                }
+                M[t][g] = Mnew;
+                double sum = 0;
+                __m512 vM = _mm512_set1_ps(Mnew);
+                for (int c = 0; c < 4; c++) {
+                    __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_load_ps(kq[t][g] + 16 * c), vM));
+                    _mm512_store_ps(kq[t][g] + 16 * c, e);
+                    sum += (double)syk_reduce_tree512(e);
+                }
+                S[t][g] = (float)((double)S[t][g] + sum);
             }
         }
-        // Per head, as attend_tiled_avx512: scale (+0 mask), tile max, rescale, exponentials, sum.
-#pragma clang loop unroll(full)
-        for (int g = 0; g < G; g++) {
-            __m512 tmaxv = ninf;
-#pragma clang loop unroll(full)
-            for (int c = 0; c < 4; c++) {
-                __m512 s = _mm512_add_ps(_mm512_mul_ps(sc[g][c], vscale), _mm512_setzero_ps());
-                s = _mm512_mask_blend_ps(m[c], ninf, s);
-                _mm512_store_ps(kq[g] + 16 * c, s);
-                tmaxv = _mm512_max_ps(tmaxv, s);
-            }
-            float tmax = _mm512_reduce_max_ps(tmaxv);
-            float Mnew = fmaxf(M[g], tmax);
-            if (Mnew > M[g]) {
-                float ms = expf(M[g] - Mnew);
-                __m512 vms = _mm512_set1_ps(ms);
-#pragma clang loop unroll(full)
-                for (int c = 0; c < NC; c++) acc[g][c] = _mm512_mul_ps(acc[g][c], vms);
-                S[g] *= ms;
-            }
-            M[g] = Mnew;
-            double sum = 0;
-            __m512 vM = _mm512_set1_ps(Mnew);
-            for (int c = 0; c < 4; c++) {
-                __m512 e = expf_ggml512(_mm512_sub_ps(_mm512_load_ps(kq[g] + 16 * c), vM));
-                _mm512_store_ps(kq[g] + 16 * c, e);
-                sum += (double)syk_reduce_tree512(e);
-            }
-            S[g] = (float)((double)S[g] + sum);
-        }
-        // acc_g += p_g[j] * v_j, a sequential chain over j per head and dim chunk; v_j converted once.
-        for (int j = 0; j < nt; j++) {
+        // acc_tg += p_tg[j] * v_j, a sequential chain over j per token, head and dim chunk; v_j converted once.
+        // Positions both tokens have, then those only the longer one has.
+        int j = 0;
+        for (; j < nt[0]; j++) {
             const uint16_t *vj = v + (size_t)(ic + j) * stride;
             __m512 vc[8];
 #pragma clang loop unroll(full)
             for (int c = 0; c < NC; c++) vc[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c)));
 #pragma clang loop unroll(full)
-            for (int g = 0; g < G; g++) {
-                __m512 p = _mm512_set1_ps(kq[g][j]);
+            for (int t = 0; t < T; t++)
 #pragma clang loop unroll(full)
-                for (int c = 0; c < NC; c++) acc[g][c] = _mm512_fmadd_ps(vc[c], p, acc[g][c]);
+                for (int g = 0; g < G; g++) {
+                    __m512 p = _mm512_set1_ps(kq[t][g][j]);
+#pragma clang loop unroll(full)
+                    for (int c = 0; c < NC; c++) acc[t][g][c] = _mm512_fmadd_ps(vc[c], p, acc[t][g][c]);
+                }
+        }
+        for (; j < nt[T - 1]; j++) {
+            const uint16_t *vj = v + (size_t)(ic + j) * stride;
+#pragma clang loop unroll(full)
+            for (int g = 0; g < G; g++) {
+                __m512 p = _mm512_set1_ps(kq[T - 1][g][j]);
+#pragma clang loop unroll(full)
+                for (int c = 0; c < NC; c++)
+                    acc[T - 1][g][c] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c))), p, acc[T - 1][g][c]);
             }
         }
     }
 #pragma clang loop unroll(full)
-    for (int g = 0; g < G; g++) {
-        __m512 inv = _mm512_set1_ps(S[g] == 0.0f ? 0.0f : 1.0f / S[g]);
+    for (int t = 0; t < T; t++)
 #pragma clang loop unroll(full)
-        for (int c = 0; c < NC; c++) _mm512_storeu_ps(out + g * hd + 16 * c, _mm512_mul_ps(acc[g][c], inv));
-    }
+        for (int g = 0; g < G; g++) {
+            __m512 inv = _mm512_set1_ps(S[t][g] == 0.0f ? 0.0f : 1.0f / S[t][g]);
+#pragma clang loop unroll(full)
+            for (int c = 0; c < NC; c++) _mm512_storeu_ps(outs[t] + g * hd + 16 * c, _mm512_mul_ps(acc[t][g][c], inv));
+        }
 }
 
 /// True if the grouped tiled kernel took the G heads (hd 64 with G <= 4, hd 128 with G <= 2).
 AVX512 static int attend_tiled_group_avx512(const float *q, const float *kt, int ldk, const uint16_t *v, int stride, int npos, int hd,
                                             int G, float scale, float *out) {
-#define SYK_TG(NC, GG) attend_tiled_group_body(q, kt, ldk, v, stride, npos, NC, GG, scale, out)
+    const float *qs[1] = {q};
+    float *outs[1] = {out};
+    const int np[1] = {npos};
+#define SYK_TG(NC, GG) attend_tiled_group_body(qs, kt, ldk, v, stride, np, 1, NC, GG, scale, outs)
     if (hd == 64) {
         switch (G) {
         case 1: SYK_TG(4, 1); return 1;
@@ -1437,6 +1475,22 @@ AVX512 static int attend_tiled_group_avx512(const float *q, const float *kt, int
     }
 #undef SYK_TG
     return 0;
+}
+
+/// Two tokens of one run at once (qa/outa: the one with fewer positions, npos_a <= npos_b), hd 64 with
+/// G <= 3 (4GT score chains fit the 32 registers). True if taken.
+AVX512 static int attend_tiled_pair_avx512(const float *qa, const float *qb, const float *kt, int ldk, const uint16_t *v, int stride,
+                                           int npos_a, int npos_b, int hd, int G, float scale, float *outa, float *outb) {
+    if (hd != 64 || npos_a > npos_b) return 0;
+    const float *qs[2] = {qa, qb};
+    float *outs[2] = {outa, outb};
+    const int np[2] = {npos_a, npos_b};
+    switch (G) {
+    case 1: attend_tiled_group_body(qs, kt, ldk, v, stride, np, 2, 4, 1, scale, outs); return 1;
+    case 2: attend_tiled_group_body(qs, kt, ldk, v, stride, np, 2, 4, 2, scale, outs); return 1;
+    case 3: attend_tiled_group_body(qs, kt, ldk, v, stride, np, 2, 4, 3, scale, outs); return 1;
+    default: return 0;
+    }
 }
 
 AVX512 static void transpose_k_avx512(const uint16_t *k, int stride, int npos, int hd, float *kt, int ldk) {
@@ -1470,6 +1524,20 @@ static void attend_tiled(const float *q, const float *kt, int ldk, const uint16_
     if (syk_get_isa() >= SYK_ISA_AVX2) { attend_tiled_fma(q, kt, ldk, v, stride, npos, hd, scale, out); return; }
 #endif
     attend_tiled_scalar(q, kt, ldk, v, stride, npos, hd, scale, out);
+}
+
+/// Two tokens of a run (b has at least a's positions), each with the group's G heads, in one pass where a
+/// vector kernel exists; 0 if the caller must take them one by one (same results either way).
+static int attend_tiled_pair(const syk_attn_tok *a, const syk_attn_tok *b, int kvh, const float *kt, int ldk, int kvdim,
+                             int hd, int G, float scale) {
+#if SYK_X86
+    if (syk_get_isa() >= SYK_ISA_AVX512VNNI)
+        return attend_tiled_pair_avx512(a->q + (size_t)kvh * G * hd, b->q + (size_t)kvh * G * hd, kt, ldk, a->v + (size_t)kvh * hd,
+                                        kvdim, a->npos, b->npos, hd, G, scale, a->out + (size_t)kvh * G * hd,
+                                        b->out + (size_t)kvh * G * hd);
+#endif
+    (void)a; (void)b; (void)kvh; (void)kt; (void)ldk; (void)kvdim; (void)hd; (void)G; (void)scale;
+    return 0;
 }
 
 /// The group's G heads (q, out: [G][hd]) in one pass where a vector kernel exists; 0 if the caller must go head
@@ -1520,6 +1588,11 @@ static void attn_run_tiled(const syk_attn_task *t, int ith, int nth) {
             transpose_k(t->toks[i0].k + (size_t)kvh * t->hd, kvdim, ldk, t->hd, kt, ldk);
             for (int i = i0 + ith; i < i1; i += nth) {
                 const syk_attn_tok *tk = &t->toks[i];
+                // This thread's next token of the run too, when there is one: one pass over K and V for both.
+                if (i + nth < i1 && attend_tiled_pair(tk, &t->toks[i + nth], kvh, kt, ldk, kvdim, t->hd, group, t->scale)) {
+                    i += nth;
+                    continue;
+                }
                 if (attend_tiled_group(tk->q + (size_t)kvh * group * t->hd, kt, ldk, tk->v + (size_t)kvh * t->hd, kvdim, tk->npos,
                                        t->hd, group, t->scale, tk->out + (size_t)kvh * group * t->hd))
                     continue;
