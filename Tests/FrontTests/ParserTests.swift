@@ -6,6 +6,25 @@ private func parse(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPParseR
     return Array(s.utf8).withUnsafeBytes { p.parse($0) }
 }
 
+/// A pipelined stream parsed request by request, the parser reset between them; nil (and an issue recorded) if
+/// a request does not complete.
+private func parseAll(_ s: String, sourceLocation: SourceLocation = #_sourceLocation) -> [HTTPRequest]? {
+    let bytes = Array(s.utf8)
+    var p = HTTPRequestParser()
+    var off = 0
+    var out: [HTTPRequest] = []
+    while off < bytes.count {
+        guard case .complete(let r, let n) = bytes[off...].withUnsafeBytes({ p.parse($0) }) else {
+            Issue.record("stuck at byte \(off)", sourceLocation: sourceLocation)
+            return nil
+        }
+        out.append(r)
+        off += n
+        p.reset()
+    }
+    return out
+}
+
 private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPParseError? {
     if case .failure(let e) = parse(s, limits: limits) { return e }
     return nil
@@ -211,17 +230,8 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
     }
 
     @Test func pipelined() {
-        let s = Array("GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /c HTTP/1.1\r\n\r\n".utf8)
-        var p = HTTPRequestParser()
-        var off = 0
-        var paths: [String] = []
-        while off < s.count {
-            guard case .complete(let r, let n) = s[off...].withUnsafeBytes({ p.parse($0) }) else { Issue.record("stuck"); return }
-            paths.append(r.head.target)
-            off += n
-            p.reset()
-        }
-        #expect(paths == ["/a", "/b", "/c"])
+        let all = parseAll("GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /c HTTP/1.1\r\n\r\n")
+        #expect(all?.map(\.head.target) == ["/a", "/b", "/c"])
     }
 
     /// Up to two empty lines before a request line are ignored (RFC 9112 §2.2; some clients end a body with
@@ -235,16 +245,8 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         #expect(n2 == one.utf8.count + 2)
         #expect(failure("\r\n\r\n" + one) == .malformedRequestLine)
         #expect(parse("\r\n") == .incomplete)
-        let s = Array("POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\r\nGET /d HTTP/1.1\r\n\r\n".utf8)
-        var p = HTTPRequestParser()
-        var off = 0
-        var got: [String] = []
-        while off < s.count {
-            guard case .complete(let r, let n) = s[off...].withUnsafeBytes({ p.parse($0) }) else { Issue.record("stuck at \(off)"); return }
-            got.append(r.head.target + ":" + String(decoding: r.body, as: UTF8.self))
-            off += n
-            p.reset()
-        }
+        let all = parseAll("POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\r\nGET /d HTTP/1.1\r\n\r\n")
+        let got = all?.map { $0.head.target + ":" + String(decoding: $0.body, as: UTF8.self) }
         #expect(got == ["/b:ok", "/c:hi", "/d:"])
     }
 
