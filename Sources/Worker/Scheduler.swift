@@ -11,7 +11,7 @@
 import Wire
 
 public struct SchedulerConfig: Sendable {
-    /// Requests admitted but not yet running; beyond this a submit is answered "overloaded".
+    /// Requests waiting beyond the running batch (`maxRunning`); beyond this a submit is answered "overloaded".
     public var maxQueue: Int
     /// Session-cache budget in bytes of KV cache held by idle sessions.
     public var sessionCacheBytes: Int
@@ -117,7 +117,10 @@ public final class Scheduler {
     }
 
     func submit(_ s: SubmitRecord) {
-        guard waiting.count < config.maxQueue else {
+        // `waiting` also holds the requests the next step admits at once (a burst that arrived between two
+        // steps): only those beyond the running batch's free places count against the queue bound.
+        let freePlaces = max(0, config.maxRunning - running.count)
+        guard waiting.count < config.maxQueue + freePlaces else {
             publish(.error(ErrorRecord(requestID: s.requestID, code: .overloaded, message: "worker queue is full")))
             return
         }

@@ -163,14 +163,20 @@ final class RecordBox {
     #expect(h.done(2)?.finish == .cancelled)
 }
 
+/// The queue bound counts the requests waiting beyond the running batch: a burst that arrives between two
+/// steps fills the batch's free places first (4 here), then the queue (2), and only then is refused; once the
+/// batch runs, the free places are gone and the next submits get only the queue.
 @Test func fullQueueAnswersOverloaded() throws {
     let h = Harness(config: SchedulerConfig(maxQueue: 2, sessionCacheBytes: 1 << 20, maxRunning: 4))
-    for i in 1...3 { h.submit(UInt64(i), "x") }
-    let errors = h.box.records.compactMap { if case .error(let e) = $0 { e } else { nil } }
-    #expect(errors.map(\.requestID) == [3])
+    for i in 1...7 { h.submit(UInt64(i), "a longer prompt") }
+    var errors: [ErrorRecord] { h.box.records.compactMap { if case .error(let e) = $0 { e } else { nil } } }
+    #expect(errors.map(\.requestID) == [7])
     #expect(errors.first?.code == .overloaded)
+    try h.scheduler.step()   // admits 1-4; 5 and 6 wait
+    for i in 8...9 { h.submit(UInt64(i), "x") }
+    #expect(errors.map(\.requestID) == [7, 8, 9], "the batch is full and 2 wait: no room for more")
     try h.runToIdle()
-    #expect(h.done(1) != nil && h.done(2) != nil)
+    for i in 1...6 { #expect(h.done(UInt64(i)) != nil, "request \(i) was not served") }
 }
 
 @Test func sessionsAreEvictedLeastRecentlyUsedFirst() throws {
