@@ -952,13 +952,8 @@ public final class FrontServer: @unchecked Sendable {
                                             param: param, code: code)
         let keep = !close && c.keepAlive
         scratch.reset()
-        if c.headOnly {
-            ResponseWriter.head(&scratch, status: status, contentType: "application/json", contentLength: body.count,
-                                chunked: false, keepAlive: keep, worker: worker, extra: extra)
-        } else {
-            ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
-                                worker: worker, extra: extra)
-        }
+        ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
+                            worker: worker, extra: extra, headOnly: c.headOnly)
         if count {
             countRequest(route: route, status: status)
         }
@@ -973,13 +968,8 @@ public final class FrontServer: @unchecked Sendable {
     private func sendJSON(_ c: Connection, status: Int = 200, body: [UInt8], route: String, worker: Int? = nil,
                           contentType: String = "application/json") {
         scratch.reset()
-        if c.headOnly {
-            ResponseWriter.head(&scratch, status: status, contentType: contentType, contentLength: body.count,
-                                chunked: false, keepAlive: c.keepAlive, worker: worker)
-        } else {
-            ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
-                                worker: worker)
-        }
+        ResponseWriter.full(&scratch, status: status, contentType: contentType, body: body, keepAlive: c.keepAlive,
+                            worker: worker, headOnly: c.headOnly)
         countRequest(route: route, status: status)
         if !c.keepAlive { c.closeAfterFlush = true }
         scratch.withBytes { enqueue(c, $0) }

@@ -57,17 +57,19 @@ enum ResponseWriter {
         out.append("\r\n")
     }
 
+    /// `headOnly`: the answer to a HEAD request, the head (with the body's Content-Length) without the body.
     static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: UnsafeRawBufferPointer,
-                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
+                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = [], headOnly: Bool = false) {
         head(&out, status: status, contentType: contentType, contentLength: body.count, chunked: false,
              keepAlive: keepAlive, worker: worker, extra: extra)
-        out.append(body)
+        if !headOnly { out.append(body) }
     }
 
     static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
-                     worker: Int?, extra: [(String, String)] = []) {
+                     worker: Int?, extra: [(String, String)] = [], headOnly: Bool = false) {
         body.withUnsafeBytes {
-            full(&out, status: status, contentType: contentType, body: $0, keepAlive: keepAlive, worker: worker, extra: extra)
+            full(&out, status: status, contentType: contentType, body: $0, keepAlive: keepAlive, worker: worker, extra: extra,
+                 headOnly: headOnly)
         }
     }
 
