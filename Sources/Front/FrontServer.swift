@@ -991,6 +991,8 @@ public final class FrontServer: @unchecked Sendable {
         ("/detokenize", "POST", "detokenize", .detokenize),
     ]
 
+    private static let standardMethods = ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+
     private static func route(_ head: HTTPRequestHead) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
         head.withPath { a in
             for r in routes where r.path.utf8.count == a.count {
@@ -1004,6 +1006,13 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
+        // A method HTTP does not define (RFC 9110 §9 and PATCH) is 501 whatever the path (§15.6.2: not
+        // recognized); a standard one that the route does not take is 405 with Allow below.
+        if !Self.standardMethods.contains(where: { req.head.methodIs($0) }) {
+            sendError(c, status: 501, message: "method \(req.head.method) is not implemented (GET, HEAD and POST are)",
+                      type: "invalid_request_error", code: "not_implemented", close: false, route: "unknown")
+            return
+        }
         guard let r = Self.route(req.head) else {
             let path = String(req.head.path)
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")

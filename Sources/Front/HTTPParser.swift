@@ -40,6 +40,9 @@ public enum HTTPParseError: Error, Equatable, Sendable {
     case malformedChunk
     case bodyTooLarge
     case unsupportedExpectation
+    /// An HTTP/1.1 request without a Host field, or any request with more than one (RFC 9112 §3.2: 400).
+    case missingHost
+    case duplicateHost
 
     public var status: Int {
         switch self {
@@ -68,6 +71,8 @@ public enum HTTPParseError: Error, Equatable, Sendable {
         case .malformedChunk: return "malformed_chunk"
         case .bodyTooLarge: return "body_too_large"
         case .unsupportedExpectation: return "expectation_failed"
+        case .missingHost: return "missing_host"
+        case .duplicateHost: return "duplicate_host"
         }
     }
 
@@ -87,6 +92,8 @@ public enum HTTPParseError: Error, Equatable, Sendable {
         case .malformedChunk: return "malformed chunked body"
         case .bodyTooLarge: return "request body exceeds the size limit"
         case .unsupportedExpectation: return "unsupported Expect header (only 100-continue)"
+        case .missingHost: return "HTTP/1.1 requests need a Host header"
+        case .duplicateHost: return "more than one Host header"
         }
     }
 }
@@ -424,6 +431,7 @@ public struct HTTPRequestParser: Sendable {
         var chunked = false
         var sawTransferEncoding = false
         var sawClose = false
+        var hostFields = 0
         var p = lineEnd + 2
         let end = b.count - 2   // the final empty line
         while p < end {
@@ -466,6 +474,9 @@ public struct HTTPRequestParser: Sendable {
                     else if equalsLowercased(token, "keep-alive") && !sawClose { keepAlive = true }
                     t = e + 1
                 }
+            case 4 where equalsLowercased(name, "host"):
+                hostFields += 1
+                if hostFields > 1 { return .failure(.duplicateHost) }
             case 6 where equalsLowercased(name, "expect"):
                 if !equalsLowercased(value, "100-continue") { return .failure(.unsupportedExpectation) }
                 // HTTP/1.0 clients do not know 100 Continue (RFC 9110 §10.1.1): ignore it for them.
@@ -478,6 +489,10 @@ public struct HTTPRequestParser: Sendable {
         if chunked && versionMinor == 0 { return .failure(.chunkedRequiresHTTP11) }
         let length = contentLength ?? 0
         if length > limits.maxBodyBytes { return .failure(.bodyTooLarge) }
+        // Over a Unix socket the name means little, but clients send one (curl: "localhost") and a request
+        // without it is malformed HTTP/1.1 whatever the transport; HTTP/1.0 has no such rule.
+        // Checked last, so a more specific error wins.
+        if hostFields == 0 && versionMinor == 1 { return .failure(.missingHost) }
         if length == 0 && !chunked { expectContinue = false }
         return .success(HTTPRequestHead(
             storage: storage, blockLength: b.count, fieldCount: fieldCount, methodEnd: methodEnd,

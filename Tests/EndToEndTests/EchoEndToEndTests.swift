@@ -610,7 +610,7 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
                     _ = try RawConnection(path: s.socketPath)
                 default:     // half a request, then hang up
                     let raw = try RawConnection(path: s.socketPath)
-                    raw.write("POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pro")
+                    raw.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pro")
                 }
             }
             // Hang-ups are seen asynchronously: give the loop a moment to close them.

@@ -76,7 +76,7 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
     /// The fields the parser acts on are recognised whatever their case; near misses of their names or
     /// values are not.
     @Test func specialFieldsWithoutCase() {
-        guard case .complete(let a, _) = parse("POST /x HTTP/1.1\r\ncOnTeNt-LeNgTh: 1\r\nCONNECTION: Keep-Alive , CLOSE\r\n\r\nz") else {
+        guard case .complete(let a, _) = parse("POST /x HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh: 1\r\nCONNECTION: Keep-Alive , CLOSE\r\n\r\nz") else {
             Issue.record("not complete"); return
         }
         #expect(a.head.contentLength == 1 && !a.head.keepAlive)
@@ -84,23 +84,23 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
             Issue.record("not complete"); return
         }
         #expect(b.head.keepAlive && b.head.contentLength == 0)
-        #expect(failure("POST /x HTTP/1.1\r\nTransfer-Encoding: Chunked2\r\n\r\n") == .unsupportedTransferEncoding)
-        #expect(failure("POST /x HTTP/1.1\r\nEXPECT: 100-Continue\r\nContent-Length: 1\r\n\r\n") == nil)
-        #expect(failure("POST /x HTTP/1.1\r\nExpect: 100-continues\r\n\r\n") == .unsupportedExpectation)
-        #expect(failure("POST /x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n") == .invalidContentLength)
+        #expect(failure("POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked2\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(failure("POST /x HTTP/1.1\r\nHost: x\r\nEXPECT: 100-Continue\r\nContent-Length: 1\r\n\r\n") == nil)
+        #expect(failure("POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continues\r\n\r\n") == .unsupportedExpectation)
+        #expect(failure("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n") == .invalidContentLength)
     }
 
     /// "close" in Connection wins over "keep-alive" in any order; an absolute-form target (RFC 9112 §3.2.2)
     /// routes by its path.
     @Test func connectionCloseWinsAndAbsoluteForm() throws {
         for v in ["close, keep-alive", "keep-alive, close", "Keep-Alive,CLOSE"] {
-            guard case .complete(let r, _) = parse("GET / HTTP/1.1\r\nConnection: \(v)\r\n\r\n") else { Issue.record("\(v)"); continue }
+            guard case .complete(let r, _) = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: \(v)\r\n\r\n") else { Issue.record("\(v)"); continue }
             #expect(!r.head.keepAlive, "\(v)")
         }
         let paths = ["http://localhost/v1/models?x=1": "/v1/models", "HTTPS://h:8080/health": "/health",
                      "http://h": "", "http://h?q": "", "*": "*", "/a:b//c": "/a:b//c", "x:/y": "x:/y"]
         for (target, path) in paths {
-            guard case .complete(let r, _) = parse("GET \(target) HTTP/1.1\r\n\r\n") else { Issue.record("\(target)"); continue }
+            guard case .complete(let r, _) = parse("GET \(target) HTTP/1.1\r\nHost: x\r\n\r\n") else { Issue.record("\(target)"); continue }
             #expect(r.head.path == path, "\(target)")
             #expect(r.head.target == target)
         }
@@ -146,25 +146,40 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         }
     }
 
+    /// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is a 400 (checked after the
+    /// other head errors, so those keep their own status); an empty value is valid, HTTP/1.0 needs none.
+    @Test func hostFieldRules() {
+        #expect(failure("GET /health HTTP/1.1\r\n\r\n") == .missingHost)
+        #expect(failure("GET /health HTTP/1.1\r\nX-Host: a\r\n\r\n") == .missingHost)
+        #expect(failure("GET /health HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n") == .duplicateHost)
+        #expect(failure("GET /health HTTP/1.0\r\nHOST: a\r\nHost: b\r\n\r\n") == .duplicateHost)
+        #expect(failure("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n") == .unsupportedTransferEncoding)
+        #expect(HTTPParseError.missingHost.status == 400 && HTTPParseError.missingHost.code == "missing_host")
+        #expect(HTTPParseError.duplicateHost.status == 400 && HTTPParseError.duplicateHost.code == "duplicate_host")
+        for ok in ["GET /health HTTP/1.1\r\nHost:\r\n\r\n", "GET /health HTTP/1.0\r\n\r\n", "GET /health HTTP/1.1\r\nhOsT: x\r\n\r\n"] {
+            guard case .complete = parse(ok) else { Issue.record("not accepted: \(ok.debugDescription)"); continue }
+        }
+    }
+
     @Test func http10DefaultsToClose() {
         guard case .complete(let r, _) = parse("GET / HTTP/1.0\r\n\r\n") else { Issue.record("not complete"); return }
         #expect(!r.head.keepAlive)
         guard case .complete(let r2, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n") else { Issue.record("x"); return }
         #expect(r2.head.keepAlive)
-        guard case .complete(let r3, _) = parse("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n") else { Issue.record("x"); return }
+        guard case .complete(let r3, _) = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n") else { Issue.record("x"); return }
         #expect(!r3.head.keepAlive)
     }
 
     @Test func contentLengthBody() {
-        guard case .complete(let r, let n) = parse("POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloEXTRA") else {
+        guard case .complete(let r, let n) = parse("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloEXTRA") else {
             Issue.record("not complete"); return
         }
         #expect(r.body == Array("hello".utf8))
-        #expect(n == "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".utf8.count)
+        #expect(n == "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".utf8.count)
     }
 
     @Test func chunkedBody() {
-        let s = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT"
+        let s = "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT"
         guard case .complete(let r, let n) = parse(s) else { Issue.record("not complete"); return }
         #expect(r.body == Array("hello world".utf8))
         #expect(n == s.utf8.count - 4)
@@ -172,7 +187,7 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
 
     @Test func expectContinueHeadIsVisibleBeforeBody() {
         var p = HTTPRequestParser()
-        let s = Array("POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".utf8)
+        let s = Array("POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".utf8)
         let r = s.withUnsafeBytes { p.parse($0) }
         #expect(r == .incomplete)
         #expect(p.head?.expectContinue == true)
@@ -182,28 +197,28 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
     }
 
     @Test(arguments: [
-        ("GET  / HTTP/1.1\r\n\r\n", HTTPParseError.malformedRequestLine),
+        ("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", HTTPParseError.malformedRequestLine),
         ("GET / HTTP/1.1 \r\n\r\n", .malformedRequestLine),
-        ("G(T / HTTP/1.1\r\n\r\n", .malformedRequestLine),
+        ("G(T / HTTP/1.1\r\nHost: x\r\n\r\n", .malformedRequestLine),
         ("GET / HTTX/1.1\r\n\r\n", .malformedRequestLine),
         ("GET / HTTP/2.0\r\n\r\n", .unsupportedVersion),
-        ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", .malformedHeader),
-        ("GET / HTTP/1.1\r\nName : x\r\n\r\n", .malformedHeader),
-        ("GET / HTTP/1.1\r\nNoColon\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nHost: x\r\nBad Name: x\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nHost: x\r\nName : x\r\n\r\n", .malformedHeader),
+        ("GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", .malformedHeader),
         ("GET / HTTP/1.1\nHost: x\r\n\r\n", .malformedHeader),
         ("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", .malformedHeader),
-        ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", .obsoleteLineFolding),
-        ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", .invalidContentLength),
-        ("POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", .invalidContentLength),
-        ("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", .conflictingContentLength),
-        ("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", .contentLengthWithTransferEncoding),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", .unsupportedTransferEncoding),
+        ("GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n folded\r\n\r\n", .obsoleteLineFolding),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", .invalidContentLength),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n", .invalidContentLength),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", .conflictingContentLength),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", .contentLengthWithTransferEncoding),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", .unsupportedTransferEncoding),
         ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", .chunkedRequiresHTTP11),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", .malformedChunk),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", .malformedChunk),
-        ("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", .bodyTooLarge),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", .bodyTooLarge),
-        ("POST / HTTP/1.1\r\nExpect: something\r\n\r\n", .unsupportedExpectation),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", .malformedChunk),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n", .malformedChunk),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", .bodyTooLarge),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", .bodyTooLarge),
+        ("POST / HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", .unsupportedExpectation),
     ])
     func errors(input: String, expected: HTTPParseError) {
         let e = failure(input)
@@ -219,18 +234,18 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
     }
 
     @Test func headersTooLarge() {
-        let big = "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 17000) + "\r\n\r\n"
+        let big = "GET / HTTP/1.1\r\nHost: x\r\nX: " + String(repeating: "a", count: 17000) + "\r\n\r\n"
         #expect(failure(big) == .headersTooLarge)
         // Also without the terminator yet (a client that never stops sending headers).
-        let open = "GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 17000)
+        let open = "GET / HTTP/1.1\r\nHost: x\r\nX: " + String(repeating: "a", count: 17000)
         #expect(failure(open) == .headersTooLarge)
-        var many = "GET / HTTP/1.1\r\n"
+        var many = "GET / HTTP/1.1\r\nHost: x\r\n"
         for i in 0..<200 { many += "H\(i): v\r\n" }
         #expect(failure(many + "\r\n") == .tooManyHeaders)
     }
 
     @Test func pipelined() {
-        let all = parseAll("GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /c HTTP/1.1\r\n\r\n")
+        let all = parseAll("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nokGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
         #expect(all?.map(\.head.target) == ["/a", "/b", "/c"])
     }
 
@@ -245,7 +260,7 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
         #expect(n2 == one.utf8.count + 2)
         #expect(failure("\r\n\r\n" + one) == .malformedRequestLine)
         #expect(parse("\r\n") == .incomplete)
-        let all = parseAll("POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\r\nGET /d HTTP/1.1\r\n\r\n")
+        let all = parseAll("POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok\r\nPOST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n")
         let got = all?.map { $0.head.target + ":" + String(decoding: $0.body, as: UTF8.self) }
         #expect(got == ["/b:ok", "/c:hi", "/d:"])
     }
@@ -253,10 +268,10 @@ private func failure(_ s: String, limits: HTTPLimits = HTTPLimits()) -> HTTPPars
     /// Every request, fed one more byte at a time, is incomplete until its last byte and then equals the
     /// one-shot parse.
     @Test(arguments: [
-        "POST /v1/completions HTTP/1.1\r\nContent-Length: 11\r\nX: y\r\n\r\n{\"a\":\"b c\"}",
-        "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n2\r\nde\r\n0\r\nTr: x\r\n\r\n",
-        "GET / HTTP/1.1\r\n\r\n",
-        "\r\n\r\nPOST /y HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nX: y\r\n\r\n{\"a\":\"b c\"}",
+        "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n2\r\nde\r\n0\r\nTr: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "\r\n\r\nPOST /y HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
     ])
     func splitAtEveryByte(input: String) {
         let bytes = Array(input.utf8)

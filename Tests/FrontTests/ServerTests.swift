@@ -152,13 +152,13 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         let body = #"{"prompt":"chunky body"}"#
         let half = body.utf8.count / 2
         let a = String(body.prefix(half)), b = String(body.dropFirst(half))
-        try c.send("POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        try c.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             + String(a.utf8.count, radix: 16) + "\r\n" + a + "\r\n" + String(b.utf8.count, radix: 16) + "\r\n" + b + "\r\n0\r\n\r\n")
         let r = try c.read()
         #expect(r.status == 200)
         #expect(r.bodyText.contains("chunky body"))
 
-        try c.send("POST /v1/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+        try c.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
         let cont = try c.read(stopAt100: true)
         #expect(cont.status == 100)
         try c.send(body)
@@ -199,13 +199,22 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         let c = try RawClient(path: s.path)
         try c.send(request("DELETE", "/health"))
         #expect(try c.read().header("allow") == "GET, HEAD")
+        // A method HTTP does not define: 501 on any path, the connection stays usable.
+        try c.send(request("BREW", "/health") + request("BREW", "/nowhere") + request("GET", "/health"))
+        for _ in 0..<2 {
+            let r = try c.read()
+            #expect(r.status == 501 && r.bodyText.contains("\"code\":\"not_implemented\"") && r.header("allow") == nil)
+        }
+        #expect(try c.read().status == 200)
+        try expectError(s, "GET /health HTTP/1.1\r\n\r\n", status: 400, closes: true)
+        try expectError(s, "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", status: 400, closes: true)
     }
 
     @Test func requestTimeouts() throws {
         let s = try TestServer(configure: { $0.requestTimeout = 0.3; $0.idleTimeout = 0.3 })
         defer { s.stop() }
         let slow = try RawClient(path: s.path)
-        try slow.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        try slow.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
         let r = try slow.read()
         #expect(r.status == 408)
         #expect(slow.waitClosed())
@@ -470,7 +479,7 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(s.backend.cancelledRequests.isEmpty)
         // A partial request followed by the half-close: closed without an answer (it can never complete).
         let p = try RawClient(path: s.path)
-        try p.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+        try p.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
         shutdown(p.fd, Int32(SHUT_WR))
         #expect(p.waitClosed())
 
