@@ -550,7 +550,7 @@ public final class WorkerPool: FrontBackend {
             inFlight[e.requestID] = f
             // A refusal before the request started ends it now (no done record follows an error of a
             // request the worker never admitted).
-            if !f.started || e.code == .overloaded || e.code == .invalidRequest || e.code == .contextLengthExceeded {
+            if !f.started || e.code.isRefusal {
                 inFlight[e.requestID] = nil
                 if let t = f.ticket { router.release(t) }
             }

@@ -181,6 +181,16 @@ public enum WireErrorCode: UInt16, Sendable {
     case internalError = 500
 
     public init(raw: UInt16) { self = WireErrorCode(rawValue: raw) ?? .internalError }
+
+    /// Whether an error with this code is a refusal of a request the worker never admitted: no done record
+    /// follows it (the request ends with the error). An internal error can strike a running request, whose
+    /// done record then still comes.
+    public var isRefusal: Bool {
+        switch self {
+        case .invalidRequest, .contextLengthExceeded, .overloaded: true
+        case .internalError: false
+        }
+    }
 }
 
 public struct ErrorRecord: Equatable, Sendable {

@@ -53,6 +53,14 @@ func everyTruncationIsAnError(_ record: Record) throws {
     }
 }
 
+/// Error codes: an unknown raw value reads as an internal error; the refusals (no done record follows them)
+/// are the codes a worker sends for requests it never admitted.
+@Test func errorCodesAndRefusals() {
+    #expect(WireErrorCode(raw: 1400) == .contextLengthExceeded && WireErrorCode(raw: 7) == .internalError)
+    #expect([WireErrorCode.invalidRequest, .contextLengthExceeded, .overloaded].allSatisfy(\.isRefusal))
+    #expect(!WireErrorCode.internalError.isRefusal)
+}
+
 @Test func absurdLengthsAreRejectedWithoutReading() throws {
     // A tokens record claiming 2^20 ids but carrying none.
     var bytes = try Record.tokens(TokensRecord(requestID: 1, tokens: [])).encoded()
