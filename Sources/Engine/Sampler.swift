@@ -34,7 +34,7 @@ public enum SamplingError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .invalidTemperature(let t): return "temperature \(t) must be a finite number in 0...\(L.maxTemperature)"
         case .invalidTopK(let k): return "top_k \(k) must be in 0...\(L.maxTopK) (0 disables it)"
-        case .invalidTopP(let p): return "top_p \(p) must be in (0, 1] (1 disables it)"
+        case .invalidTopP(let p): return "top_p \(p) must be in [0, 1] (1 disables it; 0 keeps only the most likely token)"
         case .invalidMinP(let p): return "min_p \(p) must be in [0, 1] (0 disables it)"
         case .invalidMaxTokens(let n): return "max_tokens \(n) must be in 1...\(L.maxTokens)"
         case .tooManyStops(let n): return "\(n) stop strings; at most \(L.maxStops)"
@@ -84,7 +84,7 @@ public struct SamplingParams: Sendable, Equatable {
             throw SamplingError.invalidTemperature(temperature)
         }
         guard topK >= 0, topK <= Limits.maxTopK else { throw SamplingError.invalidTopK(topK) }
-        guard topP.isFinite, topP > 0, topP <= 1 else { throw SamplingError.invalidTopP(topP) }
+        guard topP.isFinite, topP >= 0, topP <= 1 else { throw SamplingError.invalidTopP(topP) }
         guard minP.isFinite, minP >= 0, minP <= 1 else { throw SamplingError.invalidMinP(minP) }
         guard maxTokens >= 1, maxTokens <= Limits.maxTokens else { throw SamplingError.invalidMaxTokens(maxTokens) }
         guard stop.count <= Limits.maxStops else { throw SamplingError.tooManyStops(stop.count) }

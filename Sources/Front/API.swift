@@ -6,7 +6,12 @@ public enum RouteKind: String, Sendable, Equatable {
 }
 
 public struct ChatMessage: Sendable, Equatable {
-    public enum Role: String, Sendable, Equatable, CaseIterable { case system, developer, user, assistant, tool }
+    public enum Role: String, Sendable, Equatable, CaseIterable {
+        case system, developer, user, assistant, tool
+        /// The role the worker's chat template sees: OpenAI's `developer` messages are its system messages
+        /// for models without a developer turn (every chat template here).
+        public var wireRole: String { self == .developer ? "system" : rawValue }
+    }
     public var role: Role
     public var content: String
     public init(role: Role, content: String) { self.role = role; self.content = content }
@@ -88,12 +93,39 @@ public struct APIError: Error, Equatable, Sendable {
 /// are checked for type and range.
 public enum APIDecoder {
     public static let maxStop = 4
+    public static let maxModelBytes = 256
+
+    /// Limits of the front→worker record, equal to Wire.WireLimits' (a test checks; this file is also
+    /// compiled into the fuzz target without the Wire module), checked here so that a request over them gets
+    /// a 400 naming its field instead of failing when it is encoded for a worker.
+    public enum WireLimits {
+        public static let maxMessages = 4096
+        public static let maxStopLength = 256
+        public static let maxSessionKey = 256
+    }
+
+    static func checkWireLimits(_ req: APIRequest, sessionField: String) throws(APIError) {
+        if req.messages.count > WireLimits.maxMessages {
+            throw .invalid("messages", "'messages' may hold at most \(WireLimits.maxMessages) messages")
+        }
+        for s in req.sampling.stop where s.utf8.count > WireLimits.maxStopLength {
+            throw .invalid("stop", "'stop' strings may be at most \(WireLimits.maxStopLength) bytes")
+        }
+        if let k = req.sessionKey, k.utf8.count > WireLimits.maxSessionKey {
+            throw .invalid(sessionField, "the session key (\(sessionField)) may be at most \(WireLimits.maxSessionKey) bytes")
+        }
+    }
 
     public static func decodeGeneration(kind: RouteKind, body: [UInt8], id: UInt64, sessionHeader: String?,
                                         peer: PeerIdentity) throws(APIError) -> APIRequest {
         let root = try generationFields(body)
         var req = APIRequest(id: id, kind: kind, peer: peer)
-        if let m = root[.model] { req.model = try string(m, "model") }
+        if let m = root[.model], m != .null {
+            let name = try string(m, "model")
+            // Echoed in every response and SSE chunk: bounded, so one request cannot multiply its size.
+            if name.utf8.count > maxModelBytes { throw .invalid("model", "'model' may be at most \(maxModelBytes) bytes") }
+            req.model = name
+        }
         switch kind {
         case .chatCompletions:
             guard let msgs = root[.messages] else {
@@ -117,14 +149,17 @@ public enum APIDecoder {
             }
         }
         var s = SamplingParams()
-        let maxField: GenerationKey = kind == .chatCompletions && root[.max_completion_tokens] != nil ? .max_completion_tokens : .max_tokens
-        let maxKey = generationKeys.names[maxField.rawValue]
-        if let v = root[maxField], v != .null {
-            let n = try int(v, maxKey)
-            if n < 1 || n > SamplingParams.maxTokensLimit {
-                throw .invalid(maxKey, "'\(maxKey)' must be between 1 and \(SamplingParams.maxTokensLimit)")
+        // Chat takes max_completion_tokens (OpenAI's newer name) over max_tokens; each one present is checked.
+        let maxFields: [GenerationKey] = kind == .chatCompletions ? [.max_tokens, .max_completion_tokens] : [.max_tokens]
+        for maxField in maxFields {
+            let maxKey = generationKeys.names[maxField.rawValue]
+            if let v = root[maxField], v != .null {
+                let n = try int(v, maxKey)
+                if n < 1 || n > SamplingParams.maxTokensLimit {
+                    throw .invalid(maxKey, "'\(maxKey)' must be between 1 and \(SamplingParams.maxTokensLimit)")
+                }
+                s.maxTokens = n   // max_completion_tokens, checked last, wins
             }
-            s.maxTokens = n
         }
         if let v = root[.temperature], v != .null {
             let t = try double(v, "temperature")
@@ -133,7 +168,7 @@ public enum APIDecoder {
         }
         if let v = root[.top_p], v != .null {
             let t = try double(v, "top_p")
-            if t <= 0 || t > 1 { throw .invalid("top_p", "'top_p' must be in (0, 1]") }
+            if t < 0 || t > 1 { throw .invalid("top_p", "'top_p' must be in [0, 1]") }
             s.topP = t
         }
         if let v = root[.top_k], v != .null {
@@ -180,9 +215,11 @@ public enum APIDecoder {
         if let v = root[.session_id], v != .null { sessionID = try string(v, "session_id") }
         var user: String? = nil
         if let v = root[.user], v != .null { user = try string(v, "user") }
-        if let h = sessionHeader, !h.isEmpty { req.sessionKey = h }
-        else if let sid = sessionID, !sid.isEmpty { req.sessionKey = sid }
+        var sessionField = "user"
+        if let h = sessionHeader, !h.isEmpty { req.sessionKey = h; sessionField = "X-Session-Id" }
+        else if let sid = sessionID, !sid.isEmpty { req.sessionKey = sid; sessionField = "session_id" }
         else if let u = user, !u.isEmpty { req.sessionKey = u }
+        try checkWireLimits(req, sessionField: sessionField)
         return req
     }
 

@@ -10,6 +10,9 @@ public enum Admission: Sendable, Equatable {
     case overloaded(retryAfterSeconds: Int)
     /// Workers are still loading (or none is alive) → 503.
     case notReady(reason: String)
+    /// The request can never be delivered as sent (its record exceeds what a worker's ring carries) → 400
+    /// `request_too_large`; retrying it unchanged cannot succeed.
+    case tooLarge(message: String)
 }
 
 public enum FinishReason: String, Sendable, Equatable {

@@ -38,6 +38,9 @@ public struct FrontConfig: Sendable {
     public var maxConnections = 8192
     /// Per-connection output waiting behind a slow reader; a client that lets more pile up is dropped.
     public var maxQueuedOutput = 8 << 20
+    /// All connections' waiting output together: past it, the client with the most waiting is dropped (many
+    /// clients that stop reading would otherwise hold maxQueuedOutput each).
+    public var maxTotalQueuedOutput = 256 << 20
     public var ringEntries: UInt32 = 1024
     /// Provided-buffer ring shape: count (power of two) × size bytes.
     public var recvBufferCount: UInt32 = 512
@@ -100,6 +103,10 @@ public final class FrontServer: @unchecked Sendable {
     public let config: FrontConfig
     public let listeners: [Listener]
     private let backend: FrontBackend
+    /// Σ `queued.count` over the connections (bounded by config.maxTotalQueuedOutput).
+    private var queuedTotal = 0
+    /// Unix time the server started (the `created` of its model objects).
+    private let startedAt = Int(time(nil))
     /// `backend` when it supports polling (the loop spins on it while requests are in flight).
     private let pollable: PollableBackend?
     private let controlFD: Int32
@@ -740,12 +747,24 @@ public final class FrontServer: @unchecked Sendable {
             return
         }
         c.queued.append(contentsOf: bytes)
+        queuedTotal += bytes.count
         if c.queued.count > config.maxQueuedOutput {
             config.log(.warn, "dropping a client that does not read its responses")
             clientGone(c)
             return
         }
-        flush(c)
+        if queuedTotal > config.maxTotalQueuedOutput { shedLargestQueue() }
+        if !c.closing { flush(c) }
+    }
+
+    /// The total of waiting output is over its limit: drop the connection holding the most (a scan of the
+    /// connections, only when the limit is crossed).
+    private func shedLargestQueue() {
+        var worst: Connection? = nil
+        for case let x? in conns where !x.closing && x.queued.count > (worst?.queued.count ?? 0) { worst = x }
+        guard let worst else { return }
+        config.log(.warn, "dropping the client with the most unread output (\(worst.queued.count) bytes): all clients' unread output is over \(config.maxTotalQueuedOutput) bytes")
+        clientGone(worst)
     }
 
     /// Starts the next send if none is in flight. `sendBuf[sendOffset..<sendLength]` is what the kernel may be
@@ -760,6 +779,7 @@ public final class FrontServer: @unchecked Sendable {
                 if c.closeAfterFlush { if c.peerClosed { closeConnection(c) } else { startLingeringClose(c) } }
                 return
             }
+            queuedTotal -= c.queued.count
             c.takeQueued()
         }
         let s = getSQE()
@@ -836,6 +856,8 @@ public final class FrontServer: @unchecked Sendable {
         guard c.closing, !c.recvArmed, !c.sendInFlight, conns[c.slot] === c else { return }
         close(c.fd)
         c.fd = -1
+        queuedTotal -= c.queued.count
+        c.queued = []
         conns[c.slot] = nil
         freeSlots.append(c.slot)
         liveConnections -= 1
@@ -947,13 +969,13 @@ public final class FrontServer: @unchecked Sendable {
 
     private func sendError(_ c: Connection, status: Int, message: String, type: String? = nil, param: String? = nil,
                            code: String, close: Bool, route: String = "invalid", worker: Int? = nil,
-                           extra: [(String, String)] = [], count: Bool = true) {
+                           requestID: UInt64? = nil, extra: [(String, String)] = [], count: Bool = true) {
         let body = ResponseWriter.errorBody(message: message, type: type ?? ResponseWriter.errorType(for: status),
                                             param: param, code: code)
         let keep = !close && c.keepAlive
         scratch.reset()
         ResponseWriter.full(&scratch, status: status, contentType: "application/json", body: body, keepAlive: keep,
-                            worker: worker, extra: extra, headOnly: c.headOnly)
+                            worker: worker, requestID: requestID, extra: extra, headOnly: c.headOnly)
         if count {
             countRequest(route: route, status: status)
         }
@@ -976,6 +998,55 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private static let healthOK = Array("{\"status\":\"ok\"}".utf8)
+
+    /// `GET /v1/models/{id}` (OpenAI's retrieve): the model object of a served id, else 404 model_not_found.
+    private static let modelPrefix = "/v1/models/"
+
+    private func modelObject(_ w: inout JSONWriter, _ id: String) {
+        w.raw("{\"id\":"); w.string(id); w.raw(",\"object\":\"model\",\"created\":"); w.int(startedAt)
+        w.raw(",\"owned_by\":\"switchyard\"}")
+    }
+
+    private var servedModelIDs: [String] { backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs }
+
+    private func retrieveModel(_ c: Connection, _ req: HTTPRequest, id: String) {
+        guard req.head.methodIs("GET") || c.headOnly else {
+            sendError(c, status: 405, message: "\(String(req.head.path)) accepts GET, HEAD only", code: "method_not_allowed",
+                      close: false, route: "models", extra: [("Allow", "GET, HEAD")])
+            return
+        }
+        guard servedModelIDs.contains(id) else {
+            sendError(c, status: 404, message: "The model '\(id)' does not exist (served: \(servedModelIDs.joined(separator: ", ")))",
+                      param: "model", code: "model_not_found", close: false, route: "models")
+            return
+        }
+        var w = JSONWriter()
+        modelObject(&w, id)
+        sendJSON(c, body: w.bytes, route: "models")
+    }
+
+    /// `%XX` escapes of a path segment decoded (an invalid escape stays as written; invalid UTF-8 is repaired).
+    static func percentDecoded(_ s: Substring) -> String {
+        var out: [UInt8] = []
+        let b = Array(s.utf8)
+        var i = 0
+        func hex(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 65...70: return c - 55
+            case 97...102: return c - 87
+            default: return nil
+            }
+        }
+        while i < b.count {
+            if b[i] == 37, i + 2 < b.count, let h = hex(b[i + 1]), let l = hex(b[i + 2]) {
+                out.append(h << 4 | l); i += 3
+            } else {
+                out.append(b[i]); i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
 
     private enum Endpoint { case chatCompletions, completions, models, health, metrics, tokenize, detokenize }
 
@@ -1015,6 +1086,10 @@ public final class FrontServer: @unchecked Sendable {
         }
         guard let r = Self.route(req.head) else {
             let path = String(req.head.path)
+            if path.hasPrefix(Self.modelPrefix) && path.utf8.count > Self.modelPrefix.utf8.count {
+                retrieveModel(c, req, id: Self.percentDecoded(path.dropFirst(Self.modelPrefix.utf8.count)))
+                return
+            }
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
@@ -1037,10 +1112,9 @@ public final class FrontServer: @unchecked Sendable {
         case .models:
             var w = JSONWriter()
             w.raw("{\"object\":\"list\",\"data\":[")
-            let ids = backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs
-            for (k, id) in ids.enumerated() {
+            for (k, id) in servedModelIDs.enumerated() {
                 if k > 0 { w.raw(",") }
-                w.raw("{\"id\":"); w.string(id); w.raw(",\"object\":\"model\",\"created\":0,\"owned_by\":\"switchyard\"}")
+                modelObject(&w, id)
             }
             w.raw("]}")
             sendJSON(c, body: w.bytes, route: "models")
@@ -1098,6 +1172,8 @@ public final class FrontServer: @unchecked Sendable {
         case .overloaded(let retry):
             sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
                       route: route, extra: [("Retry-After", String(max(1, retry)))])
+        case .tooLarge(let message):
+            sendError(c, status: 400, message: message, code: "request_too_large", close: false, route: route)
         case .notReady(let reason):
             sendError(c, status: 503, message: "not ready: \(reason)", code: "not_ready", close: false, route: route,
                       extra: [("Retry-After", "1")])
@@ -1135,6 +1211,14 @@ public final class FrontServer: @unchecked Sendable {
     // MARK: backend events
 
     private func onEvent(_ e: BackendEvent) {
+        // Tokens are counted from every final event, also of a request whose client went away (the backend
+        // still reports what the worker generated before the cancel reached it).
+        if case .final(_, _, let usage) = e {
+            if let h = tokensCounter { metrics.add(h, Double(usage.completionTokens)) } else {
+                metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
+                tokensCounter = metrics.handle(MetricsRegistry.tokensGenerated, kind: .counter)
+            }
+        }
         guard let o = owners[e.requestID], let c = connection(o.slot, o.gen), !c.closing, let a = c.active,
               a.id == e.requestID else { return }
         switch e {
@@ -1160,10 +1244,6 @@ public final class FrontServer: @unchecked Sendable {
             }
         case .final(_, let finish, let usage):
             sy_trace_mark(a.id, SY_TP_FRONT_FINAL)
-            if let h = tokensCounter { metrics.add(h, Double(usage.completionTokens)) } else {
-                metrics.add(MetricsRegistry.tokensGenerated, help: "Completion tokens generated", Double(usage.completionTokens))
-                tokensCounter = metrics.handle(MetricsRegistry.tokensGenerated, kind: .counter)
-            }
             if a.stream {
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
@@ -1196,10 +1276,10 @@ public final class FrontServer: @unchecked Sendable {
                 c.active = nil
                 if case .rejected(_, let status, let code, _) = e, status != 503 {
                     sendError(c, status: status, message: message, code: code,
-                              close: false, route: a.route, worker: a.worker)
+                              close: false, route: a.route, worker: a.worker, requestID: a.id)
                 } else {
                     sendError(c, status: 503, message: message, code: "worker_error", close: false, route: a.route,
-                              worker: a.worker, extra: [("Retry-After", "1")])
+                              worker: a.worker, requestID: a.id, extra: [("Retry-After", "1")])
                 }
                 processInput(c)
             }
@@ -1229,14 +1309,14 @@ public final class FrontServer: @unchecked Sendable {
         a.headersSent = true
         if a.http10 { c.keepAlive = false }
         ResponseWriter.head(&scratch, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
-                            keepAlive: c.keepAlive, worker: a.worker, extra: [("Cache-Control", "no-cache")])
+                            keepAlive: c.keepAlive, worker: a.worker, requestID: a.id, extra: [("Cache-Control", "no-cache")])
         if a.identity.chat { frameChunk(a, text: "", role: true, finish: nil) }
     }
 
     /// Appends one SSE event of `a`'s stream to `scratch` (encoded in the body writer, then framed).
     private func frameChunk(_ a: ActiveRequest, text: String?, role: Bool, finish: FinishReason?) {
         bodyWriter.reset()
-        OpenAIEncoder.streamChunk(a.identity, text: text, role: role, finish: finish, into: &bodyWriter)
+        OpenAIEncoder.streamChunk(a.identity, text: text, role: role, finish: finish, nullUsage: a.includeUsage, into: &bodyWriter)
         bodyWriter.withBytes { frame(a, $0) }
     }
 
@@ -1250,7 +1330,7 @@ public final class FrontServer: @unchecked Sendable {
     private func buildJSONResponse(_ c: Connection, _ a: ActiveRequest, _ body: UnsafeRawBufferPointer) {
         scratch.reset()
         ResponseWriter.full(&scratch, status: 200, contentType: "application/json", body: body, keepAlive: c.keepAlive,
-                            worker: a.worker)
+                            worker: a.worker, requestID: a.id)
         countRequest(route: a.route, status: 200)
     }
 

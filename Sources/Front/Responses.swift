@@ -27,7 +27,7 @@ enum ResponseWriter {
     /// Status line and headers, ending with the empty line. `contentLength` nil + `chunked` false means the
     /// body runs until the connection closes (HTTP/1.0 streams).
     static func head(_ out: inout ByteWriter, status: Int, contentType: String?, contentLength: Int?, chunked: Bool,
-                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = []) {
+                     keepAlive: Bool, worker: Int?, requestID: UInt64? = nil, extra: [(String, String)] = []) {
         // Appended piece by piece (no string interpolation): this runs once per response on the event loop.
         if status == 200 && contentType == "application/json" && !chunked && keepAlive && extra.isEmpty,
            let contentLength, let worker {
@@ -36,6 +36,7 @@ enum ResponseWriter {
             out.appendDecimal(contentLength)
             out.append("\r\nConnection: keep-alive\r\nX-Switchyard-Worker: ")
             out.appendDecimal(worker)
+            if let requestID { out.append("\r\nX-Request-Id: req-"); out.appendDecimal(Int(truncatingIfNeeded: requestID)) }
             out.append("\r\n\r\n")
             return
         }
@@ -54,23 +55,25 @@ enum ResponseWriter {
         if chunked { out.append("Transfer-Encoding: chunked\r\n") }
         if keepAlive { out.append("Connection: keep-alive\r\n") } else { out.append("Connection: close\r\n") }
         if let worker { out.append("X-Switchyard-Worker: "); out.appendDecimal(worker); out.append("\r\n") }
+        if let requestID { out.append("X-Request-Id: req-"); out.appendDecimal(Int(truncatingIfNeeded: requestID)); out.append("\r\n") }
         for (k, v) in extra { out.append(Array("\(k): \(v)\r\n".utf8)) }
         out.append("\r\n")
     }
 
     /// `headOnly`: the answer to a HEAD request, the head (with the body's Content-Length) without the body.
     static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: UnsafeRawBufferPointer,
-                     keepAlive: Bool, worker: Int?, extra: [(String, String)] = [], headOnly: Bool = false) {
+                     keepAlive: Bool, worker: Int?, requestID: UInt64? = nil, extra: [(String, String)] = [],
+                     headOnly: Bool = false) {
         head(&out, status: status, contentType: contentType, contentLength: body.count, chunked: false,
-             keepAlive: keepAlive, worker: worker, extra: extra)
+             keepAlive: keepAlive, worker: worker, requestID: requestID, extra: extra)
         if !headOnly { out.append(body) }
     }
 
     static func full(_ out: inout ByteWriter, status: Int, contentType: String, body: [UInt8], keepAlive: Bool,
-                     worker: Int?, extra: [(String, String)] = [], headOnly: Bool = false) {
+                     worker: Int?, requestID: UInt64? = nil, extra: [(String, String)] = [], headOnly: Bool = false) {
         body.withUnsafeBytes {
-            full(&out, status: status, contentType: contentType, body: $0, keepAlive: keepAlive, worker: worker, extra: extra,
-                 headOnly: headOnly)
+            full(&out, status: status, contentType: contentType, body: $0, keepAlive: keepAlive, worker: worker,
+                 requestID: requestID, extra: extra, headOnly: headOnly)
         }
     }
 
@@ -146,8 +149,10 @@ enum OpenAIEncoder {
 
     /// One SSE event `data: {...}\n\n` for a streamed delta (role: first chat chunk) or the finishing chunk.
     /// One SSE event (`data: {...}` and the blank line) of a streamed completion, appended to `w`.
+    /// `nullUsage` (stream_options.include_usage): `"usage":null` on this chunk, as OpenAI writes it on
+    /// every chunk before the usage chunk.
     static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?,
-                            into w: inout JSONWriter) {
+                            nullUsage: Bool = false, into w: inout JSONWriter) {
         w.raw("data: ")
         prefix(&w, c, chunk: true)
         w.raw(",\"choices\":[{\"index\":0,")
@@ -162,7 +167,7 @@ enum OpenAIEncoder {
         }
         w.raw("\"logprobs\":null,\"finish_reason\":")
         if let finish { w.string(finish.rawValue) } else { w.raw("null") }
-        w.raw("}]}\n\n")
+        w.raw(nullUsage ? "}],\"usage\":null}\n\n" : "}]}\n\n")
     }
 
     /// The include_usage chunk: empty choices and the usage object.

@@ -323,7 +323,7 @@ public final class WorkerPool: FrontBackend {
         switch r.kind {
         case .chatCompletions:
             return SubmitRecord(requestID: r.id, kind: .chat, sessionKey: r.sessionKey ?? "", sampling: s,
-                                messages: r.messages.map { WireMessage(role: $0.role.rawValue, content: $0.content) })
+                                messages: r.messages.map { WireMessage(role: $0.role.wireRole, content: $0.content) })
         default:
             return SubmitRecord(requestID: r.id, kind: .completion, sessionKey: r.sessionKey ?? "", sampling: s,
                                 prompt: r.prompt)
@@ -358,9 +358,14 @@ public final class WorkerPool: FrontBackend {
         case .admitted(let ticket):
             let i = slotIndex(router: ticket.target)
             let w = slots[i]
-            guard send(.submit(submitRecord(for: r)), to: w) else {
+            switch send(.submit(submitRecord(for: r)), to: w) {
+            case .sent: break
+            case .full:
                 router.release(ticket)
                 return .overloaded(retryAfterSeconds: 1)
+            case .tooLarge(let message):
+                router.release(ticket)
+                return .tooLarge(message: message)
             }
             inFlight[r.id] = InFlight(worker: i, ticket: ticket, request: r, retries: retries)
             return .admitted(workerID: w.spec.id)
@@ -370,10 +375,19 @@ public final class WorkerPool: FrontBackend {
     func slotIndex(router s: Int) -> Int { slots.firstIndex { $0.routerSlot == s } ?? 0 }
 
     /// Encodes and publishes one record to the worker without waiting; false if its ring is full or gone.
-    func send(_ record: Record, to w: WorkerSlot) -> Bool {
-        guard let channel = w.channel else { return false }
+    enum SendResult: Equatable { case sent, full, tooLarge(String) }
+
+    /// `.full`: the ring has no room now (or the worker is gone), a retry may succeed. `.tooLarge`: the record
+    /// breaks a wire limit or exceeds what the ring takes at any write position (half its capacity: a larger
+    /// record fits only when the write position happens to leave room for it), so it never will.
+    func send(_ record: Record, to w: WorkerSlot) -> SendResult {
+        guard let channel = w.channel else { return .full }
         writer.reset()
-        do { try record.encode(into: &writer) } catch { return false }
+        do { try record.encode(into: &writer) } catch { return .tooLarge("the request exceeds a wire limit: \(error)") }
+        let limit = channel.tx.maxPayloadAnyOffset
+        if writer.count > limit {
+            return .tooLarge("the request is \(writer.count) bytes as sent to a worker, over the \(limit)-byte limit of its request ring")
+        }
         let ok: Bool = writer.withBytes { src in
             do throws(RingError) {
                 guard let dst = try channel.tx.tryReserve(type: UInt16(record.type.rawValue), length: src.count) else { return false }
@@ -383,7 +397,7 @@ public final class WorkerPool: FrontBackend {
                 return true
             } catch { return false }
         }
-        return ok
+        return ok ? .sent : .full
     }
 
     /// A worker for a request that is not a generation (tokenize / detokenize): any ready one.
@@ -408,7 +422,11 @@ public final class WorkerPool: FrontBackend {
 
     func sendSide(_ id: UInt64, _ record: Record) -> Admission {
         guard let i = anyReadyWorker() else { return .notReady(reason: "no worker is ready") }
-        guard send(record, to: slots[i]) else { return .overloaded(retryAfterSeconds: 1) }
+        switch send(record, to: slots[i]) {
+        case .sent: break
+        case .full: return .overloaded(retryAfterSeconds: 1)
+        case .tooLarge(let message): return .tooLarge(message: message)
+        }
         inFlight[id] = InFlight(worker: i, ticket: nil, started: true)
         return .admitted(workerID: slots[i].spec.id)
     }
@@ -418,7 +436,7 @@ public final class WorkerPool: FrontBackend {
         f.cancelled = true
         inFlight[requestID] = f
         // The worker answers with a done(cancelled) record, which releases the ticket.
-        if !send(.cancel(CancelRecord(requestID: requestID)), to: slots[f.worker]) {
+        if send(.cancel(CancelRecord(requestID: requestID)), to: slots[f.worker]) != .sent {
             // Ring full or worker gone: forget it here; the worker's done record is ignored when it comes.
             if let t = f.ticket { router.release(t) }
             inFlight[requestID] = nil
@@ -526,15 +544,19 @@ public final class WorkerPool: FrontBackend {
             sy_trace_mark(d.requestID, SY_TP_FRONT_DRAINED)
             guard let f = inFlight.removeValue(forKey: d.requestID) else { return }
             if let t = f.ticket { router.release(t) }
-            guard !f.cancelled, !f.errored, d.finish != .error else { return }
-            let reason: FinishReason = d.finish == .length ? .length : (d.finish == .cancelled ? .cancelled : .stop)
+            guard !f.errored, d.finish != .error else { return }
+            // A cancelled request's final event reaches no client (the front dropped it); it still carries
+            // the tokens generated before the cancel, for the tokens counter.
+            let reason: FinishReason = f.cancelled || d.finish == .cancelled ? .cancelled : (d.finish == .length ? .length : .stop)
             pending.append(.final(requestID: d.requestID, finishReason: reason,
                                   usage: Usage(promptTokens: Int(d.promptTokens), completionTokens: Int(d.completionTokens),
                                                cachedTokens: Int(d.cachedTokens))))
         case .error(let e):
             guard var f = inFlight[e.requestID] else { return }
             if !f.cancelled && !f.errored {
-                if f.started {
+                // A refusal keeps its status even for a request counted as started at once (tokenize and
+                // detokenize: a reply too large is the client's 400); a running request's failure is .error.
+                if f.started && !e.code.isRefusal {
                     pending.append(.error(requestID: e.requestID, message: e.message))
                 } else {
                     let (status, code): (Int, String) = switch e.code {

@@ -110,6 +110,8 @@ public final class RingProducer: @unchecked Sendable {
 
     /// Largest payload one record can carry.
     public var maxPayload: Int { ring.maxPayload }
+    /// Largest payload that fits at any write position (see ShmRing.maxPayloadAnyOffset).
+    public var maxPayloadAnyOffset: Int { ring.maxPayloadAnyOffset }
 
     /// Bytes reserved but not yet committed.
     public var pendingBytes: Int { Int(writePos - published) }

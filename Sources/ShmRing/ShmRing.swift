@@ -57,6 +57,12 @@ public final class ShmRing: @unchecked Sendable {
     /// Largest payload one record can carry (a record must fit in the data area).
     public var maxPayload: Int { min(capacity - 8, Int(UInt32.max) - 8) }
 
+    /// Largest payload that fits whatever the write position, once the consumer has caught up: a record of
+    /// up to half the data area (header included) either fits before the end or, after the padding record,
+    /// at offset 0. A larger one fits only when the write offset happens to be at least its size, so a sender
+    /// that must not stall on such luck refuses records above this.
+    public var maxPayloadAnyOffset: Int { min(capacity / 2 - 8, maxPayload) }
+
     /// The memfd's descriptor number, to hand to a child (`InheritedDescriptor(ring.fileDescriptor, as: N)`)
     /// or over SCM_RIGHTS. It stays owned (and close-on-exec) here.
     public var fileDescriptor: Int32 { memfd.fd.rawValue }

@@ -109,6 +109,11 @@ public final class Scheduler {
             publish(.tokens(TokensRecord(requestID: t.requestID,
                                          tokens: text.tokenize(t.content, addSpecial: t.addSpecial, parseSpecial: t.parseSpecial))))
         case .detokenize(let d):
+            if let bad = d.tokens.first(where: { $0 < 0 || Int($0) >= runner.vocabSize }) {
+                publish(.error(ErrorRecord(requestID: d.requestID, code: .invalidRequest,
+                                           message: "token id \(bad) is outside the vocabulary (0..<\(runner.vocabSize))")))
+                return
+            }
             publish(.text(TextRecord(requestID: d.requestID, text: text.detokenize(d.tokens))))
         default:
             publish(.error(ErrorRecord(requestID: record.requestID, code: .invalidRequest,

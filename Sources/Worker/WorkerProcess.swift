@@ -181,18 +181,31 @@ public enum WorkerProcess {
                 committedDone.append(d.requestID)
             }
             writer.reset()
+            var type = record.type   // the type of what `writer` holds (an error record replaces a bad one)
+            var tooLarge: String? = nil
             do {
                 try record.encode(into: &writer)
+                if writer.count > channel.tx.maxPayloadAnyOffset {
+                    tooLarge = "\(writer.count) bytes, over the \(channel.tx.maxPayloadAnyOffset)-byte limit of the response ring"
+                }
             } catch {
-                // A delta or message over the wire limits: report it as an error for that request.
+                tooLarge = "\(error)"
+            }
+            if let tooLarge {
+                // A reply over the wire or ring limits (a tokenize of a huge text, a detokenize of many ids)
+                // becomes an error for that request: the client asked for too much (400). Any other record
+                // that large is the worker's fault.
+                let clients: Bool = switch record { case .tokens, .text: true; default: false }
                 writer.reset()
-                try? Record.error(ErrorRecord(requestID: record.requestID, code: .internalError,
-                                              message: "response too large: \(error)")).encode(into: &writer)
+                let error = Record.error(ErrorRecord(requestID: record.requestID, code: clients ? .invalidRequest : .internalError,
+                                                     message: "the reply is too large (\(tooLarge)); send a shorter input"))
+                try? error.encode(into: &writer)
+                type = error.type
             }
             let result: RingError? = writer.withBytes { src in
                 do throws(RingError) {
                     // Reserve + copy without committing: the loop commits once per step (batching).
-                    let dst = try channel.tx.reserve(type: UInt16(record.type.rawValue), length: src.count)
+                    let dst = try channel.tx.reserve(type: UInt16(type.rawValue), length: src.count)
                     if let d = dst.baseAddress, let s = src.baseAddress { d.copyMemory(from: s, byteCount: src.count) }
                     return nil
                 } catch { return error }

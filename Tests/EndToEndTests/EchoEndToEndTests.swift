@@ -472,6 +472,13 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             #expect(waitUntil(10) { busy() == 0 }, "request still in flight after the client left")
             let took = Date().timeIntervalSince(hungUp)
             #expect(took < 1.5, "the cancelled request stayed in flight \(took) s (the whole stream takes ~3 s)")
+            // What the worker generated before the cancel reached it is counted (the only request so far).
+            func generated() -> Double {
+                let m = (try? s.request("GET", "/metrics").text) ?? ""
+                let line = m.split(separator: "\n").first { $0.hasPrefix("switchyard_tokens_generated_total ") }
+                return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            }
+            #expect(waitUntil(5) { generated() > 0 }, "tokens of the cancelled request not counted")
             let r = try s.request("POST", "/v1/completions", json: ["prompt": "next", "max_tokens": 8])
             #expect(r.head.status == 200)
         }
@@ -713,6 +720,30 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             #expect(d.head.status == 200, "\(d.text)")
             #expect(jsonObject(d.body)?["content"] as? String == text)
             expectOpenAIError(try s.request("POST", "/detokenize", json: ["tokens": "nope"]), status: 400, "tokens not an array")
+        }
+    }
+
+    /// Requests and replies over what a ring record carries are the client's 400, whatever the ring's write
+    /// position, and never take a worker down: a tokenize whose reply (4 bytes per token) exceeds the response
+    /// ring's record limit, a detokenize of an id outside the vocabulary, a prompt of 800 KB (under the
+    /// 1 MiB body limit, over half the request ring), sent several times so the write position moves.
+    @Test func oversizedRequestsAndRepliesAreRefusedWithoutHarm() throws {
+        try withServer(echoArgs) { s in
+            let before = try s.waitWorkers(2)
+            let huge = try s.request("POST", "/tokenize", json: ["content": String(repeating: "7", count: 270_000)])
+            expectOpenAIError(huge, status: 400, "tokenize reply of 270 000 tokens")
+            #expect(huge.text.contains("too large"), "\(huge.text)")
+            expectOpenAIError(try s.request("POST", "/detokenize", json: ["tokens": [104, 300]]), status: 400, "token id 300")
+            for k in 0..<4 {
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": String(repeating: "a", count: 800_000), "max_tokens": 1])
+                expectOpenAIError(r, status: 400, "800 KB prompt, try \(k)")
+                #expect(r.text.contains("request_too_large"), "\(r.text)")
+                let ok = try s.request("POST", "/v1/completions", json: ["prompt": String(repeating: "b", count: 20_000 + 10_000 * k), "max_tokens": 1])
+                #expect(ok.head.status == 200, "a 20-50 KB prompt (the echo context is 65 536 bytes): \(ok.head.status)")
+            }
+            #expect(try s.waitWorkers(2) == before, "a worker was restarted")
+            let m = try s.request("GET", "/metrics").text
+            #expect(m.contains("switchyard_worker_restarts_total 0"))
         }
     }
 }

@@ -139,7 +139,7 @@ struct SamplerTests {
             (SamplingParams(temperature: -1), .invalidTemperature(-1)),
             (SamplingParams(temperature: 1000), .invalidTemperature(1000)),
             (SamplingParams(topK: -2), .invalidTopK(-2)),
-            (SamplingParams(topP: 0), .invalidTopP(0)),
+            (SamplingParams(topP: -0.1), .invalidTopP(-0.1)),
             (SamplingParams(topP: 1.5), .invalidTopP(1.5)),
             (SamplingParams(minP: -0.1), .invalidMinP(-0.1)),
             (SamplingParams(minP: 2), .invalidMinP(2)),

@@ -1,5 +1,6 @@
 import Testing
 @testable import Front
+import Wire
 
 private func decode(_ kind: RouteKind, _ body: String, header: String? = nil) throws(APIError) -> APIRequest {
     try APIDecoder.decodeGeneration(kind: kind, body: Array(body.utf8), id: 7, sessionHeader: header, peer: .unix(uid: 1, pid: 2))
@@ -24,6 +25,19 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(r.peer == .unix(uid: 1, pid: 2))
     }
 
+    /// The front's copies of the wire limits match the Wire module's; at the limits requests decode, and
+    /// `developer` messages reach the worker's template as system messages; `model: null` is no model.
+    @Test func wireLimitsAndRoles() throws {
+        #expect(APIDecoder.WireLimits.maxMessages == Wire.WireLimits.maxMessages)
+        #expect(APIDecoder.WireLimits.maxStopLength == Wire.WireLimits.maxStopLength)
+        #expect(APIDecoder.WireLimits.maxSessionKey == Wire.WireLimits.maxSessionKey)
+        let key = String(repeating: "k", count: 256)
+        #expect(try decode(.completions, #"{"prompt":"p","stop":""# + String(repeating: "é", count: 128) + #"","model":null}"#, header: key).sessionKey == key)
+        #expect(throws: APIError.self) { try decode(.completions, #"{"prompt":"p"}"#, header: key + "k") }
+        let r = try decode(.chatCompletions, #"{"messages":[{"role":"developer","content":"d"},{"role":"user","content":"u"}]}"#)
+        #expect(r.messages.map(\.role.wireRole) == ["system", "user"] && r.model == nil)
+    }
+
     @Test func sessionKeyPrecedence() throws {
         let body = #"{"prompt":"p","session_id":"s","user":"u"}"#
         #expect(try decode(.completions, body, header: "h").sessionKey == "h")
@@ -42,7 +56,7 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         (.chatCompletions, #"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content[0]"),
         (.completions, #"{"prompt":"p","temperature":"hot"}"#, "temperature"),
         (.completions, #"{"prompt":"p","temperature":3}"#, "temperature"),
-        (.completions, #"{"prompt":"p","top_p":0}"#, "top_p"),
+        (.completions, #"{"prompt":"p","top_p":-0.5}"#, "top_p"),
         (.completions, #"{"prompt":"p","top_k":-1}"#, "top_k"),
         (.completions, #"{"prompt":"p","min_p":1.5}"#, "min_p"),
         (.completions, #"{"prompt":"p","max_tokens":0}"#, "max_tokens"),
@@ -56,6 +70,12 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         (.completions, #"{"prompt":5}"#, "prompt"),
         (.completions, #"{"prompt":["a","b"]}"#, "prompt"),
         (.completions, #"{"prompt":"p","user":3}"#, "user"),
+        (.chatCompletions, #"{"messages":[{"role":"user","content":"x"}],"max_tokens":"abc","max_completion_tokens":5}"#, "max_tokens"),
+        (.completions, #"{"prompt":"p","model":""# + String(repeating: "m", count: 257) + #""}"#, "model"),
+        (.completions, #"{"prompt":"p","stop":[""# + String(repeating: "é", count: 129) + #""]}"#, "stop"),
+        (.completions, #"{"prompt":"p","user":""# + String(repeating: "u", count: 257) + #""}"#, "user"),
+        (.completions, #"{"prompt":"p","session_id":""# + String(repeating: "s", count: 257) + #""}"#, "session_id"),
+        (.chatCompletions, #"{"messages":["# + Array(repeating: #"{"role":"user","content":"x"}"#, count: 4097).joined(separator: ",") + "]}", "messages"),
     ])
     func invalid(kind: RouteKind, body: String, param: String) {
         let e = apiError(kind, body)

@@ -206,9 +206,15 @@ final class RecordBox {
 @Test func tokenizeAndDetokenizeAnswer() throws {
     let h = Harness()
     h.scheduler.handle(.tokenize(TokenizeRecord(requestID: 9, addSpecial: false, parseSpecial: true, content: "hi")))
-    h.scheduler.handle(.detokenize(TokensRecord(requestID: 10, tokens: [104, 105, 999])))
+    h.scheduler.handle(.detokenize(TokensRecord(requestID: 10, tokens: [104, 105])))
     #expect(h.box.records.contains(.tokens(TokensRecord(requestID: 9, tokens: [104, 105]))))
     #expect(h.box.records.contains(.text(TextRecord(requestID: 10, text: "hi"))))
+    // Ids outside the vocabulary (the echo runner's is 257) are the client's error, not an empty text.
+    for (id, bad) in [(UInt64(11), Int32(999)), (12, -1), (13, 257)] {
+        h.scheduler.handle(.detokenize(TokensRecord(requestID: id, tokens: [104, bad])))
+        #expect(h.box.records.contains { if case .error(let e) = $0 { e.requestID == id && e.code == .invalidRequest && e.message.contains("\(bad)") } else { false } })
+        #expect(!h.box.records.contains { if case .text(let t) = $0 { t.requestID == id } else { false } })
+    }
 }
 
 @Test func finishedRequestsLeaveRunningInArrivalOrder() throws {
