@@ -343,9 +343,12 @@ public enum APIDecoder {
         return d
     }
     static func int(_ v: JSONValue, _ p: String) throws(APIError) -> Int {
-        guard case .number(_, let i?) = v, let n = Int(exactly: i) else {
-            throw .wrongType(p, expected: "an integer", got: v)
-        }
-        return n
+        guard case .number(let d, let i) = v else { throw .wrongType(p, expected: "an integer", got: v) }
+        if let i, let n = Int(exactly: i) { return n }
+        // An integral value written with a fraction or exponent (100.0, 1e2) is that integer, as JSON
+        // validators in lax mode take it, within the range a double holds exactly.
+        if d.isFinite, d == d.rounded(), abs(d) <= 9_007_199_254_740_992 { return Int(d) }
+        if d.isFinite, d == d.rounded() { throw .invalid(p, "'\(p)' is out of range (\(d))") }
+        throw .wrongType(p, expected: "an integer", got: v)
     }
 }

@@ -38,6 +38,16 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(r.messages.map(\.role.wireRole) == ["system", "user"] && r.model == nil)
     }
 
+    /// Integer fields take integral numbers written with a fraction or exponent; non-integral ones and ones
+    /// beyond 2^53 are refused, naming the field.
+    @Test func integralNumbers() throws {
+        #expect(try decode(.completions, #"{"prompt":"p","max_tokens":1e2,"top_k":40.0}"#).sampling.maxTokens == 100)
+        #expect(try decode(.completions, #"{"prompt":"p","top_k":4.0e1}"#).sampling.topK == 40)
+        #expect(apiError(.completions, #"{"prompt":"p","max_tokens":1e30}"#)?.message.contains("out of range") == true)
+        #expect(apiError(.completions, #"{"prompt":"p","max_tokens":18446744073709551616}"#)?.param == "max_tokens")
+        #expect(apiError(.completions, #"{"prompt":"p","max_tokens":2.5}"#)?.code == "invalid_type")
+    }
+
     @Test func sessionKeyPrecedence() throws {
         let body = #"{"prompt":"p","session_id":"s","user":"u"}"#
         #expect(try decode(.completions, body, header: "h").sessionKey == "h")
