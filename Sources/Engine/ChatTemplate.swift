@@ -16,6 +16,10 @@
 // template's string literal. Templates it cannot render faithfully get ChatTemplateError instead of
 // a plausible but wrong prompt: anything without the ChatML markers, and ChatML variants with
 // reasoning switches or tool-call formatting (whose output for a message depends on logic we do not run).
+//
+// renderWithContentRanges also reports the byte ranges of the message contents in the prompt, so the
+// worker can tokenize special-token text inside contents (a user typing "<|im_end|>") as plain text while
+// the template's own markers stay control tokens (OpenAI's behaviour; llama-server parses both).
 
 public struct ChatMessage: Sendable, Equatable {
     public var role: String
@@ -112,6 +116,17 @@ public struct ChatTemplate: Sendable, Equatable {
 
     /// The prompt for `messages`, ending with `<|im_start|>assistant\n` when addGenerationPrompt.
     public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> String {
+        try renderWithContentRanges(messages, addGenerationPrompt: addGenerationPrompt).text
+    }
+
+    /// The prompt of `render`, and where each message's content lies in it: `contentRanges[i]` is the
+    /// UTF-8 byte range (offsets into `text.utf8`) of message i's content as rendered (trimmed when the
+    /// template trims). The ranges are recorded while the prompt is built, so they cannot be confused by
+    /// content that looks like the template's own markers. Tokenizing with
+    /// `Tokenizer.encode(text, parseSpecial: true, plainTextRanges: contentRanges)` keeps the template's
+    /// markers special while special-token text inside the contents stays plain text.
+    public func renderWithContentRanges(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws
+        -> (text: String, contentRanges: [Range<Int>]) {
         guard let first = messages.first else { throw ChatTemplateError.noMessages }
         for (i, m) in messages.enumerated() where !Self.allowedRoles.contains(m.role) {
             throw ChatTemplateError.invalidRole(role: m.role, index: i)
@@ -120,15 +135,21 @@ public struct ChatTemplate: Sendable, Equatable {
             throw ChatTemplateError.unsupportedRoleForTemplate(role: "tool", index: i)
         }
         var s = ""
+        var ranges: [Range<Int>] = []
+        ranges.reserveCapacity(messages.count)
         if let d = defaultSystemPrompt, first.role != "system" {
             s += "<|im_start|>system\n" + d + "<|im_end|>\n"
         }
         for m in messages {
             let content = trimsContent ? Self.trim(m.content) : m.content
-            s += "<|im_start|>" + m.role + "\n" + content + "<|im_end|>\n"
+            s += "<|im_start|>" + m.role + "\n"
+            let start = s.utf8.count
+            s += content
+            ranges.append(start ..< s.utf8.count)
+            s += "<|im_end|>\n"
         }
         if addGenerationPrompt { s += "<|im_start|>assistant\n" }
-        return s
+        return (s, ranges)
     }
 
     /// Index of the first occurrence of `needle` in `hay` at or after `from`.

@@ -5,7 +5,10 @@
 //   1. special tokens are cut out of the raw UTF-8 first (llama.cpp's tokenizer_st_partition): for each
 //      special token, longest text first, every occurrence in every remaining text fragment becomes that
 //      token. With parseSpecial off, CONTROL and UNKNOWN tokens are not matched, but USER_DEFINED tokens
-//      still are (llama.cpp and HF tokenizers do the same; this vocabulary has none).
+//      still are (llama.cpp and HF tokenizers do the same; this vocabulary has none). Optional plain-text
+//      byte ranges (chat message contents) behave as if parseSpecial were off inside them: a CONTROL /
+//      UNKNOWN occurrence that overlaps one is not matched and stays part of its text fragment, so the
+//      fragments are exactly llama.cpp's whenever no such occurrence touches a range;
 //   2. each text fragment is pre-tokenized into words (UnicodePretokenizer.swift);
 //   3. each word is BPE-merged starting from one symbol per byte: the adjacent pair with the lowest merge
 //      rank (leftmost on ties) is merged until no pair has a rank. Symbols are integer ids (vocabulary
@@ -263,15 +266,24 @@ public final class Tokenizer: Sendable {
     /// - parseSpecial: special-token texts (e.g. "<|im_start|>") in `text` become their ids; when off
     ///   they are tokenized as plain text (USER_DEFINED tokens are matched either way, as in llama.cpp).
     /// - addSpecial: prepend BOS when the model asks for it (addBOS).
-    public func encode(_ text: String, parseSpecial: Bool = true, addSpecial: Bool = false) -> [Int32] {
+    /// - plainTextRanges: byte ranges of `text.utf8` (e.g. the message contents of a rendered chat
+    ///   template) in which special tokens are text, as with parseSpecial off: a CONTROL / UNKNOWN token
+    ///   occurrence that overlaps a range is not matched and its bytes stay in the surrounding text
+    ///   fragment, which is then pre-tokenized and merged like any other text. Occurrences wholly outside
+    ///   the ranges are matched as usual, so when no range contains or straddles special-token text the
+    ///   result equals `encode(text, parseSpecial:, addSpecial:)` exactly. Ranges may be unsorted,
+    ///   overlapping or empty; parts outside the text are ignored.
+    public func encode(_ text: String, parseSpecial: Bool = true, addSpecial: Bool = false,
+                       plainTextRanges: [Range<Int>] = []) -> [Int32] {
         var out = [Int32]()
         if addSpecial, addBOS, let bosID { out.append(bosID) }
         let bytes = Array(text.utf8)
         guard !bytes.isEmpty else { return out }
         out.reserveCapacity(out.count + bytes.count / 3 + 4)
         var work = Work()
+        let plain = Self.normalized(plainTextRanges, count: bytes.count)
         bytes.withUnsafeBufferPointer { buf in
-            for f in partition(buf, parseSpecial: parseSpecial) {
+            for f in partition(buf, parseSpecial: parseSpecial, plain: plain) {
                 switch f {
                 case .token(let id): out.append(id)
                 case .text(let lo, let hi): encodeFragment(UnsafeBufferPointer(rebasing: buf[lo..<hi]), &work, &out)
@@ -288,14 +300,22 @@ public final class Tokenizer: Sendable {
     /// to right. Computed in one scan: find every occurrence of every special token, then claim them
     /// in that order - an occurrence is taken when it overlaps neither a claimed one nor the previous
     /// occurrence taken for the same token, which is exactly what the fragment-by-fragment search finds.
-    private func partition(_ buf: UnsafeBufferPointer<UInt8>, parseSpecial: Bool) -> [Fragment] {
+    /// `plain`: sorted, disjoint, non-empty byte ranges where parseSpecial counts as off (occurrences of
+    /// CONTROL / UNKNOWN tokens overlapping one are left out before the claiming).
+    private func partition(_ buf: UnsafeBufferPointer<UInt8>, parseSpecial: Bool, plain: [Range<Int>]) -> [Fragment] {
         let n = buf.count
         var hits: [[Int]]? = nil          // hits[k]: start offsets of specials[k], ascending
+        var r = 0                         // plain[r]: the first plain range that ends after i
         for i in 0..<n where firstByteOfSpecial[Int(buf[i])] {
+            while r < plain.count && plain[r].upperBound <= i { r += 1 }
             for k in specials.indices {
                 let s = specials[k]
                 if s.bytes[0] != buf[i] || i + s.bytes.count > n { continue }
-                if s.onlyWhenParsingSpecial && !parseSpecial { continue }
+                if s.onlyWhenParsingSpecial {
+                    if !parseSpecial { continue }
+                    // [i, i + count) overlaps plain[r] (the only candidate: later ranges start later).
+                    if r < plain.count && plain[r].lowerBound < i + s.bytes.count { continue }
+                }
                 if Self.matches(buf, i, s.bytes) {
                     if hits == nil { hits = Array(repeating: [], count: specials.count) }
                     hits?[k].append(i)
@@ -326,6 +346,25 @@ public final class Tokenizer: Sendable {
         }
         if pos < n { frags.append(.text(pos, n)) }
         return frags
+    }
+
+    /// `ranges` clamped to 0..<count, empty ones dropped, sorted and merged where they overlap or touch.
+    static func normalized(_ ranges: [Range<Int>], count: Int) -> [Range<Int>] {
+        var rs = ranges.compactMap { r -> Range<Int>? in
+            let lo = max(0, r.lowerBound), hi = min(count, r.upperBound)
+            return lo < hi ? lo..<hi : nil
+        }
+        guard rs.count > 1 else { return rs }
+        rs.sort { $0.lowerBound < $1.lowerBound }
+        var out: [Range<Int>] = [rs[0]]
+        for x in rs.dropFirst() {
+            if x.lowerBound <= out[out.count - 1].upperBound {
+                out[out.count - 1] = out[out.count - 1].lowerBound ..< max(out[out.count - 1].upperBound, x.upperBound)
+            } else {
+                out.append(x)
+            }
+        }
+        return out
     }
 
     @inline(__always) private static func matches(_ buf: UnsafeBufferPointer<UInt8>, _ at: Int, _ pattern: [UInt8]) -> Bool {

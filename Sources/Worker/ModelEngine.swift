@@ -68,21 +68,7 @@ public final class ModelTextEngine: TextEngine {
     }
 
     public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
-        let text: String
-        switch submit.kind {
-        case .completion:
-            text = submit.prompt
-        case .chat:
-            do {
-                text = try template.render(submit.messages.map { ChatMessage(role: $0.role, content: $0.content) },
-                                           addGenerationPrompt: true)
-            } catch {
-                throw RequestRejection(.invalidRequest, "\(error)")
-            }
-        }
-        // Special tokens in the rendered template (and in raw completion prompts, as llama-server does) are
-        // parsed; the model's BOS is added when its metadata asks for it.
-        let prompt = tokenizer.encode(text, parseSpecial: true, addSpecial: true)
+        let prompt = try promptTokens(submit)
         let s = submit.sampling
         let params = SamplingParams(temperature: s.temperature, topK: Int(s.topK), topP: s.topP, minP: s.minP,
                                     seed: s.seed, maxTokens: Int(max(1, s.maxTokens)), stop: s.stop)
@@ -91,6 +77,29 @@ public final class ModelTextEngine: TextEngine {
             return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop))
         } catch {
             throw RequestRejection(.invalidRequest, "\(error)")
+        }
+    }
+
+    /// The prompt's token ids; the model's BOS is added when its metadata asks for it.
+    /// - completion: special-token text in the raw prompt is parsed (as llama-server does).
+    /// - chat: the template's markers are control tokens, but special-token text inside a message's
+    ///   content is tokenized as plain text (as OpenAI does; llama-server would parse it, letting a user
+    ///   close their turn and forge a system one). Contents without such text tokenize exactly as the
+    ///   whole rendered prompt with parseSpecial on, i.e. as llama.cpp does.
+    func promptTokens(_ submit: SubmitRecord) throws(RequestRejection) -> [Int32] {
+        switch submit.kind {
+        case .completion:
+            return tokenizer.encode(submit.prompt, parseSpecial: true, addSpecial: true)
+        case .chat:
+            let rendered: (text: String, contentRanges: [Range<Int>])
+            do {
+                rendered = try template.renderWithContentRanges(
+                    submit.messages.map { ChatMessage(role: $0.role, content: $0.content) }, addGenerationPrompt: true)
+            } catch {
+                throw RequestRejection(.invalidRequest, "\(error)")
+            }
+            return tokenizer.encode(rendered.text, parseSpecial: true, addSpecial: true,
+                                    plainTextRanges: rendered.contentRanges)
         }
     }
 

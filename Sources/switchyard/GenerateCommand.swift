@@ -35,11 +35,14 @@ struct GenerateCommand: ParsableCommand {
         let gguf = try GGUFFile(path: model)
         let tokenizer = try Tokenizer(config: TokenizerConfig(gguf: gguf))
         var text = prompt
+        var plain: [Range<Int>] = []
         if chat {
+            // As the server's chat path: special-token text in the user message is plain text.
             let template = try ChatTemplate(template: gguf.string("tokenizer.chat_template"))
-            text = try template.render([ChatMessage(role: "user", content: prompt)], addGenerationPrompt: true)
+            (text, plain) = try template.renderWithContentRanges([ChatMessage(role: "user", content: prompt)],
+                                                                  addGenerationPrompt: true)
         }
-        let ids = tokenizer.encode(text, parseSpecial: true, addSpecial: true)
+        let ids = tokenizer.encode(text, parseSpecial: true, addSpecial: true, plainTextRanges: plain)
         guard !ids.isEmpty else { throw ValidationError("the prompt is empty") }
         let m = try Model(gguf: gguf)
         let engine = try Engine(model: m, threads: threads, maxBatchTokens: min(512, max(ids.count, 1)))
