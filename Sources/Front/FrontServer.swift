@@ -1030,17 +1030,9 @@ public final class FrontServer: @unchecked Sendable {
         var out: [UInt8] = []
         let b = Array(s.utf8)
         var i = 0
-        func hex(_ c: UInt8) -> UInt8? {
-            switch c {
-            case 48...57: return c - 48
-            case 65...70: return c - 55
-            case 97...102: return c - 87
-            default: return nil
-            }
-        }
         while i < b.count {
-            if b[i] == 37, i + 2 < b.count, let h = hex(b[i + 1]), let l = hex(b[i + 2]) {
-                out.append(h << 4 | l); i += 3
+            if b[i] == 37, i + 2 < b.count, let h = HTTPRequestParser.hexValue(b[i + 1]), let l = HTTPRequestParser.hexValue(b[i + 2]) {
+                out.append(UInt8(h << 4 | l)); i += 3
             } else {
                 out.append(b[i]); i += 1
             }

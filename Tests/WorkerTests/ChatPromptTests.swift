@@ -16,8 +16,7 @@ import Wire
     }
 
     private static let loaded: Result<Loaded, any Error> = Result {
-        let path = ProcessInfo.processInfo.environment["SWITCHYARD_MODEL"]
-            ?? chatPromptRoot.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        let path = WorkerTestPaths.model
         guard FileManager.default.fileExists(atPath: path) else {
             throw RequestRejection(.internalError, "model file \(path) is missing: run tools/fetch-model")
         }
@@ -96,8 +95,7 @@ import Wire
             var greedy: [G]
             var tokenize: [T]
         }
-        let goldens = try JSONDecoder().decode(Goldens.self, from: Data(contentsOf: chatPromptRoot.deletingLastPathComponent()
-            .appendingPathComponent("shared/fixtures/llama-cpp-goldens.json")))
+        let goldens = try JSONDecoder().decode(Goldens.self, from: Data(contentsOf: WorkerTestPaths.goldens))
         #expect(goldens.greedy.count == 16)
         for g in goldens.greedy {
             let ids = try Self.prompt(l, [("user", g.user)])
@@ -130,12 +128,3 @@ import Wire
         #expect(try l.engine.begin(completion, contextLength: 2048).prompt == [1, 4093, 198, 26843, 2])
     }
 }
-
-private let chatPromptRoot: URL = {
-    var u = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    while u.path != "/" {
-        if FileManager.default.fileExists(atPath: u.appendingPathComponent("Package.swift").path) { return u }
-        u = u.deletingLastPathComponent()
-    }
-    return URL(fileURLWithPath: "/")
-}()

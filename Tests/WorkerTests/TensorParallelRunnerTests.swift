@@ -186,12 +186,10 @@ private func greedy(_ runner: any ModelRunner, prompts: [[Int32]], steps: Int) t
     /// 32 tokens with --tp 2 and --tp 3 equal --tp 1. Where a token differs, the first difference must be
     /// explained by a near-tie in the K = 1 logits (summation order differs between the splits).
     @Test func fidelityPromptsGreedyEqualAcrossTP() throws {
-        let path = ProcessInfo.processInfo.environment["SWITCHYARD_MODEL"]
-            ?? tpRoot.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        let path = WorkerTestPaths.model
         try #require(FileManager.default.fileExists(atPath: path), "model file \(path) is missing: run tools/fetch-model")
         struct Goldens: Decodable { struct G: Decodable { var user: String }; var greedy: [G] }
-        let goldens = try JSONDecoder().decode(Goldens.self, from: Data(contentsOf: tpRoot.deletingLastPathComponent()
-            .appendingPathComponent("shared/fixtures/llama-cpp-goldens.json")))
+        let goldens = try JSONDecoder().decode(Goldens.self, from: Data(contentsOf: WorkerTestPaths.goldens))
         #expect(goldens.greedy.count == 16)
         let gguf = try GGUFFile(path: path)
         let tok = try Tokenizer(config: TokenizerConfig(gguf: gguf))
@@ -239,12 +237,3 @@ private func logSoftmax(_ l: [Float]) -> [Float] {
     let lse = m + log(sum)
     return l.map { Float(Double($0) - lse) }
 }
-
-private let tpRoot: URL = {
-    var u = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    while u.path != "/" {
-        if FileManager.default.fileExists(atPath: u.appendingPathComponent("Package.swift").path) { return u }
-        u = u.deletingLastPathComponent()
-    }
-    return URL(fileURLWithPath: "/")
-}()
