@@ -1138,18 +1138,34 @@ static inline void split(int n, int ith, int nth, int *b, int *e) {
     *e = (int)((long)n * (ith + 1) / nth);
 }
 
-void syk_gemm_run(void *task, int ith, int nth) {
-    const syk_gemm_task *t = task;
-    int total = 0;
-    for (int p = 0; p < t->nparts; p++) total += t->parts[p].rows / 16;
-    int b, e;
-    split(total, ith, nth, &b, &e);
+// Row groups [b, e) of the concatenated parts.
+static void gemm_groups(const syk_gemm_task *t, int b, int e) {
     int base = 0;   // first group of part p in the concatenation
     for (int p = 0; p < t->nparts && b < e; p++) {
         int ng = t->parts[p].rows / 16;
         int lo = b > base ? b - base : 0, hi = e - base < ng ? e - base : ng;
         if (lo < hi) syk_gemm(&t->parts[p], t->act, t->ntok, t->out + 16 * base, t->ldo, t->accumulate, lo, hi);
         base += ng;
+    }
+}
+
+// The threads claim chunks of row groups from a shared counter instead of fixed halves: on a shared VM one
+// vCPU is often slower than the other for a while, and with a fixed split the faster thread then waits at
+// the barrier (a 2-thread batched decode measured 11 % of its time in the worker's wait, the caller doing
+// 35 % more of the groups' time). Each group is computed whole by one thread exactly as before, so the
+// outputs do not depend on who takes it. About 8 chunks per thread keep the counter's traffic small.
+void syk_gemm_run(void *task, int ith, int nth) {
+    syk_gemm_task *t = task;
+    int total = 0;
+    for (int p = 0; p < t->nparts; p++) total += t->parts[p].rows / 16;
+    (void)ith;
+    if (nth == 1) { gemm_groups(t, 0, total); return; }
+    int chunk = total / (8 * nth);
+    if (chunk < 1) chunk = 1;
+    for (;;) {
+        int b = __atomic_fetch_add(&t->next, chunk, __ATOMIC_RELAXED);
+        if (b >= total) break;
+        gemm_groups(t, b, b + chunk < total ? b + chunk : total);
     }
 }
 

@@ -37,6 +37,60 @@ import CSwitchyardKernels
         return (bytes, deq)
     }
 
+    /// The pool's gemm task (fused parts, threads claiming chunks of row groups from a shared counter) gives
+    /// bit for bit the outputs of one direct syk_gemm per part, with 1, 2 and 3 threads, for one token and for
+    /// a multi-token tile, with chunks of one group (9 groups) and of several (60 groups, QKV-shaped).
+    @Test(arguments: [[48, 32, 64], [576, 192, 192]])
+    func poolGemmIsBitIdenticalWhateverTheThreads(_ partRows: [Int]) throws {
+        var rng = TestRNG(seed: 7)
+        let k = 64, ldo = partRows.reduce(0, +)
+        let packed: [[UInt8]] = partRows.map { rows in
+            let (bytes, _) = Self.quantized(.q4_1, rows: rows, k: k, rng: &rng)
+            var p = [UInt8](repeating: 0, count: rows / 16 * k / 32 * Int(SYK_R16_Q4_1_CHUNK))
+            bytes.withUnsafeBytes { s in p.withUnsafeMutableBytes { d in syk_repack_q4_1(s.baseAddress!, d.baseAddress!, Int32(rows), Int32(k)) } }
+            return p
+        }
+        for ntok in [1, 5] {
+            let x = (0..<(ntok * k)).map { _ in rng.float() }
+            var qs = [Int8](repeating: 0, count: ntok * k)
+            var d = [Float](repeating: 0, count: ntok * k / 32), s = d
+            var isum = [Int32](repeating: 0, count: ntok * k / 32), bias4 = [Int32](repeating: 0, count: ntok * k / 4)
+            var outs: [[Float]] = []
+            try qs.withUnsafeMutableBufferPointer { qp in try d.withUnsafeMutableBufferPointer { dp in try s.withUnsafeMutableBufferPointer { sp in
+            try isum.withUnsafeMutableBufferPointer { ip in try bias4.withUnsafeMutableBufferPointer { bp in
+                var act = syk_act(qs: qp.baseAddress, d: dp.baseAddress, s: sp.baseAddress, isum: ip.baseAddress, bias4: bp.baseAddress, K: Int32(k))
+                x.withUnsafeBufferPointer { xp in for t in 0..<ntok { syk_quantize_act(xp.baseAddress! + t * k, nil, 0, &act, Int32(t), nil) } }
+                try packed[0].withUnsafeBytes { p0 in try packed[1].withUnsafeBytes { p1 in try packed[2].withUnsafeBytes { p2 in
+                    let ps = [p0, p1, p2].enumerated().map { i, p in
+                        syk_wmat(data: p.baseAddress!.assumingMemoryBound(to: UInt8.self), type: Int32(SYK_W_R16_Q4_1), rows: Int32(partRows[i]), K: Int32(k))
+                    }
+                    // Direct: one syk_gemm per part into its columns.
+                    var direct = [Float](repeating: .nan, count: ntok * ldo)
+                    direct.withUnsafeMutableBufferPointer { op in
+                        var base = 0
+                        for var w in ps { syk_gemm(&w, &act, Int32(ntok), op.baseAddress! + base, Int32(ldo), 0, 0, w.rows / 16); base += Int(w.rows) }
+                    }
+                    for nth in 1...3 {
+                        let pool = try #require(syk_pool_create(Int32(nth), 64))
+                        defer { syk_pool_destroy(pool) }
+                        var out = [Float](repeating: .nan, count: ntok * ldo)
+                        out.withUnsafeMutableBufferPointer { op in
+                            withUnsafePointer(to: &act) { ap in
+                                var t = syk_gemm_task()
+                                t.parts = (ps[0], ps[1], ps[2]); t.nparts = 3; t.act = ap
+                                t.ntok = Int32(ntok); t.out = op.baseAddress; t.ldo = Int32(ldo); t.accumulate = 0
+                                withUnsafeMutablePointer(to: &t) { syk_pool_run(pool, syk_gemm_run, $0) }
+                            }
+                        }
+                        outs.append(out)
+                        #expect(out == direct, "\(partRows) ntok \(ntok): \(nth) threads differ from direct syk_gemm")
+                    }
+                } } }
+            } } } } }
+            #expect(outs.count == 3)
+        }
+    }
+
     @discardableResult
     func runGemm(_ type: GGMLType, isa: Int32, order: Int32 = Int32(SYK_SUM_LLAMA), ntok: Int = 11) throws -> [Float] {
         var rng = TestRNG(seed: 42)

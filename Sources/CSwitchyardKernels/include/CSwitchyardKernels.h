@@ -153,6 +153,7 @@ typedef struct {
     float *out;        // [ntok][ldo]; part p writes columns starting at Σ rows of earlier parts
     int ldo;
     int accumulate;
+    int next;          // row groups claimed so far by the pool's threads (0 before the run; atomic in C)
 } syk_gemm_task;
 void syk_gemm_run(void *task, int ith, int nth);
 
