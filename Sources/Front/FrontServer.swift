@@ -999,9 +999,6 @@ public final class FrontServer: @unchecked Sendable {
 
     private static let healthOK = Array("{\"status\":\"ok\"}".utf8)
 
-    /// `GET /v1/models/{id}` (OpenAI's retrieve): the model object of a served id, else 404 model_not_found.
-    private static let modelPrefix = "/v1/models/"
-
     private func modelObject(_ w: inout JSONWriter, _ id: String) {
         w.raw("{\"id\":"); w.string(id); w.raw(",\"object\":\"model\",\"created\":"); w.int(startedAt)
         w.raw(",\"owned_by\":\"switchyard\"}")
@@ -1009,12 +1006,8 @@ public final class FrontServer: @unchecked Sendable {
 
     private var servedModelIDs: [String] { backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs }
 
-    private func retrieveModel(_ c: Connection, _ req: HTTPRequest, id: String) {
-        guard req.head.methodIs("GET") || c.headOnly else {
-            sendError(c, status: 405, message: "\(String(req.head.path)) accepts GET, HEAD only", code: "method_not_allowed",
-                      close: false, route: "models", extra: [("Allow", "GET, HEAD")])
-            return
-        }
+    /// `GET /v1/models/{id}` (OpenAI's retrieve): the model object of a served id, else 404 model_not_found.
+    private func retrieveModel(_ c: Connection, id: String) {
         guard servedModelIDs.contains(id) else {
             sendError(c, status: 404, message: "The model '\(id)' does not exist (served: \(servedModelIDs.joined(separator: ", ")))",
                       param: "model", code: "model_not_found", close: false, route: "models")
@@ -1040,14 +1033,16 @@ public final class FrontServer: @unchecked Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    private enum Endpoint { case chatCompletions, completions, models, health, metrics, tokenize, detokenize }
+    private enum Endpoint { case chatCompletions, completions, models, model, health, metrics, tokenize, detokenize }
 
     /// (path, method, route name for metrics, endpoint). Looked up by the path's UTF-8 length first, then
-    /// compared: no String built from the path and no hashing on the request path.
+    /// compared: no String built from the path and no hashing on the request path. A path ending in "/" is a
+    /// prefix: it takes the paths that continue it (the rest is the route's argument, e.g. a model id).
     private static let routes: [(path: String, method: String, route: String, endpoint: Endpoint)] = [
         ("/v1/chat/completions", "POST", "chat_completions", .chatCompletions),
         ("/v1/completions", "POST", "completions", .completions),
         ("/v1/models", "GET", "models", .models),
+        ("/v1/models/", "GET", "models", .model),
         ("/health", "GET", "health", .health),
         ("/metrics", "GET", "metrics", .metrics),
         ("/tokenize", "POST", "tokenize", .tokenize),
@@ -1058,10 +1053,13 @@ public final class FrontServer: @unchecked Sendable {
 
     private static func route(_ head: HTTPRequestHead) -> (path: String, method: String, route: String, endpoint: Endpoint)? {
         head.withPath { a in
-            for r in routes where r.path.utf8.count == a.count {
+            for r in routes {
+                let n = r.path.utf8.count
+                let prefix = r.path.utf8.last == UInt8(ascii: "/")
+                guard prefix ? a.count > n : a.count == n else { continue }
                 let same = r.path.utf8.withContiguousStorageIfAvailable { b in
-                    a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0
-                } ?? r.path.utf8.elementsEqual(a)
+                    n == 0 || memcmp(a.baseAddress!, b.baseAddress!, n) == 0
+                } ?? r.path.utf8.elementsEqual(a.prefix(n))
                 if same { return r }
             }
             return nil
@@ -1078,10 +1076,6 @@ public final class FrontServer: @unchecked Sendable {
         }
         guard let r = Self.route(req.head) else {
             let path = String(req.head.path)
-            if path.hasPrefix(Self.modelPrefix) && path.utf8.count > Self.modelPrefix.utf8.count {
-                retrieveModel(c, req, id: Self.percentDecoded(path.dropFirst(Self.modelPrefix.utf8.count)))
-                return
-            }
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
@@ -1110,6 +1104,9 @@ public final class FrontServer: @unchecked Sendable {
             }
             w.raw("]}")
             sendJSON(c, body: w.bytes, route: "models")
+        case .model:
+            let rest = req.head.path.utf8.dropFirst(r.path.utf8.count)   // bytes: a combining mark may follow "/"
+            retrieveModel(c, id: Self.percentDecoded(String(decoding: rest, as: UTF8.self)[...]))
         case .metrics:
             backend.collectMetrics(into: metrics)
             metrics.set(MetricsRegistry.inFlight, help: "Requests admitted and not yet finished", Double(owners.count))
