@@ -94,6 +94,9 @@ public struct APIError: Error, Equatable, Sendable {
 public enum APIDecoder {
     public static let maxStop = 4
     public static let maxModelBytes = 256
+    /// The output-length fields per route, in the order they are read (static: no array per request).
+    static let chatMaxFields: [GenerationKey] = [.max_tokens, .max_completion_tokens]
+    static let completionMaxFields: [GenerationKey] = [.max_tokens]
 
     /// Limits of the front→worker record, equal to Wire.WireLimits' (a test checks; this file is also
     /// compiled into the fuzz target without the Wire module), checked here so that a request over them gets
@@ -150,8 +153,7 @@ public enum APIDecoder {
         }
         var s = SamplingParams()
         // Chat takes max_completion_tokens (OpenAI's newer name) over max_tokens; each one present is checked.
-        let maxFields: [GenerationKey] = kind == .chatCompletions ? [.max_tokens, .max_completion_tokens] : [.max_tokens]
-        for maxField in maxFields {
+        for maxField in kind == .chatCompletions ? chatMaxFields : completionMaxFields {
             let maxKey = generationKeys.names[maxField.rawValue]
             if let v = root[maxField], v != .null {
                 let n = try int(v, maxKey)

@@ -374,10 +374,9 @@ public final class WorkerPool: FrontBackend {
 
     func slotIndex(router s: Int) -> Int { slots.firstIndex { $0.routerSlot == s } ?? 0 }
 
-    /// Encodes and publishes one record to the worker without waiting; false if its ring is full or gone.
     enum SendResult: Equatable { case sent, full, tooLarge(String) }
 
-    /// `.full`: the ring has no room now (or the worker is gone), a retry may succeed. `.tooLarge`: the record
+    /// Encodes and publishes one record to the worker without waiting. `.full`: the ring has no room now (or the worker is gone), a retry may succeed. `.tooLarge`: the record
     /// breaks a wire limit or exceeds what the ring takes at any write position (half its capacity: a larger
     /// record fits only when the write position happens to leave room for it), so it never will.
     func send(_ record: Record, to w: WorkerSlot) -> SendResult {
