@@ -49,6 +49,8 @@ struct FrontBench: ParsableCommand {
     var cpuOnly = false
     @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path.")
     var breakdown = false
+    @Option(help: "With --breakdown: also write every traced round trip's stages (ns, one line each, in the printed order) to PATH, to see which stage makes the slow ones slow.")
+    var breakdownRows: String?
     @Option(help: "Write JSON results to PATH ('-' for stdout).") var json: String?
     @Option(name: .customLong("client-cpu"),
             help: "Where the measuring client thread runs: any (unpinned, the scheduler decides), a CPU number, or each (unpinned, then once pinned to every allowed CPU). The server pins its worker and its front to different CPUs, and a client beside the spinning worker measures slower on this VM (README).")
@@ -87,7 +89,7 @@ struct FrontBench: ParsableCommand {
         let rawFD = try listenUnixSocket(rawPath, backlog: 16)
         Thread {
             let c = accept(rawFD, nil, nil)
-            echoUntilClosed(c)
+            echoUntilClosed(c, cpu: rawEchoCPU)
             close(c)
         }.start()
         let raw = try BenchClient(path: rawPath)
@@ -196,6 +198,7 @@ struct FrontBench: ParsableCommand {
             "cpus_online": sysconf(Int32(_SC_NPROCESSORS_ONLN)),
             "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
             "raw_process_rtt_p50_ns": rp.p50, "raw_process_rtt_p99_ns": rp.p99,
+            "raw_same_cpu_share": Double(main.rawSameCPU) / Double(max(1, rawLat.count)),
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
             "inproc_added_p50_ns": Int64(i.p50) - Int64(r.p50), "inproc_added_p99_ns": Int64(i.p99) - Int64(r.p99),
             "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
@@ -236,7 +239,8 @@ struct FrontBench: ParsableCommand {
                    Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)"
             + (main.pin.map { ", client pinned to cpu \($0)" } ?? ""))
-        out(String(format: "raw echo (thread)   p50 %8.1f us  p99 %8.1f us", us(r.p50), us(r.p99)))
+        out(String(format: "raw echo (thread)   p50 %8.1f us  p99 %8.1f us  (echo thread on the client's CPU in %d %% of them)",
+                   us(r.p50), us(r.p99), main.rawSameCPU * 100 / max(1, rawLat.count)))
         out(String(format: "raw echo (process)  p50 %8.1f us  p99 %8.1f us", us(rp.p50), us(rp.p99)))
         out(String(format: "front in-process    p50 %8.1f us  p99 %8.1f us  (added p50 %.1f us, p99 %.1f us)",
                    us(i.p50), us(i.p99), us(i.p50) - us(r.p50), us(i.p99) - us(r.p99)))
@@ -255,8 +259,8 @@ struct FrontBench: ParsableCommand {
         }
         for run in pinned {
             let r = pct(run.raw), rp = pct(run.rawProc), w = pct(run.workers)
-            out(String(format: "client pinned to cpu %d: raw echo p50 %.1f us (process %.1f us), front + worker p50 %.1f us p99 %.1f us (added p50 %.1f us, p99 %.1f us)",
-                       run.pin ?? -1, us(r.p50), us(rp.p50), us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99))
+            out(String(format: "client pinned to cpu %d: raw echo p50 %.1f us (on the client's CPU %d %%; process %.1f us), front + worker p50 %.1f us p99 %.1f us (added p50 %.1f us, p99 %.1f us)",
+                       run.pin ?? -1, us(r.p50), run.rawSameCPU * 100 / max(1, run.raw.count), us(rp.p50), us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99))
                 + (run.compare.isEmpty ? "" : String(format: "; compare server added p50 %.1f us, p99 %.1f us",
                                                      us(pct(run.compare).p50) - us(r.p50), us(pct(run.compare).p99) - us(r.p99))))
         }
@@ -288,6 +292,9 @@ struct FrontBench: ParsableCommand {
         var pin: Int?
         var raw: [UInt64] = [], rawProc: [UInt64] = [], inproc: [UInt64] = [], workers: [UInt64] = [], compare: [UInt64] = []
         var clientCPUs = [Int](repeating: 0, count: 64)
+        /// Raw echo round trips whose echo thread answered on the client's CPU (a same-CPU hand-off, a few µs
+        /// faster than one across CPUs on this VM: the baseline moves with where the scheduler puts the pair).
+        var rawSameCPU = 0
     }
 
     /// `--client-cpu`: nil = unpinned. `each` = unpinned first, then every CPU this process may run on.
@@ -324,7 +331,9 @@ struct FrontBench: ParsableCommand {
         var left = requests
         while left > 0 {
             let n = min(Self.block, left)
-            try measure(n, into: &run.raw) { try p.raw.send(req); try p.raw.readExactly(req.count) }
+            try measure(n, into: &run.raw, after: {
+                if sy_load_relaxed_u32(rawEchoCPU) == UInt32(bitPattern: sy_current_cpu()) { run.rawSameCPU += 1 }
+            }) { try p.raw.send(req); try p.raw.readExactly(req.count) }
             try measure(n, into: &run.rawProc) { try p.rawProc.send(req); try p.rawProc.readExactly(req.count) }
             try measure(n, into: &run.inproc) { try p.inproc.send(req); try p.inproc.readResponse() }
             if let wc = p.workers { try measure(n, into: &run.workers, after: countClientCPU) { try wc.send(req); try wc.readResponse() } }
@@ -354,6 +363,7 @@ struct FrontBench: ParsableCommand {
             "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
             "raw_process_rtt_p50_ns": rp.p50, "raw_process_rtt_p99_ns": rp.p99,
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
+            "raw_same_cpu_share": Double(run.rawSameCPU) / Double(max(1, run.raw.count)),
         ]
         if !run.workers.isEmpty {
             let w = pct(run.workers)
@@ -577,12 +587,22 @@ func listenUnixSocket(_ path: String, backlog: Int32) throws -> Int32 {
     return fd
 }
 
-/// Echoes everything read from `c` back to it until the peer closes (short writes are continued).
-func echoUntilClosed(_ c: Int32) {
+/// The CPU the raw echo thread answered the last request on (written by it before it answers, read by the
+/// client after the answer arrived: the socket's write and read order the two).
+nonisolated(unsafe) let rawEchoCPU: UnsafeMutablePointer<UInt32> = {
+    let p = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    p.initialize(to: .max)
+    return p
+}()
+
+/// Echoes everything read from `c` back to it until the peer closes (short writes are continued); `cpu`,
+/// when given, gets the CPU each answer was written from.
+func echoUntilClosed(_ c: Int32, cpu: UnsafeMutablePointer<UInt32>? = nil) {
     var buf = [UInt8](repeating: 0, count: 65536)
     while true {
         let n = read(c, &buf, buf.count)
         if n <= 0 { return }
+        if let cpu { sy_store_relaxed_u32(cpu, UInt32(bitPattern: sy_current_cpu())) }
         var off = 0
         while off < n {
             let w = buf.withUnsafeBytes { write(c, $0.baseAddress! + off, n - off) }
@@ -633,6 +653,10 @@ extension FrontBench {
         var client = [(UInt64, UInt64)]()
         client.reserveCapacity(n)
         let c = try BenchClient(path: p.socketPath)
+        // --client-cpu N pins this client (each: the last CPU; any: unpinned).
+        let saved = try CPUAffinity.get()
+        if let pin = try clientPlacements().last ?? nil { try CPUAffinity.set([pin]) }
+        defer { try? CPUAffinity.set(saved) }
         for _ in 0..<n {
             let t0 = monotonicNanos()
             try c.send(req)
@@ -670,6 +694,11 @@ extension FrontBench {
             for (i, st) in Self.breakdownStages.enumerated() {
                 samples[i].append(Int64(bitPattern: at(st.3) &- at(st.2)))
             }
+        }
+        if let rowsPath = breakdownRows {
+            var text = ""
+            for k in 0..<samples[0].count { text += samples.map { String($0[k]) }.joined(separator: " ") + "\n" }
+            FileManager.default.createFile(atPath: rowsPath, contents: Data(text.utf8))
         }
         guard joined > n / 4 else { throw FrontBenchError("only \(joined) of \(n - n / 2) requests had every trace point") }
         print("latency breakdown: \(joined) traced round trips (the second half of \(n)), one connection, echo worker")
