@@ -371,11 +371,17 @@ class Runner:
         expect(r2.usage.completion_tokens <= 3, f"max_completion_tokens=3 gave {r2.usage.completion_tokens} tokens")
         parts = ["accepted: max_tokens temperature top_p seed stop(list,str) user max_completion_tokens"]
         if self.echo:
-            # The echo engine ignores sampling; stop strings are not applied by it either (see NOTE).
+            # The echo engine ignores sampling but cuts its answer at the first stop string, as the model does,
+            # streamed or not (the text before the stop string, finish_reason "stop").
             e = self.client.completions.create(model=self.model, prompt="abc def", max_tokens=20, stop=[" "])
-            if " " in e.choices[0].text:
-                self.note("echo_ignores_stop", f"echo engine: prompt 'abc def' with stop=[' '] -> text "
-                          f"{e.choices[0].text!r} finish={e.choices[0].finish_reason!r} (stop strings not applied)")
+            expect(e.choices[0].text == "abc" and e.choices[0].finish_reason == "stop",
+                   f"echo with stop=[' ']: text {e.choices[0].text!r} finish {e.choices[0].finish_reason!r}")
+            chunks = list(self.client.chat.completions.create(model=self.model, stream=True, stop="f",
+                                                              messages=[{"role": "user", "content": "abc def"}]))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            fin = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            expect(text == "abc de" and fin == ["stop"], f"streamed echo with stop='f': text {text!r} finish {fin!r}")
+            parts.append("echo applies stop (plain and streamed)")
             return "; ".join(parts)
         # Seeded sampling is reproducible; greedy is reproducible.
         kw = dict(model=self.model, prompt="My favourite animal is", max_tokens=8, temperature=1.0, top_p=0.95)

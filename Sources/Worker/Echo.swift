@@ -1,6 +1,8 @@
 // The echo engine (`--engine echo`): no model. Tokens are UTF-8 bytes; a request's answer is its prompt
-// (a completion's text, or a chat's last user message) streamed back token by token. It runs through the
-// same scheduler, rings and front as the real model, so transport and front are tested on their own.
+// (a completion's text, or a chat's last user message) streamed back token by token, cut at the first of the
+// request's stop strings as the model's answers are. It runs through the same scheduler, rings and front as
+// the real model, so transport and front are tested on their own.
+import Engine
 import Wire
 
 public final class EchoRunner: ModelRunner {
@@ -76,7 +78,7 @@ public final class EchoText: TextEngine {
                 n = u.count
             }
         }
-        return (prompt, EchoState(answer: text, maxTokens: maxTokens))
+        return (prompt, EchoState(answer: text, maxTokens: maxTokens, stops: submit.sampling.stop))
     }
 
     public func tokenize(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32] {
@@ -88,14 +90,20 @@ public final class EchoText: TextEngine {
     }
 }
 
-/// Streams `answer`'s UTF-8 one byte-token per step, publishing whole UTF-8 characters only.
+/// Streams `answer`'s UTF-8 one byte-token per step, publishing whole UTF-8 characters only, through the same
+/// stop-string matcher as the model (text that may begin a stop string is held back; a match ends with `stop`).
 final class EchoState: GenerationState {
     var answer: String
     let maxTokens: Int
     var emitted = 0
     var held: [UInt8] = []
+    var stops: StopMatcher
+    var stopped = false
 
-    init(answer: String, maxTokens: Int) { self.answer = answer; self.maxTokens = maxTokens }
+    init(answer: String, maxTokens: Int, stops: [String] = []) {
+        self.answer = answer; self.maxTokens = maxTokens
+        self.stops = StopMatcher(stops: stops)
+    }
 
     func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
         // Native strings are contiguous UTF-8 (small ones inline): a byte by offset without an array copy.
@@ -109,12 +117,25 @@ final class EchoState: GenerationState {
             held.append(b)
             if let s = String(validating: held, as: UTF8.self) { text = s; held.removeAll(keepingCapacity: true) }
         }
+        if !stops.isEmpty && !text.isEmpty {
+            let out = stops.push(text)
+            if out.stop != nil {
+                stopped = true
+                return TokenOutcome(token: Int32(b), text: out.text, finish: .stop)
+            }
+            text = out.text
+        }
         let finish: FinishReason? = emitted >= maxTokens ? .length : nil
         return TokenOutcome(token: Int32(b), text: text, finish: finish)
     }
 
     func flush() -> String {
         defer { held.removeAll() }
-        return held.isEmpty ? "" : String(decoding: held, as: UTF8.self)
+        guard !stopped else { return "" }
+        let rest = held.isEmpty ? "" : String(decoding: held, as: UTF8.self)
+        if stops.isEmpty { return rest }
+        let tail = stops.push(rest)
+        if tail.stop != nil { stopped = true; return tail.text }
+        return tail.text + stops.finish().text
     }
 }

@@ -18,10 +18,11 @@ final class Harness {
     }
     let box: RecordBox
 
-    func submit(_ id: UInt64, _ prompt: String, session: String = "", maxTokens: UInt32 = 1000) {
+    func submit(_ id: UInt64, _ prompt: String, session: String = "", maxTokens: UInt32 = 1000, stop: [String] = []) {
+        var sampling = WireSampling(temperature: 0, maxTokens: maxTokens)
+        sampling.stop = stop
         scheduler.handle(.submit(SubmitRecord(requestID: id, kind: .completion, sessionKey: session,
-                                              sampling: WireSampling(temperature: 0, maxTokens: maxTokens),
-                                              prompt: prompt)))
+                                              sampling: sampling, prompt: prompt)))
     }
 
     func runToIdle(limit: Int = 100_000) throws {
@@ -58,6 +59,27 @@ final class RecordBox {
     #expect(d.cachedTokens == 0)
     #expect(d.firstTokenNanos > 0 && d.totalNanos >= d.firstTokenNanos)
     #expect(h.runner.freeSlots == 8, "sequence not released")
+}
+
+/// The echo engine honours stop strings as the model does: its answer ends before the earliest stop string
+/// (finish `stop`), text that might begin one is held back until it cannot, and a max_tokens cut releases
+/// what was held.
+@Test(arguments: [
+    ("hello world", ["o w"], UInt32(1000), "hell", FinishReason.stop),
+    ("hello world", ["zz", "wor", "o"], 1000, "hell", .stop),          // the earliest match wins
+    ("abcd", ["cdx"], 1000, "abcd", .stop),                           // a prefix at the end is released
+    ("héllo wörld", ["ö"], 1000, "héllo w", .stop),                   // multi-byte stop
+    ("héllo", ["llo"], 1000, "hé", .stop),
+    ("hello world", ["lo"], 3, "hel", .length),                       // held "l" released by the length cut
+    ("hello", ["hello"], 1000, "", .stop),                            // the whole answer is the stop
+])
+func echoHonoursStopStrings(prompt: String, stop: [String], maxTokens: UInt32, text: String, finish: FinishReason) throws {
+    let h = Harness()
+    h.submit(1, prompt, maxTokens: maxTokens, stop: stop)
+    try h.runToIdle()
+    #expect(h.text(1) == text)
+    #expect(h.done(1)?.finish == finish)
+    #expect(h.runner.freeSlots == 8)
 }
 
 /// A prompt that does not fit the context is refused before admission with its own code (the front answers
