@@ -172,6 +172,26 @@ public final class RingProducer: @unchecked Sendable {
         // FULL FENCE between publishing and reading the consumer's sleeping flag (see "lost wake-up" above).
         sy_fence_seq_cst()
         if sy_load_relaxed_u32(consumerSleeping) != 0 { wakeConsumer() }
+        prefetchAhead()
+    }
+
+    /// Bytes past the write position that `commit` prefetches for writing.
+    static let prefetchBytes: UInt64 = 256
+
+    /// Asks for the lines the next records will be written to in exclusive state now, while nothing waits
+    /// on this side: the consumer's core read them last (a ring reuses its bytes), so otherwise the next
+    /// reserve + copy + commit would pay a read-for-ownership miss per line on the request's path
+    /// (`switchyard-bench ring --phases rtt`, alternating: spin RTT p50 0.71-0.89 µs with it, 0.83-0.93
+    /// without, 64 and 200-byte records). Only bytes the consumer has released (by the last tail we read) are touched; a
+    /// prefetch is a hint and changes nothing the consumer can see.
+    @inline(__always)
+    func prefetchAhead() {
+        let n = min(Self.prefetchBytes, cap - (writePos - cachedTail))
+        var off: UInt64 = 0
+        while off < n {
+            sy_prefetch_write(data + Int((writePos &+ off) & mask))
+            off += 64
+        }
     }
 
     /// Marks the producer side closed (after committing): the consumer gets `closed` once it has read

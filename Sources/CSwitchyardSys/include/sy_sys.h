@@ -112,6 +112,17 @@ static inline void sy_fence_seq_cst(void) {
     atomic_thread_fence(memory_order_seq_cst);
 #endif
 }
+/// Prefetch for writing: asks for the cache line holding `p` in exclusive state before it is written (x86
+/// PREFETCHW, a no-op on CPUs without it; ARM PRFM PSTL1KEEP). A hint: no fault, no visible effect.
+static inline void sy_prefetch_write(const void *p) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("prefetchw %0" :: "m"(*(const char *)p));
+#elif defined(__aarch64__)
+    __asm__ __volatile__("prfm pstl1keep, %0" :: "Q"(*(const char *)p));
+#else
+    __builtin_prefetch(p, 1, 3);
+#endif
+}
 /// Spin-wait hint (PAUSE / YIELD).
 static inline void sy_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
