@@ -698,7 +698,9 @@ extension FrontBench {
         if let rowsPath = breakdownRows {
             var text = ""
             for k in 0..<samples[0].count { text += samples.map { String($0[k]) }.joined(separator: " ") + "\n" }
-            FileManager.default.createFile(atPath: rowsPath, contents: Data(text.utf8))
+            guard FileManager.default.createFile(atPath: rowsPath, contents: Data(text.utf8)) else {
+                throw FrontBenchError("cannot write \(rowsPath)")
+            }
         }
         guard joined > n / 4 else { throw FrontBenchError("only \(joined) of \(n - n / 2) requests had every trace point") }
         print("latency breakdown: \(joined) traced round trips (the second half of \(n)), one connection, echo worker")

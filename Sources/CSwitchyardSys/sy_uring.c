@@ -126,6 +126,42 @@ void sy_prep_cancel_data(struct io_uring_sqe *sqe, uint64_t user_data, int all) 
 void sy_prep_cancel_fd(struct io_uring_sqe *sqe, int fd) {
     io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
 }
+// The kernel's io_futex_prep reads: fd = futex2 flags, addr = the word, addr2 (= off) = the value,
+// addr3 = the wake mask, and refuses a non-zero len / futex_flags / buf_index / file_index.
+#define SY_FUTEX2_SIZE_U32 0x02u          /* no FUTEX2_PRIVATE (128): the word is in shared memory */
+#define SY_FUTEX_BITSET_MATCH_ANY 0xffffffffu
+void sy_prep_futex_wait(struct io_uring_sqe *sqe, uint32_t *word, uint32_t expected) {
+    io_uring_prep_rw(SY_IORING_OP_FUTEX_WAIT, sqe, (int)SY_FUTEX2_SIZE_U32, word, 0, (uint64_t)expected);
+    sqe->addr3 = SY_FUTEX_BITSET_MATCH_ANY;
+}
+_Static_assert(sizeof(((struct io_uring_sqe *)0)->addr3) == 8, "io_uring_sqe.addr3 is the futex mask");
+
+int sy_uring_futex_wait_works(int *detail) {
+    struct io_uring ring;
+    int rc = io_uring_queue_init(4, &ring, 0);
+    if (rc < 0) { if (detail) *detail = -rc; return 0; }
+    int ok = 0, why = 0;
+    struct io_uring_probe *p = io_uring_get_probe_ring(&ring);
+    if (!p || !io_uring_opcode_supported(p, SY_IORING_OP_FUTEX_WAIT)) {
+        why = EOPNOTSUPP;
+    } else {
+        uint32_t word = 1;
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+        sy_prep_futex_wait(sqe, &word, 0);    // holds 1, not 0: must complete at once with -EAGAIN
+        sqe->user_data = 1;
+        struct io_uring_cqe *cqe = NULL;
+        rc = io_uring_submit_and_wait(&ring, 1);
+        if (rc >= 0) rc = io_uring_peek_cqe(&ring, &cqe);
+        if (rc < 0 || !cqe) why = rc < 0 ? -rc : EIO;
+        else if (cqe->res == -EAGAIN) ok = 1;
+        else why = cqe->res < 0 ? -cqe->res : EPROTO;
+    }
+    if (p) io_uring_free_probe(p);
+    io_uring_queue_exit(&ring);
+    if (detail) *detail = why;
+    return ok;
+}
+
 void sy_prep_timeout(struct io_uring_sqe *sqe, struct __kernel_timespec *ts, unsigned count) {
     io_uring_prep_timeout(sqe, ts, count, 0);
 }

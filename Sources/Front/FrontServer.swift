@@ -92,6 +92,29 @@ public protocol PollableBackend: FrontBackend {
     /// Announces sleep on every source (so the next event signals `wakeFD`); false if an event arrived
     /// meanwhile (do not sleep: poll).
     func prepareToBlock() -> Bool
+    /// Whether the sources wake the loop through futex words (IORING_OP_FUTEX_WAIT) instead of `wakeFD`.
+    var futexWake: Bool { get }
+    /// With `futexWake`: announces sleep on every source and hands each one's word and the value to wait
+    /// for to `arm`; false if an event arrived meanwhile (do not sleep: poll).
+    func prepareToBlock(futex arm: (FutexWait) -> Void) -> Bool
+}
+
+extension PollableBackend {
+    public var futexWake: Bool { false }
+    public func prepareToBlock(futex arm: (FutexWait) -> Void) -> Bool { prepareToBlock() }
+}
+
+/// One futex wait the loop keeps armed while it sleeps: `word` (shared memory) is expected to hold `value`.
+/// `key` names the source (a worker slot), `generation` its current ring: a wait armed on an earlier
+/// generation is cancelled (the ring was replaced and will never be woken).
+public struct FutexWait {
+    public var key: Int
+    public var generation: UInt32
+    public var word: UnsafeMutablePointer<UInt32>
+    public var value: UInt32
+    public init(key: Int, generation: UInt32, word: UnsafeMutablePointer<UInt32>, value: UInt32) {
+        self.key = key; self.generation = generation; self.word = word; self.value = value
+    }
 }
 
 /// Front server. Create it (binds the listeners, so clients may connect right away), then call `run()` on the
@@ -147,7 +170,7 @@ public final class FrontServer: @unchecked Sendable {
     private var lastBackendTick: UInt64 = 0
 
     private enum Op: UInt64 {
-        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch
+        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch, futex
     }
 
     public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
@@ -270,7 +293,7 @@ public final class FrontServer: @unchecked Sendable {
                 let busy = p.hasRequestsInFlight && spinWorthwhile() && pollSpin(p, r)
                 if busy && (p.hasRequestsInFlight || sy_uring_events_pending(r) != 0) {
                     waitFor = 0   // more to do at once: submit the sends, take the completions, spin again
-                } else if !p.prepareToBlock() {
+                } else if !(p.futexWake ? prepareFutexBlock(p) : p.prepareToBlock()) {
                     // A response landed after the last poll: take it instead of sleeping.
                     _ = p.pollEvents(deliverEvent)
                     waitFor = 0
@@ -322,6 +345,46 @@ public final class FrontServer: @unchecked Sendable {
     private var pollBudget = SpinBudget()
     private var lingerBudget = SpinBudget()
 
+    /// Futex waits in flight (PollableBackend.futexWake): source key → ring generation (the 24 bits kept in
+    /// the user data). At most one per source: a wake since it was armed completes it, and its completion
+    /// clears the entry, so the next prepareFutexBlock arms a fresh one with the word's new value.
+    private var armedFutex: [Int: UInt32] = [:]
+    private var futexSeen: [Int] = []
+    private var futexFailed = false
+    private lazy var armFutexWait: (FutexWait) -> Void = { [unowned self] w in self.armFutex(w) }
+
+    /// Announces sleep on every source and keeps one IORING_OP_FUTEX_WAIT armed on each (submitted by the
+    /// io_uring_enter that sleeps); waits on sources that are gone are cancelled. False: an event arrived.
+    private func prepareFutexBlock(_ p: PollableBackend) -> Bool {
+        futexSeen.removeAll(keepingCapacity: true)
+        let quiet = p.prepareToBlock(futex: armFutexWait)
+        if quiet && armedFutex.count > futexSeen.count {
+            for (key, gen) in armedFutex where !futexSeen.contains(key) { cancelFutex(key: key, gen: gen) }
+        }
+        return quiet
+    }
+
+    private func armFutex(_ w: FutexWait) {
+        futexSeen.append(w.key)
+        guard !futexFailed else { return }
+        let gen = w.generation & 0xFF_FFFF
+        if let armed = armedFutex[w.key] {
+            if armed == gen { return }
+            cancelFutex(key: w.key, gen: armed)   // armed on a ring that has since been replaced
+        }
+        let s = getSQE()
+        sy_prep_futex_wait(s, w.word, w.value)
+        sy_sqe_set_data64(s, Self.data(.futex, slot: w.key, gen: gen))
+        armedFutex[w.key] = gen
+    }
+
+    private func cancelFutex(key: Int, gen: UInt32) {
+        armedFutex[key] = nil
+        let s = getSQE()
+        sy_prep_cancel_data(s, Self.data(.futex, slot: key, gen: gen), 0)
+        sy_sqe_set_data64(s, Self.data(.ignore))
+    }
+
     private func spinWorthwhile() -> Bool { config.pollSpinNanoseconds > 0 && pollBudget.worthwhile() }
     private func lingerWorthwhile() -> Bool { config.lingerNanoseconds > 0 && lingerBudget.worthwhile() }
 
@@ -372,6 +435,16 @@ public final class FrontServer: @unchecked Sendable {
         return true
     }
 
+    /// Whether IORING_OP_FUTEX_WAIT works on this kernel (a real wait on a throwaway ring, see
+    /// sy_uring_futex_wait_works), and why not when it does not. `serve --ring-wake auto` picks futex
+    /// wake-ups for the response rings where it does.
+    public static func futexWaitWorks() -> (works: Bool, reason: String) {
+        var detail: Int32 = 0
+        if sy_uring_futex_wait_works(&detail) != 0 { return (true, "") }
+        return (false, detail == EOPNOTSUPP ? "the kernel lacks IORING_OP_FUTEX_WAIT (Linux 6.7+)"
+                                           : "IORING_OP_FUTEX_WAIT failed: \(String(cString: strerror(detail)))")
+    }
+
     private func logProbe(_ setupUsed: UInt32) {
         guard let r = ring else { return }
         var ops = [UInt8](repeating: 0, count: 256)
@@ -383,8 +456,10 @@ public final class FrontServer: @unchecked Sendable {
         if setupUsed & UInt32(SY_SETUP_COOP_TASKRUN) != 0 { flags.append("COOP_TASKRUN") }
         if setupUsed & UInt32(SY_SETUP_TASKRUN_FLAG) != 0 { flags.append("TASKRUN_FLAG") }
         config.log(.info, "io_uring: setup flags [\(flags.joined(separator: ","))], \(n) opcodes probed; "
-            + "IORING_OP_FUTEX_WAIT \(futex ? "available" : "unavailable: eventfd wake-ups")"
-            + "; backend wake-ups via eventfd poll (multishot); recv: multishot with provided buffers "
+            + "IORING_OP_FUTEX_WAIT \(futex ? "available" : "unavailable")"
+            + (pollable?.futexWake == true
+               ? "; response rings wake the loop via IORING_OP_FUTEX_WAIT (one wait per ring)"
+               : "; backend wake-ups via eventfd poll (multishot)") + "; recv: multishot with provided buffers "
             + "(\(config.recvBufferCount)×\(config.recvBufferSize) B), falls back to one-shot on -EINVAL"
             + (config.deferConsume ? " (TCP); Unix sockets: multishot POLLIN + MSG_PEEK, a request consumed when its answer goes out" : "")
             + (pollable != nil && config.pollSpinNanoseconds > 0
@@ -515,6 +590,18 @@ public final class FrontServer: @unchecked Sendable {
             if res < 0 { config.log(.warn, "watched fd \(fd): poll failed: \(String(cString: strerror(-res)))") }
             backend.fdReadable(fd)
             syncWatched()
+        case .futex:
+            // A response ring's futex word was bumped (FUTEX_WAKE), or it had moved before the wait was armed
+            // (-EAGAIN): take what its worker sent. The loop arms the wait again before it next sleeps.
+            if armedFutex[slot] == gen { armedFutex[slot] = nil }
+            if res == -ECANCELED { return }
+            if res < 0 && res != -EAGAIN && res != -EINTR && !futexFailed {
+                // Cannot happen where the start-up probe passed; do not re-arm a failing wait in a loop.
+                futexFailed = true
+                config.log(.warn, "IORING_OP_FUTEX_WAIT failed: \(String(cString: strerror(-res))); response rings "
+                           + "are now read on the spin and the backend's supervision tick only")
+            }
+            if let p = pollable { _ = p.pollEvents(deliverEvent) }
         case .ignore:
             break
         case .cancel:

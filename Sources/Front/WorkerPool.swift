@@ -46,12 +46,23 @@ public struct WorkerSpec: Sendable {
     }
 }
 
+/// How a worker wakes the front when it commits to a response ring while the front sleeps.
+public enum RingWake: String, Sendable, CaseIterable {
+    /// The ring's futex word: the front's loop sleeps in IORING_OP_FUTEX_WAIT on each response ring
+    /// (kernel 6.7+), the worker calls FUTEX_WAKE.
+    case futex
+    /// One eventfd shared by every response ring: the worker writes it, the loop polls it (any kernel).
+    case eventfd
+}
+
 public struct WorkerPoolConfig: Sendable {
     public var executable: String
     public var workers: [WorkerSpec]
     public var policy: RoutingPolicy = .consistentHash
     public var balanceFactor: Double = Router.defaultBalanceFactor
     public var ringCapacity = 1 << 20
+    /// Response-ring wake-ups; `.futex` only where `FrontServer.futexWaitWorks()` (serve decides).
+    public var ringWake: RingWake = .eventfd
     /// A worker whose heartbeat stands still this long while ready is considered hung and killed.
     public var heartbeatTimeout: Double = 15
     /// A worker (or group) that is not ready this long after its spawn is killed and respawned.
@@ -75,7 +86,9 @@ final class WorkerSlot {
     let spec: WorkerSpec
     let routerSlot: Int
     var process: ProcessHandle?
-    var channel: RingChannel?
+    var channel: RingChannel? { didSet { ringGeneration &+= 1 } }
+    /// Bumped whenever `channel` changes, so the loop can tell a futex wait armed on a replaced ring.
+    var ringGeneration: UInt32 = 0
     var control: ControlBlock?
     var ready = false
     var restarts = 0
@@ -176,7 +189,7 @@ public final class WorkerPool: FrontBackend {
         w.respawnAt = 0
         do {
             let requests = try ShmRing(capacity: config.ringCapacity, name: "switchyard-req-\(w.spec.id)")
-            let responses = try ShmRing(capacity: config.ringCapacity, consumerUsesEventFD: true,
+            let responses = try ShmRing(capacity: config.ringCapacity, consumerUsesEventFD: config.ringWake == .eventfd,
                                         name: "switchyard-resp-\(w.spec.id)")
             let control = try ControlBlock()
             var args = ["worker", "--id", "\(w.spec.id)", "--parent", "\(getpid())"] + w.spec.arguments
@@ -195,10 +208,11 @@ public final class WorkerPool: FrontBackend {
             let pid = child.pid
             let pidfd = child.pidfd.fd.rawValue
             let handle = ProcessHandle(child)
-            let rxNotifier = RingNotifier(EventFD(adopting: try eventFD.fd.duplicate()))
+            let rxNotifier = config.ringWake == .eventfd ? RingNotifier(EventFD(adopting: try eventFD.fd.duplicate())) : nil
             let channel = try RingChannel(sending: requests, receiving: responses, peer: PeerMonitor(pid: pid),
                                           rxNotifier: rxNotifier)
-            // Announce that we sleep, so the worker's first commit (its ready record) writes the eventfd.
+            // Announce that we sleep, so the worker's first commit (its ready record) wakes the loop (the
+            // eventfd; with futex wake-ups the loop arms its wait on this ring before it next sleeps).
             _ = try channel.rx.prepareToSleep()
             try Self.check(sy_epoll_add(epoll.rawValue, pidfd, Self.tagPid | UInt64(i)), "epoll_ctl(pidfd)")
             w.process = handle
@@ -692,6 +706,17 @@ extension WorkerPool: PollableBackend {
             guard let ch = w.channel else { continue }
             // nil: a record arrived after the last poll (or the head is corrupt: pollEvents reports it).
             if (try? ch.rx.prepareToSleep()) == nil { return false }
+        }
+        return true
+    }
+
+    public var futexWake: Bool { config.ringWake == .futex }
+
+    public func prepareToBlock(futex arm: (FutexWait) -> Void) -> Bool {
+        for (i, w) in slots.enumerated() {
+            guard let ch = w.channel else { continue }
+            guard let seq = try? ch.rx.prepareToSleep() else { return false }
+            arm(FutexWait(key: i, generation: w.ringGeneration, word: ch.rx.wakeWord, value: seq))
         }
         return true
     }

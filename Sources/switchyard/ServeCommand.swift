@@ -37,6 +37,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
+    @Option(help: "How a worker wakes the sleeping front when it answers: futex (the front waits on each response ring's futex word with IORING_OP_FUTEX_WAIT; Linux 6.7+) | eventfd (one eventfd the front polls; any kernel) | auto (futex where a start-up probe shows it works).") var ringWake = "auto"
     @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "peek"
 
     func validate() throws {
@@ -49,6 +50,7 @@ struct ServeCommand: ParsableCommand {
         guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
         guard ["auto", "all"].contains(frontCpus) else { throw ValidationError("--front-cpus must be auto or all") }
         guard ["multishot", "peek"].contains(recv) else { throw ValidationError("--recv must be multishot or peek") }
+        guard ["auto", "futex", "eventfd"].contains(ringWake) else { throw ValidationError("--ring-wake must be auto, futex or eventfd") }
         guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
@@ -119,6 +121,16 @@ struct ServeCommand: ParsableCommand {
         poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
         poolConfig.balanceFactor = balanceFactor
         poolConfig.heartbeatTimeout = heartbeatTimeout
+        let futexProbe = FrontServer.futexWaitWorks()
+        switch ringWake {
+        case "futex":
+            guard futexProbe.works else { throw ValidationError("--ring-wake futex: \(futexProbe.reason); use --ring-wake eventfd or auto") }
+            poolConfig.ringWake = .futex
+        case "eventfd": poolConfig.ringWake = .eventfd
+        default:
+            poolConfig.ringWake = futexProbe.works ? .futex : .eventfd
+            if !futexProbe.works { log("response-ring wake-ups via eventfd: \(futexProbe.reason)") }
+        }
         poolConfig.startupTimeout = startupTimeout
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
         poolConfig.log = logger

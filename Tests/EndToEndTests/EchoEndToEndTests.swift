@@ -49,6 +49,11 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
 
             let models = try s.request("GET", "/v1/models")
             #expect(models.head.status == 200)
+
+            // --ring-wake auto (the default) takes the futex path exactly where the kernel has it (the start-up
+            // probe arms a real IORING_OP_FUTEX_WAIT), and the log says which path runs.
+            let path = kernelHasFutexWait() ? "response rings wake the loop via IORING_OP_FUTEX_WAIT" : "backend wake-ups via eventfd poll"
+            #expect(s.log.contains(path), "expected '\(path)' in the log:\n\(s.logTail())")
             let ids = (jsonObject(models.body)?["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String } ?? []
             #expect(ids.contains("echo"), "\(models.text)")
         }
@@ -56,16 +61,37 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
 
     /// With every spin off (the worker sleeps at once when idle, the front neither polls the rings nor
     /// lingers), each hand-off goes through a sleep and a wake-up: sequential and concurrent requests are
-    /// still all answered, whole.
-    @Test func everyWaitSleepingStillAnswers() throws {
-        try withServer(echoArgs + ["--worker-idle-spin-us", "0", "--poll-spin-us", "0", "--linger-us", "0"]) { s in
-            for i in 0..<50 {
-                let prompt = "sleepy \(i)"
-                let r = try s.request("POST", "/v1/completions", json: ["prompt": prompt, "max_tokens": 64])
-                #expect(r.head.status == 200, "\(r.text)")
-                let text = ((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String
-                #expect(text == prompt)
+    /// still all answered, whole, with each way a worker can wake the front (`--ring-wake futex`:
+    /// IORING_OP_FUTEX_WAIT on each response ring, Linux 6.7+; `eventfd`: the fallback), also after a
+    /// worker was killed and replaced (a futex wait armed on the dead worker's ring is cancelled and one is
+    /// armed on the new ring). Were the wake-ups lost, every answer would wait for the front's 100 ms
+    /// supervision tick: 50 requests would take 5 s, so the 3 s bound (~60x what they take) tells the two apart.
+    @Test(arguments: ["futex", "eventfd"])
+    func everyWaitSleepingStillAnswers(wake: String) throws {
+        if wake == "futex" && !kernelHasFutexWait() { return }   // Linux < 6.7: serve refuses --ring-wake futex
+        try withServer(echoArgs + ["--worker-idle-spin-us", "0", "--poll-spin-us", "0", "--linger-us", "0",
+                                   "--ring-wake", wake]) { s in
+            let path = wake == "futex" ? "via IORING_OP_FUTEX_WAIT" : "via eventfd poll"
+            #expect(s.log.contains(path), "the log does not name the wake-up path (\(path)):\n\(s.logTail())")
+            func fifty(_ tag: String) throws {
+                let start = Date()
+                for i in 0..<50 {
+                    let prompt = "sleepy \(tag) \(i)"
+                    let r = try s.request("POST", "/v1/completions", json: ["prompt": prompt, "max_tokens": 64])
+                    #expect(r.head.status == 200, "\(r.text)")
+                    let text = ((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String
+                    #expect(text == prompt)
+                }
+                let took = Date().timeIntervalSince(start)
+                #expect(took < 3, "50 sleeping round trips took \(took) s: answers wait for the supervision tick")
             }
+            try fifty("first")
+            let before = try s.waitWorkers(2)
+            let victim = try #require(before[0])
+            kill(victim, SIGKILL)
+            #expect(waitUntil(30) { s.workers()[0].map { $0 != victim } ?? false }, "worker 0 was not replaced:\n\(s.logTail())")
+            #expect(waitUntil(30) { (try? s.request("GET", "/health").head.status) == 200 }, "not healthy again:\n\(s.logTail())")
+            try fifty("after a respawn")
         }
     }
 

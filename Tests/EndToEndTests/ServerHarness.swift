@@ -354,3 +354,13 @@ func spawnProcess(_ path: String, argv: [String], envp: [String], logPath: Strin
     guard rc == 0 else { throw HarnessError("posix_spawn \(path): errno \(rc)") }
     return pid
 }
+
+/// Whether this kernel has IORING_OP_FUTEX_WAIT (Linux 6.7), from uname's release.
+func kernelHasFutexWait() -> Bool {
+    var u = utsname()
+    guard uname(&u) == 0 else { return false }
+    let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+    guard parts.count == 2 else { return false }
+    return parts[0] > 6 || (parts[0] == 6 && parts[1] >= 7)
+}

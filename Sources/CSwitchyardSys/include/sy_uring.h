@@ -86,6 +86,14 @@ void sy_prep_timeout(struct io_uring_sqe *sqe, struct __kernel_timespec *ts, uns
 void sy_prep_timeout_remove(struct io_uring_sqe *sqe, uint64_t user_data);
 void sy_prep_link_timeout(struct io_uring_sqe *sqe, struct __kernel_timespec *ts);
 void sy_prep_close(struct io_uring_sqe *sqe, int fd);
+// IORING_OP_FUTEX_WAIT (kernel 6.7+; liburing 2.3 has no helper, so the SQE is filled by hand as the kernel
+// reads it): completes with 0 once FUTEX_WAKE is called on `word` (a shared 32-bit futex: another process
+// maps the same memory), or at once with -EAGAIN when *word != expected.
+void sy_prep_futex_wait(struct io_uring_sqe *sqe, uint32_t *word, uint32_t expected);
+// Whether IORING_OP_FUTEX_WAIT works here: on a throwaway ring, the probe lists the opcode and a wait on a
+// word holding another value completes with -EAGAIN (so opcode, flags and SQE layout are all accepted).
+// 1 yes, 0 no (the reason, a positive errno or the unexpected result, in *detail when not NULL).
+int sy_uring_futex_wait_works(int *detail);
 void sy_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data);
 void sy_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags);   // IOSQE_* bits
 void sy_sqe_set_buf_group(struct io_uring_sqe *sqe, uint16_t bgid);
