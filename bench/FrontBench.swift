@@ -47,7 +47,7 @@ struct FrontBench: ParsableCommand {
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Flag(name: .customLong("cpu-only"), help: "Only the CPU probes (front and worker request path without I/O).")
     var cpuOnly = false
-    @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path.")
+    @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path (--client-cpu N pins that client; each pins it to the last allowed CPU).")
     var breakdown = false
     @Option(help: "With --breakdown: also write every traced round trip's stages (ns, one line each, in the printed order) to PATH, to see which stage makes the slow ones slow.")
     var breakdownRows: String?

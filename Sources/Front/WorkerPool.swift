@@ -701,20 +701,15 @@ extension WorkerPool: PollableBackend {
         return any
     }
 
-    public func prepareToBlock() -> Bool {
-        for w in slots {
-            guard let ch = w.channel else { continue }
-            // nil: a record arrived after the last poll (or the head is corrupt: pollEvents reports it).
-            if (try? ch.rx.prepareToSleep()) == nil { return false }
-        }
-        return true
-    }
+    /// Eventfd wake-ups: the announcement is all (the worker's next commit writes the eventfd).
+    public func prepareToBlock() -> Bool { prepareToBlock(futex: { _ in }) }
 
     public var futexWake: Bool { config.ringWake == .futex }
 
     public func prepareToBlock(futex arm: (FutexWait) -> Void) -> Bool {
         for (i, w) in slots.enumerated() {
             guard let ch = w.channel else { continue }
+            // nil: a record arrived after the last poll (or the head is corrupt: pollEvents reports it).
             guard let seq = try? ch.rx.prepareToSleep() else { return false }
             arm(FutexWait(key: i, generation: w.ringGeneration, word: ch.rx.wakeWord, value: seq))
         }
