@@ -74,8 +74,10 @@ let package = Package(
         .testTarget(name: "ShmRingTests", dependencies: ["ShmRing", "SysKit"]),
         .testTarget(name: "WireTests", dependencies: ["Wire"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine"]),
-        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine"]),
+        // Paths the model-reading test targets share (package root, model file, fixtures).
+        .target(name: "SwitchyardTestSupport", path: "Tests/Support"),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "SwitchyardTestSupport"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine", "SwitchyardTestSupport"]),
         .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClientKit"]),
         .testTarget(name: "BenchStatsTests", dependencies: ["BenchKit", "ClientKit"]),

@@ -1,29 +1,19 @@
 import Foundation
+import SwitchyardTestSupport
 import Testing
 @testable import Engine
 
 /// Paths shared by the engine tests.
 enum TestPaths {
-    /// Package root, found by walking up from this file.
-    static let root: URL = {
-        var u = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        while u.path != "/" {
-            if FileManager.default.fileExists(atPath: u.appendingPathComponent("Package.swift").path) { return u }
-            u = u.deletingLastPathComponent()
-        }
-        return URL(fileURLWithPath: "/")
-    }()
-
-    /// The real model: SWITCHYARD_MODEL or <root>/models/SmolLM2-135M-Instruct.Q4_1.gguf.
+    /// The real model: SWITCHYARD_MODEL or <root>/models/SmolLM2-135M-Instruct.Q4_1.gguf, required to exist.
     static func model() throws -> String {
-        let p = ProcessInfo.processInfo.environment["SWITCHYARD_MODEL"]
-            ?? root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        let p = PackagePaths.model
         try #require(FileManager.default.fileExists(atPath: p),
                      "model file \(p) is missing: run tools/fetch-model")
         return p
     }
 
-    static var goldens: URL { root.deletingLastPathComponent().appendingPathComponent("shared/fixtures/llama-cpp-goldens.json") }
+    static var goldens: URL { PackagePaths.goldens }
 
     static func tempFile(_ name: String) -> String {
         NSTemporaryDirectory() + "sy-engine-\(getpid())-\(UInt64.random(in: 0..<UInt64.max))-\(name)"
