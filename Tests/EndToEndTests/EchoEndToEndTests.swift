@@ -54,6 +54,9 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             // probe arms a real IORING_OP_FUTEX_WAIT), and the log says which path runs.
             let path = kernelHasFutexWait() ? "response rings wake the loop via IORING_OP_FUTEX_WAIT" : "backend wake-ups via eventfd poll"
             #expect(s.log.contains(path), "expected '\(path)' in the log:\n\(s.logTail())")
+            // With the default spins (front polling and lingering, workers spinning 50 µs), an idle server
+            // still sleeps once they end.
+            try expectIdleUsesNoCPU(s)
             let ids = (jsonObject(models.body)?["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String } ?? []
             #expect(ids.contains("echo"), "\(models.text)")
         }
@@ -92,6 +95,9 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
             #expect(waitUntil(30) { s.workers()[0].map { $0 != victim } ?? false }, "worker 0 was not replaced:\n\(s.logTail())")
             #expect(waitUntil(30) { (try? s.request("GET", "/health").head.status) == 200 }, "not healthy again:\n\(s.logTail())")
             try fifty("after a respawn")
+            // Idle, the server sleeps: no wait that completes at once and is re-armed in a loop (a futex
+            // value that never matches would do that: 0.99 CPU seconds here), no spinning worker.
+            try expectIdleUsesNoCPU(s)
         }
     }
 

@@ -78,6 +78,16 @@ enum Proc {
         return pid_t(fields[1])
     }
 
+    /// User + system CPU seconds the process has used (its stat fields 14 and 15, in clock ticks), or nil.
+    static func cpuSeconds(of pid: pid_t) -> Double? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        // After the ")": field 3 (state) is index 0, so utime (14) and stime (15) are indices 11 and 12.
+        let fields = s[s.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let u = Double(fields[11]), let k = Double(fields[12]) else { return nil }
+        return (u + k) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     /// Process state letter (R, S, Z, …) or nil when gone.
     static func state(of pid: pid_t) -> Character? {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
@@ -363,4 +373,15 @@ func kernelHasFutexWait() -> Bool {
     let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
     guard parts.count == 2 else { return false }
     return parts[0] > 6 || (parts[0] == 6 && parts[1] >= 7)
+}
+
+/// The server's front and worker processes together use under 50 ms of CPU in 1 s without requests (after
+/// 0.2 s for every spin and linger to end): they sleep in the kernel when idle.
+func expectIdleUsesNoCPU(_ s: Server, workers: Int = 2, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let pids = [s.pid] + Array(try s.waitWorkers(workers).values)
+    usleep(200_000)
+    let before = pids.map { Proc.cpuSeconds(of: $0) ?? 0 }
+    usleep(1_000_000)
+    let used = zip(pids, before).map { (Proc.cpuSeconds(of: $0.0) ?? 0) - $0.1 }.reduce(0, +)
+    #expect(used < 0.05, "front + workers used \(used) CPU seconds in 1 s without requests", sourceLocation: sourceLocation)
 }
