@@ -55,6 +55,19 @@ public enum RingWake: String, Sendable, CaseIterable {
     case eventfd
 }
 
+/// The sampling a request gets for each field it leaves out. Like llama-server (the reference on the same
+/// GGUF file), and like `switchyard generate`'s truncation, not OpenAI's temperature 1 without truncation:
+/// a small model sampled from its whole distribution at temperature 1 strays into noise within a few tokens
+/// (SmolLM2-135M, "Say hi": "👀👀 TOR rampumbras Dolinar…"). `serve --default-*` changes them
+/// (`--default-temperature 1 --default-top-p 1 --default-top-k 0 --default-min-p 0` gives OpenAI's).
+public struct SamplingDefaults: Sendable, Equatable {
+    public var temperature: Double = 0.8
+    public var topP: Double = 0.95
+    public var topK: Int = 40
+    public var minP: Double = 0.05
+    public init() {}
+}
+
 public struct WorkerPoolConfig: Sendable {
     public var executable: String
     public var workers: [WorkerSpec]
@@ -72,6 +85,7 @@ public struct WorkerPoolConfig: Sendable {
     public var modelID = "switchyard"
     /// Sampling defaults for fields a request leaves out.
     public var defaultMaxTokens = 256
+    public var defaultSampling = SamplingDefaults()
     public var log: @Sendable (LogLevel, String) -> Void = LogLevel.stderrLogger(prefix: "pool", threshold: .info)
     public init(executable: String, workers: [WorkerSpec]) { self.executable = executable; self.workers = workers }
 }
@@ -326,12 +340,17 @@ public final class WorkerPool: FrontBackend {
     // MARK: Routing and submission
 
     func submitRecord(for r: APIRequest) -> SubmitRecord {
+        Self.submitRecord(for: r, defaults: config.defaultSampling, defaultMaxTokens: config.defaultMaxTokens)
+    }
+
+    /// The worker's record for `r`: its sampling fields, the defaults for those it left out.
+    static func submitRecord(for r: APIRequest, defaults: SamplingDefaults, defaultMaxTokens: Int) -> SubmitRecord {
         var s = WireSampling()
-        s.temperature = Float(r.sampling.temperature ?? 1.0)
-        s.topP = Float(r.sampling.topP ?? 1.0)
-        s.minP = Float(r.sampling.minP ?? 0.0)
-        s.topK = Int32(clamping: r.sampling.topK ?? 0)
-        s.maxTokens = UInt32(clamping: r.sampling.maxTokens ?? config.defaultMaxTokens)
+        s.temperature = Float(r.sampling.temperature ?? defaults.temperature)
+        s.topP = Float(r.sampling.topP ?? defaults.topP)
+        s.minP = Float(r.sampling.minP ?? defaults.minP)
+        s.topK = Int32(clamping: r.sampling.topK ?? defaults.topK)
+        s.maxTokens = UInt32(clamping: r.sampling.maxTokens ?? defaultMaxTokens)
         s.seed = r.sampling.seed.map { UInt64(bitPattern: $0) }
         s.stop = r.sampling.stop
         switch r.kind {

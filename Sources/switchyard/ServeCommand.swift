@@ -37,6 +37,10 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
+    @Option(help: "Temperature for requests that leave it out (0...2; OpenAI's default is 1).") var defaultTemperature = 0.8
+    @Option(help: "top_p for requests that leave it out (0...1; 1 = off).") var defaultTopP = 0.95
+    @Option(help: "top_k for requests that leave it out (0 = off).") var defaultTopK = 40
+    @Option(help: "min_p for requests that leave it out (0...1; 0 = off).") var defaultMinP = 0.05
     @Option(help: "How a worker wakes the sleeping front when it answers: futex (the front waits on each response ring's futex word with IORING_OP_FUTEX_WAIT; Linux 6.7+) | eventfd (one eventfd the front polls; any kernel) | auto (futex where a start-up probe shows it works).") var ringWake = "auto"
     @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "peek"
 
@@ -51,6 +55,10 @@ struct ServeCommand: ParsableCommand {
         guard ["auto", "all"].contains(frontCpus) else { throw ValidationError("--front-cpus must be auto or all") }
         guard ["multishot", "peek"].contains(recv) else { throw ValidationError("--recv must be multishot or peek") }
         guard ["auto", "futex", "eventfd"].contains(ringWake) else { throw ValidationError("--ring-wake must be auto, futex or eventfd") }
+        guard (0...2).contains(defaultTemperature) else { throw ValidationError("--default-temperature must be 0...2") }
+        guard (0...1).contains(defaultTopP) else { throw ValidationError("--default-top-p must be 0...1") }
+        guard (0...(1 << 20)).contains(defaultTopK) else { throw ValidationError("--default-top-k must be 0...1048576") }
+        guard (0...1).contains(defaultMinP) else { throw ValidationError("--default-min-p must be 0...1") }
         guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
@@ -121,6 +129,10 @@ struct ServeCommand: ParsableCommand {
         poolConfig.policy = RoutingPolicy(rawValue: policy) ?? .consistentHash
         poolConfig.balanceFactor = balanceFactor
         poolConfig.heartbeatTimeout = heartbeatTimeout
+        poolConfig.defaultSampling.temperature = defaultTemperature
+        poolConfig.defaultSampling.topP = defaultTopP
+        poolConfig.defaultSampling.topK = defaultTopK
+        poolConfig.defaultSampling.minP = defaultMinP
         let futexProbe = FrontServer.futexWaitWorks()
         switch ringWake {
         case "futex":

@@ -203,6 +203,25 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// Sampling fields a request leaves out take the server's defaults (`--default-*`): with
+    /// `--default-temperature 0` a request without `temperature` is answered greedily (the same text as an
+    /// explicit `"temperature": 0`), and one that sets its own temperature (and seed) is sampled, not greedy.
+    @Test func omittedSamplingFieldsTakeTheServersDefaults() throws {
+        try withServer(try modelArgs(workers: 1) + ["--default-temperature", "0"], readyTimeout: 120) { s in
+            func text(_ body: [String: Any]) throws -> String {
+                let r = try s.request("POST", "/v1/completions", json: body, timeout: 120)
+                return try #require(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String,
+                                    "HTTP \(r.head.status) \(r.text)")
+            }
+            let prompt = chatMLPrompt("Tell me a story about a dragon.")
+            let greedy = try text(["prompt": prompt, "max_tokens": 24, "temperature": 0])
+            #expect(try text(["prompt": prompt, "max_tokens": 24]) == greedy)
+            // Sampled at temperature 1.5 (the defaults' top-k/top-p/min-p still apply): some seed differs.
+            let sampled = try (1...4).map { try text(["prompt": prompt, "max_tokens": 24, "temperature": 1.5, "seed": $0]) }
+            #expect(sampled.contains { $0 != greedy }, "four seeded samples at temperature 1.5 all equal the greedy text")
+        }
+    }
+
     /// Eight concurrent streams finish in clearly less wall time than the same eight one after another.
     @Test func concurrentStreamsBeatSequentialOnes() throws {
         try withServer(try modelArgs(), readyTimeout: 120) { s in

@@ -283,3 +283,23 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(apiError(.completions, #"{"x":{"y":1,"y":2},"prompt":"p"}"#)?.code == "invalid_json")
     }
 }
+
+/// What the pool sends a worker: each sampling field the request set, the server's default for each it left
+/// out (llama-server's by default: temperature 0.8, top_p 0.95, top_k 40, min_p 0.05), max_tokens likewise.
+@Test func submitRecordTakesTheServersDefaultsForOmittedSamplingFields() throws {
+    var defaults = SamplingDefaults()
+    #expect(defaults.temperature == 0.8 && defaults.topP == 0.95 && defaults.topK == 40 && defaults.minP == 0.05)
+    let bare = APIRequest(id: 7, kind: .completions, prompt: "p")
+    let a = WorkerPool.submitRecord(for: bare, defaults: defaults, defaultMaxTokens: 256).sampling
+    #expect(a.temperature == 0.8 && a.topP == 0.95 && a.topK == 40 && a.minP == 0.05 && a.maxTokens == 256 && a.seed == nil)
+    defaults.temperature = 1; defaults.topP = 1; defaults.topK = 0; defaults.minP = 0   // OpenAI's
+    let b = WorkerPool.submitRecord(for: bare, defaults: defaults, defaultMaxTokens: 16).sampling
+    #expect(b.temperature == 1 && b.topP == 1 && b.topK == 0 && b.minP == 0 && b.maxTokens == 16)
+    // Fields the request sets win, explicit "off" values included.
+    var set = SamplingParams()
+    set.temperature = 0; set.topP = 1; set.topK = 0; set.minP = 0; set.maxTokens = 5; set.seed = -1; set.stop = ["x"]
+    let c = WorkerPool.submitRecord(for: APIRequest(id: 8, kind: .completions, prompt: "p", sampling: set),
+                                    defaults: SamplingDefaults(), defaultMaxTokens: 256).sampling
+    #expect(c.temperature == 0 && c.topP == 1 && c.topK == 0 && c.minP == 0 && c.maxTokens == 5)
+    #expect(c.seed == UInt64(bitPattern: -1) && c.stop == ["x"])
+}
