@@ -1154,21 +1154,24 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func handleRequest(_ c: Connection, _ req: HTTPRequest) {
+        let r = Self.route(req.head)
+        // HEAD is answered like GET, without the body (sendJSON and sendError leave it out for every HEAD).
+        let methodFits = r.map { req.head.methodIs($0.method) || ($0.method == "GET" && c.headOnly) } ?? false
         // A method HTTP does not define (RFC 9110 §9 and PATCH) is 501 whatever the path (§15.6.2: not
-        // recognized); a standard one that the route does not take is 405 with Allow below.
-        if !Self.standardMethods.contains(where: { req.head.methodIs($0) }) {
+        // recognized); a standard one that the route does not take is 405 with Allow below. (Checked only
+        // when the method does not fit the route: every route's method is a standard one.)
+        if !methodFits && !Self.standardMethods.contains(where: { req.head.methodIs($0) }) {
             sendError(c, status: 501, message: "method \(req.head.method) is not implemented (GET, HEAD and POST are)",
                       type: "invalid_request_error", code: "not_implemented", close: false, route: "unknown")
             return
         }
-        guard let r = Self.route(req.head) else {
+        guard let r else {
             let path = String(req.head.path)
             sendError(c, status: 404, message: "no route for \(req.head.method) \(path)", code: "not_found", close: false, route: "unknown")
             return
         }
         let path = r.path
-        // HEAD is answered like GET, without the body (sendJSON and sendError leave it out for every HEAD).
-        if !req.head.methodIs(r.method) && !(r.method == "GET" && c.headOnly) {
+        if !methodFits {
             let allow = r.method == "GET" ? "GET, HEAD" : r.method
             sendError(c, status: 405, message: "\(path) accepts \(allow) only", code: "method_not_allowed",
                       close: false, route: r.route, extra: [("Allow", allow)])
