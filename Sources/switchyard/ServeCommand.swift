@@ -37,10 +37,10 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
-    @Option(help: "Temperature for requests that leave it out (0...2; OpenAI's default is 1).") var defaultTemperature = 0.8
-    @Option(help: "top_p for requests that leave it out (0...1; 1 = off).") var defaultTopP = 0.95
-    @Option(help: "top_k for requests that leave it out (0 = off).") var defaultTopK = 40
-    @Option(help: "min_p for requests that leave it out (0...1; 0 = off).") var defaultMinP = 0.05
+    @Option(help: "Temperature for requests that leave it out (0...2; OpenAI's default is 1).") var defaultTemperature = SamplingDefaults().temperature
+    @Option(help: "top_p for requests that leave it out (0...1; 1 = off).") var defaultTopP = SamplingDefaults().topP
+    @Option(help: "top_k for requests that leave it out (0 = off).") var defaultTopK = SamplingDefaults().topK
+    @Option(help: "min_p for requests that leave it out (0...1; 0 = off).") var defaultMinP = SamplingDefaults().minP
     @Option(help: "How a worker wakes the sleeping front when it answers: futex (the front waits on each response ring's futex word with IORING_OP_FUTEX_WAIT; Linux 6.7+) | eventfd (one eventfd the front polls; any kernel) | auto (futex where a start-up probe shows it works).") var ringWake = "auto"
     @Option(help: "How the front reads Unix-socket clients: multishot (io_uring multishot recv, provided buffers) | peek (MSG_PEEK, the request taken out of the socket when its answer goes out, so a client blocked in read() is woken once). TCP always uses multishot.") var recv = "peek"
 
