@@ -199,6 +199,7 @@ struct FrontBench: ParsableCommand {
             "raw_rtt_p50_ns": r.p50, "raw_rtt_p99_ns": r.p99,
             "raw_process_rtt_p50_ns": rp.p50, "raw_process_rtt_p99_ns": rp.p99,
             "raw_same_cpu_share": Double(main.rawSameCPU) / Double(max(1, rawLat.count)),
+            "steal_share": main.steal ?? -1,
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
             "inproc_added_p50_ns": Int64(i.p50) - Int64(r.p50), "inproc_added_p99_ns": Int64(i.p99) - Int64(r.p99),
             "front_health_p50_ns": h.p50, "front_health_p99_ns": h.p99,
@@ -238,7 +239,8 @@ struct FrontBench: ParsableCommand {
         out(String(format: "load average %.2f %.2f %.2f on %d cpus (other processes share the machine)", load[0], load[1], load[2],
                    Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         out("round trip, \(requests) each, interleaved in blocks of \(block): POST /v1/completions \(body)"
-            + (main.pin.map { ", client pinned to cpu \($0)" } ?? ""))
+            + (main.pin.map { ", client pinned to cpu \($0)" } ?? "")
+            + (main.steal.map { String(format: "; steal %.1f %% of CPU time while measuring", $0 * 100) } ?? ""))
         out(String(format: "raw echo (thread)   p50 %8.1f us  p99 %8.1f us  (echo thread on the client's CPU in %d %% of them)",
                    us(r.p50), us(r.p99), main.rawSameCPU * 100 / max(1, rawLat.count)))
         out(String(format: "raw echo (process)  p50 %8.1f us  p99 %8.1f us", us(rp.p50), us(rp.p99)))
@@ -259,8 +261,9 @@ struct FrontBench: ParsableCommand {
         }
         for run in pinned {
             let r = pct(run.raw), rp = pct(run.rawProc), w = pct(run.workers)
-            out(String(format: "client pinned to cpu %d: raw echo p50 %.1f us (on the client's CPU %d %%; process %.1f us), front + worker p50 %.1f us p99 %.1f us (added p50 %.1f us, p99 %.1f us)",
-                       run.pin ?? -1, us(r.p50), run.rawSameCPU * 100 / max(1, run.raw.count), us(rp.p50), us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99))
+            out(String(format: "client pinned to cpu %d: raw echo p50 %.1f us (on the client's CPU %d %%; process %.1f us), front + worker p50 %.1f us p99 %.1f us (added p50 %.1f us, p99 %.1f us; steal %.1f %%)",
+                       run.pin ?? -1, us(r.p50), run.rawSameCPU * 100 / max(1, run.raw.count), us(rp.p50), us(w.p50), us(w.p99), us(w.p50) - us(r.p50), us(w.p99) - us(r.p99),
+                       (run.steal ?? -0.01) * 100)
                 + (run.compare.isEmpty ? "" : String(format: "; compare server added p50 %.1f us, p99 %.1f us",
                                                      us(pct(run.compare).p50) - us(r.p50), us(pct(run.compare).p99) - us(r.p99))))
         }
@@ -295,6 +298,22 @@ struct FrontBench: ParsableCommand {
         /// Raw echo round trips whose echo thread answered on the client's CPU (a same-CPU hand-off, a few µs
         /// faster than one across CPUs on this VM: the baseline moves with where the scheduler puts the pair).
         var rawSameCPU = 0
+        /// Share of the machine's CPU time the hypervisor gave to others while this run measured (the steal
+        /// column of /proc/stat over the run; nil where it cannot be read). A vCPU that waits for its host
+        /// CPU stretches every stage of a round trip: a run with steal is a run on a slower machine.
+        var steal: Double?
+    }
+
+    /// The machine's steal and total CPU time so far, in ticks (the aggregate `cpu` line of /proc/stat).
+    static func cpuTicks() -> (steal: UInt64, total: UInt64)? {
+        guard let f = fopen("/proc/stat", "r") else { return nil }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 512)
+        guard fgets(&line, Int32(line.count), f) != nil else { return nil }
+        let fields = String(cString: line).split(separator: " ").dropFirst().compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        // user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user/nice]
+        guard fields.count >= 8 else { return nil }
+        return (fields[7], fields[0..<8].reduce(0, +))
     }
 
     /// `--client-cpu`: nil = unpinned. `each` = unpinned first, then every CPU this process may run on.
@@ -328,6 +347,7 @@ struct FrontBench: ParsableCommand {
             let cpu = Int(sy_current_cpu())
             if cpus.indices.contains(cpu) { cpus[cpu] += 1 }
         }
+        let ticks0 = Self.cpuTicks()
         var left = requests
         while left > 0 {
             let n = min(Self.block, left)
@@ -341,6 +361,9 @@ struct FrontBench: ParsableCommand {
             left -= n
         }
         run.clientCPUs = cpus
+        if let a = ticks0, let b = Self.cpuTicks(), b.total > a.total {
+            run.steal = Double(b.steal - a.steal) / Double(b.total - a.total)
+        }
         return run
     }
 
@@ -365,6 +388,7 @@ struct FrontBench: ParsableCommand {
             "front_inproc_rtt_p50_ns": i.p50, "front_inproc_rtt_p99_ns": i.p99,
             "raw_same_cpu_share": Double(run.rawSameCPU) / Double(max(1, run.raw.count)),
         ]
+        if let st = run.steal { d["steal_share"] = st }
         if !run.workers.isEmpty {
             let w = pct(run.workers)
             d["front_workers_rtt_p50_ns"] = w.p50
@@ -625,7 +649,7 @@ extension FrontBench {
         ("ring: publish, worker sees the submit", "ring_to_worker", Int(SY_TP_FRONT_SUBMITTED.rawValue), Int(SY_TP_WORKER_SEEN.rawValue)),
         ("worker: admit", "worker_admit", Int(SY_TP_WORKER_SEEN.rawValue), Int(SY_TP_WORKER_ADMITTED.rawValue)),
         ("worker: step (prefill, sample, delta + done)", "worker_step", Int(SY_TP_WORKER_ADMITTED.rawValue), Int(SY_TP_WORKER_DONE.rawValue)),
-        ("worker: rest of the loop iteration", "worker_commit", Int(SY_TP_WORKER_DONE.rawValue), Int(SY_TP_WORKER_COMMITTED.rawValue)),
+        ("worker: done record reserved -> committed", "worker_commit", Int(SY_TP_WORKER_DONE.rawValue), Int(SY_TP_WORKER_COMMITTED.rawValue)),
         ("ring: publish, front sees the first record", "ring_to_front", Int(SY_TP_WORKER_COMMITTED.rawValue), Int(SY_TP_FRONT_SEEN.rawValue)),
         ("front: records decoded", "front_drain", Int(SY_TP_FRONT_SEEN.rawValue), Int(SY_TP_FRONT_DRAINED.rawValue)),
         ("front: events to the connection", "front_deliver", Int(SY_TP_FRONT_DRAINED.rawValue), Int(SY_TP_FRONT_FINAL.rawValue)),

@@ -165,7 +165,6 @@ public enum WorkerProcess {
         let traceDir = getenv("SWITCHYARD_TRACE").map { String(cString: $0) }
         if traceDir != nil { _ = sy_trace_enable() }
         var lastTracedID: UInt64 = 0
-        var committedDone: [UInt64] = []   // done records of this iteration, marked just before the commit
         func dumpTrace() {
             if let traceDir, sy_trace_enabled() != 0 {
                 let rc = sy_trace_dump(traceDir + "/worker-\(o.id).trace", lastTracedID)
@@ -176,10 +175,7 @@ public enum WorkerProcess {
         var writer = WireWriter(capacity: 1 << 12)
         var sendError: RingError?
         let publish: (Record) -> Void = { record in
-            if traceDir != nil, case .done(let d) = record {
-                sy_trace_mark(d.requestID, SY_TP_WORKER_DONE)
-                committedDone.append(d.requestID)
-            }
+            if traceDir != nil, case .done(let d) = record { sy_trace_mark(d.requestID, SY_TP_WORKER_DONE) }
             writer.reset()
             var type = record.type   // the type of what `writer` holds (an error record replaces a bad one)
             var tooLarge: String? = nil
@@ -210,7 +206,19 @@ public enum WorkerProcess {
                     return nil
                 } catch { return error }
             }
-            if let result { sendError = result }
+            if let result { sendError = result; return }
+            // A record that ends a request's answer (its done, or the whole reply of a tokenize/detokenize)
+            // is committed at once, with everything reserved before it: the front can finish that response
+            // while this step goes on (parking the sequence, the other requests' samples, the bookkeeping),
+            // instead of after the step's single commit below. A decode step of a full batch that finishes
+            // several requests commits once per finished one; the rest still leave with the step's commit.
+            switch record {
+            case .done(let d):
+                if traceDir != nil { sy_trace_mark(d.requestID, SY_TP_WORKER_COMMITTED) }   // before: the front may take it at once
+                channel.tx.commit()
+            case .tokens, .text: channel.tx.commit()
+            default: break
+            }
         }
         let scheduler = Scheduler(
             runner: runner, text: text,
@@ -256,11 +264,6 @@ public enum WorkerProcess {
                     log("worker \(o.id): forward pass failed: \(error)")
                     scheduler.failAll("forward pass failed: \(error)")
                 }
-            }
-            if !committedDone.isEmpty {
-                // Marked before the commit: once it is published the front may take it at once.
-                for id in committedDone { sy_trace_mark(id, SY_TP_WORKER_COMMITTED) }
-                committedDone.removeAll(keepingCapacity: true)
             }
             channel.tx.commit()
             if let why = groupFailure() {

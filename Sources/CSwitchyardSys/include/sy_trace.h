@@ -19,7 +19,7 @@ enum sy_trace_point {
     SY_TP_WORKER_SEEN = 4,      // the worker decoded the submit record (after the publish and its wake-up)
     SY_TP_WORKER_ADMITTED = 5,  // handled by the scheduler (queued for the next step)
     SY_TP_WORKER_DONE = 6,      // the done record encoded (end of the step that finished it)
-    SY_TP_WORKER_COMMITTED = 7, // the step's records in the response ring, about to be published
+    SY_TP_WORKER_COMMITTED = 7, // the done record (and all before it) in the response ring, about to be published
     SY_TP_FRONT_SEEN = 8,       // the front decoded the request's first response record
     SY_TP_FRONT_DRAINED = 9,    // the front decoded its done record
     SY_TP_FRONT_FINAL = 10,     // the final event reaches the connection
