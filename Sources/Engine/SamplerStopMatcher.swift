@@ -26,6 +26,8 @@ public struct StopMatcher: Sendable {
     public private(set) var isStopped = false
 
     public init(stops: [String]) {
+        // Most requests have none: skip the filter/sort chain (each step of it a generic call) on their path.
+        if stops.isEmpty { self.stops = []; return }
         self.stops = stops.filter { !$0.isEmpty }.map { (Array($0.utf8), $0) }
             .enumerated().sorted { a, b in
                 a.element.0.count != b.element.0.count ? a.element.0.count < b.element.0.count : a.offset < b.offset
