@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "SwitchyardTestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine", "SwitchyardTestSupport"]),
         .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["ClientKit"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["ClientKit", "SwitchyardTestSupport"]),
         .testTarget(name: "BenchStatsTests", dependencies: ["BenchKit", "ClientKit"]),
     ]
 )

@@ -596,23 +596,54 @@ class Runner:
         return (f"closed after {got} deltas (in flight while open: {busy_open:.0f}); server idle "
                 f"{drain_s:.2f}s after the close; chat status counts {status}; next request ok")
 
+    def c_logprobs(self):
+        # Chat: logprobs=True + top_logprobs; the SDK's typed objects; each entry's bytes together are the answer.
+        prompt = "Name a colour." if not self.echo else "logprobs ñ"
+        mt = 6
+        r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=mt, temperature=0, logprobs=True, top_logprobs=3)
+        lp = r.choices[0].logprobs
+        expect(lp is not None and lp.content, f"choices[0].logprobs {lp!r}")
+        expect(len(lp.content) == r.usage.completion_tokens,
+               f"{len(lp.content)} entries for {r.usage.completion_tokens} completion tokens")
+        for e in lp.content:
+            expect(isinstance(e.token, str) and isinstance(e.logprob, float) and e.logprob <= 0, f"entry {e!r}")
+            expect(len(e.top_logprobs) == 3, f"{len(e.top_logprobs)} top_logprobs, asked 3")
+            expect(e.top_logprobs[0].logprob >= e.logprob - 1e-6, "the sampled token is above the most likely")
+        joined = bytes(b for e in lp.content for b in e.bytes).decode("utf-8", "replace")
+        if r.choices[0].finish_reason == "length":
+            expect(joined == r.choices[0].message.content, f"entry bytes {joined!r} != content {r.choices[0].message.content!r}")
+        # Streamed: the chunks' entries add up to the same (temperature 0).
+        stream = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=mt, temperature=0, logprobs=True, stream=True)
+        entries = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        expect([e.token for e in entries] == [e.token for e in lp.content],
+               f"streamed entries {[e.token for e in entries]} != {[e.token for e in lp.content]}")
+        # Completions (legacy shape).
+        c = self.client.completions.create(model=self.model, prompt=prompt, max_tokens=mt, temperature=0, logprobs=2)
+        cl = c.choices[0].logprobs
+        n = len(cl.tokens or [])
+        expect(n == c.usage.completion_tokens and len(cl.token_logprobs) == n and len(cl.top_logprobs) == n
+               and len(cl.text_offset) == n, f"completions logprobs lengths {cl!r}")
+        expect(cl.text_offset == sorted(cl.text_offset) and cl.text_offset[0] == 0, f"text_offset {cl.text_offset}")
+        return (f"chat {len(lp.content)} entries (first {lp.content[0].token!r} {lp.content[0].logprob:.3f}), "
+                f"stream same; completions {n} tokens")
+
     def c_ignored_fields(self):
         # Fields the server documents as accepted-and-ignored: make sure the SDK's shapes do not break decoding.
         r = self.client.chat.completions.create(
             model=self.model, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-            max_tokens=2, logprobs=True, response_format={"type": "json_object"},
+            max_tokens=2, response_format={"type": "json_object"},
             tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
             presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"1": 1})
         expect(r.choices[0].message.content is not None, "content")
         notes = []
-        if r.choices[0].logprobs is None:
-            notes.append("logprobs=True -> choices[0].logprobs null")
         if not r.choices[0].message.tool_calls:
             notes.append("tools -> no tool_calls, finish_reason %r" % r.choices[0].finish_reason)
         if notes:
             self.note("ignored_fields", "; ".join(notes) + " (accepted and ignored, as the README says; "
                       "OpenAI would honour them)")
-        return "content parts, logprobs, response_format, tools, penalties, logit_bias accepted"
+        return "content parts, response_format, tools, penalties, logit_bias accepted"
 
     def c_unknown_model_name(self):
         r = self.client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
@@ -671,6 +702,7 @@ class Runner:
             ("max_tokens_over_context", self.c_max_tokens_over_context),
             ("async_concurrent_streams", self.c_async_concurrent_streams),
             ("cancel_mid_stream", self.c_cancel_mid_stream),
+            ("logprobs", self.c_logprobs),
             ("ignored_fields", self.c_ignored_fields),
             ("unknown_model_name", self.c_unknown_model_name),
             ("prompt_token_array", self.c_prompt_token_array),

@@ -356,10 +356,11 @@ public enum Logprobs {
 
     /// The `count` most likely tokens, most likely first (ties: lower id first), with their
     /// log-softmax values.
-    public static func top(_ logits: UnsafeBufferPointer<Float>, count: Int) -> [TokenLogprob] {
+    /// `logSumExp`: the row's logSumExp when the caller has it already (it costs a pass over the row).
+    public static func top(_ logits: UnsafeBufferPointer<Float>, count: Int, logSumExp knownLSE: Double? = nil) -> [TokenLogprob] {
         let k = min(max(count, 0), logits.count)
         guard k > 0 else { return [] }
-        let lse = logSumExp(logits)
+        let lse = knownLSE ?? logSumExp(logits)
         // Keep the k best in a small sorted array (k is small: typically <= 20).
         var best: [(id: Int32, v: Float)] = []
         best.reserveCapacity(k + 1)

@@ -27,9 +27,15 @@ public struct SamplingParams: Sendable, Equatable {
     public var seed: Int64?
     /// At most 4 stop strings, each non-empty.
     public var stop: [String] = []
+    /// Log-probabilities of the generated tokens: nil = none, n = each token's and its n most likely
+    /// alternatives (chat: `logprobs: true` with `top_logprobs` 0...20; completions: `logprobs` 0...5).
+    public var logprobs: Int?
     public init() {}
 
     public static let maxTokensLimit = 1 << 20
+    /// OpenAI's bounds: chat's top_logprobs and the legacy completions' logprobs.
+    public static let maxTopLogprobsChat = 20
+    public static let maxLogprobsCompletions = 5
 }
 
 /// Who is on the other end of the connection (the client-hash routing key).
@@ -206,6 +212,7 @@ public enum APIDecoder {
             let n = try int(v, "n")
             if n != 1 { throw .invalid("n", "only n = 1 is supported") }
         }
+        s.logprobs = try logprobs(kind: kind, root)
         req.sampling = s
         if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
         if let v = root[.stream_options], v != .null {
@@ -223,6 +230,34 @@ public enum APIDecoder {
         else if let u = user, !u.isEmpty { req.sessionKey = u }
         try checkWireLimits(req, sessionField: sessionField)
         return req
+    }
+
+    /// Chat: `logprobs` (boolean) turns them on; `top_logprobs` (0...20) asks for alternatives and needs
+    /// `logprobs: true`. Completions (the legacy API): `logprobs` is the number of alternatives (0...5).
+    static func logprobs(kind: RouteKind, _ root: GenerationFields) throws(APIError) -> Int? {
+        let field = root[.logprobs].flatMap { $0 == .null ? nil : $0 }
+        let topField = root[.top_logprobs].flatMap { $0 == .null ? nil : $0 }
+        switch kind {
+        case .chatCompletions:
+            let on = try field.map { v throws(APIError) in try bool(v, "logprobs") } ?? false
+            guard let t = topField else { return on ? 0 : nil }
+            let top = try int(t, "top_logprobs")
+            if top < 0 || top > SamplingParams.maxTopLogprobsChat {
+                throw .invalid("top_logprobs", "'top_logprobs' must be between 0 and \(SamplingParams.maxTopLogprobsChat)")
+            }
+            if !on { throw .invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true") }
+            return top
+        case .completions:
+            if topField != nil {
+                throw .invalid("top_logprobs", "'top_logprobs' is a chat completions parameter; completions take 'logprobs': N (0 to \(SamplingParams.maxLogprobsCompletions))")
+            }
+            guard let v = field else { return nil }
+            let n = try int(v, "logprobs")
+            if n < 0 || n > SamplingParams.maxLogprobsCompletions {
+                throw .invalid("logprobs", "'logprobs' must be between 0 and \(SamplingParams.maxLogprobsCompletions)")
+            }
+            return n
+        }
     }
 
     /// POST /tokenize: {"content": string, "add_special": bool?, "parse_special": bool?}
@@ -261,7 +296,7 @@ public enum APIDecoder {
     /// The top-level fields decodeGeneration reads; every other field is validated and ignored.
     enum GenerationKey: Int, CaseIterable {
         case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
-             stop, n, stream, stream_options, session_id, user
+             stop, n, stream, stream_options, session_id, user, logprobs, top_logprobs
     }
     static let generationKeys: JSONKeys = {
         precondition(GenerationKey.allCases.count == GenerationFields.capacity, "GenerationFields holds every key")
@@ -270,8 +305,8 @@ public enum APIDecoder {
 
     /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
     struct GenerationFields {
-        static let capacity = 16
-        var values = InlineArray<16, JSONValue?>(repeating: nil)
+        static let capacity = 18
+        var values = InlineArray<18, JSONValue?>(repeating: nil)
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }
 

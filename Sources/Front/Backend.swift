@@ -29,6 +29,20 @@ public struct Usage: Sendable, Equatable {
     }
 }
 
+/// A token's text bytes (a piece may end inside a UTF-8 character) and its log-probability.
+public struct LogprobToken: Sendable, Equatable {
+    public var bytes: [UInt8]
+    public var logprob: Float
+    public init(bytes: [UInt8], logprob: Float) { self.bytes = bytes; self.logprob = logprob }
+}
+
+/// One generated token's log-probability and its step's most likely alternatives (most likely first).
+public struct LogprobStep: Sendable, Equatable {
+    public var token: LogprobToken
+    public var top: [LogprobToken]
+    public init(token: LogprobToken, top: [LogprobToken]) { self.token = token; self.top = top }
+}
+
 /// What the backend reports about a request, in order: any number of `.delta`, then exactly one of `.final`,
 /// `.error`, `.tokens` or `.text`. Events for unknown ids (already cancelled) are dropped by the loop.
 public enum BackendEvent: Sendable, Equatable {
@@ -50,10 +64,13 @@ public enum BackendEvent: Sendable, Equatable {
     case tokens(requestID: UInt64, tokens: [Int32])
     /// Answer to `detokenize`.
     case text(requestID: UInt64, content: String)
+    /// Log-probabilities of generated tokens (requests that asked for them), before the `.delta` carrying
+    /// their text; those of tokens whose text is still held back belong to a later delta or the end.
+    case logprobs(requestID: UInt64, steps: [LogprobStep])
 
     public var requestID: UInt64 {
         switch self {
-        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _, _), .rerouted(let id, _), .tokens(let id, _), .text(let id, _): return id
+        case .delta(let id, _), .final(let id, _, _), .error(let id, _), .rejected(let id, _, _, _), .rerouted(let id, _), .tokens(let id, _), .text(let id, _), .logprobs(let id, _): return id
         }
     }
 }

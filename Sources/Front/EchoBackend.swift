@@ -27,6 +27,8 @@ public final class EchoBackend: FrontBackend, @unchecked Sendable {
         var promptTokens: Int
         var maxTokens: Int
         var sentDeltas = 0
+        /// Log-probabilities asked for: each word is a certain pick (log-probability 0, its own only alternative).
+        var logprobs = false
         enum Kind { case generate, tokenize, detokenize }
         var kind: Kind
         var content: String = ""
@@ -96,8 +98,10 @@ public final class EchoBackend: FrontBackend, @unchecked Sendable {
         var prompt = request.prompt
         if request.kind == .chatCompletions { prompt = request.messages.last?.content ?? "" }
         let words = Self.split(prompt)
-        return enqueue(Job(id: request.id, words: words, promptTokens: words.count,
-                           maxTokens: request.sampling.maxTokens ?? Int.max, kind: .generate))
+        var job = Job(id: request.id, words: words, promptTokens: words.count,
+                      maxTokens: request.sampling.maxTokens ?? Int.max, kind: .generate)
+        job.logprobs = request.sampling.logprobs != nil
+        return enqueue(job)
     }
 
     public func tokenize(requestID: UInt64, content: String, addSpecial: Bool, parseSpecial: Bool) -> Admission {
@@ -195,6 +199,10 @@ public final class EchoBackend: FrontBackend, @unchecked Sendable {
                     continue
                 }
                 if j.next < j.words.count && j.next < j.maxTokens {
+                    if j.logprobs {
+                        let word = LogprobToken(bytes: Array(j.words[j.next].utf8), logprob: 0)
+                        st.events.append(.logprobs(requestID: j.id, steps: [LogprobStep(token: word, top: [word])]))
+                    }
                     st.events.append(.delta(requestID: j.id, text: j.words[j.next]))
                     j.next += 1
                     j.sentDeltas += 1

@@ -1210,7 +1210,8 @@ public final class FrontServer: @unchecked Sendable {
                 nextRequestID += 1
                 sy_trace_mark(id, SY_TP_FRONT_DECODED)
                 admit(c, route: r.route, id: id, admission: backend.submit(api), stream: api.stream,
-                      includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation)
+                      includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation,
+                      logprobs: api.sampling.logprobs)
             } catch {
                 sendError(c, status: error.status, message: error.message, type: error.type, param: error.param,
                           code: error.code, close: false, route: r.route)
@@ -1238,7 +1239,7 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func admit(_ c: Connection, route: String, id: UInt64, admission: Admission, stream: Bool,
-                       includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind) {
+                       includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind, logprobs: Int? = nil) {
         switch admission {
         case .admitted(let worker):
             let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
@@ -1246,7 +1247,7 @@ public final class FrontServer: @unchecked Sendable {
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
                                      includeUsage: includeUsage, identity: ident, start: now(),
-                                     http10: c.http10)
+                                     http10: c.http10, logprobs: logprobs)
             owners[id] = (c.slot, c.gen)
         case .overloaded(let retry):
             sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
@@ -1337,12 +1338,18 @@ public final class FrontServer: @unchecked Sendable {
                 finishFromScratch(c, a)
             } else {
                 bodyWriter.reset()
-                OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage, into: &bodyWriter)
+                OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage,
+                                         logprobs: a.logprobs.map { (a.steps[...], $0) }, into: &bodyWriter)
                 bodyWriter.withBytes { buildJSONResponse(c, a, $0) }
                 finishFromScratch(c, a)
             }
         case .rerouted(_, let worker):
             if !a.headersSent { a.worker = worker }
+            // Nothing was generated for the client yet (a request moves only before its first text): the
+            // first worker's log-probabilities, if any arrived, are not the answer's.
+            a.steps.removeAll()
+        case .logprobs(_, let steps):
+            if a.logprobs != nil { a.steps.append(contentsOf: steps) }
         case .error(_, let message), .rejected(_, _, _, let message):
             if a.headersSent {
                 scratch.reset()
@@ -1393,9 +1400,15 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     /// Appends one SSE event of `a`'s stream to `scratch` (encoded in the body writer, then framed).
+    /// The log-probabilities waiting in `a` go with the chunk's text (or, at the end, with the finishing
+    /// chunk); a chunk without any (the role chunk, a finishing chunk after the last text) has null.
     private func frameChunk(_ a: ActiveRequest, text: String?, role: Bool, finish: FinishReason?) {
         bodyWriter.reset()
-        OpenAIEncoder.streamChunk(a.identity, text: text, role: role, finish: finish, nullUsage: a.includeUsage, into: &bodyWriter)
+        var logprobs: (ArraySlice<LogprobStep>, Int)? = nil
+        if let top = a.logprobs, !role, !a.steps.isEmpty { logprobs = (a.steps[...], top) }
+        OpenAIEncoder.streamChunk(a.identity, text: text, role: role, finish: finish, nullUsage: a.includeUsage,
+                                  logprobs: logprobs, textOffset: &a.textOffset, into: &bodyWriter)
+        if logprobs != nil { a.steps.removeAll(keepingCapacity: true) }
         bodyWriter.withBytes { frame(a, $0) }
     }
 
@@ -1459,11 +1472,17 @@ final class ActiveRequest {
     var text = ""
     var firstTokenAt: UInt64 = 0
     var lastTokenAt: UInt64 = 0
+    /// Log-probabilities asked for (nil: none; n: with n alternatives per token), the generated tokens'
+    /// not yet sent, and (completions) the characters of answer text before them.
+    let logprobs: Int?
+    var steps: [LogprobStep] = []
+    var textOffset = 0
 
     init(id: UInt64, kind: Kind, route: String, worker: Int, stream: Bool, includeUsage: Bool,
-         identity: CompletionIdentity, start: UInt64, http10: Bool) {
+         identity: CompletionIdentity, start: UInt64, http10: Bool, logprobs: Int? = nil) {
         self.id = id; self.kind = kind; self.route = route; self.worker = worker; self.stream = stream
         self.includeUsage = includeUsage; self.identity = identity; self.start = start; self.http10 = http10
+        self.logprobs = logprobs
     }
 }
 

@@ -133,8 +133,9 @@ enum OpenAIEncoder {
     }
 
     /// Non-streaming response body, appended to `w` (the event loop reuses one writer: no buffer per response).
+    /// `logprobs`: the answer's token steps and the alternatives asked for per token (nil: not asked for).
     static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage,
-                           into w: inout JSONWriter) {
+                           logprobs: (steps: ArraySlice<LogprobStep>, top: Int)? = nil, into w: inout JSONWriter) {
         prefix(&w, c, chunk: false)
         w.raw(",\"choices\":[{\"index\":0,")
         if c.chat {
@@ -142,7 +143,14 @@ enum OpenAIEncoder {
         } else {
             w.raw("\"text\":"); w.string(text); w.raw(",")
         }
-        w.raw("\"logprobs\":null,\"finish_reason\":"); w.string(finish.rawValue)
+        w.raw("\"logprobs\":")
+        if let logprobs {
+            var offset = 0
+            Self.logprobs(&w, chat: c.chat, logprobs.steps, top: logprobs.top, textOffset: &offset)
+        } else {
+            w.raw("null")
+        }
+        w.raw(",\"finish_reason\":"); w.string(finish.rawValue)
         w.raw("}],\"usage\":"); usage(&w, u)
         w.raw("}")
     }
@@ -153,6 +161,15 @@ enum OpenAIEncoder {
     /// every chunk before the usage chunk.
     static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?,
                             nullUsage: Bool = false, into w: inout JSONWriter) {
+        var offset = 0
+        streamChunk(c, text: text, role: role, finish: finish, nullUsage: nullUsage, logprobs: nil, textOffset: &offset, into: &w)
+    }
+
+    /// With `logprobs` (the steps this chunk carries, and the alternatives per token), the chunk's
+    /// `logprobs` object; `textOffset` (completions) runs on over the stream's chunks.
+    static func streamChunk(_ c: CompletionIdentity, text: String?, role: Bool, finish: FinishReason?,
+                            nullUsage: Bool = false, logprobs: (steps: ArraySlice<LogprobStep>, top: Int)?,
+                            textOffset: inout Int, into w: inout JSONWriter) {
         w.raw("data: ")
         prefix(&w, c, chunk: true)
         w.raw(",\"choices\":[{\"index\":0,")
@@ -165,9 +182,75 @@ enum OpenAIEncoder {
         } else {
             w.raw("\"text\":"); w.string(text ?? ""); w.raw(",")
         }
-        w.raw("\"logprobs\":null,\"finish_reason\":")
+        w.raw("\"logprobs\":")
+        if let logprobs { Self.logprobs(&w, chat: c.chat, logprobs.steps, top: logprobs.top, textOffset: &textOffset) }
+        else { w.raw("null") }
+        w.raw(",\"finish_reason\":")
         if let finish { w.string(finish.rawValue) } else { w.raw("null") }
         w.raw(nullUsage ? "}],\"usage\":null}\n\n" : "}]}\n\n")
+    }
+
+    /// A choice's `logprobs` object in OpenAI's two shapes.
+    /// - chat: `{"content":[{"token","logprob","bytes","top_logprobs":[{"token","logprob","bytes"}]}],"refusal":null}`
+    ///   with `top` alternatives per token;
+    /// - completions (legacy): `{"tokens","token_logprobs","top_logprobs","text_offset"}`, each
+    ///   top_logprobs entry an object of the `top` most likely tokens and the sampled one (so up to top + 1
+    ///   keys; a token text already present is not repeated), text_offset counting characters of the
+    ///   answer from `textOffset` on.
+    /// A token's text is its bytes read as UTF-8 (a piece ending inside a character shows U+FFFD; `bytes`
+    /// has the exact bytes). A log-probability that is not finite is written as -9999.0, as OpenAI does.
+    static func logprobs(_ w: inout JSONWriter, chat: Bool, _ steps: ArraySlice<LogprobStep>, top: Int,
+                         textOffset: inout Int) {
+        func text(_ t: LogprobToken) -> String { String(decoding: t.bytes, as: UTF8.self) }
+        func value(_ t: LogprobToken) { w.raw(t.logprob.isFinite ? String(t.logprob) : "-9999.0") }
+        func token(_ t: LogprobToken) {
+            w.raw("{\"token\":"); w.string(text(t))
+            w.raw(",\"logprob\":"); value(t)
+            w.raw(",\"bytes\":[")
+            for (k, b) in t.bytes.enumerated() { if k > 0 { w.raw(",") }; w.int(Int(b)) }
+            w.raw("]")
+        }
+        if chat {
+            w.raw("{\"content\":[")
+            for (k, s) in steps.enumerated() {
+                if k > 0 { w.raw(",") }
+                token(s.token)
+                w.raw(",\"top_logprobs\":[")
+                for (j, t) in s.top.prefix(top).enumerated() {
+                    if j > 0 { w.raw(",") }
+                    token(t); w.raw("}")
+                }
+                w.raw("]}")
+            }
+            w.raw("],\"refusal\":null}")
+            return
+        }
+        w.raw("{\"tokens\":[")
+        for (k, s) in steps.enumerated() { if k > 0 { w.raw(",") }; w.string(text(s.token)) }
+        w.raw("],\"token_logprobs\":[")
+        for (k, s) in steps.enumerated() { if k > 0 { w.raw(",") }; value(s.token) }
+        w.raw("],\"top_logprobs\":[")
+        for (k, s) in steps.enumerated() {
+            if k > 0 { w.raw(",") }
+            w.raw("{")
+            var written: [String] = []
+            for t in s.top.prefix(top) + [s.token] {
+                let key = text(t)
+                if written.contains(key) { continue }
+                if !written.isEmpty { w.raw(",") }
+                written.append(key)
+                w.string(key); w.raw(":"); value(t)
+            }
+            w.raw("}")
+        }
+        w.raw("],\"text_offset\":[")
+        for (k, s) in steps.enumerated() {
+            if k > 0 { w.raw(",") }
+            w.int(textOffset)
+            // Characters: every byte that does not continue a UTF-8 sequence starts one.
+            for b in s.token.bytes where b & 0xC0 != 0x80 { textOffset += 1 }
+        }
+        w.raw("]}")
     }
 
     /// The include_usage chunk: empty choices and the usage object.

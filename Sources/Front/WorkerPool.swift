@@ -353,6 +353,7 @@ public final class WorkerPool: FrontBackend {
         s.maxTokens = UInt32(clamping: r.sampling.maxTokens ?? defaultMaxTokens)
         s.seed = r.sampling.seed.map { UInt64(bitPattern: $0) }
         s.stop = r.sampling.stop
+        s.logprobs = r.sampling.logprobs.map { UInt8(clamping: min($0, WireLimits.maxTopLogprobs)) }
         switch r.kind {
         case .chatCompletions:
             return SubmitRecord(requestID: r.id, kind: .chat, sessionKey: r.sessionKey ?? "", sampling: s,
@@ -571,6 +572,12 @@ public final class WorkerPool: FrontBackend {
             }
             guard live == true else { return }
             pending.append(.delta(requestID: d.requestID, text: d.text))
+        case .logprobs(let l):
+            guard let f = inFlight[l.requestID], !f.cancelled, !f.errored else { return }
+            pending.append(.logprobs(requestID: l.requestID, steps: l.entries.map {
+                LogprobStep(token: LogprobToken(bytes: $0.sampled.bytes, logprob: $0.sampled.logprob),
+                            top: $0.top.map { LogprobToken(bytes: $0.bytes, logprob: $0.logprob) })
+            }))
         case .done(let d):
             sy_trace_mark_first(d.requestID, SY_TP_FRONT_SEEN)
             sy_trace_mark(d.requestID, SY_TP_FRONT_DRAINED)

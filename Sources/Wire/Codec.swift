@@ -66,6 +66,21 @@ public struct WireWriter: Sendable {
         guard n <= limit else { throw .tooLarge(field: field, length: n, limit: limit) }
         u32(UInt32(n))
     }
+
+    /// token (i32), byte count (u32), bytes, logprob (f32).
+    mutating func tokenLogprob(_ t: WireTokenLogprob) throws(WireError) {
+        u32(UInt32(bitPattern: t.token))
+        try count(t.bytes.count, field: "token_bytes", limit: WireLimits.maxTokenBytes)
+        room(t.bytes.count)
+        let at = count
+        t.bytes.withUnsafeBytes { src in
+            storage.withUnsafeMutableBytes { dst in
+                if let b = src.baseAddress, !src.isEmpty { (dst.baseAddress! + at).copyMemory(from: b, byteCount: src.count) }
+            }
+        }
+        count += t.bytes.count
+        f32(t.logprob)
+    }
 }
 
 /// Reads little-endian fields from an untrusted payload; every read is bounds-checked.
@@ -128,6 +143,15 @@ public struct WireReader {
         return s
     }
 
+    mutating func tokenLogprob() throws(WireError) -> WireTokenLogprob {
+        let token = Int32(bitPattern: try u32("token"))
+        let n = try count("token_bytes", limit: WireLimits.maxTokenBytes)
+        try need(n, "token_bytes")
+        let bytes = [UInt8](UnsafeRawBufferPointer(rebasing: base[offset..<(offset + n)]))
+        offset += n
+        return WireTokenLogprob(token: token, bytes: bytes, logprob: try f32("logprob"))
+    }
+
     func finish() throws(WireError) {
         guard remaining == 0 else { throw .trailingBytes(remaining) }
     }
@@ -152,6 +176,10 @@ extension Record {
             w.u64(r.sampling.seed ?? 0)
             try w.count(r.sampling.stop.count, field: "stop", limit: WireLimits.maxStops)
             for s in r.sampling.stop { try w.string(s, field: "stop", limit: WireLimits.maxStopLength) }
+            if let n = r.sampling.logprobs, Int(n) > WireLimits.maxTopLogprobs {
+                throw .tooLarge(field: "logprobs", length: Int(n), limit: WireLimits.maxTopLogprobs)
+            }
+            w.u8(r.sampling.logprobs.map { $0 + 1 } ?? 0)
             try w.string(r.prompt, field: "prompt", limit: WireLimits.maxText)
             try w.count(r.messages.count, field: "messages", limit: WireLimits.maxMessages)
             for m in r.messages {
@@ -188,6 +216,14 @@ extension Record {
         case .text(let r):
             w.u64(r.requestID)
             try w.string(r.text, field: "text", limit: WireLimits.maxText)
+        case .logprobs(let r):
+            w.u64(r.requestID)
+            try w.count(r.entries.count, field: "entries", limit: WireLimits.maxLogprobEntries)
+            for e in r.entries {
+                try w.tokenLogprob(e.sampled)
+                try w.count(e.top.count, field: "top", limit: WireLimits.maxTopLogprobs)
+                for t in e.top { try w.tokenLogprob(t) }
+            }
         case .ready(let r):
             w.u32(r.workerID)
             w.u32(UInt32(bitPattern: r.pid))
@@ -229,6 +265,11 @@ extension Record {
             let nStop = try r.count("stop", limit: WireLimits.maxStops)
             s.stop.reserveCapacity(nStop)
             for _ in 0..<nStop { s.stop.append(try r.string("stop", limit: WireLimits.maxStopLength)) }
+            let lp = try r.u8("logprobs")
+            if lp > 0 {
+                guard Int(lp) - 1 <= WireLimits.maxTopLogprobs else { throw .invalidValue(field: "logprobs", value: UInt64(lp)) }
+                s.logprobs = lp - 1
+            }
             let prompt = try r.string("prompt", limit: WireLimits.maxText)
             let nMsg = try r.count("messages", limit: WireLimits.maxMessages)
             // Each message needs at least 8 bytes (two lengths): refuse absurd counts before reserving.
@@ -279,6 +320,22 @@ extension Record {
         case .text:
             let id = try r.u64("request_id")
             record = .text(TextRecord(requestID: id, text: try r.string("text", limit: WireLimits.maxText)))
+        case .logprobs:
+            let id = try r.u64("request_id")
+            let n = try r.count("entries", limit: WireLimits.maxLogprobEntries)
+            // Each entry needs at least 16 bytes (token, length, logprob, top count): no absurd reserve.
+            try r.need(n * 16, "entries")
+            var entries: [LogprobEntry] = []
+            entries.reserveCapacity(n)
+            for _ in 0..<n {
+                let sampled = try r.tokenLogprob()
+                let k = try r.count("top", limit: WireLimits.maxTopLogprobs)
+                var top: [WireTokenLogprob] = []
+                top.reserveCapacity(k)
+                for _ in 0..<k { top.append(try r.tokenLogprob()) }
+                entries.append(LogprobEntry(sampled: sampled, top: top))
+            }
+            record = .logprobs(LogprobsRecord(requestID: id, entries: entries))
         case .ready:
             let wid = try r.u32("worker_id")
             let pid = Int32(bitPattern: try r.u32("pid"))

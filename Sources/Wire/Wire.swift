@@ -21,6 +21,7 @@ public enum RecordType: UInt32, Sendable, CaseIterable {
     case tokens = 20
     case text = 21
     case ready = 22
+    case logprobs = 23
 }
 
 public enum WireError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -53,6 +54,12 @@ public enum WireLimits {
     public static let maxStopLength = 256
     public static let maxSessionKey = 256
     public static let maxTokens = 1 << 20          // ids in a tokens/detokenize record
+    /// Most alternatives per generated token in a logprobs record (OpenAI's top_logprobs bound).
+    public static let maxTopLogprobs = 20
+    /// Most bytes of one token's text in a logprobs record (vocabulary pieces are far shorter).
+    public static let maxTokenBytes = 4096
+    /// Most token entries in one logprobs record (the worker sends one per sampled token).
+    public static let maxLogprobEntries = 4096
 }
 
 // MARK: - Request side
@@ -78,10 +85,13 @@ public struct WireSampling: Equatable, Sendable {
     public var maxTokens: UInt32
     public var seed: UInt64?
     public var stop: [String]
+    /// Log-probabilities of the generated tokens: nil = none; n = each token's, with its n most likely
+    /// alternatives (0...WireLimits.maxTopLogprobs). On the wire one byte: 0 = none, n + 1.
+    public var logprobs: UInt8?
     public init(temperature: Float = 1, topP: Float = 1, minP: Float = 0, topK: Int32 = 0,
-                maxTokens: UInt32 = 256, seed: UInt64? = nil, stop: [String] = []) {
+                maxTokens: UInt32 = 256, seed: UInt64? = nil, stop: [String] = [], logprobs: UInt8? = nil) {
         self.temperature = temperature; self.topP = topP; self.minP = minP; self.topK = topK
-        self.maxTokens = maxTokens; self.seed = seed; self.stop = stop
+        self.maxTokens = maxTokens; self.seed = seed; self.stop = stop; self.logprobs = logprobs
     }
 }
 
@@ -136,6 +146,34 @@ public struct DeltaRecord: Equatable, Sendable {
     public init(requestID: UInt64, completionTokens: UInt32, text: String) {
         self.requestID = requestID; self.completionTokens = completionTokens; self.text = text
     }
+}
+
+/// One token and its log-probability under the model (log-softmax of the raw logits: temperature and the
+/// truncation samplers do not change it), with the token's text as bytes (a piece may end inside a UTF-8
+/// character).
+public struct WireTokenLogprob: Equatable, Sendable {
+    public var token: Int32
+    public var bytes: [UInt8]
+    public var logprob: Float
+    public init(token: Int32, bytes: [UInt8], logprob: Float) {
+        self.token = token; self.bytes = bytes; self.logprob = logprob
+    }
+}
+
+/// A generated token's log-probability and the most likely alternatives at its step (most likely first).
+public struct LogprobEntry: Equatable, Sendable {
+    public var sampled: WireTokenLogprob
+    public var top: [WireTokenLogprob]
+    public init(sampled: WireTokenLogprob, top: [WireTokenLogprob]) { self.sampled = sampled; self.top = top }
+}
+
+/// Log-probabilities of generated tokens (requests that asked for them), sent before the delta that
+/// carries those tokens' text; tokens whose text is still held back (an unfinished character, a possible
+/// stop string) are sent all the same and belong to the next delta or to the end of the answer.
+public struct LogprobsRecord: Equatable, Sendable {
+    public var requestID: UInt64
+    public var entries: [LogprobEntry]
+    public init(requestID: UInt64, entries: [LogprobEntry]) { self.requestID = requestID; self.entries = entries }
 }
 
 public enum FinishReason: UInt8, Sendable {
@@ -235,6 +273,7 @@ public enum Record: Equatable, Sendable {
     case tokens(TokensRecord)
     case text(TextRecord)
     case ready(ReadyRecord)
+    case logprobs(LogprobsRecord)
 
     public var type: RecordType {
         switch self {
@@ -248,6 +287,7 @@ public enum Record: Equatable, Sendable {
         case .tokens: .tokens
         case .text: .text
         case .ready: .ready
+        case .logprobs: .logprobs
         }
     }
 
@@ -263,6 +303,7 @@ public enum Record: Equatable, Sendable {
         case .error(let r): r.requestID
         case .tokens(let r): r.requestID
         case .text(let r): r.requestID
+        case .logprobs(let r): r.requestID
         case .ready: 0
         }
     }

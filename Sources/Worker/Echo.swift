@@ -88,6 +88,9 @@ public final class EchoText: TextEngine {
     public func detokenize(_ tokens: [Int32]) -> String {
         String(decoding: tokens.compactMap { (0...255).contains($0) ? UInt8($0) : nil }, as: UTF8.self)
     }
+
+    /// A byte token is its byte; the end-of-text token (256) has no text.
+    public func tokenBytes(_ token: Int32) -> [UInt8] { (0...255).contains(token) ? [UInt8(token)] : [] }
 }
 
 /// Streams `answer`'s UTF-8 one byte-token per step, publishing whole UTF-8 characters only, through the same

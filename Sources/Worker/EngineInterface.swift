@@ -69,4 +69,6 @@ public protocol TextEngine: AnyObject {
     func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState)
     func tokenize(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [Int32]
     func detokenize(_ tokens: [Int32]) -> String
+    /// The text bytes of one token (its vocabulary piece; empty for ids without text). For logprobs.
+    func tokenBytes(_ token: Int32) -> [UInt8]
 }

@@ -108,6 +108,8 @@ public final class ModelTextEngine: TextEngine {
     }
 
     public func detokenize(_ tokens: [Int32]) -> String { tokenizer.decode(tokens) }
+
+    public func tokenBytes(_ token: Int32) -> [UInt8] { tokenizer.tokenBytes(token) }
 }
 
 /// One request's sampling chain: sampler → end-of-generation check → streaming detokenizer → stop strings.

@@ -8,6 +8,7 @@
 //   3. one forward pass; sample for every sequence whose prompt is fully read;
 //   4. publish deltas, and at the end usage + finish reason; park finished sequences in the session cache.
 // Records come in through `handle(_:)`; everything goes out through the `publish` closure.
+import Engine
 import Wire
 
 public struct SchedulerConfig: Sendable {
@@ -54,9 +55,12 @@ public final class Scheduler {
         /// the KV cache yet: the next step feeds it without sampling, then the sequence is parked. Without
         /// this a follow-up turn (whose prompt repeats the whole answer) would re-prefill that token.
         var feedingFinalToken = false
-        init(id: UInt64, sessionKey: String, prompt: [Int32], state: any GenerationState, now: UInt64) {
+        /// Log-probabilities asked for: nil = none, n = each generated token's with n alternatives.
+        let logprobs: Int?
+        init(id: UInt64, sessionKey: String, prompt: [Int32], state: any GenerationState, now: UInt64,
+             logprobs: Int? = nil) {
             self.id = id; self.sessionKey = sessionKey; self.promptCount = prompt.count; self.state = state
-            self.admitted = now; self.history = prompt
+            self.admitted = now; self.history = prompt; self.logprobs = logprobs
         }
         var promptRemaining: Int { max(0, promptCount - kvLength) }
     }
@@ -138,7 +142,8 @@ public final class Scheduler {
                 throw RequestRejection(.contextLengthExceeded,
                                        "This model's maximum context length is \(runner.contextLength) tokens; the prompt has \(prompt.count) tokens")
             }
-            waiting.append(Request(id: s.requestID, sessionKey: s.sessionKey, prompt: prompt, state: state, now: clock()))
+            waiting.append(Request(id: s.requestID, sessionKey: s.sessionKey, prompt: prompt, state: state, now: clock(),
+                                   logprobs: s.sampling.logprobs.map { min(Int($0), WireLimits.maxTopLogprobs) }))
         } catch {
             publish(.error(ErrorRecord(requestID: s.requestID, code: error.code, message: error.message)))
         }
@@ -222,6 +227,9 @@ public final class Scheduler {
         let outcome = r.state.next(logits: row)
         if r.firstToken == 0 { r.firstToken = clock() }
         if outcome.counts { r.completionTokens += 1; stats.tokensGenerated += 1 }
+        // Before the delta with its text: the front attaches entries to the text that follows them.
+        // End-of-generation tokens (not counted) have none, as in OpenAI's answers.
+        if let n = r.logprobs, outcome.counts { publish(.logprobs(logprobsRecord(r.id, row, outcome.token, top: n))) }
         r.history.append(outcome.token)
         var finish = outcome.finish
         if finish == nil && r.history.count >= runner.contextLength { finish = .length }
@@ -231,6 +239,18 @@ public final class Scheduler {
             publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: text)))
         }
         if let finish { complete(r, finish) }
+    }
+
+    /// The sampled token's log-probability under the model (log-softmax of the raw logits, as llama-server's
+    /// n_probs and OpenAI's logprobs report it, whatever the temperature) and the `top` most likely tokens.
+    func logprobsRecord(_ id: UInt64, _ row: UnsafeBufferPointer<Float>, _ token: Int32, top: Int) -> LogprobsRecord {
+        let lse = Logprobs.logSumExp(row)
+        let value = Int(token) < row.count && token >= 0 ? Float(Double(row[Int(token)]) - lse) : -.infinity
+        let sampled = WireTokenLogprob(token: token, bytes: text.tokenBytes(token), logprob: value)
+        let alternatives = Logprobs.top(row, count: top, logSumExp: lse).map {
+            WireTokenLogprob(token: $0.id, bytes: text.tokenBytes($0.id), logprob: $0.logprob)
+        }
+        return LogprobsRecord(requestID: id, entries: [LogprobEntry(sampled: sampled, top: alternatives)])
     }
 
     /// Ends every running and waiting request with an error (the forward pass failed). Sequences are

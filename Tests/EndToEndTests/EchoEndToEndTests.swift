@@ -134,6 +134,39 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
         }
     }
 
+    /// Logprobs through the rings: the worker's echo engine has uniform logits over 257 byte tokens, so
+    /// each token's log-probability is -ln 257 and there is one entry per UTF-8 byte of the answer; a
+    /// streamed chat spreads them over its chunks, each chunk's bytes equal to its text's.
+    @Test func logprobsCoverEveryTokenStreamedOrNot() throws {
+        try withServer(echoArgs) { s in
+            let prompt = "añb"
+            let r = try s.request("POST", "/v1/completions", json: ["prompt": prompt, "logprobs": 2, "max_tokens": 50])
+            #expect(r.head.status == 200, "\(r.text)")
+            let lp = ((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["logprobs"]) as? [String: Any]
+            let values = lp?["token_logprobs"] as? [Double] ?? []
+            #expect(values.count == prompt.utf8.count, "\(r.text)")
+            #expect(values.allSatisfy { abs($0 + log(257.0)) < 1e-4 })
+            #expect((lp?["text_offset"] as? [Int]) == [0, 1, 2, 2], "ñ is one character of two tokens")
+            #expect((lp?["top_logprobs"] as? [[String: Double]])?.allSatisfy { $0.count == 3 } == true)
+
+            let conn = HTTPConnection(endpoint: s.endpoint, timeout: 30)
+            let chat = try streamRequest(conn, path: "/v1/chat/completions",
+                                         json: ["messages": [["role": "user", "content": prompt]], "stream": true,
+                                                "logprobs": true, "top_logprobs": 3])
+            #expect(chat.text == prompt && chat.endsWithDone)
+            var count = 0
+            for o in chat.objects {
+                guard let c0 = (o["choices"] as? [[String: Any]])?.first,
+                      let content = (c0["logprobs"] as? [String: Any])?["content"] as? [[String: Any]] else { continue }
+                let bytes = content.flatMap { $0["bytes"] as? [Int] ?? [] }.map(UInt8.init)
+                #expect(String(decoding: bytes, as: UTF8.self) == (c0["delta"] as? [String: Any])?["content"] as? String)
+                #expect(content.allSatisfy { ($0["top_logprobs"] as? [Any])?.count == 3 })
+                count += content.count
+            }
+            #expect(count == prompt.utf8.count)
+        }
+    }
+
     // MARK: Keep-alive and pipelining
 
     @Test func keepAliveAndPipelining() throws {

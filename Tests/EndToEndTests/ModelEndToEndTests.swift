@@ -3,6 +3,7 @@
 import ClientKit
 import Foundation
 import Glibc
+import SwitchyardTestSupport
 import Testing
 
 /// The ChatML prompt of ../shared/fixtures/README.md for one user message.
@@ -131,6 +132,49 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         print("greedy reference from \(how): \(reference.map { $0.debugDescription })")
         for w in ["0", "1"] {
             #expect(served[w] == reference, "worker \(w) differs from \(how):\nserved:    \(served[w] ?? [])\nreference: \(reference)")
+        }
+    }
+
+    /// API logprobs against llama.cpp's (../shared/fixtures: llama-server's top-5 [id, logprob] per step):
+    /// greedy completions of the fixture prompts with logprobs 5, the fixture's ids read back through
+    /// /detokenize. Wherever our tokens still equal llama.cpp's, each of its top 5 must be among our 6 keys
+    /// with a log-probability within 0.01 nats (the engine reproduces llama.cpp's arithmetic: FidelityTests
+    /// measures 0.0002), and the sampled token's log-probability must equal its top-1's.
+    @Test func logprobsMatchLlamaCppOnTheFixturePrompts() throws {
+        struct Greedy: Decodable { var user: String; var ids: [Int32]; var top5: [[[Double]]] }
+        struct Goldens: Decodable { var greedy: [Greedy] }
+        let goldens = try JSONDecoder().decode(Goldens.self, from: Data(contentsOf: PackagePaths.goldens))
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            func detok(_ id: Int32) throws -> String {
+                let r = try s.request("POST", "/detokenize", json: ["tokens": [id]])
+                return try #require(jsonObject(r.body)?["content"] as? String)
+            }
+            var compared = 0, maxDiff = 0.0
+            for g in goldens.greedy.prefix(4) {
+                let steps = 6
+                let r = try s.request("POST", "/v1/completions",
+                                      json: ["prompt": chatMLPrompt(g.user), "max_tokens": steps, "temperature": 0, "logprobs": 5],
+                                      timeout: 120)
+                #expect(r.head.status == 200, "\(r.text)")
+                let lp = try #require(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["logprobs"]) as? [String: Any])
+                let tokens = lp["tokens"] as? [String] ?? []
+                let values = lp["token_logprobs"] as? [Double] ?? []
+                let tops = lp["top_logprobs"] as? [[String: Double]] ?? []
+                #expect(tokens.count == values.count && tokens.count == tops.count && !tokens.isEmpty)
+                for step in 0..<min(tokens.count, steps, g.ids.count) {
+                    guard tokens[step] == (try detok(g.ids[step])) else { break }   // our greedy path left llama.cpp's
+                    for pair in g.top5[step] {
+                        let text = try detok(Int32(pair[0]))
+                        let ours = try #require(tops[step][text], "step \(step) of '\(g.user)': llama.cpp's \(text.debugDescription) missing from \(tops[step])")
+                        maxDiff = max(maxDiff, abs(ours - pair[1]))
+                        compared += 1
+                    }
+                    #expect(abs(values[step] - g.top5[step][0][1]) < 0.01, "step \(step) of '\(g.user)': sampled \(values[step]) vs top-1 \(g.top5[step][0][1])")
+                }
+            }
+            print("API logprobs vs llama.cpp: \(compared) compared, max difference \(maxDiff) nats")
+            #expect(compared >= 40, "only \(compared) log-probabilities compared")
+            #expect(maxDiff < 0.01, "max difference \(maxDiff) nats")
         }
     }
 

@@ -277,6 +277,73 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         }
     }
 
+    /// Chat: `logprobs: true` (+ `top_logprobs` 0...20, only with it); completions: `logprobs` 0...5, and
+    /// no `top_logprobs`. Null is absent; every other value is a 400 naming the field.
+    @Test func logprobsFields() throws {
+        #expect(try decode(.chatCompletions, #"{"messages":[{"role":"user","content":"u"}]}"#).sampling.logprobs == nil)
+        #expect(try decode(.chatCompletions, #"{"messages":[{"role":"user","content":"u"}],"logprobs":false,"top_logprobs":null}"#).sampling.logprobs == nil)
+        #expect(try decode(.chatCompletions, #"{"messages":[{"role":"user","content":"u"}],"logprobs":true}"#).sampling.logprobs == 0)
+        #expect(try decode(.chatCompletions, #"{"messages":[{"role":"user","content":"u"}],"logprobs":true,"top_logprobs":20}"#).sampling.logprobs == 20)
+        #expect(try decode(.completions, #"{"prompt":"p","logprobs":null}"#).sampling.logprobs == nil)
+        #expect(try decode(.completions, #"{"prompt":"p","logprobs":0}"#).sampling.logprobs == 0)
+        #expect(try decode(.completions, #"{"prompt":"p","logprobs":5}"#).sampling.logprobs == 5)
+        let chat = #"{"messages":[{"role":"user","content":"u"}],"#
+        for (kind, body, param) in [
+            (RouteKind.chatCompletions, chat + #""top_logprobs":2}"#, "top_logprobs"),
+            (.chatCompletions, chat + #""logprobs":false,"top_logprobs":2}"#, "top_logprobs"),
+            (.chatCompletions, chat + #""logprobs":true,"top_logprobs":21}"#, "top_logprobs"),
+            (.chatCompletions, chat + #""logprobs":true,"top_logprobs":-1}"#, "top_logprobs"),
+            (.chatCompletions, chat + #""logprobs":1}"#, "logprobs"),
+            (.completions, #"{"prompt":"p","logprobs":6}"#, "logprobs"),
+            (.completions, #"{"prompt":"p","logprobs":true}"#, "logprobs"),
+            (.completions, #"{"prompt":"p","logprobs":1,"top_logprobs":1}"#, "top_logprobs"),
+        ] {
+            let e = apiError(kind, body)
+            #expect(e?.status == 400 && e?.param == param, "\(body): \(String(describing: e))")
+        }
+        // What the pool sends the worker.
+        let r = try decode(.completions, #"{"prompt":"p","logprobs":3}"#)
+        #expect(WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling.logprobs == 3)
+        let off = try decode(.completions, #"{"prompt":"p"}"#)
+        #expect(WorkerPool.submitRecord(for: off, defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling.logprobs == nil)
+    }
+
+    /// OpenAI's two logprobs shapes, from the same steps: chat's content list with top_logprobs lists, and
+    /// the legacy completions' parallel arrays with top_logprobs objects (top n plus the sampled token, no
+    /// key twice) and text offsets in characters that run on across a stream's chunks.
+    @Test func logprobsShapes() throws {
+        let a = LogprobToken(bytes: Array("Hé".utf8), logprob: -0.5)
+        let b = LogprobToken(bytes: [0xE2, 0x82], logprob: -1.25)   // a piece ending inside "€"
+        let c = LogprobToken(bytes: Array("x".utf8), logprob: -2)
+        let steps = [LogprobStep(token: a, top: [a, c]), LogprobStep(token: b, top: [c, LogprobToken(bytes: [0xE2], logprob: -.infinity)])]
+        var w = JSONWriter()
+        var offset = 0
+        OpenAIEncoder.logprobs(&w, chat: true, steps[...], top: 1, textOffset: &offset)
+        let chat = try JSON.parse(w.bytes)
+        guard case .array(let content)? = chat["content"] else { Issue.record("no content"); return }
+        #expect(content.count == 2 && chat["refusal"] == .null)
+        #expect(content[0]["token"] == .string("Hé") && content[0]["logprob"] == .number(-0.5, integer: nil))
+        #expect(content[0]["bytes"] == .array([.number(72, integer: 72), .number(195, integer: 195), .number(169, integer: 169)]))
+        #expect(content[0]["top_logprobs"] == .array([.object([("token", .string("Hé")), ("logprob", .number(-0.5, integer: nil)),
+                                                               ("bytes", content[0]["bytes"]!)])]))
+        #expect(content[1]["token"] == .string("\u{FFFD}") && content[1]["logprob"] == .number(-1.25, integer: nil))
+
+        w.reset()
+        offset = 10
+        OpenAIEncoder.logprobs(&w, chat: false, steps[...], top: 2, textOffset: &offset)
+        let legacy = try JSON.parse(w.bytes)
+        #expect(legacy["tokens"] == .array([.string("Hé"), .string("\u{FFFD}")]))
+        #expect(legacy["token_logprobs"] == .array([.number(-0.5, integer: nil), .number(-1.25, integer: nil)]))
+        // "Hé" is two characters; the partial "€" starts one.
+        #expect(legacy["text_offset"] == .array([.number(10, integer: 10), .number(12, integer: 12)]))
+        #expect(offset == 13)
+        guard case .array(let tops)? = legacy["top_logprobs"], tops.count == 2 else { Issue.record("no top_logprobs"); return }
+        #expect(tops[0] == .object([("Hé", .number(-0.5, integer: nil)), ("x", .number(-2, integer: nil))]))
+        // Top 2 of the second step are "x" and a lone 0xE2 (U+FFFD, -inf written as -9999.0); the sampled
+        // token also reads U+FFFD, so it is not repeated.
+        #expect(tops[1] == .object([("x", .number(-2, integer: nil)), ("\u{FFFD}", .number(-9999, integer: nil))]))
+    }
+
     @Test func requestDecodingKeepsItsErrors() {
         #expect(apiError(.completions, #"{"prompt":"a","pr\u006fmpt":"b"}"#)?.message == #"invalid JSON at byte 27: duplicate key "prompt""#)
         #expect(apiError(.completions, "[1]")?.message == "request body must be a JSON object, got array")

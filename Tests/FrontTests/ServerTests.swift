@@ -94,6 +94,47 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(!r.bodyText.contains("usage"))
     }
 
+    /// Log-probabilities through the loop (the in-process echo answers word by word, each word a certain
+    /// pick): a non-streamed chat answer lists every word; a streamed completion carries each word's
+    /// entry in the chunk with its text, offsets running on, and null where a chunk has none.
+    @Test func logprobsReachTheAnswerAndEachStreamChunk() throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/chat/completions",
+                           body: #"{"messages":[{"role":"user","content":"hello big world"}],"logprobs":true,"top_logprobs":1}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        guard case .array(let choices)? = try r.json()["choices"], case .array(let content)? = choices.first?["logprobs"]?["content"] else {
+            Issue.record("no logprobs.content: \(r.bodyText)"); return
+        }
+        #expect(content.map { $0["token"] } == [.string("hello"), .string(" big"), .string(" world")])
+        #expect(content.allSatisfy { $0["logprob"] == .number(0, integer: nil) })
+        #expect(content.allSatisfy { if case .array(let t)? = $0["top_logprobs"] { t.count == 1 } else { false } })
+
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"x yz","stream":true,"logprobs":0}"#))
+        let st = try c.read()
+        var offsets: [JSONValue] = []
+        var tokens: [JSONValue] = []
+        var nullChunks = 0
+        for e in sseEvents(st.bodyText).dropLast() {
+            let j = try JSON.parse(Array(e.utf8))
+            guard case .array(let ch)? = j["choices"], let c0 = ch.first, let lp = c0["logprobs"] else { continue }
+            if lp == .null { nullChunks += 1; #expect(c0["text"] == .string("")); continue }
+            guard case .array(let t)? = lp["tokens"], case .array(let o)? = lp["text_offset"] else { continue }
+            #expect(t == [c0["text"]!])
+            tokens += t
+            offsets += o
+        }
+        #expect(tokens == [.string("x"), .string(" yz")])
+        #expect(offsets == [.number(0, integer: 0), .number(1, integer: 1)])
+        #expect(nullChunks == 1, "the finishing chunk has no tokens left: null")
+        // Without logprobs: null, as before.
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"x"}"#))
+        guard case .array(let plain)? = try c.read().json()["choices"] else { Issue.record("no choices"); return }
+        #expect(plain.first?["logprobs"] == .null)
+    }
+
     @Test func keepAliveAndPipelining() throws {
         let s = try TestServer()
         defer { s.stop() }

@@ -10,6 +10,17 @@ let samples: [Record] = [
                                     WireMessage(role: "user", content: "héllo 😀")])),
     .submit(SubmitRecord(requestID: .max, kind: .completion, sessionKey: "", sampling: WireSampling(seed: nil),
                          prompt: "Once upon a time")),
+    .submit(SubmitRecord(requestID: 8, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 0),
+                         prompt: "p")),
+    .submit(SubmitRecord(requestID: 9, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 20),
+                         prompt: "p")),
+    .logprobs(LogprobsRecord(requestID: 10, entries: [
+        LogprobEntry(sampled: WireTokenLogprob(token: 5, bytes: [0xE2, 0x80], logprob: -0.25),
+                     top: [WireTokenLogprob(token: 5, bytes: [0xE2, 0x80], logprob: -0.25),
+                           WireTokenLogprob(token: 0, bytes: [], logprob: -.infinity)]),
+        LogprobEntry(sampled: WireTokenLogprob(token: -1, bytes: Array("héllo".utf8), logprob: 0), top: []),
+    ])),
+    .logprobs(LogprobsRecord(requestID: 11, entries: [])),
     .cancel(CancelRecord(requestID: 9)),
     .tokenize(TokenizeRecord(requestID: 1, addSpecial: true, parseSpecial: false, content: "<|im_start|>")),
     .detokenize(TokensRecord(requestID: 2, tokens: [0, 1, -1, Int32.max])),
@@ -150,4 +161,24 @@ struct SplitMix {
     w.reset()
     try Record.delta(DeltaRecord(requestID: 0x0102_0304_0506_0708, completionTokens: 0x0A0B_0C0D, text: "hi")).encode(into: &w)
     #expect(w.bytes == [8, 7, 6, 5, 4, 3, 2, 1, 0x0D, 0x0C, 0x0B, 0x0A, 2, 0, 0, 0, 104, 105])
+}
+
+/// The alternatives asked for travel in one byte (0 = none, n + 1): beyond OpenAI's 20 is refused on both sides.
+@Test func logprobsCountIsBoundedOnBothSides() throws {
+    let over = Record.submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "",
+                                          sampling: WireSampling(logprobs: 21), prompt: "p"))
+    #expect(throws: WireError.self) { try over.encoded() }
+    var bytes = try Record.submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "",
+                                               sampling: WireSampling(logprobs: 20), prompt: "p")).encoded()
+    // The byte after the stop list (request id 8, kind 1, session length 4, sampling 4+4+4+4+4, seed 1+8, stop count 4).
+    let at = 8 + 1 + 4 + 20 + 9 + 4
+    #expect(bytes[at] == 21)
+    bytes[at] = 22
+    #expect(throws: WireError.invalidValue(field: "logprobs", value: 22)) {
+        try Record.decode(type: RecordType.submit.rawValue, bytes: bytes)
+    }
+    let many = Record.logprobs(LogprobsRecord(requestID: 1, entries: [LogprobEntry(
+        sampled: WireTokenLogprob(token: 1, bytes: [], logprob: 0),
+        top: Array(repeating: WireTokenLogprob(token: 1, bytes: [], logprob: 0), count: WireLimits.maxTopLogprobs + 1))]))
+    #expect(throws: WireError.self) { try many.encoded() }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 import Wire
 @testable import Worker
@@ -18,9 +19,11 @@ final class Harness {
     }
     let box: RecordBox
 
-    func submit(_ id: UInt64, _ prompt: String, session: String = "", maxTokens: UInt32 = 1000, stop: [String] = []) {
+    func submit(_ id: UInt64, _ prompt: String, session: String = "", maxTokens: UInt32 = 1000, stop: [String] = [],
+                logprobs: UInt8? = nil) {
         var sampling = WireSampling(temperature: 0, maxTokens: maxTokens)
         sampling.stop = stop
+        sampling.logprobs = logprobs
         scheduler.handle(.submit(SubmitRecord(requestID: id, kind: .completion, sessionKey: session,
                                               sampling: sampling, prompt: prompt)))
     }
@@ -291,4 +294,39 @@ func echoHonoursStopStrings(prompt: String, stop: [String], maxTokens: UInt32, t
         #expect(h.text(UInt64(k + 1)) == p)
         #expect(moves[UInt64(k + 1), default: 0] == 0, "request \(k + 1): history moved \(moves[UInt64(k + 1), default: 0]) times")
     }
+}
+
+/// A request that asks for log-probabilities gets one entry per generated token, each published before the
+/// delta that carries its text (a token whose text is held back, here the first byte of "é", is sent at once
+/// and its text comes with the next delta). The echo engine's logits are uniform over its 257 tokens, so
+/// every log-probability is -ln 257 and the alternatives are the lowest ids. A request without them gets none.
+@Test func logprobsPrecedeTheirTextAndCoverEveryGeneratedToken() throws {
+    let h = Harness()
+    h.submit(1, "aé", logprobs: 2)
+    h.submit(2, "aé")
+    try h.runToIdle()
+    var entries: [LogprobEntry] = []
+    var bytesBeforeEachDelta: [[UInt8]] = []
+    for r in h.box.records {
+        switch r {
+        case .logprobs(let l):
+            #expect(l.requestID == 1)
+            entries += l.entries
+        case .delta(let d) where d.requestID == 1:
+            bytesBeforeEachDelta.append(entries.flatMap { $0.sampled.bytes })
+        default: break
+        }
+    }
+    #expect(entries.map(\.sampled.token) == [0x61, 0xC3, 0xA9])
+    #expect(entries.map(\.sampled.bytes) == [[0x61], [0xC3], [0xA9]])
+    // Each delta's text is covered by the entries sent before it.
+    #expect(bytesBeforeEachDelta == [Array("a".utf8), Array("aé".utf8)])
+    let uniform = Float(-log(257.0))
+    for e in entries {
+        #expect(abs(e.sampled.logprob - uniform) < 1e-5)
+        #expect(e.top.map(\.token) == [0, 1])
+        #expect(e.top.allSatisfy { abs($0.logprob - uniform) < 1e-5 })
+    }
+    #expect(Int(try #require(h.done(1)).completionTokens) == entries.count)
+    #expect(h.text(2) == "aé")
 }
