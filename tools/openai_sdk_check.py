@@ -653,14 +653,22 @@ class Runner:
         return f"200, response.model={r.model!r}"
 
     def c_prompt_token_array(self):
-        toks = self.tokenize("Hello")
+        # A prompt of token ids (and a list of one such list) answers as its text does (temperature 0), with
+        # prompt_tokens = the ids given; an id outside the vocabulary is a clean 400.
+        text = "The capital of France is" if not self.echo else "Hello"
+        toks = self.tokenize(text)
+        ref = self.client.completions.create(model=self.model, prompt=text, max_tokens=4, temperature=0)
+        r = self.client.completions.create(model=self.model, prompt=toks, max_tokens=4, temperature=0)
+        r2 = self.client.completions.create(model=self.model, prompt=[toks], max_tokens=4, temperature=0)
+        expect(r.choices[0].text == ref.choices[0].text == r2.choices[0].text,
+               f"token prompt {r.choices[0].text!r} / {r2.choices[0].text!r} != text prompt {ref.choices[0].text!r}")
+        expect(r.usage.prompt_tokens == len(toks), f"prompt_tokens {r.usage.prompt_tokens} for {len(toks)} ids")
         try:
-            r = self.client.completions.create(model=self.model, prompt=toks, max_tokens=2)
-            return f"token-array prompt accepted: {r.choices[0].text!r}"
+            self.client.completions.create(model=self.model, prompt=[10 ** 9], max_tokens=2)
+            raise CheckFailed("an id outside the vocabulary was accepted")
         except openai.BadRequestError as e:
-            self.note("prompt_token_array", f"completions prompt as a token array {toks} -> 400 {e.code}: "
-                      f"{e.message!r} (OpenAI accepts a list of token ids)")
-            return "token-array prompt refused with a clean BadRequestError (see NOTE)"
+            expect("vocabulary" in e.message, f"400 without naming the vocabulary: {e.message!r}")
+        return f"{toks} -> {r.choices[0].text!r} (same as the text prompt); [[ids]] too; out-of-vocabulary id -> 400"
 
     def c_edge_values(self):
         # Values OpenAI accepts that a strict server might not: top_p=0 (OpenAI: 0 <= top_p <= 1) and an empty

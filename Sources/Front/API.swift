@@ -57,6 +57,8 @@ public struct APIRequest: Sendable, Equatable {
     public var messages: [ChatMessage]
     /// Completions: the prompt. Empty for chat (the worker applies the chat template).
     public var prompt: String
+    /// Completions: a prompt given as token ids (used as they are: no BOS is added); nil for a text prompt.
+    public var promptTokens: [Int32]?
     public var sampling: SamplingParams
     public var stream: Bool
     /// stream_options.include_usage
@@ -147,14 +149,18 @@ public enum APIDecoder {
             guard let p = root[.prompt] else {
                 throw APIError(message: "'prompt' is required", param: "prompt", code: "missing_required_parameter")
             }
+            // OpenAI's four shapes, one prompt each (n = 1): a string, an array of one string, an array of
+            // token ids, an array of one array of token ids.
+            let oneOnly = "'prompt' must be a string, an array of token ids, or an array of exactly one of those"
             switch p {
             case .string(let s): req.prompt = s
             case .array(let a):
-                guard a.count == 1, case .string(let s) = a[0] else {
-                    throw .invalid("prompt", "'prompt' must be a string or an array of exactly one string")
-                }
-                req.prompt = s
-            default: throw .wrongType("prompt", expected: "a string", got: p)
+                if a.isEmpty { throw .invalid("prompt", "'prompt' must not be an empty array") }
+                if a.count == 1, case .string(let s) = a[0] { req.prompt = s; break }
+                if a.count == 1, case .array(let ids) = a[0] { req.promptTokens = try tokenIDs(ids); break }
+                if let first = a.first, case .number = first { req.promptTokens = try tokenIDs(a); break }
+                throw .invalid("prompt", oneOnly)
+            default: throw .wrongType("prompt", expected: "a string or an array of token ids", got: p)
             }
         }
         var s = SamplingParams()
@@ -230,6 +236,21 @@ public enum APIDecoder {
         else if let u = user, !u.isEmpty { req.sessionKey = u }
         try checkWireLimits(req, sessionField: sessionField)
         return req
+    }
+
+    /// A prompt's token ids: integers in 0...Int32.max (the worker checks them against its vocabulary),
+    /// at least one.
+    static func tokenIDs(_ a: [JSONValue]) throws(APIError) -> [Int32] {
+        if a.isEmpty { throw .invalid("prompt", "'prompt' must not be an empty array of token ids") }
+        var ids: [Int32] = []
+        ids.reserveCapacity(a.count)
+        for (k, v) in a.enumerated() {
+            guard case .number(_, let i?) = v, i >= 0, i <= Int64(Int32.max) else {
+                throw .invalid("prompt", "'prompt' token ids must be integers from 0 to \(Int32.max); item \(k) is not (\(v.typeName))")
+            }
+            ids.append(Int32(i))
+        }
+        return ids
     }
 
     /// Chat: `logprobs` (boolean) turns them on; `top_logprobs` (0...20) asks for alternatives and needs

@@ -97,6 +97,8 @@ public final class EchoBackend: FrontBackend, @unchecked Sendable {
     public func submit(_ request: APIRequest) -> Admission {
         var prompt = request.prompt
         if request.kind == .chatCompletions { prompt = request.messages.last?.content ?? "" }
+        // A prompt of token ids (no tokenizer here): its ids, as words.
+        if let ids = request.promptTokens { prompt = ids.map(String.init).joined(separator: " ") }
         let words = Self.split(prompt)
         var job = Job(id: request.id, words: words, promptTokens: words.count,
                       maxTokens: request.sampling.maxTokens ?? Int.max, kind: .generate)

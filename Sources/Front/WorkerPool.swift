@@ -360,7 +360,7 @@ public final class WorkerPool: FrontBackend {
                                 messages: r.messages.map { WireMessage(role: $0.role.wireRole, content: $0.content) })
         default:
             return SubmitRecord(requestID: r.id, kind: .completion, sessionKey: r.sessionKey ?? "", sampling: s,
-                                prompt: r.prompt)
+                                prompt: r.prompt, promptTokens: r.promptTokens ?? [])
         }
     }
 

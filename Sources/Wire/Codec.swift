@@ -186,6 +186,8 @@ extension Record {
                 try w.string(m.role, field: "role", limit: 32)
                 try w.string(m.content, field: "content", limit: WireLimits.maxText)
             }
+            try w.count(r.promptTokens.count, field: "prompt_tokens", limit: WireLimits.maxTokens)
+            for t in r.promptTokens { w.u32(UInt32(bitPattern: t)) }
         case .cancel(let r):
             w.u64(r.requestID)
         case .tokenize(let r):
@@ -281,8 +283,15 @@ extension Record {
                 let content = try r.string("content", limit: WireLimits.maxText)
                 messages.append(WireMessage(role: role, content: content))
             }
+            let nTok = try r.count("prompt_tokens", limit: WireLimits.maxTokens)
+            try r.need(nTok * 4, "prompt_tokens")
+            var promptTokens: [Int32] = []
+            if nTok > 0 {
+                promptTokens = [Int32](repeating: 0, count: nTok)
+                for i in 0..<nTok { promptTokens[i] = Int32(bitPattern: try r.u32("prompt_tokens")) }
+            }
             record = .submit(SubmitRecord(requestID: id, kind: kind, sessionKey: session, sampling: s,
-                                          prompt: prompt, messages: messages))
+                                          prompt: prompt, messages: messages, promptTokens: promptTokens))
         case .cancel:
             record = .cancel(CancelRecord(requestID: try r.u64("request_id")))
         case .tokenize:

@@ -103,12 +103,14 @@ public struct SubmitRecord: Equatable, Sendable {
     public var sampling: WireSampling
     /// For `.completion`: the prompt text. For `.chat`: unused (empty).
     public var prompt: String
+    /// For `.completion`: the prompt as token ids, used as they are instead of `prompt` when not empty.
+    public var promptTokens: [Int32]
     /// For `.chat`: the messages. For `.completion`: empty.
     public var messages: [WireMessage]
     public init(requestID: UInt64, kind: PromptKind, sessionKey: String, sampling: WireSampling,
-                prompt: String = "", messages: [WireMessage] = []) {
+                prompt: String = "", messages: [WireMessage] = [], promptTokens: [Int32] = []) {
         self.requestID = requestID; self.kind = kind; self.sessionKey = sessionKey
-        self.sampling = sampling; self.prompt = prompt; self.messages = messages
+        self.sampling = sampling; self.prompt = prompt; self.messages = messages; self.promptTokens = promptTokens
     }
 }
 

@@ -58,6 +58,14 @@ public final class EchoText: TextEngine {
     public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
         let text: String
         switch submit.kind {
+        case .completion where !submit.promptTokens.isEmpty:
+            // Byte tokens as given: the answer is their bytes (the end-of-text token 256 has none).
+            if let bad = submit.promptTokens.first(where: { $0 < 0 || $0 > 256 }) {
+                throw RequestRejection(.invalidRequest, "prompt token id \(bad) is outside the vocabulary (0..<257)")
+            }
+            let prompt = submit.promptTokens
+            let answer = String(decoding: prompt.compactMap { $0 < 256 ? UInt8($0) : nil }, as: UTF8.self)
+            return (prompt, EchoState(answer: answer, maxTokens: Int(submit.sampling.maxTokens), stops: submit.sampling.stop))
         case .completion:
             text = submit.prompt
         case .chat:

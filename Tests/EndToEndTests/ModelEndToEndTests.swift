@@ -178,6 +178,34 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// A completions prompt of token ids (from /tokenize) answers exactly as its text does at temperature 0,
+    /// also as [[ids]] and streamed; prompt_tokens counts the ids; an id beyond the vocabulary is a 400.
+    @Test func tokenIDPromptsAnswerAsTheirText() throws {
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            let text = chatMLPrompt(greedyUsers[0])
+            let tok = try s.request("POST", "/tokenize", json: ["content": text])
+            let ids = try #require(jsonObject(tok.body)?["tokens"] as? [Int])
+            func complete(_ prompt: Any) throws -> (String, Int) {
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": prompt, "max_tokens": 8, "temperature": 0],
+                                      timeout: 120)
+                let o = jsonObject(r.body)
+                let t = try #require(((o?["choices"] as? [[String: Any]])?.first?["text"]) as? String, "\(r.text)")
+                return (t, (o?["usage"] as? [String: Any])?["prompt_tokens"] as? Int ?? -1)
+            }
+            let (ref, refCount) = try complete(text)
+            let (byIDs, count) = try complete(ids)
+            let (nested, _) = try complete([ids])
+            #expect(byIDs == ref && nested == ref, "ids: \(byIDs.debugDescription), [[ids]]: \(nested.debugDescription), text: \(ref.debugDescription)")
+            #expect(count == ids.count && refCount == ids.count)
+            let conn = HTTPConnection(endpoint: s.endpoint, timeout: 120)
+            let st = try streamRequest(conn, path: "/v1/completions",
+                                       json: ["prompt": ids, "max_tokens": 8, "temperature": 0, "stream": true])
+            #expect(st.text == ref)
+            let bad = try s.request("POST", "/v1/completions", json: ["prompt": [1, 49152], "max_tokens": 2])
+            #expect(bad.head.status == 400 && bad.text.contains("vocabulary"), "\(bad.head.status) \(bad.text)")
+        }
+    }
+
     /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
     @Test func multiTurnChatReusesTheSessionCache() throws {
         let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]

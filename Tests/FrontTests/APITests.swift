@@ -277,6 +277,25 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         }
     }
 
+    /// Completions prompts in OpenAI's four shapes (one prompt: n = 1): a string, [string], [ids], [[ids]];
+    /// ids are integers from 0 (the worker checks its vocabulary). Anything else is a 400 naming `prompt`.
+    @Test func promptShapes() throws {
+        #expect(try decode(.completions, #"{"prompt":"p"}"#).prompt == "p")
+        #expect(try decode(.completions, #"{"prompt":["p"]}"#).prompt == "p")
+        let ids = try decode(.completions, #"{"prompt":[504,3575,0,2147483647]}"#)
+        #expect(ids.promptTokens == [504, 3575, 0, Int32.max] && ids.prompt == "")
+        #expect(try decode(.completions, #"{"prompt":[[7,8]]}"#).promptTokens == [7, 8])
+        #expect(try decode(.completions, #"{"prompt":"p"}"#).promptTokens == nil)
+        for body in [#"{"prompt":[]}"#, #"{"prompt":[[]]}"#, #"{"prompt":["a","b"]}"#, #"{"prompt":[[1],[2]]}"#,
+                     #"{"prompt":[1,"a"]}"#, #"{"prompt":[-1]}"#, #"{"prompt":[1.5]}"#, #"{"prompt":[2147483648]}"#,
+                     #"{"prompt":[true]}"#, #"{"prompt":{"a":1}}"#, #"{"prompt":7}"#] {
+            let e = apiError(.completions, body)
+            #expect(e?.status == 400 && e?.param == "prompt", "\(body): \(String(describing: e))")
+        }
+        let r = try decode(.completions, #"{"prompt":[5,6]}"#)
+        #expect(WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).promptTokens == [5, 6])
+    }
+
     /// Chat: `logprobs: true` (+ `top_logprobs` 0...20, only with it); completions: `logprobs` 0...5, and
     /// no `top_logprobs`. Null is absent; every other value is a 400 naming the field.
     @Test func logprobsFields() throws {

@@ -12,6 +12,8 @@ let samples: [Record] = [
                          prompt: "Once upon a time")),
     .submit(SubmitRecord(requestID: 8, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 0),
                          prompt: "p")),
+    .submit(SubmitRecord(requestID: 12, kind: .completion, sessionKey: "s", sampling: WireSampling(),
+                         promptTokens: [0, 504, -1, Int32.max])),
     .submit(SubmitRecord(requestID: 9, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 20),
                          prompt: "p")),
     .logprobs(LogprobsRecord(requestID: 10, entries: [

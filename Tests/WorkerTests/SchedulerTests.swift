@@ -330,3 +330,20 @@ func echoHonoursStopStrings(prompt: String, stop: [String], maxTokens: UInt32, t
     #expect(Int(try #require(h.done(1)).completionTokens) == entries.count)
     #expect(h.text(2) == "aé")
 }
+
+/// A completion prompt of token ids is used as given: the echo engine's byte tokens answer with their bytes,
+/// prompt_tokens counts the ids, and an id outside its 257 tokens is refused before anything runs.
+@Test func tokenIDPromptsAreUsedAsGiven() throws {
+    let h = Harness()
+    let ids: [Int32] = Array("hé".utf8).map { Int32($0) } + [256]
+    h.scheduler.handle(.submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "",
+                                            sampling: WireSampling(temperature: 0, maxTokens: 100), promptTokens: ids)))
+    h.scheduler.handle(.submit(SubmitRecord(requestID: 2, kind: .completion, sessionKey: "",
+                                            sampling: WireSampling(maxTokens: 100), promptTokens: [104, 257])))
+    try h.runToIdle()
+    #expect(h.text(1) == "hé")
+    #expect(try #require(h.done(1)).promptTokens == 4)
+    let refusal = h.box.records.compactMap { if case .error(let e) = $0, e.requestID == 2 { e } else { nil } }.first
+    #expect(refusal?.code == .invalidRequest && refusal?.message.contains("257") == true, "\(String(describing: refusal))")
+    #expect(h.done(2) == nil)
+}
