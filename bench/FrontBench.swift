@@ -361,7 +361,7 @@ struct FrontBench: ParsableCommand {
             left -= n
         }
         run.clientCPUs = cpus
-        if let a = ticks0, let b = Self.cpuTicks(), b.total > a.total {
+        if let a = ticks0, let b = Self.cpuTicks(), b.total > a.total, b.steal >= a.steal {
             run.steal = Double(b.steal - a.steal) / Double(b.total - a.total)
         }
         return run

@@ -36,7 +36,8 @@ public struct FrontConfig: Sendable {
     /// other threads). Tests turn this off and use `requestShutdown()`.
     public var handleSignals = true
     public var maxConnections = 8192
-    /// Per-connection output waiting behind a slow reader; a client that lets more pile up is dropped.
+    /// Per-connection output waiting behind a slow reader; a client that lets more pile up is dropped (when
+    /// more output comes: one answer larger than this is still sent whole).
     public var maxQueuedOutput = 8 << 20
     /// All connections' waiting output together: past it, the client with the most waiting is dropped (many
     /// clients that stop reading would otherwise hold maxQueuedOutput each).
@@ -833,9 +834,13 @@ public final class FrontServer: @unchecked Sendable {
             flush(c)
             return
         }
+        // The per-connection limit counts what was already waiting: a client is dropped for not reading
+        // what it was sent, never for the size of one answer (a non-streamed answer is queued whole, and
+        // with log-probabilities a long one may exceed the limit by itself; the total limit still applies).
+        let waiting = c.queued.count
         c.queued.append(contentsOf: bytes)
         queuedTotal += bytes.count
-        if c.queued.count > config.maxQueuedOutput {
+        if waiting > config.maxQueuedOutput {
             config.log(.warn, "dropping a client that does not read its responses")
             clientGone(c)
             return

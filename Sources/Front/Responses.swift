@@ -195,13 +195,22 @@ enum OpenAIEncoder {
     ///   with `top` alternatives per token;
     /// - completions (legacy): `{"tokens","token_logprobs","top_logprobs","text_offset"}`, each
     ///   top_logprobs entry an object of the `top` most likely tokens and the sampled one (so up to top + 1
-    ///   keys; a token text already present is not repeated), text_offset counting characters of the
+    ///   keys, the sampled first; a token text already present is not repeated), text_offset counting characters of the
     ///   answer from `textOffset` on.
-    /// A token's text is its bytes read as UTF-8 (a piece ending inside a character shows U+FFFD; `bytes`
-    /// has the exact bytes). A log-probability that is not finite is written as -9999.0, as OpenAI does.
+    /// A chat token's text is its bytes read as UTF-8 (a piece that is not whole characters shows U+FFFD;
+    /// `bytes` has the exact bytes). The legacy shape has no `bytes`: such a piece is spelled
+    /// `bytes:\xe2\x80` there, as OpenAI does, so that different pieces stay different keys. A
+    /// log-probability that is not finite is written as -9999.0, as OpenAI does.
     static func logprobs(_ w: inout JSONWriter, chat: Bool, _ steps: ArraySlice<LogprobStep>, top: Int,
                          textOffset: inout Int) {
-        func text(_ t: LogprobToken) -> String { String(decoding: t.bytes, as: UTF8.self) }
+        func text(_ t: LogprobToken) -> String {
+            if chat { return String(decoding: t.bytes, as: UTF8.self) }
+            if let s = String(validating: t.bytes, as: UTF8.self) { return s }
+            let hex: [Character] = Array("0123456789abcdef")
+            var out = "bytes:"
+            for b in t.bytes { out += "\\x"; out.append(hex[Int(b >> 4)]); out.append(hex[Int(b & 15)]) }
+            return out
+        }
         func value(_ t: LogprobToken) { w.raw(t.logprob.isFinite ? String(t.logprob) : "-9999.0") }
         func token(_ t: LogprobToken) {
             w.raw("{\"token\":"); w.string(text(t))
@@ -233,8 +242,9 @@ enum OpenAIEncoder {
         for (k, s) in steps.enumerated() {
             if k > 0 { w.raw(",") }
             w.raw("{")
+            // The sampled token first: if another token reads the same, the sampled one's value is the key's.
             var written: [String] = []
-            for t in s.top.prefix(top) + [s.token] {
+            for t in [s.token] + s.top.prefix(top) {
                 let key = text(t)
                 if written.contains(key) { continue }
                 if !written.isEmpty { w.raw(",") }

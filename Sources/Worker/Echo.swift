@@ -59,10 +59,8 @@ public final class EchoText: TextEngine {
         let text: String
         switch submit.kind {
         case .completion where !submit.promptTokens.isEmpty:
-            // Byte tokens as given: the answer is their bytes (the end-of-text token 256 has none).
-            if let bad = submit.promptTokens.first(where: { $0 < 0 || $0 > 256 }) {
-                throw RequestRejection(.invalidRequest, "prompt token id \(bad) is outside the vocabulary (0..<257)")
-            }
+            // Byte tokens as given (the scheduler checked them against the 257 ids): the answer is their
+            // bytes (the end-of-text token 256 has none).
             let prompt = submit.promptTokens
             let answer = String(decoding: prompt.compactMap { $0 < 256 ? UInt8($0) : nil }, as: UTF8.self)
             return (prompt, EchoState(answer: answer, maxTokens: Int(submit.sampling.maxTokens), stops: submit.sampling.stop))

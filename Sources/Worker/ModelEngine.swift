@@ -89,13 +89,8 @@ public final class ModelTextEngine: TextEngine {
     func promptTokens(_ submit: SubmitRecord) throws(RequestRejection) -> [Int32] {
         switch submit.kind {
         case .completion:
-            if !submit.promptTokens.isEmpty {
-                // Token ids as given (no BOS added), each within the vocabulary.
-                if let bad = submit.promptTokens.first(where: { $0 < 0 || Int($0) >= tokenizer.vocabSize }) {
-                    throw RequestRejection(.invalidRequest, "prompt token id \(bad) is outside the vocabulary (0..<\(tokenizer.vocabSize))")
-                }
-                return submit.promptTokens
-            }
+            // Token ids as given, no BOS added (the scheduler checked them against the model's vocabulary).
+            if !submit.promptTokens.isEmpty { return submit.promptTokens }
             return tokenizer.encode(submit.prompt, parseSpecial: true, addSpecial: true)
         case .chat:
             let rendered: (text: String, contentRanges: [Range<Int>])

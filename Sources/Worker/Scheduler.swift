@@ -134,6 +134,10 @@ public final class Scheduler {
             return
         }
         do throws(RequestRejection) {
+            // Ids given as the prompt must be rows of this model (the tokenizer's list could be longer).
+            if let bad = s.promptTokens.first(where: { $0 < 0 || Int($0) >= runner.vocabSize }) {
+                throw RequestRejection(.invalidRequest, "prompt token id \(bad) is outside the vocabulary (0..<\(runner.vocabSize))")
+            }
             let (prompt, state) = try text.begin(s, contextLength: runner.contextLength)
             guard !prompt.isEmpty else {
                 throw RequestRejection(.invalidRequest, "the prompt is empty after tokenization")
@@ -246,9 +250,14 @@ public final class Scheduler {
     func logprobsRecord(_ id: UInt64, _ row: UnsafeBufferPointer<Float>, _ token: Int32, top: Int) -> LogprobsRecord {
         let lse = Logprobs.logSumExp(row)
         let value = Int(token) < row.count && token >= 0 ? Float(Double(row[Int(token)]) - lse) : -.infinity
-        let sampled = WireTokenLogprob(token: token, bytes: text.tokenBytes(token), logprob: value)
+        // A piece longer than the wire allows (no real vocabulary has one) is cut, not a failed request.
+        func bytes(_ id: Int32) -> [UInt8] {
+            let b = text.tokenBytes(id)
+            return b.count <= WireLimits.maxTokenBytes ? b : Array(b.prefix(WireLimits.maxTokenBytes))
+        }
+        let sampled = WireTokenLogprob(token: token, bytes: bytes(token), logprob: value)
         let alternatives = Logprobs.top(row, count: top, logSumExp: lse).map {
-            WireTokenLogprob(token: $0.id, bytes: text.tokenBytes($0.id), logprob: $0.logprob)
+            WireTokenLogprob(token: $0.id, bytes: bytes($0.id), logprob: $0.logprob)
         }
         return LogprobsRecord(requestID: id, entries: [LogprobEntry(sampled: sampled, top: alternatives)])
     }

@@ -207,7 +207,8 @@ public enum WorkerProcess {
                 } catch { return error }
             }
             if let result { sendError = result; return }
-            // A record that ends a request's answer (its done, or the whole reply of a tokenize/detokenize)
+            // A record that ends a request's answer (its done, the whole reply of a tokenize/detokenize, or an
+            // error: a refusal ends its request, a failure precedes the request's done)
             // is committed at once, with everything reserved before it: the front can finish that response
             // while this step goes on (parking the sequence, the other requests' samples, the bookkeeping),
             // instead of after the step's single commit below. A decode step of a full batch that finishes
@@ -216,7 +217,7 @@ public enum WorkerProcess {
             case .done(let d):
                 if traceDir != nil { sy_trace_mark(d.requestID, SY_TP_WORKER_COMMITTED) }   // before: the front may take it at once
                 channel.tx.commit()
-            case .tokens, .text: channel.tx.commit()
+            case .tokens, .text, .error: channel.tx.commit()
             default: break
             }
         }

@@ -351,16 +351,22 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         offset = 10
         OpenAIEncoder.logprobs(&w, chat: false, steps[...], top: 2, textOffset: &offset)
         let legacy = try JSON.parse(w.bytes)
-        #expect(legacy["tokens"] == .array([.string("Hé"), .string("\u{FFFD}")]))
+        // A piece that is not whole characters is spelled with its bytes in the legacy shape (no `bytes` field there).
+        #expect(legacy["tokens"] == .array([.string("Hé"), .string(#"bytes:\xe2\x82"#)]))
         #expect(legacy["token_logprobs"] == .array([.number(-0.5, integer: nil), .number(-1.25, integer: nil)]))
         // "Hé" is two characters; the partial "€" starts one.
         #expect(legacy["text_offset"] == .array([.number(10, integer: 10), .number(12, integer: 12)]))
         #expect(offset == 13)
         guard case .array(let tops)? = legacy["top_logprobs"], tops.count == 2 else { Issue.record("no top_logprobs"); return }
         #expect(tops[0] == .object([("Hé", .number(-0.5, integer: nil)), ("x", .number(-2, integer: nil))]))
-        // Top 2 of the second step are "x" and a lone 0xE2 (U+FFFD, -inf written as -9999.0); the sampled
-        // token also reads U+FFFD, so it is not repeated.
-        #expect(tops[1] == .object([("x", .number(-2, integer: nil)), ("\u{FFFD}", .number(-9999, integer: nil))]))
+        // The sampled token first, then the top 2: "x" and a lone 0xE2 (its own key; -inf written as -9999.0).
+        #expect(tops[1] == .object([(#"bytes:\xe2\x82"#, .number(-1.25, integer: nil)), ("x", .number(-2, integer: nil)),
+                                    (#"bytes:\xe2"#, .number(-9999, integer: nil))]))
+        // Two tokens that read the same: the key holds the sampled one's value.
+        w.reset()
+        let twin = LogprobToken(bytes: Array("x".utf8), logprob: -0.1)
+        OpenAIEncoder.logprobs(&w, chat: false, [LogprobStep(token: twin, top: [c])][...], top: 1, textOffset: &offset)
+        #expect(try JSON.parse(w.bytes)["top_logprobs"] == .array([.object([("x", .number(-0.1, integer: nil))])]))
     }
 
     @Test func requestDecodingKeepsItsErrors() {

@@ -670,6 +670,37 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(try other.read().status == 200)
     }
 
+    /// The per-connection output limit drops a client for output it leaves unread, not for one answer larger
+    /// than the limit: a non-streamed answer (with log-probabilities, several times its text) bigger than
+    /// the limit arrives whole; a stream nobody reads is dropped once the limit's worth waits behind it.
+    @Test func oneLargeAnswerIsSentWholeButUnreadOutputIsBounded() throws {
+        let s = try TestServer(configure: { $0.maxQueuedOutput = 64 << 10; $0.idleTimeout = 30; $0.requestTimeout = 30 })
+        defer { s.stop() }
+        let words = (0..<3000).map { _ in "word" }.joined(separator: " ")
+        let c = try RawClient(path: s.path)
+        try c.send(request("POST", "/v1/chat/completions",
+                           body: #"{"messages":[{"role":"user","content":"\#(words)"}],"logprobs":true,"top_logprobs":1}"#))
+        let r = try c.read()
+        #expect(r.status == 200)
+        #expect(r.bodyText.utf8.count > 64 << 10, "the answer is \(r.bodyText.utf8.count) bytes")
+        guard case .array(let choices)? = try r.json()["choices"], case .array(let content)? = choices.first?["logprobs"]?["content"] else {
+            Issue.record("no logprobs.content"); return
+        }
+        #expect(content.count == 3000)
+
+        var opts = EchoBackend.Options()
+        opts.delayPerWord = 0.0002
+        let slow = try TestServer(configure: { $0.maxQueuedOutput = 64 << 10; $0.idleTimeout = 30; $0.requestTimeout = 30 }, echo: opts)
+        defer { slow.stop() }
+        let stalled = try RawClient(path: slow.path)
+        var size: Int32 = 4096
+        setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        let many = (0..<20000).map { _ in "word" }.joined(separator: " ")
+        try stalled.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(many)","stream":true}"#))
+        #expect(slow.backend.awaitCancellations(timeout: 10).count == 1)
+        #expect(slow.logs.contains { $0.contains("does not read its responses") }, "\(slow.logs)")
+    }
+
     /// Many clients that stop reading cannot pile up output without bound: past the total limit the one holding
     /// the most is dropped (its request cancelled), each under its own per-connection limit.
     @Test func totalUnreadOutputIsBounded() throws {
