@@ -1,5 +1,12 @@
 // Token sampling: greedy, or llama.cpp's default chain top-k -> top-p -> min-p -> temperature -> draw.
 //
+// Before either, OpenAI's logit adjustments when a request sets them (on a copy of the logits; the
+// model's row is never written): logit_bias adds its value to its token's logit, and the presence and
+// frequency penalties lower each token already sampled in this request by
+//   presence_penalty * (count > 0) + frequency_penalty * count
+// (count = times this sampler returned the token; prompt tokens do not count, as in OpenAI's definition
+// and vLLM).
+//
 // Semantics (llama.cpp's llama-sampling.cpp, the order common_sampler uses):
 //   - temperature 0: greedy; the highest logit wins, ties go to the lowest id.
 //   - top-k (k > 0): keep the k highest logits (ties at the boundary: lower ids first).
@@ -28,6 +35,9 @@ public enum SamplingError: Error, Equatable, CustomStringConvertible {
     case tooManyStops(Int)
     case invalidStop(index: Int, reason: String)
     case invalidVocabularySize(Int)
+    case invalidPenalty(name: String, value: Float)
+    case invalidLogitBias(token: Int32, bias: Float)
+    case tooManyLogitBiases(Int)
 
     public var description: String {
         let L = SamplingParams.Limits.self
@@ -40,6 +50,10 @@ public enum SamplingError: Error, Equatable, CustomStringConvertible {
         case .tooManyStops(let n): return "\(n) stop strings; at most \(L.maxStops)"
         case .invalidStop(let i, let r): return "stop string \(i): \(r)"
         case .invalidVocabularySize(let n): return "vocabulary size \(n) must be positive"
+        case .invalidPenalty(let name, let v): return "\(name) \(v) must be a finite number in -\(L.maxPenalty)...\(L.maxPenalty)"
+        case .invalidLogitBias(let t, let b):
+            return "logit_bias for token \(t): the token must be in the vocabulary and the bias a finite number in -\(L.maxLogitBias)...\(L.maxLogitBias) (got \(b))"
+        case .tooManyLogitBiases(let n): return "\(n) logit_bias entries; at most \(L.maxLogitBiases)"
         }
     }
 }
@@ -51,6 +65,10 @@ public struct SamplingParams: Sendable, Equatable {
         public static let maxTokens = 1 << 20
         public static let maxStops = 16
         public static let maxStopBytes = 1024
+        /// OpenAI's ranges.
+        public static let maxPenalty: Float = 2
+        public static let maxLogitBias: Float = 100
+        public static let maxLogitBiases = 1024
     }
 
     /// 0 = greedy. Defaults follow llama.cpp (0.8, 40, 0.95, 0.05).
@@ -66,12 +84,27 @@ public struct SamplingParams: Sendable, Equatable {
     public var maxTokens: Int
     /// Generation stops before the first occurrence of any of these (see StopMatcher).
     public var stop: [String]
+    /// OpenAI's penalties on tokens already sampled (0 = off), -2...2.
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    /// Added to a token's logit before sampling, -100...100 (OpenAI's logit_bias); at most one per token.
+    public var logitBias: [(token: Int32, bias: Float)] = []
 
     public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05,
                 seed: UInt64? = nil, maxTokens: Int = 256, stop: [String] = []) {
         self.temperature = temperature; self.topK = topK; self.topP = topP; self.minP = minP
         self.seed = seed; self.maxTokens = maxTokens; self.stop = stop
     }
+
+    public static func == (a: SamplingParams, b: SamplingParams) -> Bool {
+        a.temperature == b.temperature && a.topK == b.topK && a.topP == b.topP && a.minP == b.minP
+            && a.seed == b.seed && a.maxTokens == b.maxTokens && a.stop == b.stop
+            && a.presencePenalty == b.presencePenalty && a.frequencyPenalty == b.frequencyPenalty
+            && a.logitBias.elementsEqual(b.logitBias) { $0.token == $1.token && $0.bias == $1.bias }
+    }
+
+    /// Whether sampling starts from an adjusted copy of the logits (see the file comment).
+    var adjustsLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || !logitBias.isEmpty }
 
     /// Greedy decoding (temperature 0).
     public static func greedy(maxTokens: Int = 256, stop: [String] = []) -> SamplingParams {
@@ -93,6 +126,14 @@ public struct SamplingParams: Sendable, Equatable {
             if s.utf8.count > Limits.maxStopBytes {
                 throw SamplingError.invalidStop(index: i, reason: "\(s.utf8.count) bytes; at most \(Limits.maxStopBytes)")
             }
+        }
+        for (name, v) in [("presence_penalty", presencePenalty), ("frequency_penalty", frequencyPenalty)]
+        where !(v.isFinite && abs(v) <= Limits.maxPenalty) {
+            throw SamplingError.invalidPenalty(name: name, value: v)
+        }
+        guard logitBias.count <= Limits.maxLogitBiases else { throw SamplingError.tooManyLogitBiases(logitBias.count) }
+        for (t, b) in logitBias where t < 0 || !(b.isFinite && abs(b) <= Limits.maxLogitBias) {
+            throw SamplingError.invalidLogitBias(token: t, bias: b)
         }
     }
 }
@@ -134,15 +175,24 @@ public struct Sampler: Sendable {
     // Scratch candidates (id, logit), vocabulary-sized, allocated once.
     private var ids: [Int32]
     private var vals: [Float]
+    /// With logit adjustments: the adjusted copy of a row (vocabulary-sized, allocated once), and how
+    /// many times each token was returned so far, in first-sampled order (the penalties' counts).
+    private var adjusted: [Float] = []
+    private var sampledCounts: [Int32: Int] = [:]
+    private var sampledOrder: [Int32] = []
 
     public init(params: SamplingParams, vocabSize: Int) throws {
         try params.validate()
         guard vocabSize > 0 else { throw SamplingError.invalidVocabularySize(vocabSize) }
+        if let bad = params.logitBias.first(where: { Int($0.token) >= vocabSize }) {
+            throw SamplingError.invalidLogitBias(token: bad.token, bias: bad.bias)
+        }
         self.params = params
         seed = params.seed ?? UInt64.random(in: 0...UInt64.max)
         rng = Xoshiro256StarStar(seed: seed)
         ids = [Int32](repeating: 0, count: vocabSize)
         vals = [Float](repeating: 0, count: vocabSize)
+        if params.adjustsLogits { adjusted = [Float](repeating: 0, count: vocabSize) }
     }
 
     /// Index of the highest logit (ties: lowest index; NaN ignored; 0 when there is none).
@@ -174,6 +224,26 @@ public struct Sampler: Sendable {
     /// The next token id for `logits` (one value per vocabulary id). An empty buffer returns 0. A
     /// buffer longer than the vocabulary size given at init grows the scratch once.
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
+        guard params.adjustsLogits, !logits.isEmpty else { return sampleRow(logits) }
+        if adjusted.count < logits.count { adjusted = [Float](repeating: 0, count: logits.count) }
+        let p = params
+        let counts = sampledCounts, order = sampledOrder
+        adjusted.withUnsafeMutableBufferPointer { a in
+            _ = a.initialize(from: logits)
+            for (t, b) in p.logitBias where Int(t) < logits.count { a[Int(t)] += b }
+            for t in order where Int(t) < logits.count {
+                let c = counts[t] ?? 0
+                a[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(c)
+            }
+        }
+        let token = adjusted.withUnsafeBufferPointer { a in
+            sampleRow(UnsafeBufferPointer(rebasing: a[0..<logits.count]))
+        }
+        if let c = sampledCounts[token] { sampledCounts[token] = c + 1 } else { sampledCounts[token] = 1; sampledOrder.append(token) }
+        return token
+    }
+
+    private mutating func sampleRow(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
         let n = logits.count
         if n == 0 { return 0 }
         if params.temperature == 0 { return Self.argmax(logits) }

@@ -30,12 +30,23 @@ public struct SamplingParams: Sendable, Equatable {
     /// Log-probabilities of the generated tokens: nil = none, n = each token's and its n most likely
     /// alternatives (chat: `logprobs: true` with `top_logprobs` 0...20; completions: `logprobs` 0...5).
     public var logprobs: Int?
+    /// OpenAI's penalties on tokens already generated, -2...2 (nil: 0, off).
+    public var presencePenalty: Double?
+    public var frequencyPenalty: Double?
+    /// OpenAI's logit_bias: added to these tokens' logits before sampling, -100...100 each.
+    public var logitBias: [LogitBias] = []
     public init() {}
 
     public static let maxTokensLimit = 1 << 20
     /// OpenAI's bounds: chat's top_logprobs and the legacy completions' logprobs.
     public static let maxTopLogprobsChat = 20
     public static let maxLogprobsCompletions = 5
+}
+
+public struct LogitBias: Sendable, Equatable {
+    public var token: Int32
+    public var bias: Double
+    public init(token: Int32, bias: Double) { self.token = token; self.bias = bias }
 }
 
 /// Who is on the other end of the connection (the client-hash routing key).
@@ -113,6 +124,7 @@ public enum APIDecoder {
         public static let maxMessages = 4096
         public static let maxStopLength = 256
         public static let maxSessionKey = 256
+        public static let maxLogitBiases = 1024
     }
 
     static func checkWireLimits(_ req: APIRequest, sessionField: String) throws(APIError) {
@@ -219,6 +231,13 @@ public enum APIDecoder {
             if n != 1 { throw .invalid("n", "only n = 1 is supported") }
         }
         s.logprobs = try logprobs(kind: kind, root)
+        for (key, name) in [(GenerationKey.presence_penalty, "presence_penalty"), (.frequency_penalty, "frequency_penalty")] {
+            guard let v = root[key], v != .null else { continue }
+            let x = try double(v, name)
+            if !(x >= -2 && x <= 2) { throw .invalid(name, "'\(name)' must be between -2 and 2") }
+            if key == .presence_penalty { s.presencePenalty = x } else { s.frequencyPenalty = x }
+        }
+        if let v = root[.logit_bias], v != .null { s.logitBias = try logitBias(v) }
         req.sampling = s
         if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
         if let v = root[.stream_options], v != .null {
@@ -236,6 +255,30 @@ public enum APIDecoder {
         else if let u = user, !u.isEmpty { req.sessionKey = u }
         try checkWireLimits(req, sessionField: sessionField)
         return req
+    }
+
+    /// logit_bias: an object from token ids (decimal strings, as JSON keys are) to biases in -100...100; the
+    /// worker checks the ids against its vocabulary.
+    static func logitBias(_ v: JSONValue) throws(APIError) -> [LogitBias] {
+        guard case .object(let pairs) = v else { throw .wrongType("logit_bias", expected: "an object of token ids to numbers", got: v) }
+        if pairs.count > WireLimits.maxLogitBiases {
+            throw .invalid("logit_bias", "'logit_bias' may hold at most \(WireLimits.maxLogitBiases) tokens")
+        }
+        var out: [LogitBias] = []
+        out.reserveCapacity(pairs.count)
+        var seen = Set<Int32>()
+        for (key, value) in pairs {
+            guard !key.isEmpty, key.utf8.count <= 10, key.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                  let id = Int32(key) else {
+                throw .invalid("logit_bias", "'logit_bias' keys must be token ids (decimal integers from 0), got \"\(key.prefix(32))\"")
+            }
+            guard case .number(let b, _) = value, b >= -100, b <= 100 else {
+                throw .invalid("logit_bias", "'logit_bias' values must be numbers between -100 and 100 (token \(id))")
+            }
+            if !seen.insert(id).inserted { throw .invalid("logit_bias", "'logit_bias' lists token \(id) twice") }
+            out.append(LogitBias(token: id, bias: b))
+        }
+        return out
     }
 
     /// A prompt's token ids: integers in 0...Int32.max (the worker checks them against its vocabulary),
@@ -317,7 +360,8 @@ public enum APIDecoder {
     /// The top-level fields decodeGeneration reads; every other field is validated and ignored.
     enum GenerationKey: Int, CaseIterable {
         case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
-             stop, n, stream, stream_options, session_id, user, logprobs, top_logprobs
+             stop, n, stream, stream_options, session_id, user, logprobs, top_logprobs,
+             presence_penalty, frequency_penalty, logit_bias
     }
     static let generationKeys: JSONKeys = {
         precondition(GenerationKey.allCases.count == GenerationFields.capacity, "GenerationFields holds every key")
@@ -326,8 +370,8 @@ public enum APIDecoder {
 
     /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
     struct GenerationFields {
-        static let capacity = 18
-        var values = InlineArray<18, JSONValue?>(repeating: nil)
+        static let capacity = 21
+        var values = InlineArray<21, JSONValue?>(repeating: nil)
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }
 

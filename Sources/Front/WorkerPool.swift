@@ -354,6 +354,9 @@ public final class WorkerPool: FrontBackend {
         s.seed = r.sampling.seed.map { UInt64(bitPattern: $0) }
         s.stop = r.sampling.stop
         s.logprobs = r.sampling.logprobs.map { UInt8(clamping: min($0, WireLimits.maxTopLogprobs)) }
+        s.presencePenalty = Float(r.sampling.presencePenalty ?? 0)
+        s.frequencyPenalty = Float(r.sampling.frequencyPenalty ?? 0)
+        s.logitBias = r.sampling.logitBias.map { WireLogitBias(token: $0.token, bias: Float($0.bias)) }
         switch r.kind {
         case .chatCompletions:
             return SubmitRecord(requestID: r.id, kind: .chat, sessionKey: r.sessionKey ?? "", sampling: s,

@@ -180,6 +180,10 @@ extension Record {
                 throw .tooLarge(field: "logprobs", length: Int(n), limit: WireLimits.maxTopLogprobs)
             }
             w.u8(r.sampling.logprobs.map { $0 + 1 } ?? 0)
+            w.f32(r.sampling.presencePenalty)
+            w.f32(r.sampling.frequencyPenalty)
+            try w.count(r.sampling.logitBias.count, field: "logit_bias", limit: WireLimits.maxLogitBiases)
+            for b in r.sampling.logitBias { w.u32(UInt32(bitPattern: b.token)); w.f32(b.bias) }
             try w.string(r.prompt, field: "prompt", limit: WireLimits.maxText)
             try w.count(r.messages.count, field: "messages", limit: WireLimits.maxMessages)
             for m in r.messages {
@@ -271,6 +275,14 @@ extension Record {
             if lp > 0 {
                 guard Int(lp) - 1 <= WireLimits.maxTopLogprobs else { throw .invalidValue(field: "logprobs", value: UInt64(lp)) }
                 s.logprobs = lp - 1
+            }
+            s.presencePenalty = try r.f32("presence_penalty")
+            s.frequencyPenalty = try r.f32("frequency_penalty")
+            let nBias = try r.count("logit_bias", limit: WireLimits.maxLogitBiases)
+            try r.need(nBias * 8, "logit_bias")
+            s.logitBias.reserveCapacity(nBias)
+            for _ in 0..<nBias {
+                s.logitBias.append(WireLogitBias(token: Int32(bitPattern: try r.u32("logit_bias")), bias: try r.f32("logit_bias")))
             }
             let prompt = try r.string("prompt", limit: WireLimits.maxText)
             let nMsg = try r.count("messages", limit: WireLimits.maxMessages)

@@ -60,6 +60,8 @@ public enum WireLimits {
     public static let maxTokenBytes = 4096
     /// Most token entries in one logprobs record (the worker sends one per sampled token).
     public static let maxLogprobEntries = 4096
+    /// Most logit_bias entries in a submit.
+    public static let maxLogitBiases = 1024
 }
 
 // MARK: - Request side
@@ -88,11 +90,22 @@ public struct WireSampling: Equatable, Sendable {
     /// Log-probabilities of the generated tokens: nil = none; n = each token's, with its n most likely
     /// alternatives (0...WireLimits.maxTopLogprobs). On the wire one byte: 0 = none, n + 1.
     public var logprobs: UInt8?
+    /// OpenAI's penalties on tokens already generated (0 = off).
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    /// Added to the logits of these tokens before sampling.
+    public var logitBias: [WireLogitBias] = []
     public init(temperature: Float = 1, topP: Float = 1, minP: Float = 0, topK: Int32 = 0,
                 maxTokens: UInt32 = 256, seed: UInt64? = nil, stop: [String] = [], logprobs: UInt8? = nil) {
         self.temperature = temperature; self.topP = topP; self.minP = minP; self.topK = topK
         self.maxTokens = maxTokens; self.seed = seed; self.stop = stop; self.logprobs = logprobs
     }
+}
+
+public struct WireLogitBias: Equatable, Sendable {
+    public var token: Int32
+    public var bias: Float
+    public init(token: Int32, bias: Float) { self.token = token; self.bias = bias }
 }
 
 public struct SubmitRecord: Equatable, Sendable {

@@ -70,8 +70,11 @@ public final class ModelTextEngine: TextEngine {
     public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
         let prompt = try promptTokens(submit)
         let s = submit.sampling
-        let params = SamplingParams(temperature: s.temperature, topK: Int(s.topK), topP: s.topP, minP: s.minP,
+        var params = SamplingParams(temperature: s.temperature, topK: Int(s.topK), topP: s.topP, minP: s.minP,
                                     seed: s.seed, maxTokens: Int(max(1, s.maxTokens)), stop: s.stop)
+        params.presencePenalty = s.presencePenalty
+        params.frequencyPenalty = s.frequencyPenalty
+        params.logitBias = s.logitBias.map { ($0.token, $0.bias) }
         do {
             let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
             return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop))

@@ -206,6 +206,36 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// logit_bias and the penalties reach the model's sampler: banning the greedy answer's first token
+    /// (" Paris") changes the answer and it never appears; a frequency penalty breaks a "la la la" loop the
+    /// plain greedy answer repeats; an id outside the vocabulary is a 400.
+    @Test func logitBiasAndPenaltiesSteerTheModel() throws {
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            func complete(_ body: [String: Any]) throws -> String {
+                let r = try s.request("POST", "/v1/completions", json: body, timeout: 120)
+                return try #require(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String, "\(r.text)")
+            }
+            let paris = try #require((jsonObject(try s.request("POST", "/tokenize", json: ["content": " Paris"]).body)?["tokens"] as? [Int])?.first)
+            let base: [String: Any] = ["prompt": "The capital of France is", "max_tokens": 12, "temperature": 0]
+            let plain = try complete(base)
+            #expect(plain.hasPrefix(" Paris"), "the greedy answer: \(plain.debugDescription)")
+            var banned = base
+            banned["logit_bias"] = ["\(paris)": -100]
+            let without = try complete(banned)
+            #expect(!without.contains(" Paris"), "banned token in \(without.debugDescription)")
+
+            let loop: [String: Any] = ["prompt": "Repeat after me: la la la la la la", "max_tokens": 16, "temperature": 0]
+            let looped = try complete(loop)
+            var penalised = loop
+            penalised["frequency_penalty"] = 2
+            let varied = try complete(penalised)
+            func las(_ t: String) -> Int { t.components(separatedBy: "la").count - 1 }
+            #expect(las(varied) < las(looped), "la count: \(las(varied)) with the penalty, \(las(looped)) without: \(varied.debugDescription)")
+            let bad = try s.request("POST", "/v1/completions", json: ["prompt": "x", "logit_bias": ["49152": 1]])
+            #expect(bad.head.status == 400 && bad.text.contains("vocabulary"), "\(bad.head.status) \(bad.text)")
+        }
+    }
+
     /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
     @Test func multiTurnChatReusesTheSessionCache() throws {
         let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]

@@ -156,6 +156,53 @@ struct SamplerTests {
         #expect(throws: Never.self) { try SamplingParams().validate() }
     }
 
+    /// logit_bias moves a token's logit; presence and frequency penalties lower tokens this sampler already
+    /// returned, by presence once and frequency per time. The model's row is never written.
+    @Test func logitBiasAndPenalties() throws {
+        let row: [Float] = [3, 2.5, 0, 1]
+        var biased = SamplingParams.greedy()
+        biased.logitBias = [(token: 2, bias: 4), (token: 0, bias: -100)]
+        var b = try Sampler(params: biased, vocabSize: 4)
+        #expect(Self.sample(&b, row) == 2)   // 0 + 4 beats 3 - 100 and 2.5
+        #expect(row == [3, 2.5, 0, 1])
+
+        // Frequency 0.3: token 0 (3.0) wins twice (3.0, 2.7), then 2.4 < 2.5 and token 1 wins; then
+        // 0 at 2.4 against 1 at 2.2: 0 again.
+        var freq = SamplingParams.greedy()
+        freq.frequencyPenalty = 0.3
+        var f = try Sampler(params: freq, vocabSize: 4)
+        #expect((0..<4).map { _ in Self.sample(&f, row) } == [0, 0, 1, 0])
+
+        // Presence 0.6: once penalised, 0 (2.4) loses to 1 (2.5), which then (1.9) loses to 0 again for good.
+        var pres = SamplingParams.greedy()
+        pres.presencePenalty = 0.6
+        var pr = try Sampler(params: pres, vocabSize: 4)
+        #expect((0..<4).map { _ in Self.sample(&pr, row) } == [0, 1, 0, 0])
+
+        // A negative penalty favours repeats; without adjustments nothing changes between steps.
+        var neg = SamplingParams.greedy()
+        neg.frequencyPenalty = -1
+        var n = try Sampler(params: neg, vocabSize: 4)
+        #expect((0..<3).map { _ in Self.sample(&n, [2.5, 3, 0, 0]) } == [1, 1, 1])
+
+        // Sampled (not greedy) draws respect a ban.
+        var banned = SamplingParams(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 3)
+        banned.logitBias = [(token: 0, bias: -100)]
+        var d = try Sampler(params: banned, vocabSize: 4)
+        #expect((0..<200).allSatisfy { _ in Self.sample(&d, [5, 0, 0, 0]) != 0 })
+
+        // Out of range.
+        var bad = SamplingParams.greedy()
+        bad.presencePenalty = 2.5
+        #expect(throws: SamplingError.invalidPenalty(name: "presence_penalty", value: 2.5)) { try bad.validate() }
+        bad = .greedy(); bad.frequencyPenalty = .nan
+        #expect(throws: SamplingError.self) { try bad.validate() }
+        bad = .greedy(); bad.logitBias = [(token: 1, bias: 101)]
+        #expect(throws: SamplingError.invalidLogitBias(token: 1, bias: 101)) { try bad.validate() }
+        bad = .greedy(); bad.logitBias = [(token: 4, bias: 1)]
+        #expect(throws: SamplingError.invalidLogitBias(token: 4, bias: 1)) { try Sampler(params: bad, vocabSize: 4) }
+    }
+
     @Test func topLogprobsAreLogSoftmax() {
         let l: [Float] = [2, 1, 3, 3, -1]
         let top = l.withUnsafeBufferPointer { Logprobs.top($0, count: 3) }

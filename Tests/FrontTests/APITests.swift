@@ -296,6 +296,37 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).promptTokens == [5, 6])
     }
 
+    /// presence/frequency penalties in -2...2; logit_bias an object of decimal token ids to -100...100, no
+    /// token twice, at most 1024; all reach the worker's record (defaults 0 and none).
+    @Test func penaltiesAndLogitBias() throws {
+        let r = try decode(.completions, #"{"prompt":"p","presence_penalty":-2,"frequency_penalty":0.5,"logit_bias":{"7042":-100,"0":2.5}}"#)
+        #expect(r.sampling.presencePenalty == -2 && r.sampling.frequencyPenalty == 0.5)
+        #expect(r.sampling.logitBias == [LogitBias(token: 7042, bias: -100), LogitBias(token: 0, bias: 2.5)])
+        let w = WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling
+        #expect(w.presencePenalty == -2 && w.frequencyPenalty == 0.5)
+        #expect(w.logitBias == [WireLogitBias(token: 7042, bias: -100), WireLogitBias(token: 0, bias: 2.5)])
+        let plain = WorkerPool.submitRecord(for: try decode(.completions, #"{"prompt":"p","logit_bias":null}"#),
+                                            defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling
+        #expect(plain.presencePenalty == 0 && plain.frequencyPenalty == 0 && plain.logitBias.isEmpty)
+        let many = "{" + (0..<1025).map { "\"\($0)\":1" }.joined(separator: ",") + "}"
+        for (body, param) in [
+            (#"{"prompt":"p","presence_penalty":2.5}"#, "presence_penalty"),
+            (#"{"prompt":"p","frequency_penalty":"1"}"#, "frequency_penalty"),
+            (#"{"prompt":"p","logit_bias":{"a":1}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":{"-1":1}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":{"99999999999":1}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":{"1":101}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":{"1":"x"}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":{"1":1,"01":2}}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":[1]}"#, "logit_bias"),
+            (#"{"prompt":"p","logit_bias":"# + many + "}", "logit_bias"),
+        ] {
+            let e = apiError(.completions, body)
+            #expect(e?.status == 400 && e?.param == param, "\(body.prefix(80)): \(String(describing: e))")
+        }
+        #expect(APIDecoder.WireLimits.maxLogitBiases == Wire.WireLimits.maxLogitBiases)
+    }
+
     /// Chat: `logprobs: true` (+ `top_logprobs` 0...20, only with it); completions: `logprobs` 0...5, and
     /// no `top_logprobs`. Null is absent; every other value is a 400 naming the field.
     @Test func logprobsFields() throws {

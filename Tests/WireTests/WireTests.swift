@@ -14,6 +14,12 @@ let samples: [Record] = [
                          prompt: "p")),
     .submit(SubmitRecord(requestID: 12, kind: .completion, sessionKey: "s", sampling: WireSampling(),
                          promptTokens: [0, 504, -1, Int32.max])),
+    .submit(SubmitRecord(requestID: 13, kind: .completion, sessionKey: "", sampling: {
+        var s = WireSampling()
+        s.presencePenalty = -2; s.frequencyPenalty = 0.5
+        s.logitBias = [WireLogitBias(token: 7042, bias: -100), WireLogitBias(token: 0, bias: 3.5)]
+        return s
+    }(), prompt: "p")),
     .submit(SubmitRecord(requestID: 9, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 20),
                          prompt: "p")),
     .logprobs(LogprobsRecord(requestID: 10, entries: [
