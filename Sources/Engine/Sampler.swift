@@ -5,7 +5,7 @@
 // frequency penalties lower each token already sampled in this request by
 //   presence_penalty * (count > 0) + frequency_penalty * count
 // (count = times this sampler returned the token; prompt tokens do not count, as in OpenAI's definition
-// and vLLM).
+// and vLLM; a negative penalty raises them).
 //
 // Semantics (llama.cpp's llama-sampling.cpp, the order common_sampler uses):
 //   - temperature 0: greedy; the highest logit wins, ties go to the lowest id.
@@ -21,8 +21,10 @@
 // and the same logits give the same token sequence on every platform. It does not reproduce
 // llama.cpp's std::mt19937 stream, so seeded samples differ from llama.cpp's.
 //
-// No allocation per token: two scratch arrays of vocabulary size are made once; top-k is a bounded
-// heap selection, top-p pops from an in-place max-heap only as many candidates as it keeps.
+// No allocation per token: two scratch arrays of vocabulary size are made once (with logit adjustments,
+// two more: the adjusted row and the penalties' counts, plus a list of the distinct tokens sampled that
+// grows with the answer); top-k is a bounded heap selection, top-p pops from an in-place max-heap only as
+// many candidates as it keeps.
 
 import Glibc
 
@@ -52,7 +54,7 @@ public enum SamplingError: Error, Equatable, CustomStringConvertible {
         case .invalidVocabularySize(let n): return "vocabulary size \(n) must be positive"
         case .invalidPenalty(let name, let v): return "\(name) \(v) must be a finite number in -\(L.maxPenalty)...\(L.maxPenalty)"
         case .invalidLogitBias(let t, let b):
-            return "logit_bias for token \(t): the token must be in the vocabulary and the bias a finite number in -\(L.maxLogitBias)...\(L.maxLogitBias) (got \(b))"
+            return "logit_bias for token \(t): the token must be in the vocabulary, listed once, and the bias a finite number in -\(L.maxLogitBias)...\(L.maxLogitBias) (got \(b))"
         case .tooManyLogitBiases(let n): return "\(n) logit_bias entries; at most \(L.maxLogitBiases)"
         }
     }
@@ -88,7 +90,7 @@ public struct SamplingParams: Sendable, Equatable {
     public var presencePenalty: Float = 0
     public var frequencyPenalty: Float = 0
     /// Added to a token's logit before sampling, -100...100 (OpenAI's logit_bias); at most one per token.
-    public var logitBias: [(token: Int32, bias: Float)] = []
+    public var logitBias: [TokenBias] = []
 
     public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95, minP: Float = 0.05,
                 seed: UInt64? = nil, maxTokens: Int = 256, stop: [String] = []) {
@@ -96,15 +98,10 @@ public struct SamplingParams: Sendable, Equatable {
         self.seed = seed; self.maxTokens = maxTokens; self.stop = stop
     }
 
-    public static func == (a: SamplingParams, b: SamplingParams) -> Bool {
-        a.temperature == b.temperature && a.topK == b.topK && a.topP == b.topP && a.minP == b.minP
-            && a.seed == b.seed && a.maxTokens == b.maxTokens && a.stop == b.stop
-            && a.presencePenalty == b.presencePenalty && a.frequencyPenalty == b.frequencyPenalty
-            && a.logitBias.elementsEqual(b.logitBias) { $0.token == $1.token && $0.bias == $1.bias }
-    }
-
     /// Whether sampling starts from an adjusted copy of the logits (see the file comment).
-    var adjustsLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || !logitBias.isEmpty }
+    var adjustsLogits: Bool { penalises || !logitBias.isEmpty }
+    /// Whether the sampler counts the tokens it returns (only the penalties need the counts).
+    var penalises: Bool { presencePenalty != 0 || frequencyPenalty != 0 }
 
     /// Greedy decoding (temperature 0).
     public static func greedy(maxTokens: Int = 256, stop: [String] = []) -> SamplingParams {
@@ -132,10 +129,18 @@ public struct SamplingParams: Sendable, Equatable {
             throw SamplingError.invalidPenalty(name: name, value: v)
         }
         guard logitBias.count <= Limits.maxLogitBiases else { throw SamplingError.tooManyLogitBiases(logitBias.count) }
-        for (t, b) in logitBias where t < 0 || !(b.isFinite && abs(b) <= Limits.maxLogitBias) {
-            throw SamplingError.invalidLogitBias(token: t, bias: b)
+        var seen = Set<Int32>()
+        for e in logitBias where e.token < 0 || !(e.bias.isFinite && abs(e.bias) <= Limits.maxLogitBias) || !seen.insert(e.token).inserted {
+            throw SamplingError.invalidLogitBias(token: e.token, bias: e.bias)
         }
     }
+}
+
+/// One logit_bias entry.
+public struct TokenBias: Sendable, Equatable {
+    public var token: Int32
+    public var bias: Float
+    public init(token: Int32, bias: Float) { self.token = token; self.bias = bias }
 }
 
 /// xoshiro256** (Blackman & Vigna, 2018), state seeded with SplitMix64.
@@ -178,8 +183,8 @@ public struct Sampler: Sendable {
     /// With logit adjustments: the adjusted copy of a row (vocabulary-sized, allocated once), and how
     /// many times each token was returned so far, in first-sampled order (the penalties' counts).
     private var adjusted: [Float] = []
-    private var sampledCounts: [Int32: Int] = [:]
-    private var sampledOrder: [Int32] = []
+    private var sampledCounts: [Int32] = []   // vocabulary-sized, only with penalties
+    private var sampledOrder: [Int32] = []    // each token sampled so far, once
 
     public init(params: SamplingParams, vocabSize: Int) throws {
         try params.validate()
@@ -193,6 +198,7 @@ public struct Sampler: Sendable {
         ids = [Int32](repeating: 0, count: vocabSize)
         vals = [Float](repeating: 0, count: vocabSize)
         if params.adjustsLogits { adjusted = [Float](repeating: 0, count: vocabSize) }
+        if params.penalises { sampledCounts = [Int32](repeating: 0, count: vocabSize) }
     }
 
     /// Index of the highest logit (ties: lowest index; NaN ignored; 0 when there is none).
@@ -227,19 +233,27 @@ public struct Sampler: Sendable {
         guard params.adjustsLogits, !logits.isEmpty else { return sampleRow(logits) }
         if adjusted.count < logits.count { adjusted = [Float](repeating: 0, count: logits.count) }
         let p = params
-        let counts = sampledCounts, order = sampledOrder
+        let penalise = p.penalises
         adjusted.withUnsafeMutableBufferPointer { a in
             _ = a.initialize(from: logits)
-            for (t, b) in p.logitBias where Int(t) < logits.count { a[Int(t)] += b }
-            for t in order where Int(t) < logits.count {
-                let c = counts[t] ?? 0
-                a[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(c)
+            for e in p.logitBias where Int(e.token) < logits.count { a[Int(e.token)] += e.bias }
+            guard penalise else { return }
+            sampledCounts.withUnsafeBufferPointer { counts in
+                for t in sampledOrder where Int(t) < logits.count {
+                    a[Int(t)] -= p.presencePenalty + p.frequencyPenalty * Float(counts[Int(t)])
+                }
             }
         }
         let token = adjusted.withUnsafeBufferPointer { a in
             sampleRow(UnsafeBufferPointer(rebasing: a[0..<logits.count]))
         }
-        if let c = sampledCounts[token] { sampledCounts[token] = c + 1 } else { sampledCounts[token] = 1; sampledOrder.append(token) }
+        if penalise && token >= 0 {
+            if Int(token) >= sampledCounts.count {
+                sampledCounts += [Int32](repeating: 0, count: Int(token) + 1 - sampledCounts.count)
+            }
+            if sampledCounts[Int(token)] == 0 { sampledOrder.append(token) }
+            sampledCounts[Int(token)] += 1
+        }
         return token
     }
 

@@ -74,7 +74,7 @@ public final class ModelTextEngine: TextEngine {
                                     seed: s.seed, maxTokens: Int(max(1, s.maxTokens)), stop: s.stop)
         params.presencePenalty = s.presencePenalty
         params.frequencyPenalty = s.frequencyPenalty
-        params.logitBias = s.logitBias.map { ($0.token, $0.bias) }
+        params.logitBias = s.logitBias.map { TokenBias(token: $0.token, bias: $0.bias) }
         do {
             let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
             return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop))

@@ -138,6 +138,10 @@ public final class Scheduler {
             if let bad = s.promptTokens.first(where: { $0 < 0 || Int($0) >= runner.vocabSize }) {
                 throw RequestRejection(.invalidRequest, "prompt token id \(bad) is outside the vocabulary (0..<\(runner.vocabSize))")
             }
+            // logit_bias ids likewise (the engine's sampler checks them against its tokenizer's list too).
+            if let bad = s.sampling.logitBias.first(where: { $0.token < 0 || Int($0.token) >= runner.vocabSize }) {
+                throw RequestRejection(.invalidRequest, "logit_bias token id \(bad.token) is outside the vocabulary (0..<\(runner.vocabSize))")
+            }
             let (prompt, state) = try text.begin(s, contextLength: runner.contextLength)
             guard !prompt.isEmpty else {
                 throw RequestRejection(.invalidRequest, "the prompt is empty after tokenization")

@@ -161,7 +161,7 @@ struct SamplerTests {
     @Test func logitBiasAndPenalties() throws {
         let row: [Float] = [3, 2.5, 0, 1]
         var biased = SamplingParams.greedy()
-        biased.logitBias = [(token: 2, bias: 4), (token: 0, bias: -100)]
+        biased.logitBias = [TokenBias(token: 2, bias: 4), TokenBias(token: 0, bias: -100)]
         var b = try Sampler(params: biased, vocabSize: 4)
         #expect(Self.sample(&b, row) == 2)   // 0 + 4 beats 3 - 100 and 2.5
         #expect(row == [3, 2.5, 0, 1])
@@ -179,15 +179,23 @@ struct SamplerTests {
         var pr = try Sampler(params: pres, vocabSize: 4)
         #expect((0..<4).map { _ in Self.sample(&pr, row) } == [0, 1, 0, 0])
 
-        // A negative penalty favours repeats; without adjustments nothing changes between steps.
+        // A negative penalty favours repeats: 0 wins the first row, then 2.5 + 1 beats 3 in the second
+        // (plain greedy would pick 1 there).
         var neg = SamplingParams.greedy()
         neg.frequencyPenalty = -1
         var n = try Sampler(params: neg, vocabSize: 4)
-        #expect((0..<3).map { _ in Self.sample(&n, [2.5, 3, 0, 0]) } == [1, 1, 1])
+        #expect(Self.sample(&n, [3, 2.5, 0, 0]) == 0 && Self.sample(&n, [2.5, 3, 0, 0]) == 0)
+        var plain = try Sampler(params: .greedy(), vocabSize: 4)
+        #expect(Self.sample(&plain, [3, 2.5, 0, 0]) == 0 && Self.sample(&plain, [2.5, 3, 0, 0]) == 1)
+        // logit_bias alone counts nothing: the same row gives the same token every step.
+        var onlyBias = SamplingParams.greedy()
+        onlyBias.logitBias = [TokenBias(token: 3, bias: 1.5)]
+        var ob = try Sampler(params: onlyBias, vocabSize: 4)
+        #expect((0..<3).map { _ in Self.sample(&ob, row) } == [0, 0, 0])
 
         // Sampled (not greedy) draws respect a ban.
         var banned = SamplingParams(temperature: 1, topK: 0, topP: 1, minP: 0, seed: 3)
-        banned.logitBias = [(token: 0, bias: -100)]
+        banned.logitBias = [TokenBias(token: 0, bias: -100)]
         var d = try Sampler(params: banned, vocabSize: 4)
         #expect((0..<200).allSatisfy { _ in Self.sample(&d, [5, 0, 0, 0]) != 0 })
 
@@ -197,10 +205,12 @@ struct SamplerTests {
         #expect(throws: SamplingError.invalidPenalty(name: "presence_penalty", value: 2.5)) { try bad.validate() }
         bad = .greedy(); bad.frequencyPenalty = .nan
         #expect(throws: SamplingError.self) { try bad.validate() }
-        bad = .greedy(); bad.logitBias = [(token: 1, bias: 101)]
+        bad = .greedy(); bad.logitBias = [TokenBias(token: 1, bias: 101)]
         #expect(throws: SamplingError.invalidLogitBias(token: 1, bias: 101)) { try bad.validate() }
-        bad = .greedy(); bad.logitBias = [(token: 4, bias: 1)]
+        bad = .greedy(); bad.logitBias = [TokenBias(token: 4, bias: 1)]
         #expect(throws: SamplingError.invalidLogitBias(token: 4, bias: 1)) { try Sampler(params: bad, vocabSize: 4) }
+        bad = .greedy(); bad.logitBias = [TokenBias(token: 1, bias: 1), TokenBias(token: 1, bias: 2)]
+        #expect(throws: SamplingError.invalidLogitBias(token: 1, bias: 2)) { try bad.validate() }
     }
 
     @Test func topLogprobsAreLogSoftmax() {
