@@ -310,7 +310,8 @@ struct FrontBench: ParsableCommand {
         defer { fclose(f) }
         var line = [CChar](repeating: 0, count: 512)
         guard fgets(&line, Int32(line.count), f) != nil else { return nil }
-        let fields = String(cString: line).split(separator: " ").dropFirst().compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let fields = text.split(separator: " ").dropFirst().compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         // user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user/nice]
         guard fields.count >= 8 else { return nil }
         return (fields[7], fields[0..<8].reduce(0, +))

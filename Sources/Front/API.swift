@@ -35,6 +35,8 @@ public struct SamplingParams: Sendable, Equatable {
     public var frequencyPenalty: Double?
     /// OpenAI's logit_bias: added to these tokens' logits before sampling, -100...100 each.
     public var logitBias: [LogitBias] = []
+    /// response_format {"type": "json_object"}: the answer is constrained to one JSON object.
+    public var jsonObject = false
     public init() {}
 
     public static let maxTokensLimit = 1 << 20
@@ -238,6 +240,19 @@ public enum APIDecoder {
             if key == .presence_penalty { s.presencePenalty = x } else { s.frequencyPenalty = x }
         }
         if let v = root[.logit_bias], v != .null { s.logitBias = try logitBias(v) }
+        if let v = root[.response_format], v != .null {
+            guard case .object = v, case .string(let type)? = v["type"] else {
+                throw .wrongType("response_format", expected: "an object with a \"type\"", got: v)
+            }
+            switch type {
+            case "text": break
+            case "json_object": s.jsonObject = true
+            case "json_schema":
+                throw .invalid("response_format", "response_format json_schema is not supported (json_object is: the answer is one JSON object, without a schema)")
+            default:
+                throw .invalid("response_format", "unknown response_format type '\(type.prefix(64))' (text and json_object are supported)")
+            }
+        }
         req.sampling = s
         if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
         if let v = root[.stream_options], v != .null {
@@ -361,7 +376,7 @@ public enum APIDecoder {
     enum GenerationKey: Int, CaseIterable {
         case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
              stop, n, stream, stream_options, session_id, user, logprobs, top_logprobs,
-             presence_penalty, frequency_penalty, logit_bias
+             presence_penalty, frequency_penalty, logit_bias, response_format
     }
     static let generationKeys: JSONKeys = {
         precondition(GenerationKey.allCases.count == GenerationFields.capacity, "GenerationFields holds every key")
@@ -370,8 +385,8 @@ public enum APIDecoder {
 
     /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
     struct GenerationFields {
-        static let capacity = 21
-        var values = InlineArray<21, JSONValue?>(repeating: nil)
+        static let capacity = 22
+        var values = InlineArray<22, JSONValue?>(repeating: nil)
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }
 

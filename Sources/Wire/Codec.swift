@@ -184,6 +184,7 @@ extension Record {
             w.f32(r.sampling.frequencyPenalty)
             try w.count(r.sampling.logitBias.count, field: "logit_bias", limit: WireLimits.maxLogitBiases)
             for b in r.sampling.logitBias { w.u32(UInt32(bitPattern: b.token)); w.f32(b.bias) }
+            w.u8(r.sampling.jsonObject ? 1 : 0)
             try w.string(r.prompt, field: "prompt", limit: WireLimits.maxText)
             try w.count(r.messages.count, field: "messages", limit: WireLimits.maxMessages)
             for m in r.messages {
@@ -284,6 +285,7 @@ extension Record {
             for _ in 0..<nBias {
                 s.logitBias.append(WireLogitBias(token: Int32(bitPattern: try r.u32("logit_bias")), bias: try r.f32("logit_bias")))
             }
+            s.jsonObject = try r.bool("json_object")
             let prompt = try r.string("prompt", limit: WireLimits.maxText)
             let nMsg = try r.count("messages", limit: WireLimits.maxMessages)
             // Each message needs at least 8 bytes (two lengths): refuse absurd counts before reserving.

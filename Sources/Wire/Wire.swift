@@ -95,6 +95,8 @@ public struct WireSampling: Equatable, Sendable {
     public var frequencyPenalty: Float = 0
     /// Added to the logits of these tokens before sampling.
     public var logitBias: [WireLogitBias] = []
+    /// JSON mode (response_format json_object): the answer is constrained to one JSON object.
+    public var jsonObject = false
     public init(temperature: Float = 1, topP: Float = 1, minP: Float = 0, topK: Int32 = 0,
                 maxTokens: UInt32 = 256, seed: UInt64? = nil, stop: [String] = [], logprobs: UInt8? = nil) {
         self.temperature = temperature; self.topP = topP; self.minP = minP; self.topK = topK

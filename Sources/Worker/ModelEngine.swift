@@ -67,6 +67,9 @@ public final class ModelTextEngine: TextEngine {
         self.tokenizer = tokenizer; self.template = template; self.modelName = modelName
     }
 
+    /// JSON mode's view of the vocabulary, built by the first request that asks for JSON.
+    private var jsonTable: JSONTokenTable?
+
     public func begin(_ submit: SubmitRecord, contextLength: Int) throws(RequestRejection) -> (prompt: [Int32], state: any GenerationState) {
         let prompt = try promptTokens(submit)
         let s = submit.sampling
@@ -77,7 +80,13 @@ public final class ModelTextEngine: TextEngine {
         params.logitBias = s.logitBias.map { TokenBias(token: $0.token, bias: $0.bias) }
         do {
             let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
-            return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop))
+            var json: JSONTokenTable? = nil
+            if s.jsonObject {
+                if jsonTable == nil { jsonTable = JSONTokenTable(tokenizer: tokenizer) }
+                json = jsonTable
+            }
+            return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop,
+                                            json: json))
         } catch {
             throw RequestRejection(.invalidRequest, "\(error)")
         }
@@ -126,15 +135,31 @@ final class ModelGeneration: GenerationState {
     let maxTokens: Int
     var generated = 0
     var stopped = false
+    /// JSON mode: the vocabulary table, the answer's grammar state, and the masked copy of each row.
+    let json: JSONTokenTable?
+    var grammar = JSONObjectGrammar()
+    var masked: [Float] = []
 
-    init(tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int, stops: [String]) {
+    init(tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int, stops: [String], json: JSONTokenTable? = nil) {
         self.tokenizer = tokenizer; self.sampler = sampler; self.maxTokens = maxTokens
         detok = StreamingDetokenizer(tokenizer: tokenizer)
         self.stops = StopMatcher(stops: stops)
+        self.json = json
     }
 
     func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
-        let token = sampler.sample(logits)
+        let token: Int32
+        if let json {
+            // JSON mode: only tokens the grammar takes from here (the end of generation once the object is
+            // closed) keep their logits; the sampler then runs its chain on what is left.
+            if masked.count != logits.count { masked = [Float](repeating: 0, count: logits.count) }
+            let g = grammar
+            masked.withUnsafeMutableBufferPointer { _ = json.mask(logits, state: g, into: $0) }
+            token = masked.withUnsafeBufferPointer { sampler.sample($0) }
+            _ = json.advance(&grammar, token: token)
+        } else {
+            token = sampler.sample(logits)
+        }
         if tokenizer.isEndOfGeneration(token) {
             return TokenOutcome(token: token, text: "", finish: .stop, counts: false)
         }

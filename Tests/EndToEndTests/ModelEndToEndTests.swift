@@ -236,6 +236,28 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// JSON mode: with response_format json_object the model's answer is one JSON object (greedy, and
+    /// sampled with three seeds); an answer that ends by itself parses; one cut by max_tokens is a prefix.
+    @Test func jsonModeAnswersAreJSONObjects() throws {
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            var parsed = 0
+            for (k, temperature) in [0.0, 0.8, 0.8, 0.8].enumerated() {
+                let r = try s.request("POST", "/v1/chat/completions",
+                                      json: ["messages": [["role": "user", "content": "Give me a JSON object describing a cat with name and age."]],
+                                             "response_format": ["type": "json_object"], "max_tokens": 200,
+                                             "temperature": temperature, "seed": k], timeout: 120)
+                let c0 = try #require((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first, "\(r.text)")
+                let content = try #require((c0["message"] as? [String: Any])?["content"] as? String)
+                #expect(content.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("{"), "\(content.debugDescription)")
+                if c0["finish_reason"] as? String == "stop" {
+                    #expect((try? JSONSerialization.jsonObject(with: Data(content.utf8))) is [String: Any], "not a JSON object: \(content.debugDescription)")
+                    parsed += 1
+                }
+            }
+            #expect(parsed >= 2, "only \(parsed) of 4 JSON answers ended by themselves")
+        }
+    }
+
     /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
     @Test func multiTurnChatReusesTheSessionCache() throws {
         let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]

@@ -327,6 +327,21 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         #expect(APIDecoder.WireLimits.maxLogitBiases == Wire.WireLimits.maxLogitBiases)
     }
 
+    /// response_format: text (the default) or json_object; json_schema and other types are 400s naming it.
+    @Test func responseFormat() throws {
+        let chat = #"{"messages":[{"role":"user","content":"u"}],"#
+        #expect(try decode(.chatCompletions, chat + #""response_format":{"type":"json_object"}}"#).sampling.jsonObject)
+        #expect(try !decode(.chatCompletions, chat + #""response_format":{"type":"text"}}"#).sampling.jsonObject)
+        #expect(try !decode(.chatCompletions, chat + #""response_format":null}"#).sampling.jsonObject)
+        let r = try decode(.completions, #"{"prompt":"p","response_format":{"type":"json_object"}}"#)
+        #expect(WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling.jsonObject)
+        for body in [#""response_format":{"type":"json_schema","json_schema":{}}}"#, #""response_format":{"type":"yaml"}}"#,
+                     #""response_format":"json_object"}"#, #""response_format":{}}"#] {
+            let e = apiError(.chatCompletions, chat + body)
+            #expect(e?.status == 400 && e?.param == "response_format", "\(body): \(String(describing: e))")
+        }
+    }
+
     /// Chat: `logprobs: true` (+ `top_logprobs` 0...20, only with it); completions: `logprobs` 0...5, and
     /// no `top_logprobs`. Null is absent; every other value is a 400 naming the field.
     @Test func logprobsFields() throws {

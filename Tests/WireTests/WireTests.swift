@@ -18,6 +18,7 @@ let samples: [Record] = [
         var s = WireSampling()
         s.presencePenalty = -2; s.frequencyPenalty = 0.5
         s.logitBias = [WireLogitBias(token: 7042, bias: -100), WireLogitBias(token: 0, bias: 3.5)]
+        s.jsonObject = true
         return s
     }(), prompt: "p")),
     .submit(SubmitRecord(requestID: 9, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 20),

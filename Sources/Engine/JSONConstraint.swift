@@ -1,0 +1,296 @@
+// JSON mode (OpenAI's `response_format: {"type": "json_object"}`): the answer is constrained to one JSON
+// object, byte by byte. Before each sampling step every token whose bytes the grammar would refuse from
+// its current state gets logit -inf; the end-of-generation tokens are allowed only once the object is
+// closed, and then nothing else is. Values are not checked against any schema.
+//
+// The grammar is a pushdown automaton over bytes (RFC 8259): objects, arrays, strings with escapes
+// (\" \\ \/ \b \f \n \r \t \uXXXX, surrogates only in high-low pairs; other text must be well-formed UTF-8,
+// control bytes are refused), numbers, true / false / null, whitespace. Nesting is at most 64 deep (a bit per level). Whitespace outside strings is capped at
+// 32 bytes in a row, so a model cannot pad forever instead of finishing.
+
+/// The state of one JSON object being generated. A value type of a few words: checking a token copies it.
+public struct JSONObjectGrammar: Sendable, Equatable {
+    public static let maxDepth = 64
+    public static let maxWhitespaceRun = 32
+
+    enum Mode: UInt8, Sendable {
+        case start          // before the top-level '{'
+        case keyOrClose     // after '{': '"' or '}'
+        case key            // after ',' in an object: '"'
+        case colon          // after a key: ':'
+        case value          // a value must start
+        case valueOrClose   // after '[': a value or ']'
+        case afterValue     // after a value inside a container: ',' or the container's closer
+        case string         // inside a string
+        case escape         // after '\' in a string
+        case unicode        // inside \uXXXX (`count` hex digits left)
+        case number         // inside a number (`sub` is where)
+        case literal        // inside true / false / null (`literal`, `count` bytes matched)
+        case done           // the top-level object is closed
+    }
+    // Number sub-states.
+    enum Num: UInt8, Sendable { case minus, zero, int, dot, frac, exp, expSign, expDigits }
+
+    var mode: Mode = .start
+    /// One bit per open container, bit `depth - 1` the innermost: 1 = object, 0 = array.
+    var stack: UInt64 = 0
+    var depth: UInt8 = 0
+    /// The string being read is an object key (a ':' follows it).
+    var inKey = false
+    var sub: Num = .minus
+    var count: UInt8 = 0
+    var literal: UInt8 = 0     // 0 true, 1 false, 2 null
+    var whitespace: UInt8 = 0
+    /// Inside a string: continuation bytes the current UTF-8 character still needs, and the range the next
+    /// one must fall in (narrower after E0, ED, F0, F4: no overlong forms, surrogates or values past U+10FFFF).
+    var utf8Need: UInt8 = 0
+    var utf8Lo: UInt8 = 0x80
+    var utf8Hi: UInt8 = 0xBF
+    /// The value of the \u escape being read; `wantLow`: a high surrogate was read, a \u low one must follow.
+    var code: UInt16 = 0
+    var wantLow = false
+
+    public init() {}
+
+    /// The top-level object is closed: only the end of generation may follow.
+    public var isComplete: Bool { mode == .done }
+
+    private static let literals: [[UInt8]] = [Array("true".utf8), Array("false".utf8), Array("null".utf8)]
+
+    @inline(__always) private static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
+    @inline(__always) private static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+    @inline(__always) private static func isHex(_ b: UInt8) -> Bool {
+        isDigit(b) || (b >= 0x61 && b <= 0x66) || (b >= 0x41 && b <= 0x46)
+    }
+
+    private var innermostIsObject: Bool { depth > 0 && (stack >> UInt64(depth - 1)) & 1 == 1 }
+
+    private mutating func push(object: Bool) -> Bool {
+        guard Int(depth) < Self.maxDepth else { return false }
+        if object { stack |= 1 << UInt64(depth) } else { stack &= ~(1 << UInt64(depth)) }
+        depth += 1
+        return true
+    }
+
+    /// A value just ended (a string, number, literal or a closed container).
+    private mutating func valueEnded() {
+        mode = depth == 0 ? .done : .afterValue
+    }
+
+    private mutating func close(_ b: UInt8) -> Bool {
+        let object = innermostIsObject
+        guard depth > 0, (b == 0x7D && object) || (b == 0x5D && !object) else { return false }
+        depth -= 1
+        valueEnded()
+        return true
+    }
+
+    /// Starts a value with byte `b` (mode `.value` or `.valueOrClose`).
+    private mutating func startValue(_ b: UInt8) -> Bool {
+        switch b {
+        case 0x7B: guard push(object: true) else { return false }; mode = .keyOrClose
+        case 0x5B: guard push(object: false) else { return false }; mode = .valueOrClose
+        case 0x22: inKey = false; mode = .string
+        case 0x2D: mode = .number; sub = .minus
+        case 0x30: mode = .number; sub = .zero
+        case 0x31...0x39: mode = .number; sub = .int
+        case 0x74, 0x66, 0x6E:
+            mode = .literal; literal = b == 0x74 ? 0 : (b == 0x66 ? 1 : 2); count = 1
+        default: return false
+        }
+        return true
+    }
+
+    /// Feeds one byte; false (state unchanged in meaning: the caller discards it) if JSON refuses it here.
+    public mutating func step(_ b: UInt8) -> Bool {
+        switch mode {
+        case .string:
+            if utf8Need > 0 {
+                guard b >= utf8Lo && b <= utf8Hi else { return false }
+                utf8Need -= 1; utf8Lo = 0x80; utf8Hi = 0xBF
+                return true
+            }
+            if wantLow { guard b == 0x5C else { return false }; mode = .escape; return true }
+            switch b {
+            case 0x22: if inKey { mode = .colon } else { valueEnded() }; whitespace = 0; return true
+            case 0x5C: mode = .escape; return true
+            case 0x20...0x7F: return true
+            case 0xC2...0xDF: utf8Need = 1
+            case 0xE0: utf8Need = 2; utf8Lo = 0xA0
+            case 0xE1...0xEC, 0xEE, 0xEF: utf8Need = 2
+            case 0xED: utf8Need = 2; utf8Hi = 0x9F
+            case 0xF0: utf8Need = 3; utf8Lo = 0x90
+            case 0xF1...0xF3: utf8Need = 3
+            case 0xF4: utf8Need = 3; utf8Hi = 0x8F
+            default: return false   // control bytes, continuation bytes without a lead, C0, C1, F5...FF
+            }
+            return true
+        case .escape:
+            if wantLow { guard b == 0x75 else { return false }; mode = .unicode; count = 4; code = 0; return true }
+            switch b {
+            case 0x22, 0x5C, 0x2F, 0x62, 0x66, 0x6E, 0x72, 0x74: mode = .string; return true
+            case 0x75: mode = .unicode; count = 4; code = 0; return true
+            default: return false
+            }
+        case .unicode:
+            guard Self.isHex(b) else { return false }
+            code = code << 4 | UInt16(b <= 0x39 ? b - 0x30 : (b | 0x20) - 0x61 + 10)
+            count -= 1
+            if count == 2 {
+                // Two digits read: D8-DB begins a high surrogate, DC-DF a low one. A low one only right
+                // after a high one, and after a high one only a low one.
+                let isHigh = code >= 0xD8 && code <= 0xDB, isLow = code >= 0xDC && code <= 0xDF
+                if wantLow != isLow { return false }
+                wantLow = isHigh
+            }
+            if count == 0 { mode = .string }
+            return true
+        case .number:
+            switch (sub, b) {
+            case (.minus, 0x30): sub = .zero; return true
+            case (.minus, 0x31...0x39): sub = .int; return true
+            case (.int, 0x30...0x39): return true
+            case (.zero, 0x2E), (.int, 0x2E): sub = .dot; return true
+            case (.dot, 0x30...0x39), (.frac, 0x30...0x39): sub = .frac; return true
+            case (.zero, 0x65), (.zero, 0x45), (.int, 0x65), (.int, 0x45), (.frac, 0x65), (.frac, 0x45):
+                sub = .exp; return true
+            case (.exp, 0x2B), (.exp, 0x2D): sub = .expSign; return true
+            case (.exp, 0x30...0x39), (.expSign, 0x30...0x39), (.expDigits, 0x30...0x39): sub = .expDigits; return true
+            default:
+                // The number ends here if it can; the byte then belongs to what follows it.
+                guard sub == .zero || sub == .int || sub == .frac || sub == .expDigits else { return false }
+                valueEnded()
+                whitespace = 0
+                return step(b)
+            }
+        case .literal:
+            let word = Self.literals[Int(literal)]
+            guard b == word[Int(count)] else { return false }
+            count += 1
+            if Int(count) == word.count { valueEnded() }
+            return true
+        default:
+            break
+        }
+        // Structural modes: whitespace may come first (capped).
+        if Self.isSpace(b) {
+            guard mode != .done, whitespace < Self.maxWhitespaceRun else { return false }
+            whitespace += 1
+            return true
+        }
+        whitespace = 0
+        switch mode {
+        case .start:
+            guard b == 0x7B, push(object: true) else { return false }
+            mode = .keyOrClose
+            return true
+        case .keyOrClose:
+            if b == 0x7D { return close(b) }
+            guard b == 0x22 else { return false }
+            inKey = true; mode = .string
+            return true
+        case .key:
+            guard b == 0x22 else { return false }
+            inKey = true; mode = .string
+            return true
+        case .colon:
+            guard b == 0x3A else { return false }
+            mode = .value
+            return true
+        case .value:
+            return startValue(b)
+        case .valueOrClose:
+            if b == 0x5D { return close(b) }
+            return startValue(b)
+        case .afterValue:
+            if b == 0x2C { mode = innermostIsObject ? .key : .value; return true }
+            return close(b)
+        case .done:
+            return false
+        default:
+            return false
+        }
+    }
+
+    /// Whether all of `bytes` can follow the current state (the state is not changed). Empty: false.
+    public func accepts(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard !bytes.isEmpty else { return false }
+        var g = self
+        for b in bytes where !g.step(b) { return false }
+        return true
+    }
+}
+
+/// The vocabulary as JSON mode needs it, built once per model: every token's bytes in one flat buffer,
+/// and which tokens are special (never allowed) or end the generation (allowed once the object is closed).
+public final class JSONTokenTable: Sendable {
+    let bytes: [UInt8]
+    let starts: [Int32]       // token i is bytes[starts[i] ..< starts[i + 1]]
+    let kind: [UInt8]         // 0 text, 1 special (never), 2 end of generation
+    /// Text tokens a string may hold as they are (printable ASCII without '"' and '\\'): inside a string,
+    /// between characters, where most of an answer's tokens are chosen, these need no simulation.
+    let plainInString: [Bool]
+    public var vocabSize: Int { kind.count }
+
+    public init(tokenizer: Tokenizer) {
+        var bytes: [UInt8] = []
+        var starts: [Int32] = [0]
+        var kind: [UInt8] = []
+        for id in 0..<Int32(tokenizer.vocabSize) {
+            tokenizer.appendTokenBytes(id, to: &bytes)
+            starts.append(Int32(bytes.count))
+            kind.append(tokenizer.isEndOfGeneration(id) ? 2 : (tokenizer.isSpecial(id) ? 1 : 0))
+        }
+        self.bytes = bytes; self.starts = starts; self.kind = kind
+        plainInString = (0..<kind.count).map { i in
+            let piece = bytes[Int(starts[i]) ..< Int(starts[i + 1])]
+            return kind[i] == 0 && !piece.isEmpty && piece.allSatisfy { $0 >= 0x20 && $0 < 0x80 && $0 != 0x22 && $0 != 0x5C }
+        }
+    }
+
+    /// Writes `logits` with every token the grammar refuses from `state` set to -infinity into `out`
+    /// (same length; ids past the table are refused). Returns how many tokens stay allowed; when none
+    /// would (cannot happen with a byte-level vocabulary), the end-of-generation tokens are allowed.
+    public func mask(_ logits: UnsafeBufferPointer<Float>, state: JSONObjectGrammar, into out: UnsafeMutableBufferPointer<Float>) -> Int {
+        // Which first bytes can follow at all: most tokens are refused on their first byte.
+        var firstOK = [Bool](repeating: false, count: 256)
+        for b in 0..<256 {
+            var g = state
+            firstOK[b] = g.step(UInt8(b))
+        }
+        var allowed = 0
+        let n = min(logits.count, kind.count)
+        let inString = state.mode == .string && state.utf8Need == 0 && !state.wantLow
+        bytes.withUnsafeBufferPointer { all in
+            for i in 0..<n {
+                var ok = false
+                switch kind[i] {
+                case 2: ok = state.isComplete
+                case 1: ok = false
+                default:
+                    if inString && plainInString[i] { ok = true; break }
+                    let s = Int(starts[i]), e = Int(starts[i + 1])
+                    if e > s && !state.isComplete && firstOK[Int(all[s])] {
+                        ok = state.accepts(UnsafeBufferPointer(rebasing: all[s..<e]))
+                    }
+                }
+                out[i] = ok ? logits[i] : -.infinity
+                if ok { allowed += 1 }
+            }
+        }
+        for i in n..<out.count { out[i] = -.infinity }
+        if allowed == 0 {
+            for i in 0..<n where kind[i] == 2 { out[i] = logits[i]; allowed += 1 }
+        }
+        return allowed
+    }
+
+    /// Advances `state` over token `id`'s bytes (false if the grammar refuses them).
+    public func advance(_ state: inout JSONObjectGrammar, token id: Int32) -> Bool {
+        guard id >= 0, Int(id) < kind.count else { return false }
+        if kind[Int(id)] != 0 { return kind[Int(id)] == 2 && state.isComplete }
+        let s = Int(starts[Int(id)]), e = Int(starts[Int(id) + 1])
+        for k in s..<e where !state.step(bytes[k]) { return false }
+        return true
+    }
+}
