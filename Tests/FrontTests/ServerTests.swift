@@ -658,12 +658,10 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         opts.delayPerWord = 0.0005   // 20000 words: ~10 s of generation, far longer than the stall limit
         let s = try TestServer(configure: { $0.idleTimeout = 0.3; $0.requestTimeout = 0.3 }, echo: opts)
         defer { s.stop() }
-        let c = try RawClient(path: s.path)
-        var size: Int32 = 4096
-        setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        let words = (0..<20000).map { _ in "word" }.joined(separator: " ")
-        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","stream":true}"#))
-        #expect(s.backend.awaitCancellations(timeout: 5).count == 1)
+        let c = try unreadStream(s.path)
+        withExtendedLifetime(c) {   // open, unread, until the front has given up on it
+            #expect(s.backend.awaitCancellations(timeout: 5).count == 1)
+        }
         #expect(s.logs.contains { $0.contains("accepted nothing") }, "\(s.logs)")
         let other = try RawClient(path: s.path)
         try other.send(request("GET", "/health"))
@@ -692,12 +690,10 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         opts.delayPerWord = 0.0002
         let slow = try TestServer(configure: { $0.maxQueuedOutput = 64 << 10; $0.idleTimeout = 30; $0.requestTimeout = 30 }, echo: opts)
         defer { slow.stop() }
-        let stalled = try RawClient(path: slow.path)
-        var size: Int32 = 4096
-        setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        let many = (0..<20000).map { _ in "word" }.joined(separator: " ")
-        try stalled.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(many)","stream":true}"#))
-        #expect(slow.backend.awaitCancellations(timeout: 10).count == 1)
+        let stalled = try unreadStream(slow.path)
+        withExtendedLifetime(stalled) {
+            #expect(slow.backend.awaitCancellations(timeout: 10).count == 1)
+        }
         #expect(slow.logs.contains { $0.contains("does not read its responses") }, "\(slow.logs)")
     }
 
@@ -708,15 +704,8 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         opts.delayPerWord = 0.0002   // 20000 words: ~4 s of generation each
         let s = try TestServer(configure: { $0.maxQueuedOutput = 8 << 20; $0.maxTotalQueuedOutput = 256 << 10 }, echo: opts)
         defer { s.stop() }
-        let words = (0..<20000).map { _ in "word" }.joined(separator: " ")
         var clients: [RawClient] = []
-        for _ in 0..<3 {
-            let c = try RawClient(path: s.path)
-            var size: Int32 = 4096
-            setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-            try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","stream":true}"#))
-            clients.append(c)
-        }
+        for _ in 0..<3 { clients.append(try unreadStream(s.path)) }
         // Three streams of ~900 KB of SSE each against 256 KiB for all: some are dropped long before they end.
         #expect(s.backend.awaitCancellations(timeout: 10).count >= 1)
         #expect(s.logs.contains { $0.contains("most unread output") }, "\(s.logs)")
@@ -725,4 +714,15 @@ private let chatBody = #"{"model":"echo","messages":[{"role":"user","content":"h
         #expect(try other.read().status == 200)
         clients = []
     }
+}
+
+/// A client that asks for a 20 000-word stream with a 4 KiB receive buffer and then reads nothing (the
+/// socket fills at once and the front's output for it waits).
+private func unreadStream(_ path: String) throws -> RawClient {
+    let c = try RawClient(path: path)
+    var size: Int32 = 4096
+    setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    let words = (0..<20000).map { _ in "word" }.joined(separator: " ")
+    try c.send(request("POST", "/v1/completions", body: #"{"prompt":"\#(words)","stream":true}"#))
+    return c
 }
