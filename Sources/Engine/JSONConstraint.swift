@@ -5,13 +5,19 @@
 //
 // The grammar is a pushdown automaton over bytes (RFC 8259): objects, arrays, strings with escapes
 // (\" \\ \/ \b \f \n \r \t \uXXXX, surrogates only in high-low pairs; other text must be well-formed UTF-8,
-// control bytes are refused), numbers, true / false / null, whitespace. Nesting is at most 64 deep (a bit per level). Whitespace outside strings is capped at
-// 32 bytes in a row, so a model cannot pad forever instead of finishing.
+// control bytes are refused), numbers, true / false / null, whitespace. Nesting is at most 64 deep (a bit
+// per level). A run of whitespace outside strings is capped at 32 + 4 bytes per open container (room for a
+// newline and indentation at any depth), so a model cannot pad forever instead of finishing.
+//
+// A user's stop string still ends an answer where it matches, inside the object too (as OpenAI's JSON mode
+// does); log-probabilities are the model's, from the unmasked row.
 
 /// The state of one JSON object being generated. A value type of a few words: checking a token copies it.
 public struct JSONObjectGrammar: Sendable, Equatable {
     public static let maxDepth = 64
     public static let maxWhitespaceRun = 32
+    /// Whitespace a run may add per open container (indentation).
+    public static let whitespacePerLevel = 4
 
     enum Mode: UInt8, Sendable {
         case start          // before the top-level '{'
@@ -40,7 +46,7 @@ public struct JSONObjectGrammar: Sendable, Equatable {
     var sub: Num = .minus
     var count: UInt8 = 0
     var literal: UInt8 = 0     // 0 true, 1 false, 2 null
-    var whitespace: UInt8 = 0
+    var whitespace: UInt16 = 0
     /// Inside a string: continuation bytes the current UTF-8 character still needs, and the range the next
     /// one must fall in (narrower after E0, ED, F0, F4: no overlong forms, surrogates or values past U+10FFFF).
     var utf8Need: UInt8 = 0
@@ -54,6 +60,18 @@ public struct JSONObjectGrammar: Sendable, Equatable {
 
     /// The top-level object is closed: only the end of generation may follow.
     public var isComplete: Bool { mode == .done }
+
+    /// The longest whitespace run allowed here.
+    var whitespaceLimit: UInt16 { UInt16(Self.maxWhitespaceRun + Self.whitespacePerLevel * Int(depth)) }
+
+    /// Whether whitespace (of any kind) can come next and the state does not change by it other than the run
+    /// count: the structural modes, between tokens of the JSON text.
+    var betweenTokens: Bool {
+        switch mode {
+        case .start, .keyOrClose, .key, .colon, .value, .valueOrClose, .afterValue: return true
+        default: return false
+        }
+    }
 
     private static let literals: [[UInt8]] = [Array("true".utf8), Array("false".utf8), Array("null".utf8)]
 
@@ -174,7 +192,7 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         }
         // Structural modes: whitespace may come first (capped).
         if Self.isSpace(b) {
-            guard mode != .done, whitespace < Self.maxWhitespaceRun else { return false }
+            guard mode != .done, whitespace < whitespaceLimit else { return false }
             whitespace += 1
             return true
         }
@@ -230,6 +248,9 @@ public final class JSONTokenTable: Sendable {
     /// Text tokens a string may hold as they are (printable ASCII without '"' and '\\'): inside a string,
     /// between characters, where most of an answer's tokens are chosen, these need no simulation.
     let plainInString: [Bool]
+    /// How many whitespace bytes each token starts with (most tokens of a vocabulary start with a space):
+    /// between JSON tokens these only count against the run limit, and the first byte after them decides.
+    let leadingSpace: [UInt16]
     public var vocabSize: Int { kind.count }
 
     public init(tokenizer: Tokenizer) {
@@ -246,43 +267,73 @@ public final class JSONTokenTable: Sendable {
             let piece = bytes[Int(starts[i]) ..< Int(starts[i + 1])]
             return kind[i] == 0 && !piece.isEmpty && piece.allSatisfy { $0 >= 0x20 && $0 < 0x80 && $0 != 0x22 && $0 != 0x5C }
         }
+        leadingSpace = (0..<kind.count).map { i in
+            UInt16(bytes[Int(starts[i]) ..< Int(starts[i + 1])].prefix { $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }.count)
+        }
     }
 
     /// Writes `logits` with every token the grammar refuses from `state` set to -infinity into `out`
     /// (same length; ids past the table are refused). Returns how many tokens stay allowed; when none
     /// would (cannot happen with a byte-level vocabulary), the end-of-generation tokens are allowed.
-    public func mask(_ logits: UnsafeBufferPointer<Float>, state: JSONObjectGrammar, into out: UnsafeMutableBufferPointer<Float>) -> Int {
-        // Which first bytes can follow at all: most tokens are refused on their first byte.
-        var firstOK = [Bool](repeating: false, count: 256)
+    /// The result's `text`: text tokens left allowed; `fallback`: none was (cannot happen with a byte-level
+    /// vocabulary), so the end-of-generation tokens were allowed instead.
+    public func mask(_ logits: UnsafeBufferPointer<Float>, state: JSONObjectGrammar,
+                     into out: UnsafeMutableBufferPointer<Float>) -> (text: Int, fallback: Bool) {
+        // Which first bytes can follow at all (a 256-bit set on the stack): most tokens are refused on their
+        // first byte. Between JSON tokens a token's leading whitespace only counts against the run limit, so
+        // there the byte after it is the one looked up.
+        var firstOK = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         for b in 0..<256 {
             var g = state
-            firstOK[b] = g.step(UInt8(b))
+            if g.step(UInt8(b)) {
+                switch b >> 6 {
+                case 0: firstOK.0 |= 1 << UInt64(b & 63)
+                case 1: firstOK.1 |= 1 << UInt64(b & 63)
+                case 2: firstOK.2 |= 1 << UInt64(b & 63)
+                default: firstOK.3 |= 1 << UInt64(b & 63)
+                }
+            }
         }
-        var allowed = 0
+        @inline(__always) func ok(_ b: UInt8) -> Bool {
+            let word = switch b >> 6 { case 0: firstOK.0; case 1: firstOK.1; case 2: firstOK.2; default: firstOK.3 }
+            return (word >> UInt64(b & 63)) & 1 == 1
+        }
+        var text = 0
         let n = min(logits.count, kind.count)
         let inString = state.mode == .string && state.utf8Need == 0 && !state.wantLow
+        let between = state.betweenTokens
+        let spaceRoom = Int(state.whitespaceLimit) - Int(state.whitespace)
         bytes.withUnsafeBufferPointer { all in
             for i in 0..<n {
-                var ok = false
+                var allowed = false
                 switch kind[i] {
-                case 2: ok = state.isComplete
-                case 1: ok = false
+                case 2: allowed = state.isComplete
+                case 1: allowed = false
                 default:
-                    if inString && plainInString[i] { ok = true; break }
+                    if state.isComplete { break }
+                    if inString && plainInString[i] { allowed = true; break }
                     let s = Int(starts[i]), e = Int(starts[i + 1])
-                    if e > s && !state.isComplete && firstOK[Int(all[s])] {
-                        ok = state.accepts(UnsafeBufferPointer(rebasing: all[s..<e]))
+                    guard e > s else { break }
+                    if between {
+                        let lead = Int(leadingSpace[i])
+                        guard lead <= spaceRoom else { break }
+                        if lead == e - s { allowed = true; break }   // whitespace only, within the room
+                        guard ok(all[s + lead]) else { break }
+                    } else {
+                        guard ok(all[s]) else { break }
                     }
+                    allowed = state.accepts(UnsafeBufferPointer(rebasing: all[s..<e]))
                 }
-                out[i] = ok ? logits[i] : -.infinity
-                if ok { allowed += 1 }
+                out[i] = allowed ? logits[i] : -.infinity
+                if allowed && kind[i] == 0 { text += 1 }
             }
         }
         for i in n..<out.count { out[i] = -.infinity }
-        if allowed == 0 {
-            for i in 0..<n where kind[i] == 2 { out[i] = logits[i]; allowed += 1 }
+        if text == 0 && !state.isComplete {
+            for i in 0..<n where kind[i] == 2 { out[i] = logits[i] }
+            return (0, true)
         }
-        return allowed
+        return (text, false)
     }
 
     /// Advances `state` over token `id`'s bytes (false if the grammar refuses them).

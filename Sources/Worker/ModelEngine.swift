@@ -154,9 +154,15 @@ final class ModelGeneration: GenerationState {
             // closed) keep their logits; the sampler then runs its chain on what is left.
             if masked.count != logits.count { masked = [Float](repeating: 0, count: logits.count) }
             let g = grammar
-            masked.withUnsafeMutableBufferPointer { _ = json.mask(logits, state: g, into: $0) }
+            _ = masked.withUnsafeMutableBufferPointer { json.mask(logits, state: g, into: $0) }
             token = masked.withUnsafeBufferPointer { sampler.sample($0) }
-            _ = json.advance(&grammar, token: token)
+            var next = grammar
+            if !tokenizer.isEndOfGeneration(token) && !json.advance(&next, token: token) {
+                // Only if no text token could follow (never with a byte-level vocabulary) or the row had no
+                // finite logit left: end here rather than go on from a state the token broke.
+                return TokenOutcome(token: token, text: "", finish: .stop, counts: false)
+            }
+            grammar = next
         } else {
             token = sampler.sample(logits)
         }
@@ -169,6 +175,9 @@ final class ModelGeneration: GenerationState {
             stopped = true
             return TokenOutcome(token: token, text: out.text, finish: .stop)
         }
+        // JSON mode: once the object is closed only the end of generation may follow: stop now, without
+        // another forward pass for it (and a closing brace that is the max_tokens-th token is a stop).
+        if json != nil && grammar.isComplete { return TokenOutcome(token: token, text: out.text, finish: .stop) }
         return TokenOutcome(token: token, text: out.text, finish: generated >= maxTokens ? .length : nil)
     }
 

@@ -237,7 +237,7 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
     }
 
     /// JSON mode: with response_format json_object the model's answer is one JSON object (greedy, and
-    /// sampled with three seeds); an answer that ends by itself parses; one cut by max_tokens is a prefix.
+    /// sampled with three seeds): it starts with '{' and, when it ends by itself, parses.
     @Test func jsonModeAnswersAreJSONObjects() throws {
         try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
             var parsed = 0

@@ -67,9 +67,19 @@ struct JSONConstraintTests {
         let deeper = g.step(0x5B)
         #expect(!deeper, "the 65th level is refused")
         var w = JSONObjectGrammar()
-        #expect(Self.feed("{" + String(repeating: " ", count: JSONObjectGrammar.maxWhitespaceRun), &w) == nil)
+        // Depth 1: 32 + 4 bytes of whitespace in a row.
+        #expect(Self.feed("{" + String(repeating: " ", count: JSONObjectGrammar.maxWhitespaceRun + 4), &w) == nil)
         let extra = w.step(0x20), closer = w.step(0x7D)
         #expect(!extra && closer, "whitespace beyond the run limit is refused, the closer is not")
+        // Pretty-printed JSON stays valid deep down: 4-space indentation at depth 8, 8-space at depth 4.
+        for (indent, depth) in [(4, 8), (8, 4), (2, 16)] {
+            var doc = ""
+            for d in 0..<depth { doc += "{\n" + String(repeating: " ", count: indent * (d + 1)) + "\"k\": " }
+            doc += "1"
+            for d in stride(from: depth - 1, through: 0, by: -1) { doc += "\n" + String(repeating: " ", count: indent * d) + "}" }
+            var g = JSONObjectGrammar()
+            #expect(Self.feed(doc, &g) == nil && g.isComplete, "indent \(indent) depth \(depth)")
+        }
     }
 
     /// With the real vocabulary: random logits masked by the table, sampled and fed back, always make a
@@ -94,8 +104,19 @@ struct JSONConstraintTests {
                 for (c, boost) in [("}", 10), ("]", 10), ("\"", 9), ("1", 6), (",", 5)] as [(String, Float)] {
                     if let id = tok.tokenID(c) { logits[Int(id)] += boost }
                 }
-                let allowed = logits.withUnsafeBufferPointer { l in masked.withUnsafeMutableBufferPointer { table.mask(l, state: g, into: $0) } }
-                #expect(allowed > 0)
+                let result = logits.withUnsafeBufferPointer { l in masked.withUnsafeMutableBufferPointer { table.mask(l, state: g, into: $0) } }
+                #expect(!result.fallback && (result.text > 0) != g.isComplete, "text tokens allowed: \(result.text), complete: \(g.isComplete)")
+                // The mask is exact: for every 7th token, allowed iff the grammar takes its bytes (the end
+                // of generation iff the object is closed; special tokens never).
+                for id in stride(from: 0, to: tok.vocabSize, by: 7) {
+                    let bytes = tok.tokenBytes(Int32(id))
+                    let expected = tok.isEndOfGeneration(Int32(id)) ? g.isComplete
+                        : (!tok.isSpecial(Int32(id)) && !g.isComplete && bytes.withUnsafeBufferPointer { g.accepts($0) })
+                    if (masked[id] != -.infinity) != expected {
+                        Issue.record("token \(id) \(String(decoding: bytes, as: UTF8.self).debugDescription): mask \(masked[id] != -.infinity), grammar \(expected)")
+                        break
+                    }
+                }
                 let t = masked.withUnsafeBufferPointer { sampler.sample($0) }
                 if tok.isEndOfGeneration(t) {
                     #expect(g.isComplete, "end of generation before the object closed")
