@@ -62,8 +62,7 @@ public final class EchoText: TextEngine {
             // Byte tokens as given (the scheduler checked them against the 257 ids): the answer is their
             // bytes (the end-of-text token 256 has none).
             let prompt = submit.promptTokens
-            let answer = String(decoding: prompt.compactMap { $0 < 256 ? UInt8($0) : nil }, as: UTF8.self)
-            return (prompt, EchoState(answer: answer, maxTokens: Int(submit.sampling.maxTokens), stops: submit.sampling.stop))
+            return (prompt, EchoState(answer: detokenize(prompt), maxTokens: Int(submit.sampling.maxTokens), stops: submit.sampling.stop))
         case .completion:
             text = submit.prompt
         case .chat:

@@ -156,10 +156,11 @@ final class ModelGeneration: GenerationState {
             let g = grammar
             _ = masked.withUnsafeMutableBufferPointer { json.mask(logits, state: g, into: $0) }
             token = masked.withUnsafeBufferPointer { sampler.sample($0) }
+            // advance takes an end-of-generation token only once the object is closed. It refuses a token
+            // only if no text token could follow (never with a byte-level vocabulary) or the row had no
+            // finite logit left: end here rather than go on from a state the token broke.
             var next = grammar
-            if !tokenizer.isEndOfGeneration(token) && !json.advance(&next, token: token) {
-                // Only if no text token could follow (never with a byte-level vocabulary) or the row had no
-                // finite logit left: end here rather than go on from a state the token broke.
+            guard json.advance(&next, token: token) else {
                 return TokenOutcome(token: token, text: "", finish: .stop, counts: false)
             }
             grammar = next
