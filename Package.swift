@@ -36,9 +36,10 @@ let package = Package(
         .target(name: "ShmRing", dependencies: ["SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
         .target(name: "Wire", swiftSettings: fastPath),
         .target(name: "Routing", swiftSettings: fastPath),
-        .target(name: "Engine", dependencies: ["SysKit", "CSwitchyardSys", "CSwitchyardKernels"]),
-        .target(name: "Worker", dependencies: ["Engine", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
-        .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
+        .target(name: "JSONSchema", swiftSettings: fastPath),
+        .target(name: "Engine", dependencies: ["JSONSchema", "SysKit", "CSwitchyardSys", "CSwitchyardKernels"]),
+        .target(name: "Worker", dependencies: ["Engine", "JSONSchema", "ShmRing", "Wire", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
+        .target(name: "Front", dependencies: ["ShmRing", "Wire", "Routing", "JSONSchema", "SysKit", "CSwitchyardSys"], swiftSettings: fastPath),
         // HTTP/1.1 + SSE client over Unix sockets or TCP: used by the client CLI, the bench and the tests.
         .target(name: "ClientKit", dependencies: ["SysKit"]),
         // Pure parts of `switchyard-bench serve`: statistics (HdrHistogram summaries), metric definitions,
@@ -76,9 +77,9 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing"]),
         // Paths the model-reading test targets share (package root, model file, fixtures).
         .target(name: "SwitchyardTestSupport", path: "Tests/Support"),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "SwitchyardTestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "JSONSchema", "SwitchyardTestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine", "SwitchyardTestSupport"]),
-        .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire"]),
+        .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire", "JSONSchema"]),
         .testTarget(name: "EndToEndTests", dependencies: ["ClientKit", "SwitchyardTestSupport"]),
         .testTarget(name: "BenchStatsTests", dependencies: ["BenchKit", "ClientKit"]),
     ]

@@ -58,6 +58,12 @@ public struct JSONObjectGrammar: Sendable, Equatable {
 
     public init() {}
 
+    /// The grammar of any one JSON value (not only an object): a free value inside a schema.
+    init(value: Void) { mode = .value }
+
+    /// Inside a number that may end here (the next byte then belongs to what follows).
+    var numberCanEnd: Bool { mode == .number && (sub == .zero || sub == .int || sub == .frac || sub == .expDigits) }
+
     /// The top-level object is closed: only the end of generation may follow.
     public var isComplete: Bool { mode == .done }
 
@@ -230,6 +236,23 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         }
     }
 
+}
+
+/// A byte-level grammar the token table masks with (JSON mode, a JSON schema).
+public protocol TokenGrammar: Sendable {
+    /// Feeds one byte; false if the grammar refuses it here.
+    mutating func step(_ b: UInt8) -> Bool
+    /// The answer is whole: only the end of generation may follow.
+    var isComplete: Bool { get }
+    /// Between JSON tokens, where whitespace changes nothing but the run count: how much more may come.
+    /// nil elsewhere.
+    var whitespaceRoom: Int? { get }
+    /// Inside a string between characters: how many printable-ASCII bytes other than '"' and '\\' may
+    /// follow as they are (each is one character). 0 elsewhere.
+    var plainStringRoom: Int { get }
+}
+
+extension TokenGrammar {
     /// Whether all of `bytes` can follow the current state (the state is not changed). Empty: false.
     public func accepts(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         guard !bytes.isEmpty else { return false }
@@ -237,6 +260,13 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         for b in bytes where !g.step(b) { return false }
         return true
     }
+}
+
+extension JSONObjectGrammar: TokenGrammar {
+    public var whitespaceRoom: Int? {
+        betweenTokens && mode != .done ? Int(whitespaceLimit) - Int(whitespace) : nil
+    }
+    public var plainStringRoom: Int { mode == .string && utf8Need == 0 && !wantLow ? Int.max : 0 }
 }
 
 /// The vocabulary as JSON mode needs it, built once per model: every token's bytes in one flat buffer,
@@ -279,6 +309,17 @@ public final class JSONTokenTable: Sendable {
     /// vocabulary), so the end-of-generation tokens were allowed instead.
     public func mask(_ logits: UnsafeBufferPointer<Float>, state: JSONObjectGrammar,
                      into out: UnsafeMutableBufferPointer<Float>) -> (text: Int, fallback: Bool) {
+        maskAny(logits, state: state, into: out)
+    }
+
+    /// The same for a JSON schema's grammar.
+    public func mask(_ logits: UnsafeBufferPointer<Float>, state: SchemaGrammar,
+                     into out: UnsafeMutableBufferPointer<Float>) -> (text: Int, fallback: Bool) {
+        maskAny(logits, state: state, into: out)
+    }
+
+    func maskAny<G: TokenGrammar>(_ logits: UnsafeBufferPointer<Float>, state: G,
+                                  into out: UnsafeMutableBufferPointer<Float>) -> (text: Int, fallback: Bool) {
         // Which first bytes can follow at all (a 256-bit set on the stack): most tokens are refused on their
         // first byte. Between JSON tokens a token's leading whitespace only counts against the run limit, so
         // there the byte after it is the one looked up.
@@ -300,19 +341,20 @@ public final class JSONTokenTable: Sendable {
         }
         var text = 0
         let n = min(logits.count, kind.count)
-        let inString = state.mode == .string && state.utf8Need == 0 && !state.wantLow
-        let between = state.betweenTokens
-        let spaceRoom = Int(state.whitespaceLimit) - Int(state.whitespace)
+        let complete = state.isComplete
+        let plainRoom = state.plainStringRoom
+        let spaceRoom = state.whitespaceRoom ?? -1
+        let between = spaceRoom >= 0
         bytes.withUnsafeBufferPointer { all in
             for i in 0..<n {
                 var allowed = false
                 switch kind[i] {
-                case 2: allowed = state.isComplete
+                case 2: allowed = complete
                 case 1: allowed = false
                 default:
-                    if state.isComplete { break }
-                    if inString && plainInString[i] { allowed = true; break }
+                    if complete { break }
                     let s = Int(starts[i]), e = Int(starts[i + 1])
+                    if plainInString[i] && e - s <= plainRoom { allowed = true; break }
                     guard e > s else { break }
                     if between {
                         let lead = Int(leadingSpace[i])
@@ -329,15 +371,16 @@ public final class JSONTokenTable: Sendable {
             }
         }
         for i in n..<out.count { out[i] = -.infinity }
-        if text == 0 && !state.isComplete {
+        if text == 0 && !complete {
             for i in 0..<n where kind[i] == 2 { out[i] = logits[i] }
             return (0, true)
         }
         return (text, false)
     }
 
-    /// Advances `state` over token `id`'s bytes (false if the grammar refuses them).
-    public func advance(_ state: inout JSONObjectGrammar, token id: Int32) -> Bool {
+    /// Advances `state` over token `id`'s bytes (false if the grammar refuses them; `state` may then be
+    /// part-way: the caller advances a copy).
+    public func advance<G: TokenGrammar>(_ state: inout G, token id: Int32) -> Bool {
         guard id >= 0, Int(id) < kind.count else { return false }
         if kind[Int(id)] != 0 { return kind[Int(id)] == 2 && state.isComplete }
         let s = Int(starts[Int(id)]), e = Int(starts[Int(id) + 1])
