@@ -1,5 +1,7 @@
 // OpenAI-compatible request types and their strict decoding (Foundation-free; fuzzed with the HTTP parser).
 
+import JSONSchema
+
 public enum RouteKind: String, Sendable, Equatable {
     case chatCompletions = "chat.completions"
     case completions = "completions"
@@ -37,6 +39,8 @@ public struct SamplingParams: Sendable, Equatable {
     public var logitBias: [LogitBias] = []
     /// response_format {"type": "json_object"}: the answer is constrained to one JSON object.
     public var jsonObject = false
+    /// response_format json_schema: the compiled schema (JSONSchema.SchemaProgram's binary form; jsonObject is set too).
+    public var jsonSchema: [UInt8] = []
     public init() {}
 
     public static let maxTokensLimit = 1 << 20
@@ -127,6 +131,7 @@ public enum APIDecoder {
         public static let maxStopLength = 256
         public static let maxSessionKey = 256
         public static let maxLogitBiases = 1024
+        public static let maxSchemaBytes = 256 << 10
     }
 
     static func checkWireLimits(_ req: APIRequest, sessionField: String) throws(APIError) {
@@ -138,6 +143,9 @@ public enum APIDecoder {
         }
         if let k = req.sessionKey, k.utf8.count > WireLimits.maxSessionKey {
             throw .invalid(sessionField, "the session key (\(sessionField)) may be at most \(WireLimits.maxSessionKey) bytes")
+        }
+        if req.sampling.jsonSchema.count > WireLimits.maxSchemaBytes {
+            throw .invalid("response_format", "response_format.json_schema.schema compiles to \(req.sampling.jsonSchema.count) bytes, over the limit of \(WireLimits.maxSchemaBytes)")
         }
     }
 
@@ -248,9 +256,16 @@ public enum APIDecoder {
             case "text": break
             case "json_object": s.jsonObject = true
             case "json_schema":
-                throw .invalid("response_format", "response_format json_schema is not supported (json_object is: the answer is one JSON object, without a schema)")
+                guard case .object = v["json_schema"] ?? .null else {
+                    throw .invalid("response_format", "response_format json_schema needs a \"json_schema\" object with a \"schema\"")
+                }
+                guard let schema = v["json_schema"]?["schema"], schema != .null else {
+                    throw .invalid("response_format", "response_format.json_schema needs a \"schema\"")
+                }
+                s.jsonObject = true
+                s.jsonSchema = try SchemaCompiler.compile(schema).encoded()
             default:
-                throw .invalid("response_format", "unknown response_format type '\(type.prefix(64))' (text and json_object are supported)")
+                throw .invalid("response_format", "unknown response_format type '\(type.prefix(64))' (text, json_object and json_schema are supported)")
             }
         }
         req.sampling = s

@@ -358,6 +358,7 @@ public final class WorkerPool: FrontBackend {
         s.frequencyPenalty = Float(r.sampling.frequencyPenalty ?? 0)
         s.logitBias = r.sampling.logitBias.map { WireLogitBias(token: $0.token, bias: Float($0.bias)) }
         s.jsonObject = r.sampling.jsonObject
+        s.jsonSchema = r.sampling.jsonSchema
         switch r.kind {
         case .chatCompletions:
             return SubmitRecord(requestID: r.id, kind: .chat, sessionKey: r.sessionKey ?? "", sampling: s,

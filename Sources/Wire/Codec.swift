@@ -62,6 +62,19 @@ public struct WireWriter: Sendable {
         count += n
     }
 
+    /// u32 length, then the bytes.
+    mutating func bytes(_ b: [UInt8], field: String, limit: Int) throws(WireError) {
+        try count(b.count, field: field, limit: limit)
+        room(b.count)
+        let at = count
+        b.withUnsafeBytes { src in
+            storage.withUnsafeMutableBytes { dst in
+                if let p = src.baseAddress, !src.isEmpty { (dst.baseAddress! + at).copyMemory(from: p, byteCount: src.count) }
+            }
+        }
+        count += b.count
+    }
+
     mutating func count(_ n: Int, field: String, limit: Int) throws(WireError) {
         guard n <= limit else { throw .tooLarge(field: field, length: n, limit: limit) }
         u32(UInt32(n))
@@ -70,15 +83,7 @@ public struct WireWriter: Sendable {
     /// token (i32), byte count (u32), bytes, logprob (f32).
     mutating func tokenLogprob(_ t: WireTokenLogprob) throws(WireError) {
         u32(UInt32(bitPattern: t.token))
-        try count(t.bytes.count, field: "token_bytes", limit: WireLimits.maxTokenBytes)
-        room(t.bytes.count)
-        let at = count
-        t.bytes.withUnsafeBytes { src in
-            storage.withUnsafeMutableBytes { dst in
-                if let b = src.baseAddress, !src.isEmpty { (dst.baseAddress! + at).copyMemory(from: b, byteCount: src.count) }
-            }
-        }
-        count += t.bytes.count
+        try bytes(t.bytes, field: "token_bytes", limit: WireLimits.maxTokenBytes)
         f32(t.logprob)
     }
 }
@@ -143,12 +148,16 @@ public struct WireReader {
         return s
     }
 
+    mutating func bytes(_ field: String, limit: Int) throws(WireError) -> [UInt8] {
+        let n = try count(field, limit: limit)
+        try need(n, field)
+        defer { offset += n }
+        return n == 0 ? [] : [UInt8](UnsafeRawBufferPointer(rebasing: base[offset..<(offset + n)]))
+    }
+
     mutating func tokenLogprob() throws(WireError) -> WireTokenLogprob {
         let token = Int32(bitPattern: try u32("token"))
-        let n = try count("token_bytes", limit: WireLimits.maxTokenBytes)
-        try need(n, "token_bytes")
-        let bytes = [UInt8](UnsafeRawBufferPointer(rebasing: base[offset..<(offset + n)]))
-        offset += n
+        let bytes = try bytes("token_bytes", limit: WireLimits.maxTokenBytes)
         return WireTokenLogprob(token: token, bytes: bytes, logprob: try f32("logprob"))
     }
 
@@ -185,6 +194,7 @@ extension Record {
             try w.count(r.sampling.logitBias.count, field: "logit_bias", limit: WireLimits.maxLogitBiases)
             for b in r.sampling.logitBias { w.u32(UInt32(bitPattern: b.token)); w.f32(b.bias) }
             w.u8(r.sampling.jsonObject ? 1 : 0)
+            try w.bytes(r.sampling.jsonSchema, field: "json_schema", limit: WireLimits.maxSchemaBytes)
             try w.string(r.prompt, field: "prompt", limit: WireLimits.maxText)
             try w.count(r.messages.count, field: "messages", limit: WireLimits.maxMessages)
             for m in r.messages {
@@ -286,6 +296,7 @@ extension Record {
                 s.logitBias.append(WireLogitBias(token: Int32(bitPattern: try r.u32("logit_bias")), bias: try r.f32("logit_bias")))
             }
             s.jsonObject = try r.bool("json_object")
+            s.jsonSchema = try r.bytes("json_schema", limit: WireLimits.maxSchemaBytes)
             let prompt = try r.string("prompt", limit: WireLimits.maxText)
             let nMsg = try r.count("messages", limit: WireLimits.maxMessages)
             // Each message needs at least 8 bytes (two lengths): refuse absurd counts before reserving.

@@ -62,6 +62,8 @@ public enum WireLimits {
     public static let maxLogprobEntries = 4096
     /// Most logit_bias entries in a submit.
     public static let maxLogitBiases = 1024
+    /// A compiled JSON schema (JSONSchema.SchemaProgram's binary form).
+    public static let maxSchemaBytes = 256 << 10
 }
 
 // MARK: - Request side
@@ -97,6 +99,9 @@ public struct WireSampling: Equatable, Sendable {
     public var logitBias: [WireLogitBias] = []
     /// JSON mode (response_format json_object): the answer is constrained to one JSON object.
     public var jsonObject = false
+    /// Structured outputs (response_format json_schema): the compiled schema the answer must validate
+    /// against (JSONSchema.SchemaProgram's binary form); empty = none. Set only with `jsonObject`.
+    public var jsonSchema: [UInt8] = []
     public init(temperature: Float = 1, topP: Float = 1, minP: Float = 0, topK: Int32 = 0,
                 maxTokens: UInt32 = 256, seed: UInt64? = nil, stop: [String] = [], logprobs: UInt8? = nil) {
         self.temperature = temperature; self.topP = topP; self.minP = minP; self.topK = topK

@@ -1,6 +1,7 @@
 // The real model behind the scheduler's two interfaces: `ModelRunner` over Engine's batched forward and
 // KV sequences, `TextEngine` over the tokenizer, chat template, sampler and stop strings.
 import Engine
+import JSONSchema
 import Wire
 
 public final class ModelRunnerAdapter: ModelRunner {
@@ -81,12 +82,17 @@ public final class ModelTextEngine: TextEngine {
         do {
             let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
             var json: JSONTokenTable? = nil
-            if s.jsonObject {
+            var constraint: ResponseConstraint? = nil
+            if s.jsonObject || !s.jsonSchema.isEmpty {
                 if jsonTable == nil { jsonTable = JSONTokenTable(tokenizer: tokenizer) }
                 json = jsonTable
+                constraint = .jsonObject(JSONObjectGrammar())
+            }
+            if !s.jsonSchema.isEmpty {
+                constraint = .schema(SchemaGrammar(SchemaGrammar.Compiled(try SchemaProgram(decoding: s.jsonSchema))))
             }
             return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop,
-                                            json: json))
+                                            json: json, constraint: constraint))
         } catch {
             throw RequestRejection(.invalidRequest, "\(error)")
         }
@@ -135,16 +141,19 @@ final class ModelGeneration: GenerationState {
     let maxTokens: Int
     var generated = 0
     var stopped = false
-    /// JSON mode: the vocabulary table, the answer's grammar state, and the masked copy of each row.
+    /// JSON mode or a JSON schema: the vocabulary table, the answer's grammar state, and the masked copy
+    /// of each row.
     let json: JSONTokenTable?
-    var grammar = JSONObjectGrammar()
+    var constraint: ResponseConstraint
     var masked: [Float] = []
 
-    init(tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int, stops: [String], json: JSONTokenTable? = nil) {
+    init(tokenizer: Tokenizer, sampler: Sampler, maxTokens: Int, stops: [String], json: JSONTokenTable? = nil,
+         constraint: ResponseConstraint? = nil) {
         self.tokenizer = tokenizer; self.sampler = sampler; self.maxTokens = maxTokens
         detok = StreamingDetokenizer(tokenizer: tokenizer)
         self.stops = StopMatcher(stops: stops)
         self.json = json
+        self.constraint = constraint ?? .jsonObject(JSONObjectGrammar())
     }
 
     func next(logits: UnsafeBufferPointer<Float>) -> TokenOutcome {
@@ -153,17 +162,15 @@ final class ModelGeneration: GenerationState {
             // JSON mode: only tokens the grammar takes from here (the end of generation once the object is
             // closed) keep their logits; the sampler then runs its chain on what is left.
             if masked.count != logits.count { masked = [Float](repeating: 0, count: logits.count) }
-            let g = grammar
-            _ = masked.withUnsafeMutableBufferPointer { json.mask(logits, state: g, into: $0) }
+            let c = constraint
+            _ = masked.withUnsafeMutableBufferPointer { c.mask(json, logits, into: $0) }
             token = masked.withUnsafeBufferPointer { sampler.sample($0) }
             // advance takes an end-of-generation token only once the object is closed. It refuses a token
             // only if no text token could follow (never with a byte-level vocabulary) or the row had no
             // finite logit left: end here rather than go on from a state the token broke.
-            var next = grammar
-            guard json.advance(&next, token: token) else {
+            guard constraint.advance(json, token: token) else {
                 return TokenOutcome(token: token, text: "", finish: .stop, counts: false)
             }
-            grammar = next
         } else {
             token = sampler.sample(logits)
         }
@@ -178,7 +185,7 @@ final class ModelGeneration: GenerationState {
         }
         // JSON mode: once the object is closed only the end of generation may follow: stop now, without
         // another forward pass for it (and a closing brace that is the max_tokens-th token is a stop).
-        if json != nil && grammar.isComplete { return TokenOutcome(token: token, text: out.text, finish: .stop) }
+        if json != nil && constraint.isComplete { return TokenOutcome(token: token, text: out.text, finish: .stop) }
         return TokenOutcome(token: token, text: out.text, finish: generated >= maxTokens ? .length : nil)
     }
 

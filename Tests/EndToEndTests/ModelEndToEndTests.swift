@@ -258,6 +258,60 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// Structured outputs: with response_format json_schema every answer (greedy and three sampled, one of
+    /// them streamed) validates against the schema: the required keys with their types, an enum value, an
+    /// integer, a bounded array, no other keys, and the answer ends by itself once the object is closed.
+    @Test func jsonSchemaAnswersValidate() throws {
+        let schema: [String: Any] = [
+            "type": "object", "additionalProperties": false, "required": ["name", "age", "color", "toys"],
+            "properties": [
+                "name": ["type": "string", "minLength": 1, "maxLength": 24],
+                "age": ["type": "integer"],
+                "color": ["enum": ["black", "white", "orange", "grey"]],
+                "toys": ["type": "array", "items": ["type": "string", "maxLength": 20], "minItems": 1, "maxItems": 3],
+                "indoor": ["type": ["boolean", "null"]],
+            ],
+        ]
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            for (k, temperature) in [0.0, 0.8, 0.8, 0.8].enumerated() {
+                let body: [String: Any] = [
+                    "messages": [["role": "user", "content": "Describe a cat as JSON with its name, age, color and toys."]],
+                    "response_format": ["type": "json_schema", "json_schema": ["name": "cat", "strict": true, "schema": schema]],
+                    "max_tokens": 300, "temperature": temperature, "seed": k, "stream": k == 3,
+                ]
+                let r = try s.request("POST", "/v1/chat/completions", json: body, timeout: 120)
+                #expect(r.head.status == 200, "\(r.text)")
+                var content = "", finish: String? = nil
+                if k == 3 {
+                    for line in r.text.split(separator: "\n") where line.hasPrefix("data: {") {
+                        let c0 = (jsonObject(String(line.dropFirst(6)))?["choices"] as? [[String: Any]])?.first
+                        content += ((c0?["delta"] as? [String: Any])?["content"] as? String) ?? ""
+                        if let f = c0?["finish_reason"] as? String { finish = f }
+                    }
+                } else {
+                    let c0 = try #require((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first, "\(r.text)")
+                    content = try #require((c0["message"] as? [String: Any])?["content"] as? String)
+                    finish = c0["finish_reason"] as? String
+                }
+                #expect(finish == "stop", "temperature \(temperature): \(String(describing: finish)) \(content.debugDescription)")
+                let o = try #require(try? JSONSerialization.jsonObject(with: Data(content.utf8)) as? [String: Any], "not an object: \(content.debugDescription)")
+                #expect(Set(o.keys).isSubset(of: ["name", "age", "color", "toys", "indoor"]) && o.count >= 4, "\(content)")
+                let name = o["name"] as? String ?? ""
+                #expect(!name.isEmpty && name.count <= 24, "\(content)")
+                #expect(o["age"] is Int, "\(content)")
+                #expect(["black", "white", "orange", "grey"].contains(o["color"] as? String ?? ""), "\(content)")
+                let toys = o["toys"] as? [String] ?? []
+                #expect((1...3).contains(toys.count) && toys.allSatisfy { $0.count <= 20 }, "\(content)")
+                if let indoor = o["indoor"] { #expect(indoor is Bool || indoor is NSNull, "\(content)") }
+                print("json_schema answer (temperature \(temperature)): \(content)")
+            }
+            let bad = try s.request("POST", "/v1/chat/completions", json: [
+                "messages": [["role": "user", "content": "x"]],
+                "response_format": ["type": "json_schema", "json_schema": ["name": "x", "schema": ["type": "object", "properties": ["a": ["type": "string", "pattern": "^a"]]]]]])
+            #expect(bad.head.status == 400 && bad.text.contains("pattern"), "\(bad.head.status) \(bad.text)")
+        }
+    }
+
     /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
     @Test func multiTurnChatReusesTheSessionCache() throws {
         let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]

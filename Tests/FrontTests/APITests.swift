@@ -325,9 +325,10 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
             #expect(e?.status == 400 && e?.param == param, "\(body.prefix(80)): \(String(describing: e))")
         }
         #expect(APIDecoder.WireLimits.maxLogitBiases == Wire.WireLimits.maxLogitBiases)
+        #expect(APIDecoder.WireLimits.maxSchemaBytes == Wire.WireLimits.maxSchemaBytes)
     }
 
-    /// response_format: text (the default) or json_object; json_schema and other types are 400s naming it.
+    /// response_format: text (the default), json_object or json_schema; other types are 400s naming it.
     @Test func responseFormat() throws {
         let chat = #"{"messages":[{"role":"user","content":"u"}],"#
         #expect(try decode(.chatCompletions, chat + #""response_format":{"type":"json_object"}}"#).sampling.jsonObject)
@@ -336,6 +337,7 @@ private func apiError(_ kind: RouteKind, _ body: String) -> APIError? {
         let r = try decode(.completions, #"{"prompt":"p","response_format":{"type":"json_object"}}"#)
         #expect(WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8).sampling.jsonObject)
         for body in [#""response_format":{"type":"json_schema","json_schema":{}}}"#, #""response_format":{"type":"yaml"}}"#,
+                     #""response_format":{"type":"json_schema"}}"#,
                      #""response_format":"json_object"}"#, #""response_format":{}}"#] {
             let e = apiError(.chatCompletions, chat + body)
             #expect(e?.status == 400 && e?.param == "response_format", "\(body): \(String(describing: e))")

@@ -19,6 +19,7 @@ let samples: [Record] = [
         s.presencePenalty = -2; s.frequencyPenalty = 0.5
         s.logitBias = [WireLogitBias(token: 7042, bias: -100), WireLogitBias(token: 0, bias: 3.5)]
         s.jsonObject = true
+        s.jsonSchema = [1, 0, 0, 0, 0xFF, 0]
         return s
     }(), prompt: "p")),
     .submit(SubmitRecord(requestID: 9, kind: .completion, sessionKey: "", sampling: WireSampling(logprobs: 20),
