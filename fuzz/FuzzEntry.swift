@@ -1,5 +1,6 @@
 // libFuzzer entry: feeds arbitrary bytes to the HTTP parser (whole, and split into two reads at a
-// data-derived point) and every parsed body to the JSON reader and the API decoder. Any crash, hang, or
+// data-derived point) and every parsed body to the JSON reader and the API decoder (with its json_schema
+// compiler, whose programs must decode again). Any crash, hang, or
 // out-of-bounds access (ASan) is a bug; every input must end in .incomplete, .complete or .failure.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -18,8 +19,13 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         precondition(consumed > 0 && consumed <= bytes.count - offset)
         offset += consumed
         p.reset()
-        _ = try? APIDecoder.decodeGeneration(kind: .chatCompletions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
+        let chat = try? APIDecoder.decodeGeneration(kind: .chatCompletions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
         _ = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
+        // A compiled json_schema is a program the worker accepts, and its binary form round-trips.
+        if let schema = chat?.sampling.jsonSchema, !schema.isEmpty {
+            let program = try? SchemaProgram(decoding: schema)
+            precondition(program?.encoded() == schema, "a compiled schema does not decode")
+        }
         _ = try? APIDecoder.decodeDetokenize(req.body)
     }
     // Incremental: the same bytes in two reads must give the same first answer as one read.

@@ -1,6 +1,8 @@
 // OpenAI-compatible request types and their strict decoding (Foundation-free; fuzzed with the HTTP parser).
 
+#if canImport(JSONSchema)   // the fuzz target (fuzz/run) compiles it into its own module
 import JSONSchema
+#endif
 
 public enum RouteKind: String, Sendable, Equatable {
     case chatCompletions = "chat.completions"

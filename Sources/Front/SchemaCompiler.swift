@@ -6,7 +6,9 @@
 // oneOf (as anyOf: its alternatives must not overlap for that to be exact), allOf with one schema, $ref to
 // "#", "#/$defs/…" or "#/definitions/…" (recursion included). Annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly) are ignored.
+#if canImport(JSONSchema)   // the fuzz target (fuzz/run) compiles it into its own module
 import JSONSchema
+#endif
 
 enum SchemaCompiler {
     static let annotations: Set<String> = ["title", "description", "default", "examples", "$schema", "$id", "$comment",
