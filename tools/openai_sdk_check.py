@@ -698,19 +698,58 @@ class Runner:
         return f"parsed {cat!r}"
 
     def c_ignored_fields(self):
-        # Fields the server documents as accepted-and-ignored: make sure the SDK's shapes do not break decoding.
+        # Content parts, and tools with the default tool_choice ("auto": this model answers in text).
         r = self.client.chat.completions.create(
             model=self.model, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
             max_tokens=2,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}])
         expect(r.choices[0].message.content is not None, "content")
-        notes = []
         if not r.choices[0].message.tool_calls:
-            notes.append("tools -> no tool_calls, finish_reason %r" % r.choices[0].finish_reason)
-        if notes:
-            self.note("ignored_fields", "; ".join(notes) + " (accepted and ignored, as the README says; "
-                      "OpenAI would honour them)")
-        return "content parts, tools accepted"
+            self.note("ignored_fields", "tools with tool_choice auto -> a text answer, finish_reason %r (the model has no "
+                      "tool-call format to choose with; required or a named function force a call)" % r.choices[0].finish_reason)
+        return "content parts; tools with tool_choice auto accepted"
+
+    def c_tool_calls(self):
+        # tool_choice "required" and a named function: the answer is a call, returned as message.tool_calls with
+        # arguments that parse as JSON and follow the parameters; streamed, delta.tool_calls. A tool_choice
+        # naming an unknown function is a 400.
+        tools = [
+            {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                              "parameters": {"type": "object", "additionalProperties": False,
+                                                             "properties": {"city": {"type": "string", "maxLength": 40}},
+                                                             "required": ["city"]}}},
+            {"type": "function", "function": {"name": "get_time", "description": "Current time in a time zone",
+                                              "parameters": {"type": "object", "additionalProperties": False,
+                                                             "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"]}}},
+        ]
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        try:
+            self.client.chat.completions.create(model=self.model, messages=messages, tools=tools, max_tokens=4,
+                                                tool_choice={"type": "function", "function": {"name": "nope"}})
+            raise CheckFailed("an unknown function in tool_choice was accepted")
+        except openai.BadRequestError as e:
+            expect(e.param == "tool_choice", f"param {e.param!r}")
+        r = self.client.chat.completions.create(model=self.model, messages=messages, tools=tools, tool_choice="required",
+                                                max_tokens=100, temperature=0)
+        if self.echo:
+            return "tool_choice required accepted (the echo engine does not constrain its echo); unknown function -> 400"
+        m = r.choices[0].message
+        expect(r.choices[0].finish_reason == "tool_calls" and m.tool_calls and m.content is None,
+               f"finish {r.choices[0].finish_reason!r}, message {m!r}")
+        call = m.tool_calls[0]
+        args = json.loads(call.function.arguments)
+        expect(call.function.name in ("get_weather", "get_time") and isinstance(args, dict), f"call {call!r}")
+        names, chunks, finish = [], 0, None
+        with self.client.chat.completions.stream(model=self.model, messages=messages, tools=tools, max_tokens=60,
+                                                 tool_choice={"type": "function", "function": {"name": "get_time"}}) as s:
+            for ev in s:
+                chunks += 1
+            final = s.get_final_completion()
+        fc = final.choices[0]
+        expect(fc.finish_reason == "tool_calls" and fc.message.tool_calls, f"streamed: {fc!r}")
+        tz = json.loads(fc.message.tool_calls[0].function.arguments).get("tz")
+        expect(fc.message.tool_calls[0].function.name == "get_time" and tz in ("UTC", "CET"), f"streamed call {fc.message.tool_calls[0]!r}")
+        return f"{call.function.name}({call.function.arguments}); streamed get_time({fc.message.tool_calls[0].function.arguments})"
 
     def c_unknown_model_name(self):
         r = self.client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
@@ -782,6 +821,7 @@ class Runner:
             ("json_mode", self.c_json_mode),
             ("json_schema", self.c_json_schema),
             ("ignored_fields", self.c_ignored_fields),
+            ("tool_calls", self.c_tool_calls),
             ("unknown_model_name", self.c_unknown_model_name),
             ("prompt_token_array", self.c_prompt_token_array),
             ("edge_values", self.c_edge_values),

@@ -85,6 +85,9 @@ public struct APIRequest: Sendable, Equatable {
     /// X-Session-Id header, else body session_id, else body user; nil when none.
     public var sessionKey: String?
     public var peer: PeerIdentity
+    /// Chat with tool_choice "required" or a named function: the answer is constrained to one call
+    /// (`{"name", "arguments"}`, sampling.jsonSchema) and the front returns it as `tool_calls`.
+    public var toolCall = false
 
     public init(id: UInt64, kind: RouteKind, model: String? = nil, messages: [ChatMessage] = [], prompt: String = "",
                 sampling: SamplingParams = SamplingParams(), stream: Bool = false, includeUsage: Bool = false,
@@ -270,6 +273,7 @@ public enum APIDecoder {
                 throw .invalid("response_format", "unknown response_format type '\(type.prefix(64))' (text, json_object and json_schema are supported)")
             }
         }
+        if kind == .chatCompletions { try tools(root, &req, &s) }
         req.sampling = s
         if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
         if let v = root[.stream_options], v != .null {
@@ -393,7 +397,7 @@ public enum APIDecoder {
     enum GenerationKey: Int, CaseIterable {
         case model, messages, prompt, max_tokens, max_completion_tokens, temperature, top_p, top_k, min_p, seed,
              stop, n, stream, stream_options, session_id, user, logprobs, top_logprobs,
-             presence_penalty, frequency_penalty, logit_bias, response_format
+             presence_penalty, frequency_penalty, logit_bias, response_format, tools, tool_choice, parallel_tool_calls
     }
     static let generationKeys: JSONKeys = {
         precondition(GenerationKey.allCases.count == GenerationFields.capacity, "GenerationFields holds every key")
@@ -402,8 +406,8 @@ public enum APIDecoder {
 
     /// A generation request's known fields by key, read in one pass over the body (JSON.parseObject).
     struct GenerationFields {
-        static let capacity = 22
-        var values = InlineArray<22, JSONValue?>(repeating: nil)
+        static let capacity = 25
+        var values = InlineArray<25, JSONValue?>(repeating: nil)
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }
 
@@ -430,6 +434,93 @@ public enum APIDecoder {
             throw APIError(message: "request body must be a JSON object, got \(v.typeName)", code: "invalid_json")
         }
         return v
+    }
+
+    /// One function of `tools`.
+    struct Tool {
+        var name: String
+        var description: String?
+        var parameters: JSONValue?
+    }
+
+    static let maxTools = 64
+
+    /// tools, tool_choice and parallel_tool_calls. With tool_choice "required" or a named function the
+    /// answer is forced to be a call: the functions are described to the model in the system message and
+    /// the answer is constrained to `{"name", "arguments"}` of one of them (arguments validated against its
+    /// parameters). "none", and "auto" (the default with tools; the model has no tool-call format of its
+    /// own to choose with), answer in text without the functions.
+    static func tools(_ root: GenerationFields, _ req: inout APIRequest, _ s: inout SamplingParams) throws(APIError) {
+        if let v = root[.parallel_tool_calls], v != .null { _ = try bool(v, "parallel_tool_calls") }   // one call either way
+        guard let t = root[.tools], t != .null else {
+            if let c = root[.tool_choice], c != .null {
+                throw .invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are given")
+            }
+            return
+        }
+        guard case .array(let items) = t else { throw .wrongType("tools", expected: "an array", got: t) }
+        guard items.count <= maxTools else { throw .invalid("tools", "at most \(maxTools) tools") }
+        var tools: [Tool] = []
+        for (k, item) in items.enumerated() {
+            let p = "tools[\(k)]"
+            guard case .object = item, let type = item["type"], type == .string("function") else {
+                throw .invalid(p, "'\(p).type' must be \"function\"")
+            }
+            guard let f = item["function"], case .object = f else { throw .invalid("\(p).function", "'\(p).function' must be an object") }
+            guard let n = f["name"] else {
+                throw APIError(message: "'\(p).function.name' is required", param: "\(p).function.name", code: "missing_required_parameter")
+            }
+            let name = try string(n, "\(p).function.name")
+            guard (1...64).contains(name.utf8.count),
+                  name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }) else {
+                throw .invalid("\(p).function.name", "'\(p).function.name' must be 1 to 64 letters, digits, '_' or '-'")
+            }
+            if tools.contains(where: { $0.name == name }) { throw .invalid("\(p).function.name", "function '\(name)' is listed twice") }
+            var description: String? = nil
+            if let d = f["description"], d != .null { description = try string(d, "\(p).function.description") }
+            var parameters: JSONValue? = nil
+            if let ps = f["parameters"], ps != .null {
+                guard case .object = ps else { throw .wrongType("\(p).function.parameters", expected: "a JSON Schema object", got: ps) }
+                parameters = ps
+            }
+            if let st = f["strict"], st != .null { _ = try bool(st, "\(p).function.strict") }   // always enforced
+            tools.append(Tool(name: name, description: description, parameters: parameters))
+        }
+        var forced: [Tool] = []
+        switch root[.tool_choice] {
+        case nil, .null?, .string("auto")?, .string("none")?: return
+        case .string("required")?: forced = tools
+        case let c? where c["type"] == .string("function"):
+            guard case .string(let name)? = c["function"]?["name"] else {
+                throw .invalid("tool_choice", "'tool_choice.function.name' must name a function")
+            }
+            guard let tool = tools.first(where: { $0.name == name }) else {
+                throw .invalid("tool_choice", "tool_choice names '\(name.prefix(64))', which is not in 'tools'")
+            }
+            forced = [tool]
+        case let c?:
+            throw .invalid("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}, not \(c.typeName)")
+        }
+        guard !forced.isEmpty else { throw .invalid("tools", "'tools' must not be empty with tool_choice \"required\"") }
+        if s.jsonObject { throw .invalid("response_format", "'response_format' cannot be combined with a forced tool call") }
+        s.jsonObject = true
+        s.jsonSchema = try SchemaCompiler.compileToolCall(forced.map { ($0.name, $0.parameters) }).encoded()
+        req.toolCall = true
+        // The functions, for the model: in the system message (a new one if the conversation has none).
+        var w = JSONWriter(capacity: 512)
+        w.raw("You can call functions. To call one, answer with only a JSON object {\"name\": <the function's name>, \"arguments\": <an object of its arguments>}. The functions:")
+        for tool in forced {
+            w.raw("\n{\"name\":"); w.string(tool.name)
+            if let d = tool.description { w.raw(",\"description\":"); w.string(d) }
+            w.raw(",\"parameters\":"); w.value(tool.parameters ?? .object([("type", .string("object")), ("properties", .object([]))]))
+            w.raw("}")
+        }
+        let text = String(decoding: w.bytes, as: UTF8.self)
+        if let first = req.messages.first, first.role == .system || first.role == .developer {
+            req.messages[0].content += (first.content.isEmpty ? "" : "\n\n") + text
+        } else {
+            req.messages.insert(ChatMessage(role: .system, content: text), at: 0)
+        }
     }
 
     static func message(_ v: JSONValue, index k: Int) throws(APIError) -> ChatMessage {
@@ -460,6 +551,27 @@ public enum APIDecoder {
             }
         } else if role != .assistant {
             throw APIError(message: "'\(p).content' is required", param: "\(p).content", code: "missing_required_parameter")
+        }
+        // An assistant's earlier calls: shown to the model as the JSON it answers calls with.
+        if role == .assistant, let calls = v["tool_calls"], calls != .null {
+            guard case .array(let items) = calls else { throw .wrongType("\(p).tool_calls", expected: "an array", got: calls) }
+            var w = JSONWriter(capacity: 128)
+            for (j, call) in items.enumerated() {
+                guard case .object = call, case .string(let name)? = call["function"]?["name"] else {
+                    throw .invalid("\(p).tool_calls[\(j)]", "'\(p).tool_calls[\(j)].function.name' must be a string")
+                }
+                if !content.isEmpty || j > 0 { w.raw("\n") }
+                w.raw("{\"name\":"); w.string(name); w.raw(",\"arguments\":")
+                switch call["function"]?["arguments"] {
+                case .string(let a)?:
+                    // The arguments as the JSON they hold (as the model wrote them), else as a string.
+                    if let parsed = try? JSON.parse(Array(a.utf8)) { w.value(parsed) } else { w.string(a) }
+                case nil, .null?: w.raw("{}")
+                case let other?: throw .wrongType("\(p).tool_calls[\(j)].function.arguments", expected: "a string", got: other)
+                }
+                w.raw("}")
+            }
+            content += String(decoding: w.bytes, as: UTF8.self)
         }
         return ChatMessage(role: role, content: content)
     }

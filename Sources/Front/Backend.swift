@@ -17,6 +17,8 @@ public enum Admission: Sendable, Equatable {
 
 public enum FinishReason: String, Sendable, Equatable {
     case stop, length, cancelled
+    /// The answer is a tool call (the front's reading of a finished forced call; never from a backend).
+    case toolCalls = "tool_calls"
 }
 
 public struct Usage: Sendable, Equatable {

@@ -1216,7 +1216,7 @@ public final class FrontServer: @unchecked Sendable {
                 sy_trace_mark(id, SY_TP_FRONT_DECODED)
                 admit(c, route: r.route, id: id, admission: backend.submit(api), stream: api.stream,
                       includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation,
-                      logprobs: api.sampling.logprobs)
+                      logprobs: api.sampling.logprobs, toolCall: api.toolCall)
             } catch {
                 sendError(c, status: error.status, message: error.message, type: error.type, param: error.param,
                           code: error.code, close: false, route: r.route)
@@ -1244,7 +1244,8 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func admit(_ c: Connection, route: String, id: UInt64, admission: Admission, stream: Bool,
-                       includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind, logprobs: Int? = nil) {
+                       includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind, logprobs: Int? = nil,
+                       toolCall: Bool = false) {
         switch admission {
         case .admitted(let worker):
             let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
@@ -1252,7 +1253,7 @@ public final class FrontServer: @unchecked Sendable {
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
                                      includeUsage: includeUsage, identity: ident, start: now(),
-                                     http10: c.http10, logprobs: logprobs)
+                                     http10: c.http10, logprobs: logprobs, toolCall: toolCall)
             owners[id] = (c.slot, c.gen)
         case .overloaded(let retry):
             sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
@@ -1318,7 +1319,7 @@ public final class FrontServer: @unchecked Sendable {
                         Double(t - a.lastTokenAt) / 1e9)
             }
             a.lastTokenAt = t
-            if a.stream {
+            if a.stream && !a.toolCall {
                 // Head (first delta only) and chunk built in the reused buffers, then copied to the connection.
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
@@ -1327,11 +1328,21 @@ public final class FrontServer: @unchecked Sendable {
             } else {
                 a.text += text
             }
-        case .final(_, let finish, let usage):
+        case .final(_, var finish, let usage):
             sy_trace_mark(a.id, SY_TP_FRONT_FINAL)
+            // A forced tool call that finished is sent as one; cut short (max_tokens), as the text it is.
+            let call = a.toolCall && finish == .stop ? ToolCall.parse(a.text, requestID: a.id) : nil
+            if call != nil { finish = .toolCalls }
             if a.stream {
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
+                if let call {
+                    bodyWriter.reset()
+                    OpenAIEncoder.toolCallChunk(a.identity, call, nullUsage: a.includeUsage, into: &bodyWriter)
+                    bodyWriter.withBytes { frame(a, $0) }
+                } else if a.toolCall && !a.text.isEmpty {
+                    frameChunk(a, text: a.text, role: false, finish: nil)
+                }
                 frameChunk(a, text: nil, role: false, finish: finish)
                 if a.includeUsage {
                     bodyWriter.reset()
@@ -1344,7 +1355,7 @@ public final class FrontServer: @unchecked Sendable {
             } else {
                 bodyWriter.reset()
                 OpenAIEncoder.completion(a.identity, text: a.text, finish: finish, usage: usage,
-                                         logprobs: a.logprobs.map { (a.steps[...], $0) }, into: &bodyWriter)
+                                         logprobs: a.logprobs.map { (a.steps[...], $0) }, toolCall: call, into: &bodyWriter)
                 bodyWriter.withBytes { buildJSONResponse(c, a, $0) }
                 finishFromScratch(c, a)
             }
@@ -1482,12 +1493,14 @@ final class ActiveRequest {
     let logprobs: Int?
     var steps: [LogprobStep] = []
     var textOffset = 0
+    /// A forced tool call: the answer is gathered (streamed too) and sent as `tool_calls` at the end.
+    let toolCall: Bool
 
     init(id: UInt64, kind: Kind, route: String, worker: Int, stream: Bool, includeUsage: Bool,
-         identity: CompletionIdentity, start: UInt64, http10: Bool, logprobs: Int? = nil) {
+         identity: CompletionIdentity, start: UInt64, http10: Bool, logprobs: Int? = nil, toolCall: Bool = false) {
         self.id = id; self.kind = kind; self.route = route; self.worker = worker; self.stream = stream
         self.includeUsage = includeUsage; self.identity = identity; self.start = start; self.http10 = http10
-        self.logprobs = logprobs
+        self.logprobs = logprobs; self.toolCall = toolCall
     }
 }
 

@@ -106,6 +106,32 @@ enum ResponseWriter {
     static let done: [UInt8] = Array("data: [DONE]\n\n".utf8)
 }
 
+/// A forced tool call's answer as OpenAI returns it: `{"id","type":"function","function":{"name","arguments"}}`
+/// (arguments: the JSON text of the arguments object).
+struct ToolCall: Equatable {
+    var id: String
+    var name: String
+    var arguments: String
+
+    /// Reads a finished forced-call answer (`{"name": …, "arguments": {…}}`, as the grammar constrained it);
+    /// nil if it is not one (an answer cut short).
+    static func parse(_ text: String, requestID: UInt64) -> ToolCall? {
+        guard let v = try? JSON.parse(Array(text.utf8)), case .string(let name)? = v["name"],
+              let args = v["arguments"], case .object = args else { return nil }
+        var w = JSONWriter(capacity: 128)
+        w.value(args)
+        return ToolCall(id: "call_\(requestID)", name: name, arguments: String(decoding: w.bytes, as: UTF8.self))
+    }
+
+    func write(_ w: inout JSONWriter, index: Int?) {
+        w.raw("{")
+        if let index { w.raw("\"index\":"); w.int(index); w.raw(",") }
+        w.raw("\"id\":"); w.string(id)
+        w.raw(",\"type\":\"function\",\"function\":{\"name\":"); w.string(name)
+        w.raw(",\"arguments\":"); w.string(arguments); w.raw("}}")
+    }
+}
+
 /// The fixed parts of one generation's response bodies.
 struct CompletionIdentity {
     var number: UInt64      // the response id is "chatcmpl-<number>" or "cmpl-<number>"
@@ -135,10 +161,15 @@ enum OpenAIEncoder {
     /// Non-streaming response body, appended to `w` (the event loop reuses one writer: no buffer per response).
     /// `logprobs`: the answer's token steps and the alternatives asked for per token (nil: not asked for).
     static func completion(_ c: CompletionIdentity, text: String, finish: FinishReason, usage u: Usage,
-                           logprobs: (steps: ArraySlice<LogprobStep>, top: Int)? = nil, into w: inout JSONWriter) {
+                           logprobs: (steps: ArraySlice<LogprobStep>, top: Int)? = nil, toolCall: ToolCall? = nil,
+                           into w: inout JSONWriter) {
         prefix(&w, c, chunk: false)
         w.raw(",\"choices\":[{\"index\":0,")
-        if c.chat {
+        if c.chat, let toolCall {
+            w.raw("\"message\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[")
+            toolCall.write(&w, index: nil)
+            w.raw("]},")
+        } else if c.chat {
             w.raw("\"message\":{\"role\":\"assistant\",\"content\":"); w.string(text); w.raw("},")
         } else {
             w.raw("\"text\":"); w.string(text); w.raw(",")
@@ -153,6 +184,16 @@ enum OpenAIEncoder {
         w.raw(",\"finish_reason\":"); w.string(finish.rawValue)
         w.raw("}],\"usage\":"); usage(&w, u)
         w.raw("}")
+    }
+
+    /// The streamed chunk carrying a whole tool call (`delta.tool_calls[0]` with id, name and arguments).
+    static func toolCallChunk(_ c: CompletionIdentity, _ call: ToolCall, nullUsage: Bool, into w: inout JSONWriter) {
+        w.raw("data: ")
+        prefix(&w, c, chunk: true)
+        w.raw(",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[")
+        call.write(&w, index: 0)
+        w.raw("]},\"logprobs\":null,\"finish_reason\":null")
+        w.raw(nullUsage ? "}],\"usage\":null}\n\n" : "}]}\n\n")
     }
 
     /// One SSE event `data: {...}\n\n` for a streamed delta (role: first chat chunk) or the finishing chunk.

@@ -20,12 +20,11 @@ enum SchemaCompiler {
 
     /// The program for `schema` (the `schema` member of response_format.json_schema).
     static func compile(_ schema: JSONValue) throws(APIError) -> SchemaProgram {
-        var c = Compiler(root: schema)
+        var c = Compiler(root: schema, param: param, prefix: "response_format.json_schema.schema")
         let root = try c.index(schema, path: "#")
         precondition(root == 0)
         // The root must be an object (OpenAI's rule too): a $ref or a one-schema allOf to one is fine.
-        var r = root
-        while case .anyOf(let alts) = c.nodes[Int(r)], alts.count == 1 { r = alts[0] }
+        let r = c.resolved(root)
         guard case .object = c.nodes[Int(r)] else {
             throw .invalid(param, "response_format.json_schema.schema: the root schema must be of type \"object\"")
         }
@@ -37,17 +36,68 @@ enum SchemaCompiler {
         }
     }
 
+    /// A forced tool call (tool_choice "required" or a named function): the answer is one JSON object
+    /// `{"name": <function>, "arguments": {...}}` whose arguments validate against that function's
+    /// `parameters` (each its own schema document: its $refs resolve inside it; absent: no arguments).
+    static func compileToolCall(_ tools: [(name: String, parameters: JSONValue?)]) throws(APIError) -> SchemaProgram {
+        var c = Compiler(root: .null, param: "tools", prefix: "tools")
+        _ = try c.reserve("#")   // node 0: the root, filled in last
+        var alts: [Int32] = []
+        for (k, tool) in tools.enumerated() {
+            c.prefix = "tools[\(k)].function.parameters"
+            let args = try c.reserve("#")
+            if let parameters = tool.parameters {
+                c.root = parameters
+                c.refs = [:]
+                c.rootNode = args
+                c.nodes[Int(args)] = try c.build(parameters, path: "#")
+                guard case .object = c.nodes[Int(c.resolved(args))] else {
+                    throw .invalid("tools", "tools[\(k)].function.parameters: the schema must be of type \"object\"")
+                }
+            } else {
+                c.nodes[Int(args)] = .object(properties: [], required: 0, additional: -1)
+            }
+            var name = JSONWriter(capacity: 80)
+            name.string(tool.name)
+            let nameNode = try c.reserve("#")
+            c.nodes[Int(nameNode)] = .literals([name.bytes])
+            let call = try c.reserve("#")
+            c.nodes[Int(call)] = .object(properties: [.init(name: Array("name".utf8), node: nameNode),
+                                                      .init(name: Array("arguments".utf8), node: args)],
+                                         required: 0b11, additional: -1)
+            alts.append(call)
+        }
+        c.nodes[0] = alts.count == 1 ? c.nodes[Int(alts[0])] : .anyOf(alts)
+        do {
+            return try SchemaProgram(nodes: c.nodes)
+        } catch {
+            throw .invalid("tools", "tools: \(error)")
+        }
+    }
+
     struct Compiler {
-        let root: JSONValue
+        /// The schema document "#" refers to, and its node.
+        var root: JSONValue
+        var rootNode: Int32 = 0
+        /// The request field errors name, and the message's prefix.
+        let param: String
+        var prefix: String
         var nodes: [SchemaProgram.Node] = []
         /// $ref → the node of its target (registered before the target is compiled: recursion terminates).
         var refs: [String: Int32] = [:]
         var anyNode: Int32 = -1
 
-        init(root: JSONValue) { self.root = root }
+        init(root: JSONValue, param: String, prefix: String) { self.root = root; self.param = param; self.prefix = prefix }
 
         func fail(_ path: String, _ message: String) -> APIError {
-            .invalid(SchemaCompiler.param, "response_format.json_schema.schema at \(path.prefix(200)): \(message)")
+            .invalid(param, "\(prefix) at \(path.prefix(200)): \(message)")
+        }
+
+        /// Follows one-alternative anyOf links ($ref, one-schema allOf) to the node they stand for.
+        func resolved(_ i: Int32) -> Int32 {
+            var r = i, hops = 0
+            while case .anyOf(let alts) = nodes[Int(r)], alts.count == 1, hops < nodes.count { r = alts[0]; hops += 1 }
+            return r
         }
 
         mutating func reserve(_ path: String) throws(APIError) -> Int32 {
@@ -293,7 +343,7 @@ enum SchemaCompiler {
                     }
                 }
             }
-            if ref == "#" { refs[ref] = 0; return 0 }
+            if ref == "#" { return rootNode }
             let i = try reserve(path)
             refs[ref] = i
             nodes[Int(i)] = try build(node, path: ref)

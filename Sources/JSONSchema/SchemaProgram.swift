@@ -42,7 +42,8 @@ public struct SchemaProgram: Sendable, Equatable {
     public static let unbounded = UInt32.max
     static let unsatisfiable: UInt8 = 255
 
-    /// nodes[0] is the root; it is an object.
+    /// nodes[0] is the root: an object, or an anyOf whose alternatives are objects (a forced tool call:
+    /// one object shape per function).
     public private(set) var nodes: [Node]
     /// For each node, how many containers deep its shortest value is (0 for scalars, 1 for `{}`), or 255
     /// when no finite value satisfies it.
@@ -80,7 +81,16 @@ public struct SchemaProgram: Sendable, Equatable {
                 break
             }
         }
-        guard case .object = nodes[0] else { throw .invalid("the root must be an object") }
+        // The root's values are objects (self-delimiting: the answer is over when the root closes).
+        var pending: [Int32] = [0], visited = Set<Int32>()
+        while let i = pending.popLast() {
+            guard visited.insert(i).inserted else { continue }
+            switch nodes[Int(i)] {
+            case .object: break
+            case .anyOf(let alts): pending += alts
+            default: throw .invalid("the root must be an object (or an anyOf of objects)")
+            }
+        }
         self.nodes = nodes
         minDepth = Self.depths(nodes)
         guard minDepth[0] != Self.unsatisfiable else { throw .unsatisfiable }

@@ -312,6 +312,78 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
         }
     }
 
+    /// Tool calls: tool_choice "required" (non-streamed) and a named function (streamed) come back as
+    /// `tool_calls` whose arguments validate against the function's parameters; a conversation with the
+    /// call and its result in the history answers in text with tool_choice "auto".
+    @Test func forcedToolCallsComeBackAsToolCalls() throws {
+        let tools: [[String: Any]] = [
+            ["type": "function", "function": ["name": "get_weather", "description": "The current weather in a city",
+                                              "parameters": ["type": "object", "additionalProperties": false, "required": ["city", "unit"],
+                                                             "properties": ["city": ["type": "string", "maxLength": 40],
+                                                                            "unit": ["enum": ["celsius", "fahrenheit"]]]]]],
+            ["type": "function", "function": ["name": "get_time", "description": "The current time in a time zone",
+                                              "parameters": ["type": "object", "additionalProperties": false, "required": ["timezone"],
+                                                             "properties": ["timezone": ["enum": ["UTC", "CET", "PST"]]]]]],
+        ]
+        let question: [[String: Any]] = [["role": "user", "content": "What is the weather like in Paris today?"]]
+        try withServer(try modelArgs(workers: 1), readyTimeout: 120) { s in
+            func check(_ call: [String: Any]?, name expected: String?) throws -> (String, [String: Any]) {
+                let f = try #require(call?["function"] as? [String: Any], "\(String(describing: call))")
+                let name = try #require(f["name"] as? String)
+                if let expected { #expect(name == expected) }
+                #expect((call?["id"] as? String)?.hasPrefix("call_") == true && call?["type"] as? String == "function")
+                let args = try #require(try JSONSerialization.jsonObject(with: Data((f["arguments"] as? String ?? "").utf8)) as? [String: Any],
+                                        "arguments \(String(describing: f["arguments"]))")
+                switch name {
+                case "get_weather":
+                    #expect(Set(args.keys) == ["city", "unit"] && (args["city"] as? String)?.count ?? 99 <= 40)
+                    #expect(["celsius", "fahrenheit"].contains(args["unit"] as? String ?? ""))
+                case "get_time":
+                    #expect(Set(args.keys) == ["timezone"] && ["UTC", "CET", "PST"].contains(args["timezone"] as? String ?? ""))
+                default:
+                    Issue.record("unknown function \(name)")
+                }
+                return (name, args)
+            }
+            let r = try s.request("POST", "/v1/chat/completions", json: ["messages": question, "tools": tools, "tool_choice": "required",
+                                                                       "max_tokens": 120, "temperature": 0], timeout: 120)
+            let c0 = try #require((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first, "\(r.text)")
+            #expect(c0["finish_reason"] as? String == "tool_calls", "\(r.text)")
+            let msg = try #require(c0["message"] as? [String: Any])
+            #expect(msg["content"] is NSNull)
+            let calls = msg["tool_calls"] as? [[String: Any]] ?? []
+            #expect(calls.count == 1)
+            let (name, args) = try check(calls.first, name: nil)
+            print("tool call (required): \(name) \(args)")
+
+            let st = try s.request("POST", "/v1/chat/completions", json: [
+                "messages": [["role": "user", "content": "What time is it in Berlin?"]], "tools": tools, "stream": true,
+                "tool_choice": ["type": "function", "function": ["name": "get_time"]], "max_tokens": 60, "temperature": 0.7, "seed": 3],
+                timeout: 120)
+            var streamed: [[String: Any]] = [], finish: String? = nil
+            for line in st.text.split(separator: "\n") where line.hasPrefix("data: {") {
+                let c = (jsonObject(String(line.dropFirst(6)))?["choices"] as? [[String: Any]])?.first
+                streamed += ((c?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]]) ?? []
+                if let f = c?["finish_reason"] as? String { finish = f }
+            }
+            #expect(finish == "tool_calls" && streamed.count == 1, "\(st.text)")
+            #expect(streamed.first?["index"] as? Int == 0)
+            _ = try check(streamed.first, name: "get_time")
+            #expect(st.text.hasSuffix("data: [DONE]\n\n"))
+
+            // The call and its result in the history; "auto": a text answer.
+            let follow = try s.request("POST", "/v1/chat/completions", json: [
+                "messages": question + [
+                    ["role": "assistant", "content": NSNull(),
+                     "tool_calls": [["id": "call_1", "type": "function", "function": ["name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"]]]],
+                    ["role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"]],
+                "tools": tools, "max_tokens": 30, "temperature": 0], timeout: 120)
+            let fc = (jsonObject(follow.body)?["choices"] as? [[String: Any]])?.first
+            #expect(fc?["finish_reason"] as? String != "tool_calls", "\(follow.text)")
+            #expect(((fc?["message"] as? [String: Any])?["content"] as? String)?.isEmpty == false, "\(follow.text)")
+        }
+    }
+
     /// A 4-turn chat in one session stays on one worker and reuses its KV cache; round-robin reuses less.
     @Test func multiTurnChatReusesTheSessionCache() throws {
         let turns = ["What is the capital of France?", "And of Italy?", "Which of the two is bigger?", "Thanks! Say goodbye."]

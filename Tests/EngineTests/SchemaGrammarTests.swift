@@ -115,6 +115,24 @@ struct SchemaGrammarTests {
         #expect(Self.feed("null" + String(repeating: "}", count: SchemaProgram.maxDepth), &g) == nil && g.isComplete)
     }
 
+    /// A forced tool call: the root is an anyOf of `{"name": <literal>, "arguments": {...}}` objects.
+    @Test func aRootAnyOfOfObjects() throws {
+        let p = try SchemaProgram(nodes: [
+            .anyOf([1, 4]),
+            .object(properties: [Self.prop("name", 2), Self.prop("arguments", 3)], required: 0b11, additional: -1),
+            .literals([Self.lit("\"get_weather\"")]),
+            .object(properties: [Self.prop("city", 7)], required: 1, additional: -1),
+            .object(properties: [Self.prop("name", 5), Self.prop("arguments", 6)], required: 0b11, additional: -1),
+            .literals([Self.lit("\"get_time\"")]),
+            .object(properties: [], required: 0, additional: -1),
+            .string(minLength: 0, maxLength: SchemaProgram.unbounded),
+        ])
+        Self.check(p, valid: [#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#, #"{"arguments":{},"name":"get_time"}"#],
+                   invalid: [(#"{"name":"get_date""#, 13), (#"{"name":"get_time","arguments":{"city":"x"}}"#, 32),
+                             (#"{"name":"get_weather","arguments":{}}"#, 35), ("[", 0)])
+        #expect(throws: SchemaProgramError.self) { try SchemaProgram(nodes: [.anyOf([1, 2]), .object(properties: [], required: 0, additional: -1), .integer]) }
+    }
+
     @Test func unsatisfiableAndMalformedProgramsAreRefused() throws {
         // A required property of the object's own schema has no finite value.
         #expect(throws: SchemaProgramError.unsatisfiable) {
