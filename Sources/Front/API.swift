@@ -88,6 +88,9 @@ public struct APIRequest: Sendable, Equatable {
     /// Chat with tool_choice "required" or a named function: the answer is constrained to one call
     /// (`{"name", "arguments"}`, sampling.jsonSchema) and the front returns it as `tool_calls`.
     public var toolCall = false
+    /// Chat with tools and tool_choice "auto": the functions are described to the model, which may answer
+    /// with a call (`{"name", "arguments"}` of one of these) or in text; the front tells which at the end.
+    public var autoToolNames: [String] = []
 
     public init(id: UInt64, kind: RouteKind, model: String? = nil, messages: [ChatMessage] = [], prompt: String = "",
                 sampling: SamplingParams = SamplingParams(), stream: Bool = false, includeUsage: Bool = false,
@@ -445,11 +448,12 @@ public enum APIDecoder {
 
     static let maxTools = 64
 
-    /// tools, tool_choice and parallel_tool_calls. With tool_choice "required" or a named function the
-    /// answer is forced to be a call: the functions are described to the model in the system message and
-    /// the answer is constrained to `{"name", "arguments"}` of one of them (arguments validated against its
-    /// parameters). "none", and "auto" (the default with tools; the model has no tool-call format of its
-    /// own to choose with), answer in text without the functions.
+    /// tools, tool_choice and parallel_tool_calls. The functions are described to the model in the system
+    /// message, and a call is the answer `{"name", "arguments"}`. With tool_choice "required" or a named
+    /// function the answer is forced to be a call: constrained to that shape for one of them, arguments
+    /// validated against its parameters. With "auto" (the default with tools) the model chooses: an answer
+    /// that is such an object naming one of the functions is returned as a call, any other as text.
+    /// "none": answered in text, the functions not shown.
     static func tools(_ root: GenerationFields, _ req: inout APIRequest, _ s: inout SamplingParams) throws(APIError) {
         if let v = root[.parallel_tool_calls], v != .null { _ = try bool(v, "parallel_tool_calls") }   // one call either way
         guard let t = root[.tools], t != .null else {
@@ -488,7 +492,12 @@ public enum APIDecoder {
         }
         var forced: [Tool] = []
         switch root[.tool_choice] {
-        case nil, .null?, .string("auto")?, .string("none")?: return
+        case .string("none")?: return
+        case nil, .null?, .string("auto")?:
+            guard !tools.isEmpty else { return }
+            req.autoToolNames = tools.map(\.name)
+            describe(tools, forced: false, in: &req)
+            return
         case .string("required")?: forced = tools
         case let c? where c["type"] == .string("function"):
             guard case .string(let name)? = c["function"]?["name"] else {
@@ -506,10 +515,18 @@ public enum APIDecoder {
         s.jsonObject = true
         s.jsonSchema = try SchemaCompiler.compileToolCall(forced.map { ($0.name, $0.parameters) }).encoded()
         req.toolCall = true
-        // The functions, for the model: in the system message (a new one if the conversation has none).
+        describe(forced, forced: true, in: &req)
+    }
+
+    /// The functions, for the model: in the system message (a new one if the conversation has none).
+    static func describe(_ tools: [Tool], forced: Bool, in req: inout APIRequest) {
         var w = JSONWriter(capacity: 512)
-        w.raw("You can call functions. To call one, answer with only a JSON object {\"name\": <the function's name>, \"arguments\": <an object of its arguments>}. The functions:")
-        for tool in forced {
+        if forced {
+            w.raw("You can call functions. To call one, answer with only a JSON object {\"name\": <the function's name>, \"arguments\": <an object of its arguments>}. The functions:")
+        } else {
+            w.raw("You can call functions. If one of them is needed to answer, reply with only a JSON object {\"name\": <the function's name>, \"arguments\": <an object of its arguments>}; otherwise answer normally. The functions:")
+        }
+        for tool in tools {
             w.raw("\n{\"name\":"); w.string(tool.name)
             if let d = tool.description { w.raw(",\"description\":"); w.string(d) }
             w.raw(",\"parameters\":"); w.value(tool.parameters ?? .object([("type", .string("object")), ("properties", .object([]))]))

@@ -1216,7 +1216,7 @@ public final class FrontServer: @unchecked Sendable {
                 sy_trace_mark(id, SY_TP_FRONT_DECODED)
                 admit(c, route: r.route, id: id, admission: backend.submit(api), stream: api.stream,
                       includeUsage: api.includeUsage, model: api.model, chat: kind == .chatCompletions, kind: .generation,
-                      logprobs: api.sampling.logprobs, toolCall: api.toolCall)
+                      logprobs: api.sampling.logprobs, toolCall: api.toolCall, autoTools: api.autoToolNames)
             } catch {
                 sendError(c, status: error.status, message: error.message, type: error.type, param: error.param,
                           code: error.code, close: false, route: r.route)
@@ -1245,7 +1245,7 @@ public final class FrontServer: @unchecked Sendable {
 
     private func admit(_ c: Connection, route: String, id: UInt64, admission: Admission, stream: Bool,
                        includeUsage: Bool, model: String?, chat: Bool, kind: ActiveRequest.Kind, logprobs: Int? = nil,
-                       toolCall: Bool = false) {
+                       toolCall: Bool = false, autoTools: [String] = []) {
         switch admission {
         case .admitted(let worker):
             let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
@@ -1253,7 +1253,7 @@ public final class FrontServer: @unchecked Sendable {
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,
                                      includeUsage: includeUsage, identity: ident, start: now(),
-                                     http10: c.http10, logprobs: logprobs, toolCall: toolCall)
+                                     http10: c.http10, logprobs: logprobs, toolCall: toolCall, autoTools: autoTools)
             owners[id] = (c.slot, c.gen)
         case .overloaded(let retry):
             sendError(c, status: 503, message: "all workers are busy; retry later", code: "overloaded", close: false,
@@ -1319,7 +1319,7 @@ public final class FrontServer: @unchecked Sendable {
                         Double(t - a.lastTokenAt) / 1e9)
             }
             a.lastTokenAt = t
-            if a.stream && !a.toolCall {
+            if a.stream && !a.toolCall && !a.holding {
                 // Head (first delta only) and chunk built in the reused buffers, then copied to the connection.
                 scratch.reset()
                 if !a.headersSent { startStream(c, a) }
@@ -1327,11 +1327,25 @@ public final class FrontServer: @unchecked Sendable {
                 scratch.withBytes { enqueue(c, $0) }
             } else {
                 a.text += text
+                // tool_choice auto, streamed: once the answer begins with anything but '{' it is text.
+                if a.holding && a.stream, let first = a.text.unicodeScalars.first(where: { !$0.properties.isWhitespace }),
+                   first != "{" {
+                    a.holding = false
+                    scratch.reset()
+                    if !a.headersSent { startStream(c, a) }
+                    frameChunk(a, text: a.text, role: false, finish: nil)
+                    scratch.withBytes { enqueue(c, $0) }
+                    a.text = ""
+                }
             }
         case .final(_, var finish, let usage):
             sy_trace_mark(a.id, SY_TP_FRONT_FINAL)
-            // A forced tool call that finished is sent as one; cut short (max_tokens), as the text it is.
-            let call = a.toolCall && finish == .stop ? ToolCall.parse(a.text, requestID: a.id) : nil
+            // A forced tool call that finished is sent as one; cut short (max_tokens), as the text it is. With
+            // tool_choice auto, an answer that is a call of one of the functions is one.
+            var call: ToolCall? = nil
+            if finish == .stop && a.toolCall { call = ToolCall.parse(a.text, requestID: a.id) }
+            if finish == .stop && a.holding { call = ToolCall.parse(a.text, requestID: a.id, names: a.autoTools) }
+            let held = a.toolCall || (a.holding && a.stream)
             if call != nil { finish = .toolCalls }
             if a.stream {
                 scratch.reset()
@@ -1340,7 +1354,7 @@ public final class FrontServer: @unchecked Sendable {
                     bodyWriter.reset()
                     OpenAIEncoder.toolCallChunk(a.identity, call, nullUsage: a.includeUsage, into: &bodyWriter)
                     bodyWriter.withBytes { frame(a, $0) }
-                } else if a.toolCall && !a.text.isEmpty {
+                } else if held && !a.text.isEmpty {
                     frameChunk(a, text: a.text, role: false, finish: nil)
                 }
                 frameChunk(a, text: nil, role: false, finish: finish)
@@ -1495,12 +1509,17 @@ final class ActiveRequest {
     var textOffset = 0
     /// A forced tool call: the answer is gathered (streamed too) and sent as `tool_calls` at the end.
     let toolCall: Bool
+    /// tool_choice "auto": the functions the answer may call, and whether it may still be a call (its text
+    /// is held back while it is blank or begins with '{'; streamed as text once it cannot be a call).
+    let autoTools: [String]
+    var holding: Bool
 
     init(id: UInt64, kind: Kind, route: String, worker: Int, stream: Bool, includeUsage: Bool,
-         identity: CompletionIdentity, start: UInt64, http10: Bool, logprobs: Int? = nil, toolCall: Bool = false) {
+         identity: CompletionIdentity, start: UInt64, http10: Bool, logprobs: Int? = nil, toolCall: Bool = false,
+         autoTools: [String] = []) {
         self.id = id; self.kind = kind; self.route = route; self.worker = worker; self.stream = stream
         self.includeUsage = includeUsage; self.identity = identity; self.start = start; self.http10 = http10
-        self.logprobs = logprobs; self.toolCall = toolCall
+        self.logprobs = logprobs; self.toolCall = toolCall; self.autoTools = autoTools; holding = !autoTools.isEmpty
     }
 }
 

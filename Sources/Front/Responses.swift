@@ -113,10 +113,12 @@ struct ToolCall: Equatable {
     var name: String
     var arguments: String
 
-    /// Reads a finished forced-call answer (`{"name": …, "arguments": {…}}`, as the grammar constrained it);
-    /// nil if it is not one (an answer cut short).
-    static func parse(_ text: String, requestID: UInt64) -> ToolCall? {
-        guard let v = try? JSON.parse(Array(text.utf8)), case .string(let name)? = v["name"],
+    /// Reads an answer that is a call (`{"name": …, "arguments": {…}}`, surrounding whitespace allowed;
+    /// as the grammar constrained a forced one); nil if it is not one (an answer cut short, text, or with
+    /// `names`, a function not among them).
+    static func parse(_ text: String, requestID: UInt64, names: [String]? = nil) -> ToolCall? {
+        guard let v = try? JSON.parse(Array(text.utf8)), case .object(let fields) = v, fields.count == 2,
+              case .string(let name)? = v["name"], names?.contains(name) ?? true,
               let args = v["arguments"], case .object = args else { return nil }
         var w = JSONWriter(capacity: 128)
         w.value(args)

@@ -314,7 +314,8 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
 
     /// Tool calls: tool_choice "required" (non-streamed) and a named function (streamed) come back as
     /// `tool_calls` whose arguments validate against the function's parameters; a conversation with the
-    /// call and its result in the history answers in text with tool_choice "auto".
+    /// call and its result in the history answers in text with tool_choice "none", and with "auto" either
+    /// in text or with a call of one of the functions (streamed and not: the same answer).
     @Test func forcedToolCallsComeBackAsToolCalls() throws {
         let tools: [[String: Any]] = [
             ["type": "function", "function": ["name": "get_weather", "description": "The current weather in a city",
@@ -371,16 +372,42 @@ func generateReference(_ prompt: String, maxTokens: Int) throws -> String? {
             _ = try check(streamed.first, name: "get_time")
             #expect(st.text.hasSuffix("data: [DONE]\n\n"))
 
-            // The call and its result in the history; "auto": a text answer.
-            let follow = try s.request("POST", "/v1/chat/completions", json: [
-                "messages": question + [
-                    ["role": "assistant", "content": NSNull(),
-                     "tool_calls": [["id": "call_1", "type": "function", "function": ["name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"]]]],
-                    ["role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"]],
-                "tools": tools, "max_tokens": 30, "temperature": 0], timeout: 120)
-            let fc = (jsonObject(follow.body)?["choices"] as? [[String: Any]])?.first
-            #expect(fc?["finish_reason"] as? String != "tool_calls", "\(follow.text)")
-            #expect(((fc?["message"] as? [String: Any])?["content"] as? String)?.isEmpty == false, "\(follow.text)")
+            // The call and its result in the history.
+            let history = question + [
+                ["role": "assistant", "content": NSNull(),
+                 "tool_calls": [["id": "call_1", "type": "function", "function": ["name": "get_weather", "arguments": "{\"city\":\"Paris\",\"unit\":\"celsius\"}"]]]],
+                ["role": "tool", "tool_call_id": "call_1", "content": "18 degrees and sunny"]]
+            let none = try s.request("POST", "/v1/chat/completions", json: ["messages": history, "tools": tools, "tool_choice": "none",
+                                                                          "max_tokens": 30, "temperature": 0], timeout: 120)
+            let nc = (jsonObject(none.body)?["choices"] as? [[String: Any]])?.first
+            #expect(nc?["finish_reason"] as? String != "tool_calls", "\(none.text)")
+            #expect(((nc?["message"] as? [String: Any])?["content"] as? String)?.isEmpty == false, "\(none.text)")
+            for prompt in [history, question, [["role": "user", "content": "Say hello to Bob."]]] as [[[String: Any]]] {
+                let body: [String: Any] = ["messages": prompt, "tools": tools, "max_tokens": 60, "temperature": 0]
+                let plain = try s.request("POST", "/v1/chat/completions", json: body, timeout: 120)
+                var streamBody = body
+                streamBody["stream"] = true
+                let st = try s.request("POST", "/v1/chat/completions", json: streamBody, timeout: 120)
+                let pc = try #require((jsonObject(plain.body)?["choices"] as? [[String: Any]])?.first, "\(plain.text)")
+                let pm = try #require(pc["message"] as? [String: Any])
+                var text = "", calls: [[String: Any]] = [], finish: String? = nil
+                for line in st.text.split(separator: "\n") where line.hasPrefix("data: {") {
+                    let c = (jsonObject(String(line.dropFirst(6)))?["choices"] as? [[String: Any]])?.first
+                    text += ((c?["delta"] as? [String: Any])?["content"] as? String) ?? ""
+                    calls += ((c?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]]) ?? []
+                    if let f = c?["finish_reason"] as? String { finish = f }
+                }
+                #expect(finish == pc["finish_reason"] as? String, "stream \(finish ?? "nil") / \(plain.text)")
+                if pc["finish_reason"] as? String == "tool_calls" {
+                    let f = ((pm["tool_calls"] as? [[String: Any]])?.first?["function"]) as? [String: Any]
+                    #expect(["get_weather", "get_time"].contains(f?["name"] as? String ?? ""), "\(plain.text)")
+                    #expect(calls.count == 1 && ((calls[0]["function"] as? [String: Any])?["arguments"] as? String) == f?["arguments"] as? String)
+                    print("tool_choice auto: call \(f ?? [:])")
+                } else {
+                    #expect(text == pm["content"] as? String && !text.isEmpty, "stream \(text.debugDescription) / \(plain.text)")
+                    print("tool_choice auto: text \(text.debugDescription)")
+                }
+            }
         }
     }
 

@@ -49,11 +49,17 @@ struct ToolCallTests {
         #expect(try SchemaProgram(decoding: n.sampling.jsonSchema).nodes[0] != .any)
     }
 
-    @Test func autoAndNoneAnswerInText() throws {
-        for choice in ["", #","tool_choice":"auto""#, #","tool_choice":"none""#, #","tool_choice":null"#] {
+    /// auto (also the default with tools): the functions are described, the answer is free, and the front
+    /// looks for a call in it at the end. none: nothing changes.
+    @Test func autoDescribesTheFunctionsAndNoneDoesNot() throws {
+        for choice in ["", #","tool_choice":"auto""#, #","tool_choice":null"#] {
             let r = try Self.decode(#"{"messages":[{"role":"user","content":"u"}],"# + Self.tools + choice + #","parallel_tool_calls":false}"#)
-            #expect(!r.toolCall && !r.sampling.jsonObject && r.sampling.jsonSchema.isEmpty && r.messages.count == 1, "\(choice)")
+            #expect(!r.toolCall && !r.sampling.jsonObject && r.sampling.jsonSchema.isEmpty, "\(choice)")
+            #expect(r.autoToolNames == ["get_weather", "get_time"] && r.messages.count == 2, "\(choice)")
+            #expect(r.messages[0].role == .system && r.messages[0].content.contains("otherwise answer normally"))
         }
+        let none = try Self.decode(#"{"messages":[{"role":"user","content":"u"}],"# + Self.tools + #","tool_choice":"none"}"#)
+        #expect(!none.toolCall && none.autoToolNames.isEmpty && none.messages.count == 1 && none.sampling.jsonSchema.isEmpty)
     }
 
     @Test func earlierCallsAndToolResultsAreShownToTheModel() throws {
@@ -93,6 +99,12 @@ struct ToolCallTests {
         let call = try #require(ToolCall.parse(#"{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}"#, requestID: 9))
         #expect(call == ToolCall(id: "call_9", name: "get_weather", arguments: #"{"city":"Paris","unit":"C"}"#))
         #expect(ToolCall.parse(#"{"name": "get_weather", "arguments": {"city": "Par"#, requestID: 9) == nil)
+        // tool_choice auto: only a call of one of the functions, nothing else in the answer.
+        #expect(ToolCall.parse(" \n{\"name\":\"get_time\",\"arguments\":{}}\n", requestID: 1, names: ["get_time"])?.name == "get_time")
+        #expect(ToolCall.parse(#"{"name":"other","arguments":{}}"#, requestID: 1, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","arguments":{},"x":1}"#, requestID: 1, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","arguments":"{}"}"#, requestID: 1, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"The answer is {"name":"get_time","arguments":{}}"#, requestID: 1, names: ["get_time"]) == nil)
         let ident = CompletionIdentity(number: 9, created: 1, model: "m", chat: true)
         var w = JSONWriter()
         OpenAIEncoder.completion(ident, text: "ignored", finish: .toolCalls, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0),
