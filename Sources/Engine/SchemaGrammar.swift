@@ -21,8 +21,25 @@ public struct SchemaGrammar: Sendable, Equatable {
         let program: SchemaProgram
         let nodes: [SchemaProgram.Node]
         let minDepth: [UInt8]
+        /// For each anyOf node, the nodes its value can actually be: nested anyOfs followed through, each
+        /// node once, cycles without a container in them dropped (A = anyOf[A, string] is a string). A value
+        /// start forks only over these, so shared or self-referring alternatives cannot multiply the work
+        /// or recurse.
+        let leaves: [[Int32]]
         public init(_ program: SchemaProgram) {
             self.program = program; nodes = program.nodes; minDepth = program.minDepth
+            var leaves = [[Int32]](repeating: [], count: nodes.count)
+            for (i, node) in nodes.enumerated() {
+                guard case .anyOf = node else { continue }
+                var out: [Int32] = [], seen = Set<Int32>([Int32(i)]), pending: [Int32] = []
+                if case .anyOf(let alts) = node { pending = alts.reversed() }
+                while let a = pending.popLast() {
+                    guard seen.insert(a).inserted else { continue }
+                    if case .anyOf(let more) = nodes[Int(a)] { pending += more.reversed() } else { out.append(a) }
+                }
+                leaves[i] = out
+            }
+            self.leaves = leaves
         }
     }
 
@@ -203,13 +220,15 @@ public struct SchemaGrammar: Sendable, Equatable {
                         t.frames[last].seen |= 1 << UInt64(exact)
                         t.frames[last].valueNode = props[exact].node
                     } else {
-                        guard additional >= 0, f.count > 0 else { return false }
+                        guard additional >= 0, f.count > 0, fits(t, additional, after: 0) else { return false }
                         t.frames[last].valueNode = additional
                     }
                     t.frames[last].phase = 3
                     return true
                 }
-                guard b != 0x5C, f.count < UInt32(SchemaProgram.maxNameLength) else { return false }
+                // Other keys may run a little past the longest property name, so that typing a seen name does
+                // not corner the key; the cap applies between characters.
+                guard b != 0x5C, f.count < UInt32(SchemaProgram.maxNameLength + 8) || !f.lex.atCharBoundary else { return false }
                 guard t.frames[last].lex.step(b) != .refused else { return false }
                 var next: UInt64 = 0
                 var c = f.cand
@@ -219,7 +238,7 @@ public struct SchemaGrammar: Sendable, Equatable {
                     c &= c - 1
                     if props[k].name.count > pos && props[k].name[pos] == b { next |= 1 << UInt64(k) }
                 }
-                if additional < 0 {
+                if additional < 0 || !fits(t, additional, after: 0) {
                     // Only the properties: some unseen one that fits must still match.
                     guard next & ~f.seen & fittingProperties(t, props) != 0 else { return false }
                 }
@@ -346,15 +365,13 @@ public struct SchemaGrammar: Sendable, Equatable {
     private func startValue(_ t: inout Thread, node: Int32, _ b: UInt8, spill: inout [Thread]) -> Bool {
         let nodes = compiled.nodes
         switch nodes[Int(node)] {
-        case .anyOf(let alts):
+        case .anyOf:
             var first: Thread? = nil
-            for a in alts where fits(t, a, after: 0) {
+            for a in compiled.leaves[Int(node)] where fits(t, a, after: 0) {
                 var u = t
-                var more: [Thread] = []
-                if startValue(&u, node: a, b, spill: &more) {
-                    if first == nil { first = u } else { spill.append(u) }
+                if startValue(&u, node: a, b, spill: &spill) {   // a leaf: never forks further
+                    if first == nil { first = u } else if spill.count < Self.maxThreads { spill.append(u) }
                 }
-                spill.append(contentsOf: more)
             }
             guard let first else { return false }
             t = first

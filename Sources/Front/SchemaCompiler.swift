@@ -3,7 +3,8 @@
 // enforced or refused with a 400 naming it and where it is, so an answer never silently ignores part of a
 // schema. Enforced: type (one or a list), properties, required, additionalProperties (absent = any other key
 // is allowed, as JSON Schema says), items, minItems, maxItems, minLength, maxLength, enum, const, anyOf,
-// oneOf (as anyOf: its alternatives must not overlap for that to be exact), allOf with one schema, $ref to
+// oneOf (when its alternatives cannot overlap: different types, or objects told apart by a required
+// property's distinct constants, as a discriminated union; then it is anyOf), allOf with one schema, $ref to
 // "#", "#/$defs/…" or "#/definitions/…" (recursion included). Annotations (title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly) are ignored.
 #if canImport(JSONSchema)   // the fuzz target (fuzz/run) compiles it into its own module
@@ -12,7 +13,9 @@ import JSONSchema
 
 enum SchemaCompiler {
     static let annotations: Set<String> = ["title", "description", "default", "examples", "$schema", "$id", "$comment",
-                                           "deprecated", "readOnly", "writeOnly", "$defs", "definitions"]
+                                           "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "discriminator"]
+    /// How deep schemas may nest, counting each $ref followed (a chain of references is nesting too).
+    static let maxNesting = 128
     static let keywords: Set<String> = ["type", "properties", "required", "additionalProperties", "items", "minItems",
                                         "maxItems", "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"]
 
@@ -86,6 +89,8 @@ enum SchemaCompiler {
         /// $ref → the node of its target (registered before the target is compiled: recursion terminates).
         var refs: [String: Int32] = [:]
         var anyNode: Int32 = -1
+        /// build() calls open now.
+        var nesting = 0
 
         init(root: JSONValue, param: String, prefix: String) { self.root = root; self.param = param; self.prefix = prefix }
 
@@ -121,6 +126,11 @@ enum SchemaCompiler {
         }
 
         mutating func build(_ v: JSONValue, path: String) throws(APIError) -> SchemaProgram.Node {
+            nesting += 1
+            defer { nesting -= 1 }
+            guard nesting <= SchemaCompiler.maxNesting else {
+                throw fail(path, "the schema nests (or chains $ref) more than \(SchemaCompiler.maxNesting) deep")
+            }
             switch v {
             case .bool(true): return .any
             case .bool(false): throw fail(path, "the schema false admits no value")
@@ -134,7 +144,12 @@ enum SchemaCompiler {
             }
         }
 
-        func has(_ v: JSONValue, _ key: String) -> Bool { if let x = v[key], x != .null { return true } else { return false } }
+        /// Whether keyword `key` is there: `const` even when it is null (const null admits only null), the
+        /// others when not null.
+        func has(_ v: JSONValue, _ key: String) -> Bool {
+            guard let x = v[key] else { return false }
+            return key == "const" || x != .null
+        }
 
         mutating func buildObject(_ v: JSONValue, path: String) throws(APIError) -> SchemaProgram.Node {
             let structural = SchemaCompiler.keywords.filter { has(v, $0) }
@@ -152,6 +167,9 @@ enum SchemaCompiler {
                 guard subs.count <= SchemaProgram.maxAnyOf else { throw fail(path, "\(key) has more than \(SchemaProgram.maxAnyOf) schemas") }
                 var alts: [Int32] = []
                 for (k, s) in subs.enumerated() { alts.append(try index(s, path: "\(path)/\(key)/\(k)")) }
+                if key == "oneOf" && !disjoint(alts) {
+                    throw fail(path, "oneOf whose alternatives may overlap is not supported (it is enforced as anyOf only when they cannot: different types, or objects told apart by a required property's distinct const values); use anyOf")
+                }
                 return .anyOf(alts)
             }
             var types: [String]
@@ -175,7 +193,11 @@ enum SchemaCompiler {
             }
             let known = ["object", "array", "string", "number", "integer", "boolean", "null"]
             for t in types where !known.contains(t) { throw fail(path, "unknown type '\(t.prefix(64))'") }
-            if has(v, "enum") || has(v, "const") { return try literals(v, types: types, path: path) }
+            if has(v, "enum") || has(v, "const") {
+                for k in Self.typedKeywords where has(v, k) { throw fail(path, "\(k) beside enum/const is not supported") }
+                return try literals(v, types: types, path: path)
+            }
+            try only(v, types: types, path: path)
             if types.count == 1 { return try single(types[0], v, path: path) }
             var alts: [Int32] = []
             for t in types {
@@ -189,7 +211,7 @@ enum SchemaCompiler {
         /// enum / const: the values (of the listed types, if any) written as compact JSON.
         mutating func literals(_ v: JSONValue, types: [String], path: String) throws(APIError) -> SchemaProgram.Node {
             var values: [JSONValue] = []
-            if let c = v["const"], c != .null || v["enum"] == nil { values.append(c) }
+            if let c = v["const"] { values.append(c) }
             if let e = v["enum"], e != .null {
                 guard case .array(let vs) = e, !vs.isEmpty else { throw fail(path, "enum must be a non-empty array") }
                 if has(v, "const") {
@@ -216,7 +238,7 @@ enum SchemaCompiler {
             switch v {
             case .null: return "null"
             case .bool: return "boolean"
-            case .number(let d, let i): return i != nil || (d.rounded() == d && abs(d) < 1e15) ? "integer" : "number"
+            case .number(let d, let i): return i != nil || (d.isFinite && d.rounded() == d) ? "integer" : "number"
             case .string: return "string"
             case .array: return "array"
             case .object: return "object"
@@ -225,24 +247,91 @@ enum SchemaCompiler {
 
         func count(_ v: JSONValue, _ key: String, path: String) throws(APIError) -> UInt32? {
             guard let x = v[key], x != .null else { return nil }
-            guard case .number(_, let i?) = x, i >= 0, i <= Int64(UInt32.max - 1) else {
+            guard case .number(let d, _) = x, d.isFinite, d.rounded() == d, d >= 0, d < Double(UInt32.max) else {
                 throw fail(path, "\(key) must be a non-negative integer")
             }
-            return UInt32(i)
+            return UInt32(d)
         }
 
-        /// Keywords that belong to other types than `t` are refused: they would not constrain anything.
-        func only(_ v: JSONValue, _ allowed: [String], type t: String, path: String) throws(APIError) {
-            let typed = ["properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength"]
-            for k in typed where has(v, k) && !allowed.contains(k) {
-                throw fail(path, "\(k) does not apply to type \(t)")
+        static let typedKeywords = ["properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+                                    "minLength", "maxLength"]
+        static func applies(_ keyword: String, to type: String) -> Bool {
+            switch type {
+            case "object": return ["properties", "required", "additionalProperties"].contains(keyword)
+            case "array": return ["items", "minItems", "maxItems"].contains(keyword)
+            case "string": return ["minLength", "maxLength"].contains(keyword)
+            default: return false
             }
+        }
+
+        /// Keywords that belong to none of `types` are refused: they would not constrain anything. (With a
+        /// list of types each keyword applies to the types it belongs to, as in {"type": ["string", "null"],
+        /// "maxLength": 5}.)
+        func only(_ v: JSONValue, types: [String], path: String) throws(APIError) {
+            for k in Self.typedKeywords where has(v, k) && !types.contains(where: { Self.applies(k, to: $0) }) {
+                throw fail(path, "\(k) does not apply to type \(types.joined(separator: " or "))")
+            }
+        }
+
+        /// The JSON types a node's values can have ("integer" within "number"), and for an object the
+        /// required properties' single constant values (a discriminator).
+        func kinds(_ i: Int32, _ seen: inout Set<Int32>) -> Set<String> {
+            guard seen.insert(i).inserted else { return [] }
+            switch nodes[Int(i)] {
+            case .any: return ["object", "array", "string", "number", "boolean", "null"]
+            case .object: return ["object"]
+            case .array: return ["array"]
+            case .string: return ["string"]
+            case .number, .integer: return ["number"]
+            case .literals(let lits):
+                return Set(lits.map { l -> String in
+                    switch l[0] {
+                    case 0x7B: return "object"
+                    case 0x5B: return "array"
+                    case 0x22: return "string"
+                    case 0x74, 0x66: return "boolean"
+                    case 0x6E: return "null"
+                    default: return "number"
+                    }
+                })
+            case .anyOf(let alts):
+                var out = Set<String>()
+                for a in alts { out.formUnion(kinds(a, &seen)) }
+                return out
+            }
+        }
+
+        /// Whether no JSON value can match two of `alts`: their types are disjoint, or they are objects (only)
+        /// with a required property that each fixes to different constant values.
+        func disjoint(_ alts: [Int32]) -> Bool {
+            var sets: [Set<String>] = []
+            for a in alts { var seen = Set<Int32>(); sets.append(kinds(a, &seen)) }
+            var pairwise = true
+            for x in 0..<sets.count { for y in (x + 1)..<sets.count where !sets[x].isDisjoint(with: sets[y]) { pairwise = false } }
+            if pairwise { return true }
+            // Objects told apart by a discriminator property: required in each, a literal set in each, the
+            // sets disjoint.
+            let objects = alts.map { resolved($0) }
+            var tags: [[String: Set<[UInt8]>]] = []
+            for o in objects {
+                guard case .object(let props, let required, _) = nodes[Int(o)] else { return false }
+                var t: [String: Set<[UInt8]>] = [:]
+                for (k, p) in props.enumerated() where (required >> UInt64(k)) & 1 == 1 {
+                    if case .literals(let lits) = nodes[Int(resolved(p.node))] { t[String(decoding: p.name, as: UTF8.self)] = Set(lits) }
+                }
+                tags.append(t)
+            }
+            for name in tags.first?.keys ?? [:].keys where tags.allSatisfy({ $0[name] != nil }) {
+                var union = Set<[UInt8]>(), total = 0
+                for t in tags { union.formUnion(t[name]!); total += t[name]!.count }
+                if union.count == total { return true }
+            }
+            return false
         }
 
         mutating func single(_ t: String, _ v: JSONValue, path: String) throws(APIError) -> SchemaProgram.Node {
             switch t {
             case "object":
-                try only(v, ["properties", "required", "additionalProperties"], type: t, path: path)
                 var props: [SchemaProgram.Property] = []
                 if let p = v["properties"], p != .null {
                     guard case .object(let fields) = p else { throw fail(path, "properties must be an object") }
@@ -287,7 +376,6 @@ enum SchemaCompiler {
                 }
                 return .object(properties: props, required: required, additional: additional)
             case "array":
-                try only(v, ["items", "minItems", "maxItems"], type: t, path: path)
                 var items: Int32
                 switch v["items"] {
                 case nil, .null?, .bool(true)?: items = try any()
@@ -299,15 +387,14 @@ enum SchemaCompiler {
                 guard lo <= hi else { throw fail(path, "minItems is greater than maxItems") }
                 return .array(items: items, minItems: lo, maxItems: hi)
             case "string":
-                try only(v, ["minLength", "maxLength"], type: t, path: path)
                 let lo = try count(v, "minLength", path: path) ?? 0
                 let hi = try count(v, "maxLength", path: path) ?? SchemaProgram.unbounded
                 guard lo <= hi else { throw fail(path, "minLength is greater than maxLength") }
                 return .string(minLength: lo, maxLength: hi)
-            case "number": try only(v, [], type: t, path: path); return .number
-            case "integer": try only(v, [], type: t, path: path); return .integer
-            case "boolean": try only(v, [], type: t, path: path); return .literals([Array("true".utf8), Array("false".utf8)])
-            default: try only(v, [], type: t, path: path); return .literals([Array("null".utf8)])
+            case "number": return .number
+            case "integer": return .integer
+            case "boolean": return .literals([Array("true".utf8), Array("false".utf8)])
+            default: return .literals([Array("null".utf8)])
             }
         }
 

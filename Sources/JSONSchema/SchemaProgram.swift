@@ -62,7 +62,7 @@ public struct SchemaProgram: Sendable, Equatable {
                 if additional != -1 { try ref(additional) }
                 for (k, p) in props.enumerated() {
                     try ref(p.node)
-                    guard p.name.count <= Self.maxNameLength,
+                    guard p.name.count <= Self.maxNameLength, Self.isValidUTF8(p.name),
                           !p.name.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else { throw .invalid("property name not allowed") }
                     for q in props[..<k] where q.name == p.name { throw .invalid("duplicate property name") }
                 }
@@ -94,6 +94,18 @@ public struct SchemaProgram: Sendable, Equatable {
         self.nodes = nodes
         minDepth = Self.depths(nodes)
         guard minDepth[0] != Self.unsatisfiable else { throw .unsatisfiable }
+    }
+
+    static func isValidUTF8(_ bytes: [UInt8]) -> Bool {
+        var it = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
     }
 
     /// Least fixpoint of the shortest value's depth: a node is satisfiable once its parts are.

@@ -115,6 +115,33 @@ struct SchemaGrammarTests {
         #expect(Self.feed("null" + String(repeating: "}", count: SchemaProgram.maxDepth), &g) == nil && g.isComplete)
     }
 
+    /// Review findings: anyOf cycles and shared alternatives, other keys whose schema cannot fit, long keys.
+    @Test func anyOfCyclesSharedAlternativesAndKeyLimits() throws {
+        // A = anyOf[A, string]: a string (no recursion).
+        let left = try SchemaProgram(nodes: [.object(properties: [Self.prop("x", 1)], required: 1, additional: -1),
+                                             .anyOf([1, 2]), .string(minLength: 0, maxLength: SchemaProgram.unbounded)])
+        Self.check(left, valid: [#"{"x":"a"}"#], invalid: [(#"{"x":1}"#, 5)])
+        // Four levels of 16 references each to the next level, then a string: one alternative in the end.
+        var nodes: [SchemaProgram.Node] = [.object(properties: [Self.prop("x", 1)], required: 1, additional: -1)]
+        for level in 0..<4 { nodes.append(.anyOf(Array(repeating: Int32(level + 2), count: 16))) }
+        nodes.append(.string(minLength: 0, maxLength: SchemaProgram.unbounded))
+        let shared = try SchemaProgram(nodes: nodes)
+        var g = Self.grammar(shared)
+        #expect(Self.feed(#"{"x":"#, &g) == nil)
+        let quote = g.step(0x22)
+        #expect(quote && g.threads.count == 1)
+        // Other keys whose schema has no value (or no room) are not offered: only the properties.
+        let bad = try SchemaProgram(nodes: [.object(properties: [Self.prop("a", 1)], required: 0, additional: 2),
+                                            .string(minLength: 0, maxLength: SchemaProgram.unbounded),
+                                            .object(properties: [Self.prop("b", 2)], required: 1, additional: -1)])
+        Self.check(bad, valid: [#"{"a":"x"}"#, #"{}"#], invalid: [(#"{"z":1}"#, 2), (#"{"a":"x","a"#, 8)])   // no key can follow: the ","
+        // Other keys may be longer than any property name, so a seen long name does not corner a key.
+        let long = String(repeating: "n", count: SchemaProgram.maxNameLength)
+        let free = try SchemaProgram(nodes: [.object(properties: [Self.prop(long, 1)], required: 0, additional: 1), .any])
+        Self.check(free, valid: ["{\"\(long)\":1,\"\(long)x\":2}", "{\"" + String(repeating: "k", count: 263) + "é\":1}"],
+                   invalid: [("{\"" + String(repeating: "k", count: 300) + "\":1}", 2 + SchemaProgram.maxNameLength + 8)])
+    }
+
     /// A forced tool call: the root is an anyOf of `{"name": <literal>, "arguments": {...}}` objects.
     @Test func aRootAnyOfOfObjects() throws {
         let p = try SchemaProgram(nodes: [

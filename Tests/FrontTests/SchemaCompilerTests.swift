@@ -79,6 +79,42 @@ struct SchemaCompilerTests {
         #expect(qp == [.init(name: Self.lit("n"), node: qa)] && q.nodes[Int(qa)] == .integer)
     }
 
+    /// Review findings: reference cycles and chains, const null, enum siblings, oneOf, type lists.
+    @Test func edgeCasesCompileToWhatTheyMean() throws {
+        for cyclic in [##"{"$ref":"#"}"##, ##"{"allOf":[{"$ref":"#"}]}"##,
+                       ##"{"$ref":"#/$defs/A","$defs":{"A":{"$ref":"#/$defs/B"},"B":{"$ref":"#/$defs/A"}}}"##] {
+            #expect(Self.error(cyclic)?.status == 400, "\(cyclic)")
+        }
+        let chain = (0..<4000).map { "\"A\($0)\":{\"$ref\":\"#/$defs/A\($0 + 1)\"}" }.joined(separator: ",")
+        let long = ##"{"type":"object","properties":{"x":{"$ref":"#/$defs/A0"}},"$defs":{"## + chain + ##","A4000":{"type":"string"}}}"##
+        #expect(Self.error(long)?.message.contains("nests") == true)
+        // const null admits null only; with another type, nothing.
+        let n = try Self.program(#"{"type":"object","properties":{"x":{"const":null},"y":{"enum":[1,null],"const":null}}}"#)
+        guard case .object(let props, _, _) = n.nodes[0] else { Issue.record("\(n.nodes[0])"); return }
+        #expect(n.nodes[Int(props[0].node)] == .literals([Self.lit("null")]) && n.nodes[Int(props[1].node)] == .literals([Self.lit("null")]))
+        #expect(Self.error(#"{"type":"object","properties":{"x":{"type":"string","const":null}}}"#)?.message.contains("enum/const") == true)
+        #expect(Self.error(#"{"type":"object","properties":{"x":{"type":"string","enum":["a","abc"],"maxLength":2}}}"#)?.message.contains("maxLength beside enum") == true)
+        // oneOf: exact only when the alternatives cannot overlap.
+        #expect(Self.error(#"{"type":"object","properties":{"x":{"oneOf":[{"type":"integer"},{"type":"number"}]}}}"#)?.message.contains("oneOf") == true)
+        _ = try Self.program(#"{"type":"object","properties":{"x":{"oneOf":[{"type":"integer"},{"type":"string"},{"type":"null"}]}}}"#)
+        _ = try Self.program(##"""
+            {"type":"object","properties":{"pet":{"oneOf":[{"$ref":"#/$defs/Cat"},{"$ref":"#/$defs/Dog"}],
+              "discriminator":{"propertyName":"kind","mapping":{"cat":"#/$defs/Cat","dog":"#/$defs/Dog"}}}},
+             "$defs":{"Cat":{"type":"object","properties":{"kind":{"const":"cat"},"lives":{"type":"integer"}},"required":["kind"]},
+                      "Dog":{"type":"object","properties":{"kind":{"enum":["dog"]},"good":{"type":"boolean"}},"required":["kind"]}}}
+            """##)
+        #expect(Self.error(#"{"type":"object","properties":{"x":{"oneOf":[{"type":"object"},{"type":"object","properties":{"a":{}}}]}}}"#) != nil)
+        // Type lists take the keywords of the types they apply to.
+        let t = try Self.program(#"{"type":"object","properties":{"s":{"type":["string","null"],"maxLength":5},"o":{"type":["object","null"],"properties":{"a":{"type":"integer"}},"required":["a"]}}}"#)
+        guard case .object(let tp, _, _) = t.nodes[0], case .anyOf(let sAlts) = t.nodes[Int(tp[0].node)] else { Issue.record("\(t.nodes)"); return }
+        #expect(sAlts.map { t.nodes[Int($0)] } == [.string(minLength: 0, maxLength: 5), .literals([Self.lit("null")])])
+        #expect(Self.error(#"{"type":"object","properties":{"x":{"type":["integer","null"],"maxLength":3}}}"#)?.message.contains("does not apply") == true)
+        // Integral numbers as integers, wherever they are written so.
+        let i = try Self.program(#"{"type":"object","properties":{"e":{"type":"integer","enum":[1e20, 2.0]},"a":{"type":"array","maxItems":2.0}}}"#)
+        guard case .object(let ip, _, _) = i.nodes[0] else { return }
+        #expect(i.nodes[Int(ip[0].node)] == .literals([Self.lit("1e+20"), Self.lit("2.0")]))
+    }
+
     @Test func refusesWhatItCannotEnforce() {
         let cases: [(String, String)] = [
             (#"{"type":"object","properties":{"a":{"type":"string","pattern":"^x"}}}"#, "pattern"),
