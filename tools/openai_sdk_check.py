@@ -746,7 +746,7 @@ class Runner:
                 chunks += 1
             final = s.get_final_completion()
         fc = final.choices[0]
-        expect(fc.finish_reason == "tool_calls" and fc.message.tool_calls, f"streamed: {fc!r}")
+        expect(fc.finish_reason == "tool_calls" and fc.message.tool_calls and fc.message.content is None, f"streamed: {fc!r}")
         tz = json.loads(fc.message.tool_calls[0].function.arguments).get("tz")
         expect(fc.message.tool_calls[0].function.name == "get_time" and tz in ("UTC", "CET"), f"streamed call {fc.message.tool_calls[0]!r}")
         return f"{call.function.name}({call.function.arguments}); streamed get_time({fc.message.tool_calls[0].function.arguments})"

@@ -59,6 +59,10 @@ public struct SchemaGrammar: Sendable, Equatable {
         var cand: UInt64 = 0
         /// object: the node of the value that follows the key just read.
         var valueNode: Int32 = -1
+        /// object: a running hash (FNV-1a) of the key being read, and the hashes of the other keys (not
+        /// properties) already used, so that none is used twice.
+        var keyHash: UInt64 = 0
+        var otherKeys: [UInt64] = []
         var lex = StringLexer()
         /// number: where in the number (JSONObjectGrammar.Num's raw value); integer: no fraction or exponent.
         var num: UInt8 = 0
@@ -221,6 +225,10 @@ public struct SchemaGrammar: Sendable, Equatable {
                         t.frames[last].valueNode = props[exact].node
                     } else {
                         guard additional >= 0, f.count > 0, fits(t, additional, after: 0) else { return false }
+                        // A key used twice is refused, unless the key is at its length cap (then closing it
+                        // is the only way on: a repeated key is still JSON).
+                        if f.otherKeys.contains(f.keyHash) && f.count < UInt32(SchemaProgram.maxNameLength + 8) { return false }
+                        t.frames[last].otherKeys.append(f.keyHash)
                         t.frames[last].valueNode = additional
                     }
                     t.frames[last].phase = 3
@@ -244,6 +252,7 @@ public struct SchemaGrammar: Sendable, Equatable {
                 }
                 t.frames[last].cand = next
                 t.frames[last].count += 1
+                t.frames[last].keyHash = (f.keyHash ^ UInt64(b)) &* 0x100000001B3
                 return true
             }
             if Self.isSpace(b) {
@@ -263,6 +272,7 @@ public struct SchemaGrammar: Sendable, Equatable {
                 guard keyPossible(t, f, props, additional) else { return false }
                 t.frames[last].phase = 2
                 t.frames[last].count = 0
+                t.frames[last].keyHash = 0xCBF29CE484222325
                 t.frames[last].cand = props.count == 64 ? ~0 : (1 << UInt64(props.count)) - 1
                 t.frames[last].lex = StringLexer()
                 return true

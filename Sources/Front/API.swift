@@ -153,7 +153,8 @@ public enum APIDecoder {
             throw .invalid(sessionField, "the session key (\(sessionField)) may be at most \(WireLimits.maxSessionKey) bytes")
         }
         if req.sampling.jsonSchema.count > WireLimits.maxSchemaBytes {
-            throw .invalid("response_format", "response_format.json_schema.schema compiles to \(req.sampling.jsonSchema.count) bytes, over the limit of \(WireLimits.maxSchemaBytes)")
+            let field = req.toolCall ? "tools" : "response_format"
+            throw .invalid(field, "\(req.toolCall ? "the tools' parameters compile" : "response_format.json_schema.schema compiles") to \(req.sampling.jsonSchema.count) bytes, over the limit of \(WireLimits.maxSchemaBytes)")
         }
     }
 
@@ -495,6 +496,11 @@ public enum APIDecoder {
         case .string("none")?: return
         case nil, .null?, .string("auto")?:
             guard !tools.isEmpty else { return }
+            if s.jsonObject {
+                // Every answer would begin with '{' and could read as a call: say which one is wanted.
+                throw .invalid("tool_choice", "tool_choice \"auto\" (the default with tools) cannot be combined with 'response_format'; use \"none\", \"required\" or a named function")
+            }
+            try roomForTools(req)
             req.autoToolNames = tools.map(\.name)
             describe(tools, forced: false, in: &req)
             return
@@ -512,10 +518,21 @@ public enum APIDecoder {
         }
         guard !forced.isEmpty else { throw .invalid("tools", "'tools' must not be empty with tool_choice \"required\"") }
         if s.jsonObject { throw .invalid("response_format", "'response_format' cannot be combined with a forced tool call") }
+        try roomForTools(req)
         s.jsonObject = true
         s.jsonSchema = try SchemaCompiler.compileToolCall(forced.map { ($0.name, $0.parameters) }).encoded()
+        // The call ends where its object closes: stop strings (which could cut the JSON) do not apply.
+        s.stop = []
         req.toolCall = true
         describe(forced, forced: true, in: &req)
+    }
+
+    /// The functions' description may need one more message: the client's must leave room for it.
+    static func roomForTools(_ req: APIRequest) throws(APIError) {
+        let first = req.messages.first?.role
+        if first != .system && first != .developer && req.messages.count >= WireLimits.maxMessages {
+            throw .invalid("messages", "'messages' may hold at most \(WireLimits.maxMessages - 1) messages with tools and no system message (one more describes the functions)")
+        }
     }
 
     /// The functions, for the model: in the system message (a new one if the conversation has none).

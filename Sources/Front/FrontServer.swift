@@ -1343,13 +1343,13 @@ public final class FrontServer: @unchecked Sendable {
             // A forced tool call that finished is sent as one; cut short (max_tokens), as the text it is. With
             // tool_choice auto, an answer that is a call of one of the functions is one.
             var call: ToolCall? = nil
-            if finish == .stop && a.toolCall { call = ToolCall.parse(a.text, requestID: a.id) }
-            if finish == .stop && a.holding { call = ToolCall.parse(a.text, requestID: a.id, names: a.autoTools) }
+            if finish == .stop && a.toolCall { call = ToolCall.parse(a.text) }
+            if finish == .stop && a.holding { call = ToolCall.parse(a.text, names: a.autoTools) }
             let held = a.toolCall || (a.holding && a.stream)
             if call != nil { finish = .toolCalls }
             if a.stream {
                 scratch.reset()
-                if !a.headersSent { startStream(c, a) }
+                if !a.headersSent { startStream(c, a, roleContent: call == nil) }
                 if let call {
                     bodyWriter.reset()
                     OpenAIEncoder.toolCallChunk(a.identity, call, nullUsage: a.includeUsage, into: &bodyWriter)
@@ -1420,13 +1420,14 @@ public final class FrontServer: @unchecked Sendable {
         if a.http10 { scratch.append(payload) } else { ResponseWriter.chunk(&scratch, payload) }
     }
 
-    /// Appends the stream's head to `scratch` (and, for chat, the chunk announcing the assistant role).
-    private func startStream(_ c: Connection, _ a: ActiveRequest) {
+    /// Appends the stream's head to `scratch` (and, for chat, the chunk announcing the assistant role, with
+    /// `"content": ""`, or without content for a stream that carries a tool call, as OpenAI writes them).
+    private func startStream(_ c: Connection, _ a: ActiveRequest, roleContent: Bool = true) {
         a.headersSent = true
         if a.http10 { c.keepAlive = false }
         ResponseWriter.head(&scratch, status: 200, contentType: "text/event-stream", contentLength: nil, chunked: !a.http10,
                             keepAlive: c.keepAlive, worker: a.worker, requestID: a.id, extra: [("Cache-Control", "no-cache")])
-        if a.identity.chat { frameChunk(a, text: "", role: true, finish: nil) }
+        if a.identity.chat { frameChunk(a, text: roleContent ? "" : nil, role: true, finish: nil) }
     }
 
     /// Appends one SSE event of `a`'s stream to `scratch` (encoded in the body writer, then framed).

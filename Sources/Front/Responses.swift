@@ -113,16 +113,105 @@ struct ToolCall: Equatable {
     var name: String
     var arguments: String
 
-    /// Reads an answer that is a call (`{"name": …, "arguments": {…}}`, surrounding whitespace allowed;
-    /// as the grammar constrained a forced one); nil if it is not one (an answer cut short, text, or with
-    /// `names`, a function not among them).
-    static func parse(_ text: String, requestID: UInt64, names: [String]? = nil) -> ToolCall? {
-        guard let v = try? JSON.parse(Array(text.utf8)), case .object(let fields) = v, fields.count == 2,
-              case .string(let name)? = v["name"], names?.contains(name) ?? true,
-              let args = v["arguments"], case .object = args else { return nil }
-        var w = JSONWriter(capacity: 128)
-        w.value(args)
-        return ToolCall(id: "call_\(requestID)", name: name, arguments: String(decoding: w.bytes, as: UTF8.self))
+    /// Reads an answer that is a call: one object of exactly `"name"` (a string) and `"arguments"` (an
+    /// object), surrounding whitespace allowed. The arguments are passed on as the model wrote them (numbers
+    /// keep their digits). A forced call's answer is that shape by construction (the grammar constrained
+    /// it); with `names` (tool_choice auto, a free answer) the function must be one of them and the
+    /// arguments must parse. nil if it is not a call (an answer cut short, or text).
+    static func parse(_ text: String, names: [String]? = nil) -> ToolCall? {
+        let b = Array(text.utf8)
+        guard let fields = topLevelFields(b), fields.count == 2 else { return nil }
+        var name: String? = nil, args: Range<Int>? = nil
+        for (key, range) in fields {
+            switch key {
+            case "name":
+                guard name == nil, case .string(let n)? = try? JSON.parse(Array(b[range])) else { return nil }
+                name = n
+            case "arguments":
+                guard args == nil, b[range.lowerBound] == 0x7B else { return nil }
+                args = range
+            default: return nil
+            }
+        }
+        guard let name, let args, names?.contains(name) ?? true else { return nil }
+        let arguments = Array(b[args])
+        if names != nil { guard (try? JSON.parse(arguments)) != nil else { return nil } }
+        return ToolCall(id: newID(), name: name, arguments: String(decoding: arguments, as: UTF8.self))
+    }
+
+    /// A call id ("call_" and 24 random hex digits: unique across requests and server runs).
+    static func newID() -> String {
+        var g = SystemRandomNumberGenerator()
+        let (a, b) = (g.next() as UInt64, g.next() as UInt32)
+        let hex = String(a, radix: 16), tail = String(b, radix: 16)
+        return "call_" + String(repeating: "0", count: 16 - hex.count) + hex + String(repeating: "0", count: 8 - tail.count) + tail
+    }
+
+    /// The keys of a JSON object's top level (decoded) and the byte ranges of their values, read without
+    /// parsing the values (only their extent); nil if `b` is not one object.
+    static func topLevelFields(_ b: [UInt8]) -> [(String, Range<Int>)]? {
+        var i = 0
+        func ws() { while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 } }
+        /// Moves past the string that starts at i.
+        func string() -> Bool {
+            i += 1
+            while i < b.count {
+                if b[i] == 0x5C { i += 2; continue }
+                if b[i] == 0x22 { i += 1; return true }
+                i += 1
+            }
+            return false
+        }
+        func value() -> Bool {
+            guard i < b.count else { return false }
+            switch b[i] {
+            case 0x22: return string()
+            case 0x7B, 0x5B:
+                var depth = 0
+                while i < b.count {
+                    switch b[i] {
+                    case 0x22: guard string() else { return false }; continue
+                    case 0x7B, 0x5B: depth += 1
+                    case 0x7D, 0x5D: depth -= 1; if depth == 0 { i += 1; return true }
+                    default: break
+                    }
+                    i += 1
+                }
+                return false
+            default:
+                let start = i
+                while i < b.count, ![0x2C, 0x7D, 0x5D, 0x20, 0x0A, 0x0D, 0x09].contains(b[i]) { i += 1 }
+                return i > start
+            }
+        }
+        ws()
+        guard i < b.count, b[i] == 0x7B else { return nil }
+        i += 1
+        var out: [(String, Range<Int>)] = []
+        ws()
+        if i < b.count, b[i] == 0x7D { i += 1 } else {
+            while true {
+                ws()
+                guard i < b.count, b[i] == 0x22 else { return nil }
+                let k0 = i
+                guard string(), case .string(let key)? = try? JSON.parse(Array(b[k0..<i])) else { return nil }
+                ws()
+                guard i < b.count, b[i] == 0x3A else { return nil }
+                i += 1
+                ws()
+                let v0 = i
+                guard value() else { return nil }
+                out.append((key, v0..<i))
+                ws()
+                guard i < b.count else { return nil }
+                if b[i] == 0x2C { i += 1; continue }
+                guard b[i] == 0x7D else { return nil }
+                i += 1
+                break
+            }
+        }
+        ws()
+        return i == b.count ? out : nil
     }
 
     func write(_ w: inout JSONWriter, index: Int?) {

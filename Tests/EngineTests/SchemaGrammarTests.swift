@@ -88,8 +88,9 @@ struct SchemaGrammarTests {
         // Other keys with an integer schema.
         let extra = try SchemaProgram(nodes: [.object(properties: [Self.prop("a", 1)], required: 0, additional: 2),
                                               .literals([Self.lit("true")]), .integer])
-        Self.check(extra, valid: [#"{"x":1,"y":2,"a":true}"#, #"{"ab":3}"#, #"{"é":4}"#],
-                   invalid: [(#"{"x":"s"}"#, 5), (#"{"a":1}"#, 5), (#"{"a":true,"a":true}"#, 12), (#"{"":1}"#, 2), (#"{"\n":1}"#, 2)])
+        Self.check(extra, valid: [#"{"x":1,"y":2,"a":true}"#, #"{"ab":3}"#, #"{"é":4}"#, #"{"x":1,"xx":2}"#],
+                   invalid: [(#"{"x":"s"}"#, 5), (#"{"a":1}"#, 5), (#"{"a":true,"a":true}"#, 12), (#"{"":1}"#, 2), (#"{"\n":1}"#, 2),
+                             (#"{"x":1,"y":2,"x":3}"#, 15)])   // another key used twice: its closing quote
         // anyOf of two objects told apart by a literal.
         let tagged = try SchemaProgram(nodes: [
             .object(properties: [Self.prop("v", 1)], required: 1, additional: -1), .anyOf([2, 5]),

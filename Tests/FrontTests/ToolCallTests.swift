@@ -40,6 +40,8 @@ struct ToolCallTests {
         #expect(r.messages[0].content.contains(#"{"name":"get_time","parameters":{"type":"object","properties":{}}}"#))
         let sub = WorkerPool.submitRecord(for: r, defaults: SamplingDefaults(), defaultMaxTokens: 8)
         #expect(sub.sampling.jsonSchema == r.sampling.jsonSchema && sub.messages.first?.role == "system")
+        // Stop strings do not apply to a forced call (they could cut its JSON).
+        #expect(try Self.decode(#"{"messages":[{"role":"user","content":"u"}],"stop":["}"],"# + Self.tools + #","tool_choice":"required"}"#).sampling.stop.isEmpty)
 
         // A named function: only that one; an existing system message gets the description appended.
         let n = try Self.decode(#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"u"}],"# + Self.tools
@@ -88,6 +90,9 @@ struct ToolCallTests {
             (u + #""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"array"}}}],"tool_choice":"required"}"#, "tools", "object"),
             (u + #""tools":[],"tool_choice":"required"}"#, "tools", "empty"),
             (u + Self.tools + #","tool_choice":"required","response_format":{"type":"json_object"}}"#, "response_format", "forced tool call"),
+            (u + Self.tools + #","response_format":{"type":"json_object"}}"#, "tool_choice", "cannot be combined"),
+            ("{\"messages\":[" + Array(repeating: #"{"role":"user","content":"x"}"#, count: 4096).joined(separator: ",") + "]," + Self.tools + "}",
+             "messages", "4095"),
         ]
         for (body, param, needle) in cases {
             let e = Self.error(body)
@@ -96,15 +101,22 @@ struct ToolCallTests {
     }
 
     @Test func theAnswerBecomesToolCalls() throws {
-        let call = try #require(ToolCall.parse(#"{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}"#, requestID: 9))
-        #expect(call == ToolCall(id: "call_9", name: "get_weather", arguments: #"{"city":"Paris","unit":"C"}"#))
-        #expect(ToolCall.parse(#"{"name": "get_weather", "arguments": {"city": "Par"#, requestID: 9) == nil)
-        // tool_choice auto: only a call of one of the functions, nothing else in the answer.
-        #expect(ToolCall.parse(" \n{\"name\":\"get_time\",\"arguments\":{}}\n", requestID: 1, names: ["get_time"])?.name == "get_time")
-        #expect(ToolCall.parse(#"{"name":"other","arguments":{}}"#, requestID: 1, names: ["get_time"]) == nil)
-        #expect(ToolCall.parse(#"{"name":"get_time","arguments":{},"x":1}"#, requestID: 1, names: ["get_time"]) == nil)
-        #expect(ToolCall.parse(#"{"name":"get_time","arguments":"{}"}"#, requestID: 1, names: ["get_time"]) == nil)
-        #expect(ToolCall.parse(#"The answer is {"name":"get_time","arguments":{}}"#, requestID: 1, names: ["get_time"]) == nil)
+        // The arguments pass through as written (digits kept; a forced call's duplicate key is the client's
+        // JSON parser's business, as the model wrote it).
+        var call = try #require(ToolCall.parse(#"{"arguments": {"city": "Paris", "n": 123456789012345678901234, "s": "\"}{"}, "name": "get_weather"}"#))
+        #expect(call.name == "get_weather" && call.arguments == #"{"city": "Paris", "n": 123456789012345678901234, "s": "\"}{"}"#)
+        #expect(call.id.hasPrefix("call_") && call.id.count == 29 && ToolCall.parse(#"{"name":"f","arguments":{}}"#)?.id != call.id)
+        #expect(ToolCall.parse(#"{"name":"f","arguments":{"x":1,"x":2}}"#)?.arguments == #"{"x":1,"x":2}"#)
+        #expect(ToolCall.parse(#"{"name": "get_weather", "arguments": {"city": "Par"#) == nil)
+        // tool_choice auto: only a call of one of the functions, nothing else in the answer, arguments that parse.
+        #expect(ToolCall.parse(" \n{\"name\":\"get_time\",\"arguments\":{}}\n", names: ["get_time"])?.name == "get_time")
+        #expect(ToolCall.parse(#"{"name":"other","arguments":{}}"#, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","arguments":{},"x":1}"#, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","arguments":"{}"}"#, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","arguments":{"a":}}"#, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"{"name":"get_time","name":"get_time","arguments":{}}"#, names: ["get_time"]) == nil)
+        #expect(ToolCall.parse(#"The answer is {"name":"get_time","arguments":{}}"#, names: ["get_time"]) == nil)
+        call = ToolCall(id: "call_9", name: "get_weather", arguments: #"{"city":"Paris","unit":"C"}"#)
         let ident = CompletionIdentity(number: 9, created: 1, model: "m", chat: true)
         var w = JSONWriter()
         OpenAIEncoder.completion(ident, text: "ignored", finish: .toolCalls, usage: Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 0),
