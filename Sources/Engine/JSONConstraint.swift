@@ -27,9 +27,7 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         case value          // a value must start
         case valueOrClose   // after '[': a value or ']'
         case afterValue     // after a value inside a container: ',' or the container's closer
-        case string         // inside a string
-        case escape         // after '\' in a string
-        case unicode        // inside \uXXXX (`count` hex digits left)
+        case string         // inside a string (`lex`: escapes, surrogates, UTF-8)
         case number         // inside a number (`sub` is where)
         case literal        // inside true / false / null (`literal`, `count` bytes matched)
         case done           // the top-level object is closed
@@ -47,14 +45,8 @@ public struct JSONObjectGrammar: Sendable, Equatable {
     var count: UInt8 = 0
     var literal: UInt8 = 0     // 0 true, 1 false, 2 null
     var whitespace: UInt16 = 0
-    /// Inside a string: continuation bytes the current UTF-8 character still needs, and the range the next
-    /// one must fall in (narrower after E0, ED, F0, F4: no overlong forms, surrogates or values past U+10FFFF).
-    var utf8Need: UInt8 = 0
-    var utf8Lo: UInt8 = 0x80
-    var utf8Hi: UInt8 = 0xBF
-    /// The value of the \u escape being read; `wantLow`: a high surrogate was read, a \u low one must follow.
-    var code: UInt16 = 0
-    var wantLow = false
+    /// Inside a string: its lexer (escapes, surrogate pairs, well-formed UTF-8; shared with SchemaGrammar).
+    var lex = StringLexer()
 
     public init() {}
 
@@ -62,7 +54,7 @@ public struct JSONObjectGrammar: Sendable, Equatable {
     init(value: Void) { mode = .value }
 
     /// Inside a number that may end here (the next byte then belongs to what follows).
-    var numberCanEnd: Bool { mode == .number && (sub == .zero || sub == .int || sub == .frac || sub == .expDigits) }
+    var numberCanEnd: Bool { mode == .number && JSONNumberLexer.canEnd(sub.rawValue) }
 
     /// The top-level object is closed: only the end of generation may follow.
     public var isComplete: Bool { mode == .done }
@@ -82,10 +74,6 @@ public struct JSONObjectGrammar: Sendable, Equatable {
     private static let literals: [[UInt8]] = [Array("true".utf8), Array("false".utf8), Array("null".utf8)]
 
     @inline(__always) private static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
-    @inline(__always) private static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
-    @inline(__always) private static func isHex(_ b: UInt8) -> Bool {
-        isDigit(b) || (b >= 0x61 && b <= 0x66) || (b >= 0x41 && b <= 0x46)
-    }
 
     private var innermostIsObject: Bool { depth > 0 && (stack >> UInt64(depth - 1)) & 1 == 1 }
 
@@ -114,10 +102,8 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         switch b {
         case 0x7B: guard push(object: true) else { return false }; mode = .keyOrClose
         case 0x5B: guard push(object: false) else { return false }; mode = .valueOrClose
-        case 0x22: inKey = false; mode = .string
-        case 0x2D: mode = .number; sub = .minus
-        case 0x30: mode = .number; sub = .zero
-        case 0x31...0x39: mode = .number; sub = .int
+        case 0x22: inKey = false; mode = .string; lex = StringLexer()
+        case 0x2D, 0x30...0x39: mode = .number; sub = Num(rawValue: JSONNumberLexer.step(JSONNumberLexer.start, b, integer: false)!)!
         case 0x74, 0x66, 0x6E:
             mode = .literal; literal = b == 0x74 ? 0 : (b == 0x66 ? 1 : 2); count = 1
         default: return false
@@ -129,64 +115,18 @@ public struct JSONObjectGrammar: Sendable, Equatable {
     public mutating func step(_ b: UInt8) -> Bool {
         switch mode {
         case .string:
-            if utf8Need > 0 {
-                guard b >= utf8Lo && b <= utf8Hi else { return false }
-                utf8Need -= 1; utf8Lo = 0x80; utf8Hi = 0xBF
-                return true
+            switch lex.step(b) {
+            case .refused: return false
+            case .closed: if inKey { mode = .colon } else { valueEnded() }; whitespace = 0; return true
+            case .char, .more: return true
             }
-            if wantLow { guard b == 0x5C else { return false }; mode = .escape; return true }
-            switch b {
-            case 0x22: if inKey { mode = .colon } else { valueEnded() }; whitespace = 0; return true
-            case 0x5C: mode = .escape; return true
-            case 0x20...0x7F: return true
-            case 0xC2...0xDF: utf8Need = 1
-            case 0xE0: utf8Need = 2; utf8Lo = 0xA0
-            case 0xE1...0xEC, 0xEE, 0xEF: utf8Need = 2
-            case 0xED: utf8Need = 2; utf8Hi = 0x9F
-            case 0xF0: utf8Need = 3; utf8Lo = 0x90
-            case 0xF1...0xF3: utf8Need = 3
-            case 0xF4: utf8Need = 3; utf8Hi = 0x8F
-            default: return false   // control bytes, continuation bytes without a lead, C0, C1, F5...FF
-            }
-            return true
-        case .escape:
-            if wantLow { guard b == 0x75 else { return false }; mode = .unicode; count = 4; code = 0; return true }
-            switch b {
-            case 0x22, 0x5C, 0x2F, 0x62, 0x66, 0x6E, 0x72, 0x74: mode = .string; return true
-            case 0x75: mode = .unicode; count = 4; code = 0; return true
-            default: return false
-            }
-        case .unicode:
-            guard Self.isHex(b) else { return false }
-            code = code << 4 | UInt16(b <= 0x39 ? b - 0x30 : (b | 0x20) - 0x61 + 10)
-            count -= 1
-            if count == 2 {
-                // Two digits read: D8-DB begins a high surrogate, DC-DF a low one. A low one only right
-                // after a high one, and after a high one only a low one.
-                let isHigh = code >= 0xD8 && code <= 0xDB, isLow = code >= 0xDC && code <= 0xDF
-                if wantLow != isLow { return false }
-                wantLow = isHigh
-            }
-            if count == 0 { mode = .string }
-            return true
         case .number:
-            switch (sub, b) {
-            case (.minus, 0x30): sub = .zero; return true
-            case (.minus, 0x31...0x39): sub = .int; return true
-            case (.int, 0x30...0x39): return true
-            case (.zero, 0x2E), (.int, 0x2E): sub = .dot; return true
-            case (.dot, 0x30...0x39), (.frac, 0x30...0x39): sub = .frac; return true
-            case (.zero, 0x65), (.zero, 0x45), (.int, 0x65), (.int, 0x45), (.frac, 0x65), (.frac, 0x45):
-                sub = .exp; return true
-            case (.exp, 0x2B), (.exp, 0x2D): sub = .expSign; return true
-            case (.exp, 0x30...0x39), (.expSign, 0x30...0x39), (.expDigits, 0x30...0x39): sub = .expDigits; return true
-            default:
-                // The number ends here if it can; the byte then belongs to what follows it.
-                guard sub == .zero || sub == .int || sub == .frac || sub == .expDigits else { return false }
-                valueEnded()
-                whitespace = 0
-                return step(b)
-            }
+            if let next = JSONNumberLexer.step(sub.rawValue, b, integer: false) { sub = Num(rawValue: next)!; return true }
+            // The number ends here if it can; the byte then belongs to what follows it.
+            guard numberCanEnd else { return false }
+            valueEnded()
+            whitespace = 0
+            return step(b)
         case .literal:
             let word = Self.literals[Int(literal)]
             guard b == word[Int(count)] else { return false }
@@ -211,11 +151,11 @@ public struct JSONObjectGrammar: Sendable, Equatable {
         case .keyOrClose:
             if b == 0x7D { return close(b) }
             guard b == 0x22 else { return false }
-            inKey = true; mode = .string
+            inKey = true; mode = .string; lex = StringLexer()
             return true
         case .key:
             guard b == 0x22 else { return false }
-            inKey = true; mode = .string
+            inKey = true; mode = .string; lex = StringLexer()
             return true
         case .colon:
             guard b == 0x3A else { return false }
@@ -266,7 +206,7 @@ extension JSONObjectGrammar: TokenGrammar {
     public var whitespaceRoom: Int? {
         betweenTokens && mode != .done ? Int(whitespaceLimit) - Int(whitespace) : nil
     }
-    public var plainStringRoom: Int { mode == .string && utf8Need == 0 && !wantLow ? Int.max : 0 }
+    public var plainStringRoom: Int { mode == .string && lex.atCharBoundary ? Int.max : 0 }
 }
 
 /// The vocabulary as JSON mode needs it, built once per model: every token's bytes in one flat buffer,

@@ -132,6 +132,15 @@ public struct SchemaGrammar: Sendable, Equatable {
     @inline(__always) static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
     @inline(__always) static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
 
+    /// Whitespace between JSON tokens counts against the run limit (true: taken, false: over it); nil if
+    /// `b` is not whitespace (the run is over).
+    private func space(_ t: inout Thread, _ b: UInt8) -> Bool? {
+        guard Self.isSpace(b) else { t.whitespace = 0; return nil }
+        guard t.whitespace < whitespaceLimit(t) else { return false }
+        t.whitespace += 1
+        return true
+    }
+
     func whitespaceLimit(_ t: Thread) -> UInt16 {
         UInt16(JSONObjectGrammar.maxWhitespaceRun + JSONObjectGrammar.whitespacePerLevel * Int(t.depth))
     }
@@ -140,13 +149,8 @@ public struct SchemaGrammar: Sendable, Equatable {
     /// a value start forks (anyOf) are appended to `spill`.
     private func stepInPlace(_ t: inout Thread, _ b: UInt8, spill: inout [Thread]) -> Bool {
         if !t.started {
-            if Self.isSpace(b) {
-                guard t.whitespace < whitespaceLimit(t) else { return false }
-                t.whitespace += 1
-                return true
-            }
+            if let taken = space(&t, b) { return taken }
             t.started = true
-            t.whitespace = 0
             return startValue(&t, node: 0, b, spill: &spill)
         }
         guard let last = t.frames.indices.last else { return false }   // done: nothing more
@@ -167,11 +171,11 @@ public struct SchemaGrammar: Sendable, Equatable {
                 return true
             }
         case .number:
-            if let sub = Self.numberStep(t.frames[last].num, b, integer: t.frames[last].integer) {
+            if let sub = JSONNumberLexer.step(t.frames[last].num, b, integer: t.frames[last].integer) {
                 t.frames[last].num = sub
                 return true
             }
-            guard Self.numberCanEnd(t.frames[last].num) else { return false }
+            guard JSONNumberLexer.canEnd(t.frames[last].num) else { return false }
             pop(&t)
             return stepInPlace(&t, b, spill: &spill)
         case .literal:
@@ -255,12 +259,7 @@ public struct SchemaGrammar: Sendable, Equatable {
                 t.frames[last].keyHash = (f.keyHash ^ UInt64(b)) &* 0x100000001B3
                 return true
             }
-            if Self.isSpace(b) {
-                guard t.whitespace < whitespaceLimit(t) else { return false }
-                t.whitespace += 1
-                return true
-            }
-            t.whitespace = 0
+            if let taken = space(&t, b) { return taken }
             let f = t.frames[last]
             switch (phase, b) {
             case (0, 0x7D), (5, 0x7D):
@@ -291,12 +290,7 @@ public struct SchemaGrammar: Sendable, Equatable {
             }
         case .array:
             guard case .array(let items, let lo, let hi) = nodes[Int(t.frames[last].node)] else { return false }
-            if Self.isSpace(b) {
-                guard t.whitespace < whitespaceLimit(t) else { return false }
-                t.whitespace += 1
-                return true
-            }
-            t.whitespace = 0
+            if let taken = space(&t, b) { return taken }
             let f = t.frames[last]
             switch (f.phase, b) {
             case (0, 0x5D), (2, 0x5D):
@@ -402,7 +396,7 @@ public struct SchemaGrammar: Sendable, Equatable {
             return true
         case .number, .integer:
             let integer = nodes[Int(node)] == .integer
-            guard let sub = Self.numberStep(Self.numStart, b, integer: integer) else { return false }
+            guard let sub = JSONNumberLexer.step(JSONNumberLexer.start, b, integer: integer) else { return false }
             var f = Frame(kind: .number, node: node)
             f.num = sub; f.integer = integer
             t.frames.append(f)
@@ -425,35 +419,6 @@ public struct SchemaGrammar: Sendable, Equatable {
             t.frames.append(f)
             return true
         }
-    }
-
-    // Numbers: the sub-states of JSONObjectGrammar.Num, plus a start state.
-    static let numStart: UInt8 = 255
-    /// The next sub-state after `b`, or nil if `b` cannot continue the number.
-    static func numberStep(_ s: UInt8, _ b: UInt8, integer: Bool) -> UInt8? {
-        typealias N = JSONObjectGrammar.Num
-        let minus = N.minus.rawValue, zero = N.zero.rawValue, int = N.int.rawValue, dot = N.dot.rawValue
-        let frac = N.frac.rawValue, exp = N.exp.rawValue, expSign = N.expSign.rawValue, expDigits = N.expDigits.rawValue
-        let digit = isDigit(b)
-        switch s {
-        case numStart: return b == 0x2D ? minus : (b == 0x30 ? zero : (digit ? int : nil))
-        case minus: return b == 0x30 ? zero : (digit ? int : nil)
-        case int where digit: return int
-        case zero, int:
-            if integer { return nil }
-            if b == 0x2E { return dot }
-            return b == 0x65 || b == 0x45 ? exp : nil
-        case dot: return digit ? frac : nil
-        case frac: return digit ? frac : (b == 0x65 || b == 0x45 ? exp : nil)
-        case exp: return b == 0x2B || b == 0x2D ? expSign : (digit ? expDigits : nil)
-        case expSign, expDigits: return digit ? expDigits : nil
-        default: return nil
-        }
-    }
-
-    static func numberCanEnd(_ s: UInt8) -> Bool {
-        typealias N = JSONObjectGrammar.Num
-        return s == N.zero.rawValue || s == N.int.rawValue || s == N.frac.rawValue || s == N.expDigits.rawValue
     }
 }
 
@@ -481,6 +446,40 @@ extension SchemaGrammar: TokenGrammar {
             room = min(room, Int(maxLength(f.node)) - Int(f.count))
         }
         return room
+    }
+}
+
+/// A JSON number, byte by byte (RFC 8259: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; `integer`: without
+/// fraction or exponent). States are JSONObjectGrammar.Num's raw values, plus `start`.
+enum JSONNumberLexer {
+    static let start: UInt8 = 255
+
+    /// The state after `b`, or nil if `b` cannot continue the number.
+    static func step(_ s: UInt8, _ b: UInt8, integer: Bool) -> UInt8? {
+        typealias N = JSONObjectGrammar.Num
+        let minus = N.minus.rawValue, zero = N.zero.rawValue, int = N.int.rawValue, dot = N.dot.rawValue
+        let frac = N.frac.rawValue, exp = N.exp.rawValue, expSign = N.expSign.rawValue, expDigits = N.expDigits.rawValue
+        let digit = b >= 0x30 && b <= 0x39
+        switch s {
+        case start: return b == 0x2D ? minus : (b == 0x30 ? zero : (digit ? int : nil))
+        case minus: return b == 0x30 ? zero : (digit ? int : nil)
+        case int where digit: return int
+        case zero, int:
+            if integer { return nil }
+            if b == 0x2E { return dot }
+            return b == 0x65 || b == 0x45 ? exp : nil
+        case dot: return digit ? frac : nil
+        case frac: return digit ? frac : (b == 0x65 || b == 0x45 ? exp : nil)
+        case exp: return b == 0x2B || b == 0x2D ? expSign : (digit ? expDigits : nil)
+        case expSign, expDigits: return digit ? expDigits : nil
+        default: return nil
+        }
+    }
+
+    /// Whether a number in state `s` is complete (it may end here).
+    static func canEnd(_ s: UInt8) -> Bool {
+        typealias N = JSONObjectGrammar.Num
+        return s == N.zero.rawValue || s == N.int.rawValue || s == N.frac.rawValue || s == N.expDigits.rawValue
     }
 }
 
