@@ -106,17 +106,7 @@ struct JSONConstraintTests {
                 }
                 let result = logits.withUnsafeBufferPointer { l in masked.withUnsafeMutableBufferPointer { table.mask(l, state: g, into: $0) } }
                 #expect(!result.fallback && (result.text > 0) != g.isComplete, "text tokens allowed: \(result.text), complete: \(g.isComplete)")
-                // The mask is exact: for every 7th token, allowed iff the grammar takes its bytes (the end
-                // of generation iff the object is closed; special tokens never).
-                for id in stride(from: 0, to: tok.vocabSize, by: 7) {
-                    let bytes = tok.tokenBytes(Int32(id))
-                    let expected = tok.isEndOfGeneration(Int32(id)) ? g.isComplete
-                        : (!tok.isSpecial(Int32(id)) && !g.isComplete && bytes.withUnsafeBufferPointer { g.accepts($0) })
-                    if (masked[id] != -.infinity) != expected {
-                        Issue.record("token \(id) \(String(decoding: bytes, as: UTF8.self).debugDescription): mask \(masked[id] != -.infinity), grammar \(expected)")
-                        break
-                    }
-                }
+                expectExactMask(masked, g, tok, from: 0, context: "")
                 let t = masked.withUnsafeBufferPointer { sampler.sample($0) }
                 if tok.isEndOfGeneration(t) {
                     #expect(g.isComplete, "end of generation before the object closed")

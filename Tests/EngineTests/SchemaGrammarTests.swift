@@ -210,15 +210,7 @@ struct SchemaGrammarTests {
                 }
                 let result = logits.withUnsafeBufferPointer { l in masked.withUnsafeMutableBufferPointer { table.mask(l, state: g, into: $0) } }
                 #expect(!result.fallback && (result.text > 0) != g.isComplete, "text tokens allowed: \(result.text), complete: \(g.isComplete)")
-                for id in stride(from: walk, to: tok.vocabSize, by: 7) {
-                    let bytes = tok.tokenBytes(Int32(id))
-                    let expected = tok.isEndOfGeneration(Int32(id)) ? g.isComplete
-                        : (!tok.isSpecial(Int32(id)) && !g.isComplete && bytes.withUnsafeBufferPointer { g.accepts($0) })
-                    if (masked[id] != -.infinity) != expected {
-                        Issue.record("after \(String(decoding: text, as: UTF8.self).debugDescription): token \(id) \(String(decoding: bytes, as: UTF8.self).debugDescription): mask \(masked[id] != -.infinity), grammar \(expected)")
-                        break
-                    }
-                }
+                expectExactMask(masked, g, tok, from: walk, context: "after \(String(decoding: text, as: UTF8.self).debugDescription): ")
                 let t = masked.withUnsafeBufferPointer { sampler.sample($0) }
                 if tok.isEndOfGeneration(t) { #expect(g.isComplete); break }
                 #expect(table.advance(&g, token: t), "the sampled token \(t) was refused")

@@ -30,3 +30,20 @@ struct TestRNG: RandomNumberGenerator {
     }
     mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { Float.random(in: lo..<hi, using: &self) }
 }
+
+/// A grammar's token mask is exact: for every 7th token from `from`, the mask allows it iff the grammar
+/// takes its bytes (the end of generation iff the answer is complete; special tokens never). Records the
+/// first disagreement.
+func expectExactMask<G: TokenGrammar>(_ masked: [Float], _ g: G, _ tok: Tokenizer, from: Int, context: String,
+                                      sourceLocation: SourceLocation = #_sourceLocation) {
+    for id in stride(from: from, to: tok.vocabSize, by: 7) {
+        let bytes = tok.tokenBytes(Int32(id))
+        let expected = tok.isEndOfGeneration(Int32(id)) ? g.isComplete
+            : (!tok.isSpecial(Int32(id)) && !g.isComplete && bytes.withUnsafeBufferPointer { g.accepts($0) })
+        if (masked[id] != -.infinity) != expected {
+            Issue.record("\(context)token \(id) \(String(decoding: bytes, as: UTF8.self).debugDescription): mask \(masked[id] != -.infinity), grammar \(expected)",
+                         sourceLocation: sourceLocation)
+            return
+        }
+    }
+}
