@@ -206,7 +206,8 @@ public struct SchemaGrammar: Sendable, Equatable {
                 if g.isComplete { pop(&t) } else { t.frames[last].free = g }
                 return true
             }
-            guard t.frames[last].free.numberCanEnd else { return false }
+            // Only a number that is the whole free value ends it here (one inside its array or object does not).
+            guard t.frames[last].free.numberCanEnd && t.frames[last].free.depth == 0 else { return false }
             pop(&t)
             return stepInPlace(&t, b, spill: &spill)
         case .object:

@@ -79,9 +79,11 @@ struct SchemaGrammarTests {
             .literals([Self.lit("1"), Self.lit("12"), Self.lit("{\"k\":[true]}")]), .any, .integer,
         ])
         Self.check(p, valid: [#"{"e":12}"#, #"{"e":1}"#, #"{"e":1 }"#, #"{"e":{"k":[true]}}"#, #"{"m":{"k":[1,{"z":null}]},"e":1}"#,
+                              #"{"m":[0,{"a":1}]}"#,
                               #"{"m":12}"#, #"{"m":-0.5e-7,"i":-0}"#, #"{"m":"x","i":10}"#, #"{}"#],
                    invalid: [(#"{"e":13}"#, 6), (#"{"e":2}"#, 5), (#"{"e":{"k": [true]}}"#, 10), (#"{"i":01}"#, 6),
-                             (#"{"i":1e3}"#, 6), (#"{"m":}"#, 5), (#"{"m":1,}"#, 7)])
+                             (#"{"i":1e3}"#, 6), (#"{"m":}"#, 5), (#"{"m":1,}"#, 7),
+                             (#"{"m":[0}"#, 7), (#"{"m":{"a":1]}"#, 11)])   // a number inside a free value does not end it
     }
 
     @Test func additionalPropertiesAnyOfAndRecursion() throws {
