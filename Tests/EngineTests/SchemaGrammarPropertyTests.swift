@@ -5,7 +5,7 @@ import JSONSchema
 
 /// Random schema programs and random walks over the bytes each state accepts: the grammar never leaves
 /// generation without a way on (some byte is accepted until the answer is complete), and every completed
-/// answer is a JSON object whose values have the node kinds' types.
+/// answer is a JSON object that validates against the program (checked on Foundation's parse of it).
 @Suite("JSON schema grammar, random programs")
 struct SchemaGrammarPropertyTests {
     typealias N = SchemaProgram.Node
@@ -44,6 +44,59 @@ struct SchemaGrammarPropertyTests {
             }
         }
         return nodes
+    }
+
+    static func isBool(_ v: Any) -> Bool { String(describing: type(of: v)).contains("Boolean") }
+    static func isNumber(_ v: Any) -> Bool { v is NSNumber && !isBool(v) }
+
+    /// The same JSON value (compared through Foundation's serialization, keys sorted).
+    static func sameJSON(_ a: Any, _ b: Any) -> Bool {
+        guard isBool(a) == isBool(b) else { return false }
+        let opts: JSONSerialization.WritingOptions = [.sortedKeys, .fragmentsAllowed]
+        return (try? JSONSerialization.data(withJSONObject: a, options: opts)) == (try? JSONSerialization.data(withJSONObject: b, options: opts))
+    }
+
+    /// Whether a parsed value validates against node `node` of the program (JSON Schema's meaning of each
+    /// node kind, independent of the grammar).
+    /// `path`: the anyOf nodes tried for this same value (a cycle among them adds nothing).
+    static func validates(_ v: Any, _ node: Int32, _ p: SchemaProgram, depth: Int = 0, path: Set<Int32> = []) -> Bool {
+        guard depth < 300 else { return false }
+        switch p.nodes[Int(node)] {
+        case .any: return true
+        case .object(let props, let required, let additional):
+            guard let d = v as? [String: Any] else { return false }
+            for (k, prop) in props.enumerated() where (required >> UInt64(k)) & 1 == 1 {
+                if d[String(decoding: prop.name, as: UTF8.self)] == nil { return false }
+            }
+            for (key, value) in d {
+                if let prop = props.first(where: { String(decoding: $0.name, as: UTF8.self) == key }) {
+                    if !validates(value, prop.node, p, depth: depth + 1) { return false }
+                } else if additional < 0 || !validates(value, additional, p, depth: depth + 1) {
+                    return false
+                }
+            }
+            return true
+        case .array(let items, let lo, let hi):
+            guard let a = v as? [Any], a.count >= Int(lo), UInt64(a.count) <= UInt64(hi) else { return false }
+            return a.allSatisfy { validates($0, items, p, depth: depth + 1) }
+        case .string(let lo, let hi):
+            guard let s = v as? String else { return false }
+            let n = s.unicodeScalars.count
+            return n >= Int(lo) && UInt64(n) <= UInt64(hi)
+        case .number: return isNumber(v)
+        case .integer:
+            guard isNumber(v), let x = (v as? NSNumber)?.doubleValue else { return false }
+            return x.rounded() == x
+        case .literals(let lits):
+            return lits.contains { lit in
+                guard let l = try? JSONSerialization.jsonObject(with: Data(lit), options: .fragmentsAllowed) else { return false }
+                return sameJSON(v, l)
+            }
+        case .anyOf(let alts):
+            guard !path.contains(node) else { return false }
+            let inner = path.union([node])
+            return Set(alts).contains { validates(v, $0, p, depth: depth + 1, path: inner) }
+        }
     }
 
     @Test(arguments: [2026, 7, 99] as [UInt64])
@@ -86,6 +139,9 @@ struct SchemaGrammarPropertyTests {
                         .replacingOccurrences(of: #"([eE][+-]?)[0-9]{3,}"#, with: "$10", options: .regularExpression)
                     let obj = try? JSONSerialization.jsonObject(with: Data(bounded.utf8))
                     #expect(obj is [String: Any], "not a JSON object: \(String(decoding: text, as: UTF8.self).debugDescription) in \(nodes)")
+                    if let obj {
+                        #expect(Self.validates(obj, 0, program), "does not validate: \(String(decoding: text, as: UTF8.self).debugDescription) in \(nodes)")
+                    }
                 }
             }
         }
