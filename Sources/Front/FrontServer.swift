@@ -1320,21 +1320,14 @@ public final class FrontServer: @unchecked Sendable {
             }
             a.lastTokenAt = t
             if a.stream && !a.toolCall && !a.holding {
-                // Head (first delta only) and chunk built in the reused buffers, then copied to the connection.
-                scratch.reset()
-                if !a.headersSent { startStream(c, a) }
-                frameChunk(a, text: text, role: false, finish: nil)
-                scratch.withBytes { enqueue(c, $0) }
+                sendDelta(c, a, text)
             } else {
                 a.text += text
                 // tool_choice auto, streamed: once the answer begins with anything but '{' it is text.
                 if a.holding && a.stream, let first = a.text.unicodeScalars.first(where: { !$0.properties.isWhitespace }),
                    first != "{" {
                     a.holding = false
-                    scratch.reset()
-                    if !a.headersSent { startStream(c, a) }
-                    frameChunk(a, text: a.text, role: false, finish: nil)
-                    scratch.withBytes { enqueue(c, $0) }
+                    sendDelta(c, a, a.text)
                     a.text = ""
                 }
             }
@@ -1412,6 +1405,15 @@ public final class FrontServer: @unchecked Sendable {
             w.withBytes { buildJSONResponse(c, a, $0) }
             finishFromScratch(c, a)
         }
+    }
+
+    /// Sends one streamed text chunk of `a` (and the stream's head before the first): built in the reused
+    /// buffers, then copied to the connection.
+    private func sendDelta(_ c: Connection, _ a: ActiveRequest, _ text: String) {
+        scratch.reset()
+        if !a.headersSent { startStream(c, a) }
+        frameChunk(a, text: text, role: false, finish: nil)
+        scratch.withBytes { enqueue(c, $0) }
     }
 
     /// Appends a piece of a streamed body to `scratch`: an HTTP/1.1 chunk, or raw bytes for HTTP/1.0 (whose

@@ -340,8 +340,7 @@ enum SchemaCompiler {
                     }
                     for (name, s) in fields {
                         let bytes = Array(name.utf8)
-                        guard !bytes.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }),
-                              bytes.count <= SchemaProgram.maxNameLength else {
+                        guard SchemaProgram.isAllowedName(bytes) else {
                             throw fail(path, "property name '\(name.prefix(64))' is not supported (quotes, backslashes, control characters or over \(SchemaProgram.maxNameLength) bytes)")
                         }
                         if props.contains(where: { $0.name == bytes }) { throw fail(path, "property '\(name.prefix(64))' is listed twice") }
@@ -364,8 +363,7 @@ enum SchemaCompiler {
                         if k == nil {
                             // Required but not listed: a key of the additional properties' schema.
                             guard additional >= 0 else { throw fail(path, "required property '\(name.prefix(64))' is not in properties and additionalProperties is false") }
-                            guard !bytes.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }), bytes.count <= SchemaProgram.maxNameLength,
-                                  props.count < SchemaProgram.maxProperties else {
+                            guard SchemaProgram.isAllowedName(bytes), props.count < SchemaProgram.maxProperties else {
                                 throw fail(path, "required property '\(name.prefix(64))' is not supported")
                             }
                             props.append(.init(name: bytes, node: additional))

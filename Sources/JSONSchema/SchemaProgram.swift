@@ -62,8 +62,7 @@ public struct SchemaProgram: Sendable, Equatable {
                 if additional != -1 { try ref(additional) }
                 for (k, p) in props.enumerated() {
                     try ref(p.node)
-                    guard p.name.count <= Self.maxNameLength, Self.isValidUTF8(p.name),
-                          !p.name.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else { throw .invalid("property name not allowed") }
+                    guard Self.isAllowedName(p.name) else { throw .invalid("property name not allowed") }
                     for q in props[..<k] where q.name == p.name { throw .invalid("duplicate property name") }
                 }
             case .array(let items, let lo, let hi):
@@ -94,6 +93,12 @@ public struct SchemaProgram: Sendable, Equatable {
         self.nodes = nodes
         minDepth = Self.depths(nodes)
         guard minDepth[0] != Self.unsatisfiable else { throw .unsatisfiable }
+    }
+
+    /// A property name the grammar matches byte for byte: UTF-8, at most `maxNameLength` bytes, nothing
+    /// that would need escaping in a JSON key ('"', '\\', control characters).
+    public static func isAllowedName(_ name: [UInt8]) -> Bool {
+        name.count <= maxNameLength && !name.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) && isValidUTF8(name)
     }
 
     static func isValidUTF8(_ bytes: [UInt8]) -> Bool {

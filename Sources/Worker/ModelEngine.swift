@@ -81,15 +81,17 @@ public final class ModelTextEngine: TextEngine {
         params.logitBias = s.logitBias.map { TokenBias(token: $0.token, bias: $0.bias) }
         do {
             let sampler = try Sampler(params: params, vocabSize: tokenizer.vocabSize)
-            var json: JSONTokenTable? = nil
+            // A schema, else JSON mode, else none.
             var constraint: ResponseConstraint? = nil
-            if s.jsonObject || !s.jsonSchema.isEmpty {
-                if jsonTable == nil { jsonTable = JSONTokenTable(tokenizer: tokenizer) }
-                json = jsonTable
-                constraint = .jsonObject(JSONObjectGrammar())
-            }
             if !s.jsonSchema.isEmpty {
                 constraint = .schema(SchemaGrammar(SchemaGrammar.Compiled(try SchemaProgram(decoding: s.jsonSchema))))
+            } else if s.jsonObject {
+                constraint = .jsonObject(JSONObjectGrammar())
+            }
+            var json: JSONTokenTable? = nil
+            if constraint != nil {
+                if jsonTable == nil { jsonTable = JSONTokenTable(tokenizer: tokenizer) }
+                json = jsonTable
             }
             return (prompt, ModelGeneration(tokenizer: tokenizer, sampler: sampler, maxTokens: params.maxTokens, stops: s.stop,
                                             json: json, constraint: constraint))
