@@ -47,6 +47,8 @@ struct FrontBench: ParsableCommand {
     @Flag(name: .customLong("inproc-only"), help: "Skip the measurement through the real server.") var inprocOnly = false
     @Flag(name: .customLong("cpu-only"), help: "Only the CPU probes (front and worker request path without I/O).")
     var cpuOnly = false
+    @Option(name: .customLong("cpu-iterations"), help: "Iterations of each CPU probe (with --cpu-only; fewer for a run under callgrind, whose instruction counts per request do not drift with the host).")
+    var cpuIterations: Int = 200_000
     @Flag(help: "Only the latency breakdown: one client's round trips through a traced server (SWITCHYARD_TRACE), split into the stages of the request path (--client-cpu N pins that client; each pins it to the last allowed CPU).")
     var breakdown = false
     @Option(help: "With --breakdown: also write every traced round trip's stages (ns, one line each, in the printed order) to PATH, to see which stage makes the slow ones slow.")
@@ -63,8 +65,9 @@ struct FrontBench: ParsableCommand {
     /// `--cpu-only`: the probes alone, best of 5 rounds each (seconds, not minutes: for before/after checks).
     func runCPUProbes() throws {
         let req = Self.probeRequest
-        let cpu = try FrontCPUProbe.run(request: req, iterations: 200_000)
-        let workerCPU = try WorkerCPUProbe.run(prompt: "h", iterations: 200_000)
+        let iterations = max(5, cpuIterations)
+        let cpu = try FrontCPUProbe.run(request: req, iterations: iterations)
+        let workerCPU = try WorkerCPUProbe.run(prompt: "h", iterations: iterations)
         let total = cpu.parseNs + cpu.decodeNs + cpu.responseNs + cpu.recordsNs + workerCPU.requestNs
         print(String(format: "front: parse %.0f ns, JSON decode %.0f ns, completion response %.0f ns, records %.0f ns; worker: request %.0f ns; sum %.0f ns (one streamed delta %.0f ns)",
                      cpu.parseNs, cpu.decodeNs, cpu.responseNs, cpu.recordsNs, workerCPU.requestNs, total, cpu.streamDeltaNs))

@@ -160,8 +160,19 @@ public enum APIDecoder {
 
     public static func decodeGeneration(kind: RouteKind, body: [UInt8], id: UInt64, sessionHeader: String?,
                                         peer: PeerIdentity) throws(APIError) -> APIRequest {
-        let root = try generationFields(body)
+        // Built in place: the request is written once into the result (no temporary to copy and destroy),
+        // and the known fields are read into one table that is never copied.
         var req = APIRequest(id: id, kind: kind, peer: peer)
+        var root = GenerationFields()
+        try generationFields(body, into: &root)
+        try decodeGeneration(root, sessionHeader: sessionHeader, into: &req)
+        return req
+    }
+
+    @inline(never)
+    static func decodeGeneration(_ root: borrowing GenerationFields, sessionHeader: String?,
+                                 into req: inout APIRequest) throws(APIError) {
+        let kind = req.kind
         if let m = root[.model], m != .null {
             let name = try string(m, "model")
             // Echoed in every response and SSE chunk: bounded, so one request cannot multiply its size.
@@ -194,7 +205,6 @@ public enum APIDecoder {
             default: throw .wrongType("prompt", expected: "a string or an array of token ids", got: p)
             }
         }
-        var s = SamplingParams()
         // Chat takes max_completion_tokens (OpenAI's newer name) over max_tokens; each one present is checked.
         for maxField in kind == .chatCompletions ? chatMaxFields : completionMaxFields {
             let maxKey = generationKeys.names[maxField.rawValue]
@@ -203,44 +213,44 @@ public enum APIDecoder {
                 if n < 1 || n > SamplingParams.maxTokensLimit {
                     throw .invalid(maxKey, "'\(maxKey)' must be between 1 and \(SamplingParams.maxTokensLimit)")
                 }
-                s.maxTokens = n   // max_completion_tokens, checked last, wins
+                req.sampling.maxTokens = n   // max_completion_tokens, checked last, wins
             }
         }
         if let v = root[.temperature], v != .null {
             let t = try double(v, "temperature")
             if t < 0 || t > 2 { throw .invalid("temperature", "'temperature' must be between 0 and 2") }
-            s.temperature = t
+            req.sampling.temperature = t
         }
         if let v = root[.top_p], v != .null {
             let t = try double(v, "top_p")
             if t < 0 || t > 1 { throw .invalid("top_p", "'top_p' must be in [0, 1]") }
-            s.topP = t
+            req.sampling.topP = t
         }
         if let v = root[.top_k], v != .null {
             let t = try int(v, "top_k")
             if t < 0 || t > 1 << 20 { throw .invalid("top_k", "'top_k' must be between 0 and 1048576") }
-            s.topK = t
+            req.sampling.topK = t
         }
         if let v = root[.min_p], v != .null {
             let t = try double(v, "min_p")
             if t < 0 || t > 1 { throw .invalid("min_p", "'min_p' must be between 0 and 1") }
-            s.minP = t
+            req.sampling.minP = t
         }
         if let v = root[.seed], v != .null {
             guard case .number(_, let i?) = v else { throw .wrongType("seed", expected: "an integer", got: v) }
-            s.seed = i
+            req.sampling.seed = i
         }
         if let v = root[.stop], v != .null {
             switch v {
             case .string(let str):
                 if str.isEmpty { throw .invalid("stop", "'stop' strings must not be empty") }
-                s.stop = [str]
+                req.sampling.stop = [str]
             case .array(let a):
                 if a.count > maxStop { throw .invalid("stop", "'stop' may hold at most \(maxStop) strings") }
                 for x in a {
                     guard case .string(let str) = x else { throw .wrongType("stop", expected: "a string or an array of strings", got: x) }
                     if str.isEmpty { throw .invalid("stop", "'stop' strings must not be empty") }
-                    s.stop.append(str)
+                    req.sampling.stop.append(str)
                 }
             default: throw .wrongType("stop", expected: "a string or an array of strings", got: v)
             }
@@ -249,21 +259,17 @@ public enum APIDecoder {
             let n = try int(v, "n")
             if n != 1 { throw .invalid("n", "only n = 1 is supported") }
         }
-        s.logprobs = try logprobs(kind: kind, root)
-        for (key, name) in [(GenerationKey.presence_penalty, "presence_penalty"), (.frequency_penalty, "frequency_penalty")] {
-            guard let v = root[key], v != .null else { continue }
-            let x = try double(v, name)
-            if !(x >= -2 && x <= 2) { throw .invalid(name, "'\(name)' must be between -2 and 2") }
-            if key == .presence_penalty { s.presencePenalty = x } else { s.frequencyPenalty = x }
-        }
-        if let v = root[.logit_bias], v != .null { s.logitBias = try logitBias(v) }
+        req.sampling.logprobs = try logprobs(kind: kind, root)
+        req.sampling.presencePenalty = try penalty(root[.presence_penalty], "presence_penalty")
+        req.sampling.frequencyPenalty = try penalty(root[.frequency_penalty], "frequency_penalty")
+        if let v = root[.logit_bias], v != .null { req.sampling.logitBias = try logitBias(v) }
         if let v = root[.response_format], v != .null {
             guard case .object = v, case .string(let type)? = v["type"] else {
                 throw .wrongType("response_format", expected: "an object with a \"type\"", got: v)
             }
             switch type {
             case "text": break
-            case "json_object": s.jsonObject = true
+            case "json_object": req.sampling.jsonObject = true
             case "json_schema":
                 guard case .object = v["json_schema"] ?? .null else {
                     throw .invalid("response_format", "response_format json_schema needs a \"json_schema\" object with a \"schema\"")
@@ -271,14 +277,13 @@ public enum APIDecoder {
                 guard let schema = v["json_schema"]?["schema"], schema != .null else {
                     throw .invalid("response_format", "response_format.json_schema needs a \"schema\"")
                 }
-                s.jsonObject = true
-                s.jsonSchema = try SchemaCompiler.compile(schema).encoded()
+                req.sampling.jsonObject = true
+                req.sampling.jsonSchema = try SchemaCompiler.compile(schema).encoded()
             default:
                 throw .invalid("response_format", "unknown response_format type '\(type.prefix(64))' (text, json_object and json_schema are supported)")
             }
         }
-        if kind == .chatCompletions { try tools(root, &req, &s) }
-        req.sampling = s
+        if kind == .chatCompletions { try tools(root, &req) }
         if let v = root[.stream], v != .null { req.stream = try bool(v, "stream") }
         if let v = root[.stream_options], v != .null {
             guard case .object = v else { throw .wrongType("stream_options", expected: "an object", got: v) }
@@ -294,7 +299,14 @@ public enum APIDecoder {
         else if let sid = sessionID, !sid.isEmpty { req.sessionKey = sid; sessionField = "session_id" }
         else if let u = user, !u.isEmpty { req.sessionKey = u }
         try checkWireLimits(req, sessionField: sessionField)
-        return req
+    }
+
+    /// presence_penalty / frequency_penalty: -2...2, nil when absent or null.
+    static func penalty(_ v: JSONValue?, _ name: String) throws(APIError) -> Double? {
+        guard let v, v != .null else { return nil }
+        let x = try double(v, name)
+        if !(x >= -2 && x <= 2) { throw .invalid(name, "'\(name)' must be between -2 and 2") }
+        return x
     }
 
     /// logit_bias: an object from token ids (decimal strings, as JSON keys are) to biases in -100...100; the
@@ -415,15 +427,13 @@ public enum APIDecoder {
         subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
     }
 
-    static func generationFields(_ body: [UInt8]) throws(APIError) -> GenerationFields {
+    static func generationFields(_ body: [UInt8], into f: inout GenerationFields) throws(APIError) {
         if body.isEmpty { throw emptyBody }
-        var f = GenerationFields()
         let isObject: Bool
         do { isObject = try JSON.parseObject(body, keys: generationKeys) { k, v in f.values[k] = v } } catch {
             throw APIError(message: "invalid JSON at byte \(error.offset): \(error.message)", code: "invalid_json")
         }
         if !isObject { _ = try object(body) }   // names the JSON type the body has instead
-        return f
     }
 
     static let emptyBody = APIError(message: "request body is empty; expected a JSON object", code: "invalid_json")
@@ -455,7 +465,7 @@ public enum APIDecoder {
     /// validated against its parameters. With "auto" (the default with tools) the model chooses: an answer
     /// that is such an object naming one of the functions is returned as a call, any other as text.
     /// "none": answered in text, the functions not shown.
-    static func tools(_ root: GenerationFields, _ req: inout APIRequest, _ s: inout SamplingParams) throws(APIError) {
+    static func tools(_ root: GenerationFields, _ req: inout APIRequest) throws(APIError) {
         if let v = root[.parallel_tool_calls], v != .null { _ = try bool(v, "parallel_tool_calls") }   // one call either way
         guard let t = root[.tools], t != .null else {
             if let c = root[.tool_choice], c != .null {
@@ -496,7 +506,7 @@ public enum APIDecoder {
         case .string("none")?: return
         case nil, .null?, .string("auto")?:
             guard !tools.isEmpty else { return }
-            if s.jsonObject {
+            if req.sampling.jsonObject {
                 // Every answer would begin with '{' and could read as a call: say which one is wanted.
                 throw .invalid("tool_choice", "tool_choice \"auto\" (the default with tools) cannot be combined with 'response_format'; use \"none\", \"required\" or a named function")
             }
@@ -517,12 +527,12 @@ public enum APIDecoder {
             throw .invalid("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}, not \(c.typeName)")
         }
         guard !forced.isEmpty else { throw .invalid("tools", "'tools' must not be empty with tool_choice \"required\"") }
-        if s.jsonObject { throw .invalid("response_format", "'response_format' cannot be combined with a forced tool call") }
+        if req.sampling.jsonObject { throw .invalid("response_format", "'response_format' cannot be combined with a forced tool call") }
         try roomForTools(req)
-        s.jsonObject = true
-        s.jsonSchema = try SchemaCompiler.compileToolCall(forced.map { ($0.name, $0.parameters) }).encoded()
+        req.sampling.jsonObject = true
+        req.sampling.jsonSchema = try SchemaCompiler.compileToolCall(forced.map { ($0.name, $0.parameters) }).encoded()
         // The call ends where its object closes: stop strings (which could cut the JSON) do not apply.
-        s.stop = []
+        req.sampling.stop = []
         req.toolCall = true
         describe(forced, forced: true, in: &req)
     }

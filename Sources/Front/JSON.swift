@@ -47,27 +47,57 @@ public enum JSONValue: Sendable, Equatable {
     }
 }
 
-/// The top-level keys a decoder looks for (at most 64, ASCII), matched by length and then byte by byte.
+/// The top-level keys a decoder looks for (at most 64, ASCII, non-empty). A key read from the input is
+/// looked up in one probe: a 128-slot table indexed by a hash of its length and three of its bytes names the
+/// only candidate, which is then compared byte for byte. Slots two names share say "scan", and the lookup
+/// compares against every name of that length (the request decoder's 25 names share none).
 public struct JSONKeys: Sendable {
     public let names: [String]
-    private let utf8: [[UInt8]]
+    /// The names' UTF-8, back to back; name n is `blob[starts[n] ..< starts[n + 1]]`.
+    private let blob: [UInt8]
+    private let starts: [Int]
+    /// Per hash slot: 0 = no name, n + 1 = name n, `scan` = several names.
+    private let slots: [UInt8]
+    private static let scan: UInt8 = 0xFF
 
     public init(_ names: [String]) {
-        precondition(names.count <= 64 && Set(names).count == names.count && names.allSatisfy { $0.utf8.allSatisfy { $0 < 0x80 } })
+        precondition(names.count <= 64 && Set(names).count == names.count
+                     && names.allSatisfy { !$0.isEmpty && $0.utf8.allSatisfy { $0 < 0x80 } })
         self.names = names
-        utf8 = names.map { Array($0.utf8) }
+        var blob: [UInt8] = [], starts = [0]
+        var slots = [UInt8](repeating: 0, count: 128)
+        for (n, name) in names.enumerated() {
+            let u = Array(name.utf8)
+            blob += u
+            starts.append(blob.count)
+            let h = u.withUnsafeBufferPointer { Self.hash($0) }
+            slots[h] = slots[h] == 0 ? UInt8(n + 1) : Self.scan
+        }
+        self.blob = blob; self.starts = starts; self.slots = slots
+    }
+
+    @inline(__always) private static func hash(_ k: UnsafeBufferPointer<UInt8>) -> Int {
+        let n = k.count
+        return (n &* 12 &+ Int(k[0]) &* 3 &+ Int(k[n - 1]) &* 5 &+ Int(k[n >> 1])) & 127
     }
 
     /// Index of the key whose UTF-8 is `k`, if any.
     func index(_ k: UnsafeBufferPointer<UInt8>) -> Int? {
-        for n in utf8.indices where utf8[n].count == k.count {
-            let same = utf8[n].withUnsafeBufferPointer { u -> Bool in
-                for x in 0..<u.count where u[x] != k[x] { return false }
-                return true
-            }
-            if same { return n }
+        guard !k.isEmpty else { return nil }
+        let slot = slots[Self.hash(k)]
+        if slot == 0 { return nil }
+        return blob.withUnsafeBufferPointer { b -> Int? in
+            if slot != Self.scan { return same(Int(slot) - 1, k, b) ? Int(slot) - 1 : nil }
+            for n in 0..<names.count where same(n, k, b) { return n }
+            return nil
         }
-        return nil
+    }
+
+    @inline(__always) private func same(_ n: Int, _ k: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        let start = starts[n]
+        guard starts[n + 1] - start == k.count else { return false }
+        for x in 0..<k.count where b[start &+ x] != k[x] { return false }
+        return true
     }
 
     func index(_ s: String) -> Int? {
@@ -463,6 +493,8 @@ public struct JSONWriter: ~Copyable {
     public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R { try out.withBytes(body) }
 
     public mutating func raw(_ s: StaticString) { out.append(s) }
+    /// Disfavoured, so a literal takes the StaticString overload (no String to bridge per call).
+    @_disfavoredOverload
     public mutating func raw(_ s: String) {
         var s = s
         s.withUTF8 { out.append(UnsafeRawBufferPointer($0)) }

@@ -97,43 +97,43 @@ public struct WireReader {
 
     var remaining: Int { base.count - offset }
 
-    mutating func need(_ n: Int, _ field: String) throws(WireError) {
+    @inline(__always) mutating func need(_ n: Int, _ field: String) throws(WireError) {
         guard n <= remaining else { throw .truncated(field: field, needed: n, remaining: remaining) }
     }
 
-    mutating func u8(_ field: String) throws(WireError) -> UInt8 {
+    @inline(__always) mutating func u8(_ field: String) throws(WireError) -> UInt8 {
         try need(1, field)
         defer { offset += 1 }
         return base[offset]
     }
 
-    mutating func u16(_ field: String) throws(WireError) -> UInt16 {
+    @inline(__always) mutating func u16(_ field: String) throws(WireError) -> UInt16 {
         try need(2, field)
         defer { offset += 2 }
         return UInt16(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
 
-    mutating func u32(_ field: String) throws(WireError) -> UInt32 {
+    @inline(__always) mutating func u32(_ field: String) throws(WireError) -> UInt32 {
         try need(4, field)
         defer { offset += 4 }
         return UInt32(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
 
-    mutating func u64(_ field: String) throws(WireError) -> UInt64 {
+    @inline(__always) mutating func u64(_ field: String) throws(WireError) -> UInt64 {
         try need(8, field)
         defer { offset += 8 }
         return UInt64(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
-    mutating func f32(_ field: String) throws(WireError) -> Float { Float(bitPattern: try u32(field)) }
+    @inline(__always) mutating func f32(_ field: String) throws(WireError) -> Float { Float(bitPattern: try u32(field)) }
 
-    mutating func bool(_ field: String) throws(WireError) -> Bool {
+    @inline(__always) mutating func bool(_ field: String) throws(WireError) -> Bool {
         let v = try u8(field)
         guard v <= 1 else { throw .invalidValue(field: field, value: UInt64(v)) }
         return v == 1
     }
 
-    mutating func count(_ field: String, limit: Int) throws(WireError) -> Int {
+    @inline(__always) mutating func count(_ field: String, limit: Int) throws(WireError) -> Int {
         let n = Int(try u32(field))
         guard n <= limit else { throw .tooLarge(field: field, length: n, limit: limit) }
         return n
@@ -280,7 +280,7 @@ extension Record {
             let seed = try r.u64("seed")
             s.seed = hasSeed ? seed : nil
             let nStop = try r.count("stop", limit: WireLimits.maxStops)
-            s.stop.reserveCapacity(nStop)
+            if nStop > 0 { s.stop.reserveCapacity(nStop) }   // (an empty reserve still costs a call)
             for _ in 0..<nStop { s.stop.append(try r.string("stop", limit: WireLimits.maxStopLength)) }
             let lp = try r.u8("logprobs")
             if lp > 0 {
@@ -291,7 +291,7 @@ extension Record {
             s.frequencyPenalty = try r.f32("frequency_penalty")
             let nBias = try r.count("logit_bias", limit: WireLimits.maxLogitBiases)
             try r.need(nBias * 8, "logit_bias")
-            s.logitBias.reserveCapacity(nBias)
+            if nBias > 0 { s.logitBias.reserveCapacity(nBias) }
             for _ in 0..<nBias {
                 s.logitBias.append(WireLogitBias(token: Int32(bitPattern: try r.u32("logit_bias")), bias: try r.f32("logit_bias")))
             }
@@ -302,7 +302,7 @@ extension Record {
             // Each message needs at least 8 bytes (two lengths): refuse absurd counts before reserving.
             try r.need(nMsg * 8, "messages")
             var messages: [WireMessage] = []
-            messages.reserveCapacity(nMsg)
+            if nMsg > 0 { messages.reserveCapacity(nMsg) }
             for _ in 0..<nMsg {
                 let role = try r.string("role", limit: 32)
                 let content = try r.string("content", limit: WireLimits.maxText)

@@ -8,6 +8,7 @@ public enum UTF8Text {
     /// anything else goes through `String(validating:)`.
     public static func string(_ bytes: UnsafeRawBufferPointer) -> String? {
         let n = bytes.count
+        if n == 0 { return "" }
         var high: UInt64 = 0
         var i = 0
         while i + 8 <= n {

@@ -77,11 +77,10 @@ public final class EchoText: TextEngine {
         var t = text
         let prompt: [Int32] = t.withUTF8 { u in
             if u.isEmpty { return [256] }
-            let room = u.count + min(maxTokens, 1024) + 1
-            return [Int32](unsafeUninitializedCapacity: room) { out, n in
-                for k in 0..<u.count { out[k] = Int32(u[k]) }
-                n = u.count
-            }
+            var a: [Int32] = []
+            a.reserveCapacity(u.count + min(maxTokens, 1024) + 1)
+            for c in u { a.append(Int32(c)) }
+            return a
         }
         return (prompt, EchoState(answer: text, maxTokens: maxTokens, stops: submit.sampling.stop))
     }
