@@ -1096,6 +1096,8 @@ public final class FrontServer: @unchecked Sendable {
         w.raw(",\"owned_by\":\"switchyard\"}")
     }
 
+    /// The model named in answers to requests that name none (the backend's list is built on each call).
+    private lazy var defaultModelName: String = backend.modelIDs.first ?? config.defaultModel
     private var servedModelIDs: [String] { backend.modelIDs.isEmpty ? [config.defaultModel] : backend.modelIDs }
 
     /// `GET /v1/models/{id}` (OpenAI's retrieve): the model object of a served id, else 404 model_not_found.
@@ -1248,7 +1250,7 @@ public final class FrontServer: @unchecked Sendable {
                        toolCall: Bool = false, autoTools: [String] = []) {
         switch admission {
         case .admitted(let worker):
-            let modelName = model ?? backend.modelIDs.first ?? config.defaultModel
+            let modelName = model ?? defaultModelName
             let ident = CompletionIdentity(number: id, created: Int(time(nil)),
                                            model: modelName, chat: chat)
             c.active = ActiveRequest(id: id, kind: kind, route: route, worker: worker, stream: stream,

@@ -133,6 +133,11 @@ public struct HTTPRequestHead: Sendable, Equatable {
         self.contentLength = contentLength; self.chunked = chunked
     }
 
+    /// The parser's empty slot (never handed out).
+    static let placeholder = HTTPRequestHead(storage: [], blockLength: 0, fieldCount: 0, methodEnd: 0, targetStart: 0,
+                                             targetEnd: 0, versionMinor: 1, keepAlive: false, expectContinue: false,
+                                             contentLength: 0, chunked: false)
+
     public var method: String { string(0, methodEnd) }
     public var target: String { string(targetStart, targetEnd) }
 
@@ -224,7 +229,11 @@ public enum HTTPParseResult: Equatable, Sendable {
 public struct HTTPRequestParser: Sendable {
     public let limits: HTTPLimits
     /// Set once the header block has been parsed (lets the caller answer `Expect: 100-continue`).
-    public private(set) var head: HTTPRequestHead?
+    public var head: HTTPRequestHead? { hasHead ? parsedHead : nil }
+    /// The head and whether it is set, kept apart: assigning or clearing an `HTTPRequestHead?` went through
+    /// the unspecialised Optional value witness (~150 instructions, twice per request; callgrind).
+    private var parsedHead = HTTPRequestHead.placeholder
+    private var hasHead = false
 
     /// Offset where the search for the end of the header block resumes.
     private var scanned = 0
@@ -244,7 +253,7 @@ public struct HTTPRequestParser: Sendable {
     public init(limits: HTTPLimits = HTTPLimits()) { self.limits = limits }
 
     public mutating func reset() {
-        head = nil
+        hasHead = false
         scanned = 0
         bodyStart = 0
         chunkState = .size
@@ -255,7 +264,7 @@ public struct HTTPRequestParser: Sendable {
     }
 
     public mutating func parse(_ buf: UnsafeRawBufferPointer) -> HTTPParseResult {
-        if head == nil {
+        if !hasHead {
             // Up to maxLeadingEmptyLines; more fail as a malformed request line, so they cannot pile up.
             var skip = 0
             while skip < 2 * Self.maxLeadingEmptyLines && skip + 1 < buf.count && buf[skip] == 13 && buf[skip + 1] == 10 {
@@ -272,7 +281,7 @@ public struct HTTPRequestParser: Sendable {
     }
 
     private mutating func parseRequest(_ buf: UnsafeRawBufferPointer) -> HTTPParseResult {
-        if head == nil {
+        if !hasHead {
             // Find CRLF CRLF. Bytes before `scanned` held no terminator; back up 3 bytes to catch a split one.
             let n = buf.count
             var i = max(0, scanned - 3)
@@ -300,12 +309,14 @@ public struct HTTPRequestParser: Sendable {
             switch Self.parseHead(UnsafeRawBufferPointer(rebasing: buf[0..<end]), limits: limits) {
             case .failure(let e): return .failure(e)
             case .success(let h):
-                head = h
+                parsedHead = h
+                hasHead = true
                 bodyStart = end
                 pos = end
             }
         }
-        guard let h = head else { return .incomplete }
+        guard hasHead else { return .incomplete }
+        let h = parsedHead
         if h.chunked { return parseChunked(buf, head: h) }
         let total = bodyStart + h.contentLength
         if buf.count < total { return .incomplete }

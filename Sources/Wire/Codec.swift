@@ -1,39 +1,56 @@
 // Encoding and decoding of wire records (layout: see Wire.swift and docs/ARCHITECTURE.md).
 
 /// Writes little-endian fields into a reusable byte buffer. Reuse one writer per sender (`reset()` keeps the
-/// buffer) so steady-state encoding does not allocate. The backing array is kept at least as long as the
-/// payload (grown by doubling, zero-filled), so fixed-width fields are stored in place with one uniqueness
-/// check each instead of `append(contentsOf:)`'s generic sequence copy.
-public struct WireWriter: Sendable {
-    private var storage: [UInt8]
+/// buffer) so steady-state encoding does not allocate. The buffer is raw memory owned by the writer (so it is
+/// non-copyable): a field is stored with one capacity check, without an Array's uniqueness check and
+/// generic `withUnsafeMutableBytes` per store (which made a 3-field record cost ~260 instructions).
+public struct WireWriter: ~Copyable, @unchecked Sendable {
+    private var base: UnsafeMutableRawPointer
+    private var capacity: Int
     /// Payload bytes written so far (the first `count` bytes of the buffer).
     public private(set) var count = 0
 
-    public init(capacity: Int = 256) { storage = [UInt8](repeating: 0, count: max(64, capacity)) }
+    public init(capacity: Int = 256) {
+        self.capacity = max(64, capacity)
+        base = .allocate(byteCount: self.capacity, alignment: 16)
+    }
+
+    deinit { base.deallocate() }
 
     /// The payload as a new array (tests and cold paths; hot paths use `withBytes`).
-    public var bytes: [UInt8] { Array(storage[0..<count]) }
+    public var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: base, count: count)) }
 
     /// Calls `body` with the payload in place.
-    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+    public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
     }
 
     public mutating func reset() { count = 0 }
 
     @inline(__always) private mutating func room(_ n: Int) {
-        if n > storage.count - count { grow(n) }
+        if n > capacity - count { grow(n) }
     }
 
     @inline(never) private mutating func grow(_ n: Int) {
-        storage.append(contentsOf: repeatElement(0, count: Swift.max(storage.count, count + n - storage.count)))
+        var c = capacity * 2
+        while c - count < n { c *= 2 }
+        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)
+        nb.copyMemory(from: base, byteCount: count)
+        base.deallocate()
+        base = nb
+        capacity = c
     }
 
     @inline(__always) private mutating func put<T: FixedWidthInteger>(_ v: T) {
         let n = MemoryLayout<T>.size
         room(n)
-        let at = count
-        storage.withUnsafeMutableBytes { $0.storeBytes(of: v.littleEndian, toByteOffset: at, as: T.self) }
+        base.storeBytes(of: v.littleEndian, toByteOffset: count, as: T.self)
+        count += n
+    }
+
+    @inline(__always) private mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
+        room(n)
+        if n > 0 { (base + count).copyMemory(from: p, byteCount: n) }
         count += n
     }
 
@@ -47,32 +64,21 @@ public struct WireWriter: Sendable {
         let n = s.utf8.count
         guard n <= limit else { throw .tooLarge(field: field, length: n, limit: limit) }
         u32(UInt32(n))
-        room(n)
-        let at = count
-        storage.withUnsafeMutableBytes { dst in
-            let copied = s.utf8.withContiguousStorageIfAvailable { src -> Bool in
-                if let b = src.baseAddress, n > 0 { (dst.baseAddress! + at).copyMemory(from: b, byteCount: n) }
-                return true
-            }
-            if copied == nil {   // a bridged or otherwise non-contiguous string: byte by byte
-                var k = at
-                for c in s.utf8 { dst[k] = c; k += 1 }
-            }
+        if n == 0 { return }
+        let copied: Bool? = s.utf8.withContiguousStorageIfAvailable { src in
+            append(src.baseAddress!, n)
+            return true
         }
-        count += n
+        if copied == nil {   // a bridged or otherwise non-contiguous string: byte by byte
+            room(n)
+            for c in s.utf8 { put(c) }
+        }
     }
 
     /// u32 length, then the bytes.
     mutating func bytes(_ b: [UInt8], field: String, limit: Int) throws(WireError) {
         try count(b.count, field: field, limit: limit)
-        room(b.count)
-        let at = count
-        b.withUnsafeBytes { src in
-            storage.withUnsafeMutableBytes { dst in
-                if let p = src.baseAddress, !src.isEmpty { (dst.baseAddress! + at).copyMemory(from: p, byteCount: src.count) }
-            }
-        }
-        count += b.count
+        b.withUnsafeBytes { src in if let p = src.baseAddress { append(p, src.count) } }
     }
 
     mutating func count(_ n: Int, field: String, limit: Int) throws(WireError) {

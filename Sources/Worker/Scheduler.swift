@@ -242,7 +242,7 @@ public final class Scheduler {
         var finish = outcome.finish
         if finish == nil && r.history.count >= runner.contextLength { finish = .length }
         var text = outcome.text
-        if finish != nil { text += r.state.flush() }
+        if finish != nil { let tail = r.state.flush(); if !tail.isEmpty { text += tail } }
         if !text.isEmpty {
             publish(.delta(DeltaRecord(requestID: r.id, completionTokens: UInt32(r.completionTokens), text: text)))
         }
