@@ -424,13 +424,22 @@ public enum APIDecoder {
     struct GenerationFields {
         static let capacity = 25
         var values = InlineArray<25, JSONValue?>(repeating: nil)
-        subscript(_ key: GenerationKey) -> JSONValue? { values[key.rawValue] }
+        /// Bit k: key k is present. A request names a few of the 25 keys: an absent one is answered from
+        /// this mask, without loading (and copying out) its empty slot.
+        var present: UInt32 = 0
+        @inline(__always) subscript(_ key: GenerationKey) -> JSONValue? {
+            present & (1 << UInt32(key.rawValue)) == 0 ? nil : values[key.rawValue]
+        }
+        @inline(__always) mutating func set(_ k: Int, _ v: JSONValue) {
+            values[k] = v
+            present |= 1 << UInt32(k)
+        }
     }
 
     static func generationFields(_ body: [UInt8], into f: inout GenerationFields) throws(APIError) {
         if body.isEmpty { throw emptyBody }
         let isObject: Bool
-        do { isObject = try JSON.parseObject(body, keys: generationKeys) { k, v in f.values[k] = v } } catch {
+        do { isObject = try JSON.parseObject(body, keys: generationKeys) { k, v in f.set(k, v) } } catch {
             throw APIError(message: "invalid JSON at byte \(error.offset): \(error.message)", code: "invalid_json")
         }
         if !isObject { _ = try object(body) }   // names the JSON type the body has instead

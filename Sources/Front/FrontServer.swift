@@ -56,6 +56,8 @@ public struct FrontConfig: Sendable {
     /// over five interleaved runs, inside this 2-vCPU VM's noise. 0: sleep at once. Lingers that catch nothing back off (see
     /// lingerWorthwhile), so an idle server stays at ~0 % CPU.
     public var lingerNanoseconds: UInt64 = 0
+    /// While spinning (poll-spin, linger), yield the CPU once every this many polls (a power of two).
+    public var spinYieldEvery: UInt32 = 8
     /// Unix-socket connections: a request's bytes are read with MSG_PEEK and taken out of the socket only
     /// when its response starts to go out (or the client sends more), instead of by a multishot recv as they
     /// arrive. Taking bytes out of a Unix socket wakes a writer's task even when it sleeps in read() for the
@@ -397,6 +399,7 @@ public final class FrontServer: @unchecked Sendable {
         _ = sy_uring_submit(r)
         let deadline = now() &+ nanoseconds
         var spins: UInt32 = 0
+        let yieldMask = max(1, config.spinYieldEvery) &- 1
         let deliver = deliverEvent   // read once, not per check
         while true {
             if let p = backend, p.pollEvents(deliver) { return .backend }
@@ -407,10 +410,8 @@ public final class FrontServer: @unchecked Sendable {
             // With 2 cores shared by client, front and worker, they often share one; then a spin that
             // does not yield holds off the very worker it waits for. With nothing else runnable,
             // sched_yield returns at once. Every 8 polls (about 0.5 µs) measured best on 2 cores.
-            if spins & 7 == 0 {
-                sched_yield()
-                if spins & 31 == 0 && now() >= deadline { return .timeout }
-            }
+            if spins & yieldMask == 0 { sched_yield() }
+            if spins & 31 == 0 && now() >= deadline { return .timeout }
         }
     }
 

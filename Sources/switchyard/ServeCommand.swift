@@ -35,6 +35,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "error | warn | info | debug") var logLevel = "info"
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
+    @Option(help: "While the front spins (poll-spin, linger), it yields its CPU once every this many polls (a power of two, 1...1024), so a thread sharing the CPU can run.") var spinYieldEvery = 8
     @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
     @Option(help: "Temperature for requests that leave it out (0...2; OpenAI's default is 1).") var defaultTemperature = SamplingDefaults().temperature
@@ -59,6 +60,9 @@ struct ServeCommand: ParsableCommand {
         guard (0...1).contains(defaultTopP) else { throw ValidationError("--default-top-p must be 0...1") }
         guard (0...(1 << 20)).contains(defaultTopK) else { throw ValidationError("--default-top-k must be 0...1048576") }
         guard (0...1).contains(defaultMinP) else { throw ValidationError("--default-min-p must be 0...1") }
+        guard (1...1024).contains(spinYieldEvery) && spinYieldEvery.nonzeroBitCount == 1 else {
+            throw ValidationError("--spin-yield-every must be a power of two from 1 to 1024")
+        }
         guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
@@ -155,6 +159,7 @@ struct ServeCommand: ParsableCommand {
         fc.limits.maxBodyBytes = maxBody
         fc.pollSpinNanoseconds = UInt64(max(0, min(pollSpinUs, 1000))) * 1000
         fc.lingerNanoseconds = UInt64(max(0, min(lingerUs, 1000))) * 1000
+        fc.spinYieldEvery = UInt32(spinYieldEvery)
         fc.deferConsume = recv == "peek"
         fc.defaultModel = poolConfig.modelID
         fc.log = logger
