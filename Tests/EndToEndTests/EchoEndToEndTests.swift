@@ -69,6 +69,22 @@ let echoArgs = ["--engine", "echo", "--workers", "2", "--numa", "off"]
     /// worker was killed and replaced (a futex wait armed on the dead worker's ring is cancelled and one is
     /// armed on the new ring). Were the wake-ups lost, every answer would wait for the front's 100 ms
     /// supervision tick: 50 requests would take 5 s, so the 3 s bound (~60x what they take) tells the two apart.
+    /// --spin-yield-every: yielding on every poll still answers (the spin only gives its CPU away more
+    /// often), and a value that is not a power of two is refused at start with a message naming it.
+    @Test func spinYieldIntervalIsASettingAndChecked() throws {
+        try withServer(echoArgs + ["--spin-yield-every", "1"]) { s in
+            for i in 0..<20 {
+                let r = try s.request("POST", "/v1/completions", json: ["prompt": "yield \(i)", "max_tokens": 16])
+                #expect(((jsonObject(r.body)?["choices"] as? [[String: Any]])?.first?["text"]) as? String == "yield \(i)")
+            }
+        }
+        let bad = try Server.launch(echoArgs + ["--spin-yield-every", "3"])
+        defer { bad.stop() }
+        #expect(bad.waitExit(timeout: 30), "serve started with --spin-yield-every 3")
+        #expect(bad.exitCode.map { $0 != 0 } ?? false, "\(bad.describeStatus())")
+        #expect(bad.log.contains("--spin-yield-every"), "the refusal does not name the option: \(bad.logTail())")
+    }
+
     @Test(arguments: ["futex", "eventfd"])
     func everyWaitSleepingStillAnswers(wake: String) throws {
         if wake == "futex" && !kernelHasFutexWait() { return }   // Linux < 6.7: serve refuses --ring-wake futex
