@@ -70,24 +70,26 @@ public enum FrontCPUProbe {
             sink &+= out.count
         }
         // Records: what the pool encodes for the worker and the worker for the front, and their decoding.
-        let api = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown)
-        var sampling = WireSampling()
-        sampling.maxTokens = UInt32(clamping: api?.sampling.maxTokens ?? 1)
-        let records: [Record] = [
-            .submit(SubmitRecord(requestID: 1, kind: .completion, sessionKey: "", sampling: sampling, prompt: api?.prompt ?? "")),
+        // The submit record is made from the decoded request as the pool makes it (defaults filled in).
+        guard let api = try? APIDecoder.decodeGeneration(kind: .completions, body: req.body, id: 1, sessionHeader: nil, peer: .unknown) else {
+            throw ProbeError(message: "the probe request does not decode")
+        }
+        let answers: [Record] = [
             .delta(DeltaRecord(requestID: 1, completionTokens: 1, text: "h")),
             .done(DoneRecord(requestID: 1, finish: .length, promptTokens: 1, completionTokens: 1, cachedTokens: 0)),
         ]
         var writer = WireWriter()
+        func roundTrip(_ r: Record) {
+            writer.reset()
+            do {
+                try r.encode(into: &writer)
+                let back = try writer.withBytes { try Record.decode(type: UInt32(r.type.rawValue), payload: $0) }
+                if case .delta(let d) = back { sink &+= d.text.utf8.count }
+            } catch { failed = true }
+        }
         let recordsNs = time(iterations) {
-            for r in records {
-                writer.reset()
-                do {
-                    try r.encode(into: &writer)
-                    let back = try writer.withBytes { try Record.decode(type: UInt32(r.type.rawValue), payload: $0) }
-                    if case .delta(let d) = back { sink &+= d.text.utf8.count }
-                } catch { failed = true }
-            }
+            roundTrip(.submit(WorkerPool.submitRecord(for: api, defaults: SamplingDefaults(), defaultMaxTokens: 256)))
+            for r in answers { roundTrip(r) }
         }
         if failed { throw ProbeError(message: "the probe records do not round-trip") }
         if sink == 42 { print("", terminator: "") }   // keeps the work observable
