@@ -81,7 +81,7 @@ int sy_uring_events_pending(sy_uring *r) {
     // A plain (READ_ONCE) load is enough: a stale value only delays noticing until the next poll.
     // IORING_SQ_TASKRUN: completions wait as task work; IORING_SQ_CQ_OVERFLOW: they wait in the kernel's list.
     unsigned flags = IO_URING_READ_ONCE(*r->ring.sq.kflags);
-    return (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
+    return (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0 ? 2 : 0;
 }
 int sy_uring_submit_and_wait(sy_uring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
 unsigned sy_uring_peek_batch(sy_uring *r, struct io_uring_cqe **cqes, unsigned count) {

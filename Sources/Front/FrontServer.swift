@@ -395,7 +395,8 @@ public final class FrontServer: @unchecked Sendable {
 
     /// Submits what is queued (the sends must leave before we spin; no system call when nothing is), then
     /// polls `backend` (if any) and the completion queue until one has something or `nanoseconds` pass.
-    private func spin(_ r: OpaquePointer, nanoseconds: UInt64, backend: PollableBackend?) -> SpinOutcome {
+    private func spin(_ r: OpaquePointer, nanoseconds: UInt64, backend: PollableBackend?,
+                      speculate: Bool = false) -> SpinOutcome {
         _ = sy_uring_submit(r)
         let deadline = now() &+ nanoseconds
         var spins: UInt32 = 0
@@ -403,7 +404,15 @@ public final class FrontServer: @unchecked Sendable {
         let deliver = deliverEvent   // read once, not per check
         while true {
             if let p = backend, p.pollEvents(deliver) { return .backend }
-            if sy_uring_events_pending(r) != 0 { return .completions }
+            let pending = sy_uring_events_pending(r)
+            if pending != 0 {
+                // Only task work is waiting (no completion posted yet): most likely the readiness of the
+                // connection answered last, whose client sends its next request. Peek it first: its request
+                // is on its way to a worker one io_uring_enter sooner (the poll's completion, when the loop
+                // takes it, finds nothing new: see onReadable).
+                if speculate && pending == 2 { takeHotConnection() }
+                return .completions
+            }
             sy_cpu_relax()
             spins &+= 1
             // Another thread may be waiting for this CPU (the worker we wait for, a client): let it run.
@@ -426,10 +435,31 @@ public final class FrontServer: @unchecked Sendable {
         }
     }
 
+    /// deferConsume: the connection whose answer went out last (slot, generation), while it waits for its
+    /// client's next request; linger peeks it as soon as task work shows up (`spin(speculate:)`).
+    private var hotConnection: (slot: Int, gen: UInt32)? = nil
+    /// Requests taken by takeHotConnection (read by tests after the loop has stopped).
+    private(set) var hotTakes = 0
+
+    /// Peeks the hot connection (one system call, no io_uring_enter): if its client has sent, the bytes are
+    /// taken as `onReadable` takes them (held back in the socket, `unconsumed`), and its request is served.
+    private func takeHotConnection() {
+        guard let h = hotConnection else { return }
+        hotConnection = nil
+        guard let c = connection(h.slot, h.gen), c.deferConsume, c.recvArmed, c.active == nil, c.unconsumed == 0,
+              c.input.isEmpty, !c.closing, !c.closeAfterFlush, !c.lingering, !c.peerClosed else { return }
+        let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT | MSG_PEEK))
+        // Nothing (the task work was someone else's), the peer's close, or an error: the poll reports it.
+        guard n > 0 else { return }
+        c.unconsumed = n
+        hotTakes += 1
+        _ = takeInput(c, UnsafeRawBufferPointer(start: peekBuffer, count: n))
+    }
+
     /// Watches for the next request (and late backend events) for up to `lingerNanoseconds` when nothing is
     /// in flight. True if something arrived.
     private func linger(_ r: OpaquePointer) -> Bool {
-        if spin(r, nanoseconds: config.lingerNanoseconds, backend: pollable) == .timeout {
+        if spin(r, nanoseconds: config.lingerNanoseconds, backend: pollable, speculate: true) == .timeout {
             lingerBudget.fruitless += 1
             return false
         }
@@ -752,10 +782,19 @@ public final class FrontServer: @unchecked Sendable {
                 break
             }
         } else {
-            // The client is sending again, so it is not waiting in read(): take out what was held back.
-            if c.unconsumed > 0 && !consumeHeldBack(c) { return }
             // Several wake-ups may come as one completion: data and the peer's close together.
             let hangUp = res > 0 && Int32(res) & (Int32(POLLHUP) | 0x2000 /* POLLRDHUP */) != 0
+            // A request taken ahead by takeHotConnection is still being answered: this readiness may be the
+            // one its bytes raised. Nothing beyond them: nothing new to read, and they stay in the socket.
+            if c.active != nil && c.unconsumed > 0 && !hangUp {
+                let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT | MSG_PEEK))
+                if n == c.unconsumed {
+                    if !c.recvArmed && !c.closing { armRecv(c) }
+                    return
+                }
+            }
+            // The client is sending again, so it is not waiting in read(): take out what was held back.
+            if c.unconsumed > 0 && !consumeHeldBack(c) { return }
             while !c.closing && !c.closeAfterFlush && !c.lingering {
                 let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT | MSG_PEEK))
                 if n < 0 {
@@ -1472,6 +1511,7 @@ public final class FrontServer: @unchecked Sendable {
         scratch.withBytes { enqueue(c, $0) }
         sy_trace_mark(a.id, SY_TP_FRONT_QUEUED)
         if !c.closing { processInput(c) }
+        if c.deferConsume && c.active == nil && !c.closing { hotConnection = (c.slot, c.gen) }
     }
 
     // MARK: time

@@ -47,6 +47,55 @@ private func unreadByServerSettled(_ fd: Int32) -> Int32 {
         #expect(unreadByServerSettled(c.fd) == 0)
     }
 
+    /// A completion's text.
+    private static func text(_ r: RawResponse) throws -> String? {
+        guard case .array(let ch)? = try r.json()["choices"], case .string(let t)? = ch.first?["text"] else { return nil }
+        return t
+    }
+
+    /// While the front lingers, the connection answered last is peeked as soon as task work shows up
+    /// (takeHotConnection), one io_uring_enter before the poll's completion. The request so taken is held
+    /// back in the socket like any other until its answer; the poll's completion for the same bytes,
+    /// arriving while it is being answered, finds nothing new and consumes nothing; a request pipelined
+    /// behind it is still read and answered in order; a client that hangs up mid-request is still noticed.
+    @Test func lingerTakesTheHotConnectionAhead() throws {
+        let s = try TestServer(configure: { $0.deferConsume = true; $0.lingerNanoseconds = 200_000 },
+                               echo: Self.slowEcho())
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        for k in 0..<20 {
+            // Sent right after the last answer: the front is still lingering on this connection.
+            try c.send(request("POST", "/v1/completions", body: #"{"prompt":"w\#(k) x","max_tokens":2}"#))
+            usleep(60_000)   // parsed and dispatched long ago; its answer takes ~0.2 s
+            #expect(unreadByServer(c.fd) > 0, "request \(k) was taken out of the socket before its answer")
+            let r = try c.read()
+            #expect(r.status == 200)
+            #expect(try Self.text(r) == "w\(k) x")
+            #expect(unreadByServerSettled(c.fd) == 0)
+        }
+        // Pipelined behind an in-flight request: both answered, in order.
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"p q","max_tokens":2}"#)
+                   + request("POST", "/v1/completions", body: #"{"prompt":"r s","max_tokens":2}"#))
+        for want in ["p q", "r s"] {
+            let r = try c.read()
+            #expect(try Self.text(r) == want)
+        }
+        // A hang-up while a request taken ahead is in flight cancels it.
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"gone now","max_tokens":2}"#))
+        usleep(60_000)
+        let cancelledBefore = s.backend.cancelledRequests.count
+        shutdown(c.fd, Int32(SHUT_RDWR))
+        var cancelled = false
+        for _ in 0..<200 where !cancelled { usleep(5000); cancelled = s.backend.cancelledRequests.count > cancelledBefore }
+        #expect(cancelled, "the hang-up did not cancel the in-flight request")
+        s.stop()
+        #expect(s.server.hotTakes > 0, "no request was taken ahead (the test did not exercise the path)")
+    }
+
     @Test func multishotTakesTheRequestAtOnce() throws {
         let s = try TestServer(configure: { $0.deferConsume = false }, echo: Self.slowEcho())
         defer { s.stop() }

@@ -46,8 +46,9 @@ uint32_t sy_uring_features(sy_uring *r);
 // A free SQE or NULL when the submission queue is full (submit, then retry).
 struct io_uring_sqe *sy_uring_get_sqe(sy_uring *r);
 int sy_uring_submit(sy_uring *r);
-// Non-zero if CQEs are ready, or completions wait in the kernel (task work under COOP_TASKRUN when the ring
-// has TASKRUN_FLAG, or CQ overflow): then sy_uring_peek_batch enters the kernel to post them. No system call.
+// Non-zero if CQEs are ready (1), or completions wait in the kernel only (2: task work under COOP_TASKRUN when
+// the ring has TASKRUN_FLAG, or CQ overflow): then sy_uring_peek_batch enters the kernel to post them. No
+// system call.
 int sy_uring_events_pending(sy_uring *r);
 // Submits and waits for at least `wait_nr` completions. Returns submitted count or -errno (-EINTR possible).
 int sy_uring_submit_and_wait(sy_uring *r, unsigned wait_nr);
