@@ -15,6 +15,7 @@
 // would not cancel them, and the send buffer must outlive the kernel's use of it.
 import CSwitchyardSys
 import Glibc
+import Wire   // ByteWriter
 
 public struct FrontConfig: Sendable {
     /// Unix socket path; nil for none (TCP or systemd sockets only).

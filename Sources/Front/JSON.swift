@@ -2,7 +2,7 @@
 // Limits: nesting depth ≤ 64; input size is bounded by the HTTP body limit. Duplicate object keys are refused
 // (they make "which value wins" ambiguous). Numbers keep their integer value when they have one.
 #if canImport(Wire)
-import Wire   // UTF8Text (the fuzz target compiles Sources/Wire/UTF8Text.swift into its module instead)
+import Wire   // UTF8Text, ByteWriter (the fuzz target compiles Sources/Wire/UTF8Text.swift and ByteWriter.swift into its module instead)
 #endif
 
 public enum JSONValue: Sendable, Equatable {
@@ -395,89 +395,6 @@ public enum JSON {
             guard let s = out.withUnsafeBytes({ UTF8Text.string($0) }) else { throw fail("invalid UTF-8 in string") }
             return s
         }
-    }
-}
-
-/// A growable byte buffer written through a raw pointer: an append is one capacity check and a copy
-/// (an Array append pays ~10 ns of uniqueness and capacity bookkeeping each time, and a response is a few
-/// dozen short appends). Non-copyable, so two values can never share, or free twice, one allocation.
-public struct ByteWriter: ~Copyable {
-    private var base: UnsafeMutableRawPointer
-    private var capacity: Int
-    /// Bytes written so far.
-    public private(set) var count = 0
-
-    public init(capacity: Int = 512) {
-        self.capacity = max(16, capacity)
-        base = .allocate(byteCount: self.capacity, alignment: 16)
-    }
-
-    deinit { base.deallocate() }
-
-    /// Empties the buffer, keeping its allocation.
-    public mutating func reset() { count = 0 }
-
-    @inline(__always) public mutating func append(_ p: UnsafeRawPointer, count n: Int) {
-        if n > capacity - count { grow(n) }
-        (base + count).copyMemory(from: p, byteCount: n)
-        count += n
-    }
-
-    @inline(__always) public mutating func append(_ byte: UInt8) {
-        if capacity == count { grow(1) }
-        base.storeBytes(of: byte, toByteOffset: count, as: UInt8.self)
-        count += 1
-    }
-
-    @inline(__always) public mutating func append(_ s: StaticString) { append(s.utf8Start, count: s.utf8CodeUnitCount) }
-
-    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        if let p = bytes.baseAddress { append(p, count: bytes.count) }
-    }
-
-    public mutating func append(_ bytes: [UInt8]) { bytes.withUnsafeBytes { append($0) } }
-
-    /// Appends `v` in decimal ASCII.
-    public mutating func appendDecimal(_ v: Int) {
-        if 21 > capacity - count { grow(21) }   // sign + 20 digits
-        if v < 0 { base.storeBytes(of: 45, toByteOffset: count, as: UInt8.self); count += 1 }   // '-'
-        var m = v.magnitude
-        var digits = 1
-        var t = m
-        while t >= 10 { t /= 10; digits += 1 }
-        var k = count + digits - 1
-        repeat {
-            base.storeBytes(of: UInt8(48 + m % 10), toByteOffset: k, as: UInt8.self)
-            m /= 10
-            k -= 1
-        } while m > 0
-        count += digits
-    }
-
-    /// Appends `v` (≥ 0) in lower-case hex, at least `minDigits` digits (zero-padded).
-    public mutating func appendHex(_ v: Int, minDigits: Int = 1) {
-        let hex: StaticString = "0123456789abcdef"
-        var digits = max(1, minDigits)
-        while v >> (4 * digits) != 0 { digits += 1 }
-        for d in stride(from: digits - 1, through: 0, by: -1) { append(hex.utf8Start[(v >> (4 * d)) & 15]) }
-    }
-
-    /// Calls `body` with the bytes written so far, in place.
-    public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
-        try body(UnsafeRawBufferPointer(start: base, count: count))
-    }
-
-    /// The bytes as a new array (cold paths and tests).
-    public var bytes: [UInt8] { withBytes { Array($0) } }
-
-    @inline(never) private mutating func grow(_ n: Int) {
-        var c = capacity * 2
-        while c - count < n { c *= 2 }
-        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)
-        nb.copyMemory(from: base, byteCount: count)
-        base.deallocate()
-        base = nb
-        capacity = c
     }
 }
 

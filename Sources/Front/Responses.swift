@@ -1,4 +1,5 @@
 // HTTP response and OpenAI response-body encoding. Everything is appended to byte arrays the caller reuses.
+import Wire   // ByteWriter
 
 enum HTTPStatus {
     static func reason(_ status: Int) -> String {

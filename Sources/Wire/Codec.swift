@@ -1,63 +1,31 @@
 // Encoding and decoding of wire records (layout: see Wire.swift and docs/ARCHITECTURE.md).
 
 /// Writes little-endian fields into a reusable byte buffer. Reuse one writer per sender (`reset()` keeps the
-/// buffer) so steady-state encoding does not allocate. The buffer is raw memory owned by the writer (so it is
-/// non-copyable): a field is stored with one capacity check, without an Array's uniqueness check and
+/// buffer) so steady-state encoding does not allocate. The buffer is a ByteWriter (raw memory, so the writer
+/// is non-copyable): a field is stored with one capacity check, without an Array's uniqueness check and
 /// generic `withUnsafeMutableBytes` per store (which made a 3-field record cost ~260 instructions).
 public struct WireWriter: ~Copyable, @unchecked Sendable {
-    private var base: UnsafeMutableRawPointer
-    private var capacity: Int
-    /// Payload bytes written so far (the first `count` bytes of the buffer).
-    public private(set) var count = 0
+    private var out: ByteWriter
 
-    public init(capacity: Int = 256) {
-        self.capacity = max(64, capacity)
-        base = .allocate(byteCount: self.capacity, alignment: 16)
-    }
+    public init(capacity: Int = 256) { out = ByteWriter(capacity: max(64, capacity)) }
 
-    deinit { base.deallocate() }
+    /// Payload bytes written so far.
+    public var count: Int { out.count }
 
     /// The payload as a new array (tests and cold paths; hot paths use `withBytes`).
-    public var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: base, count: count)) }
+    public var bytes: [UInt8] { out.bytes }
 
     /// Calls `body` with the payload in place.
     public func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
-        try body(UnsafeRawBufferPointer(start: base, count: count))
+        try out.withBytes(body)
     }
 
-    public mutating func reset() { count = 0 }
+    public mutating func reset() { out.reset() }
 
-    @inline(__always) private mutating func room(_ n: Int) {
-        if n > capacity - count { grow(n) }
-    }
-
-    @inline(never) private mutating func grow(_ n: Int) {
-        var c = capacity * 2
-        while c - count < n { c *= 2 }
-        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)
-        nb.copyMemory(from: base, byteCount: count)
-        base.deallocate()
-        base = nb
-        capacity = c
-    }
-
-    @inline(__always) private mutating func put<T: FixedWidthInteger>(_ v: T) {
-        let n = MemoryLayout<T>.size
-        room(n)
-        base.storeBytes(of: v.littleEndian, toByteOffset: count, as: T.self)
-        count += n
-    }
-
-    @inline(__always) private mutating func append(_ p: UnsafeRawPointer, _ n: Int) {
-        room(n)
-        if n > 0 { (base + count).copyMemory(from: p, byteCount: n) }
-        count += n
-    }
-
-    @inline(__always) mutating func u8(_ v: UInt8) { put(v) }
-    @inline(__always) mutating func u16(_ v: UInt16) { put(v) }
-    @inline(__always) mutating func u32(_ v: UInt32) { put(v) }
-    @inline(__always) mutating func u64(_ v: UInt64) { put(v) }
+    @inline(__always) mutating func u8(_ v: UInt8) { out.append(v) }
+    @inline(__always) mutating func u16(_ v: UInt16) { out.appendLittleEndian(v) }
+    @inline(__always) mutating func u32(_ v: UInt32) { out.appendLittleEndian(v) }
+    @inline(__always) mutating func u64(_ v: UInt64) { out.appendLittleEndian(v) }
     @inline(__always) mutating func f32(_ v: Float) { u32(v.bitPattern) }
 
     mutating func string(_ s: String, field: String, limit: Int) throws(WireError) {
@@ -66,19 +34,18 @@ public struct WireWriter: ~Copyable, @unchecked Sendable {
         u32(UInt32(n))
         if n == 0 { return }
         let copied: Bool? = s.utf8.withContiguousStorageIfAvailable { src in
-            append(src.baseAddress!, n)
+            out.append(src.baseAddress!, count: n)
             return true
         }
         if copied == nil {   // a bridged or otherwise non-contiguous string: byte by byte
-            room(n)
-            for c in s.utf8 { put(c) }
+            for c in s.utf8 { out.append(c) }
         }
     }
 
     /// u32 length, then the bytes.
     mutating func bytes(_ b: [UInt8], field: String, limit: Int) throws(WireError) {
         try count(b.count, field: field, limit: limit)
-        b.withUnsafeBytes { src in if let p = src.baseAddress { append(p, src.count) } }
+        out.append(b)
     }
 
     mutating func count(_ n: Int, field: String, limit: Int) throws(WireError) {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Front
+import Wire
 
 /// ResponseWriter.head appends its lines piece by piece (no interpolation on the hot path): the bytes must be
 /// exactly the header block the text says.
