@@ -789,7 +789,8 @@ public final class FrontServer: @unchecked Sendable {
             // one its bytes raised. Nothing beyond them: nothing new to read, and they stay in the socket.
             if c.active != nil && c.unconsumed > 0 && !hangUp {
                 let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT | MSG_PEEK))
-                if n == c.unconsumed {
+                // (A full buffer may hide more behind it: the usual path below takes that.)
+                if n == c.unconsumed && n < Self.peekBufferSize {
                     if !c.recvArmed && !c.closing { armRecv(c) }
                     return
                 }
