@@ -116,6 +116,9 @@ void sy_prep_recv_select(struct io_uring_sqe *sqe, int fd, uint16_t bgid) {
 void sy_prep_send(struct io_uring_sqe *sqe, int fd, const void *buf, size_t len) {
     io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
 }
+void sy_prep_recv(struct io_uring_sqe *sqe, int fd, void *buf, size_t len, int flags) {
+    io_uring_prep_recv(sqe, fd, buf, len, flags);
+}
 void sy_prep_poll_add(struct io_uring_sqe *sqe, int fd, unsigned mask) { io_uring_prep_poll_add(sqe, fd, mask); }
 void sy_prep_poll_multishot(struct io_uring_sqe *sqe, int fd, unsigned mask) {
     io_uring_prep_poll_multishot(sqe, fd, mask);

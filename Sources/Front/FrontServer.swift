@@ -168,13 +168,16 @@ public final class FrontServer: @unchecked Sendable {
     /// deferConsume: where requests are peeked into and consumed bytes are dropped.
     private let peekBuffer = UnsafeMutableRawPointer.allocate(byteCount: FrontServer.peekBufferSize, alignment: 64)
     private static let peekBufferSize = 65536
+    /// Where the consuming recv that goes out with an answer (`enqueue`) puts the bytes it takes out of the
+    /// socket: they were peeked and parsed before, so nothing ever reads this memory; it only has to be valid.
+    private let discardBuffer = UnsafeMutableRawPointer.allocate(byteCount: FrontServer.peekBufferSize, alignment: 64)
     /// Backend fds with an armed one-shot poll → the token in its user_data (stale completions are dropped).
     private var watched: [Int32: UInt32] = [:]
     private var nextWatchToken: UInt32 = 1
     private var lastBackendTick: UInt64 = 0
 
     private enum Op: UInt64 {
-        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch, futex
+        case accept = 1, recv, send, wake, control, signal, timer, ignore, cancel, watch, futex, consume
     }
 
     public init(config: FrontConfig, backend: FrontBackend, metrics: MetricsRegistry = MetricsRegistry()) throws {
@@ -206,6 +209,7 @@ public final class FrontServer: @unchecked Sendable {
     deinit {
         timespec.deallocate()
         peekBuffer.deallocate()
+        discardBuffer.deallocate()
         close(controlFD)
         if !listenersClosed { closeListeners() }
     }
@@ -441,6 +445,8 @@ public final class FrontServer: @unchecked Sendable {
     private var hotConnection: (slot: Int, gen: UInt32)? = nil
     /// Requests taken by takeHotConnection (read by tests after the loop has stopped).
     private(set) var hotTakes = 0
+    /// Requests whose bytes left the socket through a recv submitted with their answer's send (`enqueue`).
+    private(set) var consumesWithAnswers = 0
 
     /// Peeks the hot connection (one system call, no io_uring_enter): if its client has sent, the bytes are
     /// taken as `onReadable` takes them (held back in the socket, `unconsumed`), and its request is served.
@@ -448,6 +454,7 @@ public final class FrontServer: @unchecked Sendable {
         guard let h = hotConnection else { return }
         hotConnection = nil
         guard let c = connection(h.slot, h.gen), c.deferConsume, c.recvArmed, c.active == nil, c.unconsumed == 0,
+              c.consumeInFlight == 0,
               c.input.isEmpty, !c.closing, !c.closeAfterFlush, !c.lingering, !c.peerClosed else { return }
         let n = recv(c.fd, peekBuffer, Self.peekBufferSize, Int32(MSG_DONTWAIT | MSG_PEEK))
         // Nothing (the task work was someone else's), the peer's close, or an error: the poll reports it.
@@ -585,6 +592,7 @@ public final class FrontServer: @unchecked Sendable {
             if let c = connection(slot, gen), c.deferConsume { onReadable(c, res: res, flags: flags) }
             else { onRecv(slot: slot, gen: gen, res: res, flags: flags) }
         case .send: onSend(slot: slot, gen: gen, res: res)
+        case .consume: if let c = connection(slot, gen) { onConsumed(c, res: res) }
         case .wake:
             if res < 0 {
                 // A bad wake fd would fail every re-arm at once: report it instead of spinning.
@@ -782,6 +790,12 @@ public final class FrontServer: @unchecked Sendable {
                 if n == 0 { peerEOF(c) } else if errno != EAGAIN && errno != EINTR { clientGone(c) }
                 break
             }
+        } else if c.consumeInFlight > 0 {
+            // The consume that went out with the last answer has not completed here yet (it ran in the kernel
+            // before that io_uring_enter returned, but its completion comes later in this batch): peek once it
+            // has, so the socket's head and `unconsumed` agree.
+            c.deferredReadiness = res > 0 ? res : Int32(POLLIN)
+            return
         } else {
             // Several wake-ups may come as one completion: data and the peer's close together.
             let hangUp = res > 0 && Int32(res) & (Int32(POLLHUP) | 0x2000 /* POLLRDHUP */) != 0
@@ -861,8 +875,44 @@ public final class FrontServer: @unchecked Sendable {
         // and the consuming system call is off the answer's path.
         enqueueNow(c, bytes)
         if c.unconsumed > 0 && !c.closing {
-            _ = sy_uring_submit(ring)
-            _ = consumeHeldBack(c)
+            if c.consumeInFlight == 0 && c.unconsumed <= Self.peekBufferSize {
+                // The consuming recv goes into the same io_uring_enter as the send, right behind it: the kernel
+                // runs both before it returns to us, and only then does the woken client get our CPU (no
+                // preemption inside the kernel). A consume after the submit, a system call of its own, came
+                // too late whenever the client shares this CPU: woken by the send, it ran at once, read its
+                // answer, sent its next request and blocked in read() again, and the consume's write-space
+                // wake-up then woke it for nothing (two context switches before the next request was read).
+                // MSG_DONTWAIT: the bytes are there (peeked), so it completes inline and never waits.
+                let s = getSQE()
+                sy_prep_recv(s, c.fd, discardBuffer, c.unconsumed, Int32(MSG_DONTWAIT))
+                sy_sqe_set_data64(s, Self.data(.consume, slot: c.slot, gen: c.gen))
+                c.consumeInFlight = c.unconsumed
+                c.unconsumed = 0
+                consumesWithAnswers += 1
+                _ = sy_uring_submit(ring)
+            } else {
+                _ = sy_uring_submit(ring)
+                _ = consumeHeldBack(c)
+            }
+        }
+    }
+
+    /// The consuming recv that went out with an answer (`enqueue`) completed. It took the held-back bytes at
+    /// once (they were peeked, so they were there); anything else means the socket broke.
+    private func onConsumed(_ c: Connection, res: Int32) {
+        let expected = c.consumeInFlight
+        c.consumeInFlight = 0
+        if c.closing { finishCloseIfIdle(c); return }
+        if Int(res) != expected {
+            config.log(.debug, "a client's consumed request bytes came back as \(res) (expected \(expected)): closing it")
+            clientGone(c)
+            return
+        }
+        // A readiness that came while the consume was out: the socket's head is known again, serve it now.
+        let readiness = c.deferredReadiness
+        if readiness != 0 {
+            c.deferredReadiness = 0
+            onReadable(c, res: readiness, flags: c.recvArmed ? 0x2 /* IORING_CQE_F_MORE */ : 0)
         }
     }
 
@@ -987,7 +1037,7 @@ public final class FrontServer: @unchecked Sendable {
     }
 
     private func finishCloseIfIdle(_ c: Connection) {
-        guard c.closing, !c.recvArmed, !c.sendInFlight, conns[c.slot] === c else { return }
+        guard c.closing, !c.recvArmed, !c.sendInFlight, c.consumeInFlight == 0, conns[c.slot] === c else { return }
         close(c.fd)
         c.fd = -1
         queuedTotal -= c.queued.count
@@ -1607,6 +1657,10 @@ final class Connection {
     var deferConsume = false
     /// deferConsume: bytes at the head of the socket's receive queue that are already in `input` (peeked).
     var unconsumed = 0
+    /// deferConsume: bytes a consuming recv in flight takes out of the socket (sent with an answer, `enqueue`).
+    var consumeInFlight = 0
+    /// A readiness (poll mask) that came while `consumeInFlight`, served when the consume completes (0: none).
+    var deferredReadiness: Int32 = 0
 
     var closing = false
     var closeAfterFlush = false

@@ -47,6 +47,32 @@ private func unreadByServerSettled(_ fd: Int32) -> Int32 {
         #expect(unreadByServerSettled(c.fd) == 0)
     }
 
+    /// An answer's send and the recv that takes its request out of the socket go into the kernel in one
+    /// io_uring_enter (so a client on the front's CPU is not woken a second time, for nothing, by a consume of
+    /// its own); every request is consumed exactly, and the connection goes on, pipelined requests included.
+    @Test func answerAndItsConsumeGoOutTogether() throws {
+        let s = try TestServer(configure: { $0.deferConsume = true })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        for k in 0..<30 {
+            try c.send(request("POST", "/v1/completions", body: #"{"prompt":"n\#(k)","max_tokens":1}"#))
+            let r = try c.read()
+            #expect(r.status == 200)
+            #expect(try Self.text(r) == "n\(k)")
+            #expect(unreadByServerSettled(c.fd) == 0)
+        }
+        try c.send(request("POST", "/v1/completions", body: #"{"prompt":"p","max_tokens":1}"#)
+                   + request("GET", "/health") + request("POST", "/v1/completions", body: #"{"prompt":"q","max_tokens":1}"#))
+        #expect(try Self.text(try c.read()) == "p")
+        #expect(try c.read().status == 200)
+        #expect(try Self.text(try c.read()) == "q")
+        #expect(unreadByServerSettled(c.fd) == 0)
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        s.stop()
+        #expect(s.server.consumesWithAnswers >= 30, "only \(s.server.consumesWithAnswers) requests were consumed with their answers")
+    }
+
     /// A completion's text.
     private static func text(_ r: RawResponse) throws -> String? {
         guard case .array(let ch)? = try r.json()["choices"], case .string(let t)? = ch.first?["text"] else { return nil }

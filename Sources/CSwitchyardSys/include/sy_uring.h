@@ -75,6 +75,9 @@ void sy_prep_recv_multishot(struct io_uring_sqe *sqe, int fd, uint16_t bgid);
 void sy_prep_recv_select(struct io_uring_sqe *sqe, int fd, uint16_t bgid);
 // send(2) with MSG_NOSIGNAL: a vanished peer yields -EPIPE, never SIGPIPE. buf must stay valid until the CQE.
 void sy_prep_send(struct io_uring_sqe *sqe, int fd, const void *buf, size_t len);
+// recv(2) of up to len bytes into buf with `flags` (e.g. MSG_DONTWAIT: -EAGAIN instead of waiting for data).
+// buf must stay valid until the CQE.
+void sy_prep_recv(struct io_uring_sqe *sqe, int fd, void *buf, size_t len, int flags);
 void sy_prep_poll_add(struct io_uring_sqe *sqe, int fd, unsigned mask);
 void sy_prep_poll_multishot(struct io_uring_sqe *sqe, int fd, unsigned mask);
 // Cancels the request(s) with this user_data (all of them when `all` is non-zero).
