@@ -57,6 +57,9 @@ struct FrontBench: ParsableCommand {
     @Option(name: .customLong("client-cpu"),
             help: "Where the measuring client thread runs: any (unpinned, the scheduler decides), a CPU number, or each (unpinned, then once pinned to every allowed CPU). The server pins its worker and its front to different CPUs, and a client beside the spinning worker measures slower on this VM (README).")
     var clientCPU: String = "any"
+    @Flag(name: .customLong("one-client-thread"),
+          help: "Measure every path's round trips from one client thread (the bench before 2026-11-28) instead of one client thread per path. A thread that alternates between five servers looks 'wide' to the scheduler's wake-up placement (wakee flips), which then often leaves it on another CPU than the server that wakes it; a real client talks to one server.")
+    var oneClientThread = false
 
     /// The smallest request the echo worker can answer: 1-character prompt, one token.
     static let probeBody = #"{"prompt":"h","max_tokens":1}"#
@@ -338,6 +341,98 @@ struct FrontBench: ParsableCommand {
     /// thread (the client) runs on that CPU only for the measurement; the servers and echo processes keep
     /// their own placement.
     func latencyRun(_ p: LatencyPaths, pin: Int?) throws -> LatencyRun {
+        oneClientThread ? try latencyRunOneThread(p, pin: pin) : try latencyRunThreadPerPath(p, pin: pin)
+    }
+
+    /// One path's client thread for `latencyRunThreadPerPath`: its connection, its round trips, where it ran.
+    private final class PathClient: @unchecked Sendable {
+        let client: BenchClient
+        let path: WritableKeyPath<LatencyRun, [UInt64]>
+        let request: [UInt8]
+        let pin: Int?
+        var lat: [UInt64] = []
+        var rawSameCPU = 0
+        var cpus = [Int](repeating: 0, count: 64)
+        var error: Error?
+        /// Posted when it is this thread's turn (a block of round trips, or 0: stop).
+        let turn = DispatchSemaphore(value: 0)
+        var blockSize = 0
+        init(_ client: BenchClient, _ path: WritableKeyPath<LatencyRun, [UInt64]>, request: [UInt8], pin: Int?) {
+            self.client = client; self.path = path; self.request = request; self.pin = pin
+        }
+    }
+
+    /// Like `latencyRunOneThread`, with the same blocks in the same rotation, but each path is measured by a
+    /// client thread of its own that sleeps while the other paths take their turn (the baton passes outside
+    /// the timed round trips). So each client talks to one server only, as a real client does.
+    func latencyRunThreadPerPath(_ p: LatencyPaths, pin: Int?) throws -> LatencyRun {
+        var run = LatencyRun(pin: pin)
+        var clients = [PathClient(p.raw, \.raw, request: p.request, pin: pin),
+                       PathClient(p.rawProc, \.rawProc, request: p.request, pin: pin),
+                       PathClient(p.inproc, \.inproc, request: p.request, pin: pin)]
+        if let wc = p.workers { clients.append(PathClient(wc, \.workers, request: p.request, pin: pin)) }
+        if let oc = p.compare { clients.append(PathClient(oc, \.compare, request: p.request, pin: pin)) }
+        let done = DispatchSemaphore(value: 0)
+        let n = requests
+        for pc in clients {
+            pc.lat.reserveCapacity(n)
+            let t = Thread {
+                if let cpu = pc.pin { try? CPUAffinity.set([cpu]) }
+                while true {
+                    pc.turn.wait()
+                    let k = pc.blockSize
+                    if k == 0 { break }
+                    if pc.error == nil {
+                        do {
+                            for _ in 0..<k {
+                                let t0 = monotonicNanos()
+                                try pc.client.send(pc.request)
+                                if pc.path == \LatencyRun.raw || pc.path == \LatencyRun.rawProc {
+                                    try pc.client.readExactly(pc.request.count)
+                                } else {
+                                    try pc.client.readResponse()
+                                }
+                                pc.lat.append(monotonicNanos() - t0)
+                                let cpu = Int(sy_current_cpu())
+                                if pc.cpus.indices.contains(cpu) { pc.cpus[cpu] += 1 }
+                                if pc.path == \LatencyRun.raw && sy_load_relaxed_u32(rawEchoCPU) == UInt32(truncatingIfNeeded: cpu) {
+                                    pc.rawSameCPU += 1
+                                }
+                            }
+                        } catch { pc.error = error }
+                    }
+                    done.signal()
+                }
+                done.signal()
+            }
+            t.start()
+        }
+        let ticks0 = Self.cpuTicks()
+        var left = requests
+        while left > 0 {
+            let k = min(Self.block, left)
+            for pc in clients {
+                pc.blockSize = k
+                pc.turn.signal()
+                done.wait()
+            }
+            left -= k
+        }
+        for pc in clients { pc.blockSize = 0; pc.turn.signal(); done.wait() }
+        for pc in clients {
+            if let e = pc.error { throw e }
+            run[keyPath: pc.path] = pc.lat
+            if pc.path == \LatencyRun.raw { run.rawSameCPU = pc.rawSameCPU }
+            if pc.path == \LatencyRun.workers { run.clientCPUs = pc.cpus }
+        }
+        if let a = ticks0, let b = Self.cpuTicks(), b.total > a.total, b.steal >= a.steal {
+            run.steal = Double(b.steal - a.steal) / Double(b.total - a.total)
+        }
+        return run
+    }
+
+    /// Every path's round trips from the calling thread (`--one-client-thread`).
+    func latencyRunOneThread(_ p: LatencyPaths, pin: Int?) throws -> LatencyRun {
         var run = LatencyRun(pin: pin)
         let saved = try CPUAffinity.get()
         if let pin { try CPUAffinity.set([pin]) }
