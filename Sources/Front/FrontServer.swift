@@ -870,9 +870,8 @@ public final class FrontServer: @unchecked Sendable {
 
     private func enqueue(_ c: Connection, _ bytes: UnsafeRawBufferPointer) {
         guard !c.closing else { return }
-        // deferConsume: the request's bytes leave the socket right after its answer went out (submitted here,
-        // not at the loop's next io_uring_enter), so a client blocked in read() is woken once, by the answer,
-        // and the consuming system call is off the answer's path.
+        // deferConsume: the request's bytes leave the socket with its answer (submitted here, not at the loop's
+        // next io_uring_enter), so a client blocked in read() is woken once, by the answer.
         enqueueNow(c, bytes)
         if c.unconsumed > 0 && !c.closing {
             if c.consumeInFlight == 0 && c.unconsumed <= Self.peekBufferSize {
