@@ -827,6 +827,9 @@ public final class FrontServer: @unchecked Sendable {
                 // A full buffer may leave more in the socket, and a hang-up that came with the data is not
                 // announced again: take these bytes out and look again (a hang-up then reads 0).
                 if n < Self.peekBufferSize && !hangUp { break }
+                // An answer given on the spot (an error, /health) sent a consume of these bytes with it: look
+                // again only once its completion shows it ran (onConsumed), never on a guess about the socket.
+                if c.consumeInFlight > 0 { c.deferredReadiness = res > 0 ? res : Int32(POLLIN); break }
                 if !consumeHeldBack(c) { return }
             }
             // No request of this client is waiting for the backend (a partial request, or all answered):
@@ -876,8 +879,9 @@ public final class FrontServer: @unchecked Sendable {
         if c.unconsumed > 0 && !c.closing {
             if c.consumeInFlight == 0 && c.unconsumed <= Self.peekBufferSize {
                 // The consuming recv goes into the same io_uring_enter as the send, right behind it: the kernel
-                // runs both before it returns to us, and only then does the woken client get our CPU (no
-                // preemption inside the kernel). A consume after the submit, a system call of its own, came
+                // runs both before it returns to us, and only then does the woken client get our CPU (on the
+                // usual kernels, which do not preempt inside a system call for a fair-class wake-up; with
+                // preempt=full the client may run in between, which costs speed only). A consume after the submit, a system call of its own, came
                 // too late whenever the client shares this CPU: woken by the send, it ran at once, read its
                 // answer, sent its next request and blocked in read() again, and the consume's write-space
                 // wake-up then woke it for nothing (two context switches before the next request was read).

@@ -148,6 +148,41 @@ private func unreadByServerSettled(_ fd: Int32) -> Int32 {
         #expect(try r.json()["choices"] != nil)
     }
 
+    /// More than a 64 KiB peek of pipelined requests the front answers on the spot (404s naming their path):
+    /// each answer sends a consume of the held-back bytes with it, and the loop looks at the socket again only
+    /// once that consume has completed. Every request is answered once, in order, and nothing is left unread.
+    @Test func pipelinedOnTheSpotAnswersBeyondOnePeek() throws {
+        let s = try TestServer(configure: { $0.deferConsume = true })
+        defer { s.stop() }
+        let c = try RawClient(path: s.path)
+        let count = 3000
+        var all = ""
+        for i in 0..<count { all += request("GET", "/nothing-\(i)") }
+        #expect(all.utf8.count > 2 * 65536)
+        let bytes = Array(all.utf8)
+        let fd = c.fd
+        let writer = Thread {
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, min($0.count, 7000), Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return }
+                off += n
+            }
+        }
+        writer.start()
+        for i in 0..<count {
+            let r = try c.read()
+            #expect(r.status == 404)
+            if !r.bodyText.contains("/nothing-\(i)\"") {
+                Issue.record("answer \(i) is not for its request: \(r.bodyText)")
+                return
+            }
+        }
+        try c.send(request("GET", "/health"))
+        #expect(try c.read().status == 200)
+        #expect(unreadByServerSettled(c.fd) == 0)
+    }
+
     @Test func peekLargeBodiesPipeliningAndEOF() throws {
         let s = try TestServer(configure: { $0.deferConsume = true })
         defer { s.stop() }
