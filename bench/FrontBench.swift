@@ -350,6 +350,8 @@ struct FrontBench: ParsableCommand {
         let path: WritableKeyPath<LatencyRun, [UInt64]>
         let request: [UInt8]
         let pin: Int?
+        /// The raw echo paths (answer = the request's bytes) and the thread-echo one (its CPU is compared).
+        let echoes: Bool, rawThread: Bool
         var lat: [UInt64] = []
         var rawSameCPU = 0
         var cpus = [Int](repeating: 0, count: 64)
@@ -359,6 +361,8 @@ struct FrontBench: ParsableCommand {
         var blockSize = 0
         init(_ client: BenchClient, _ path: WritableKeyPath<LatencyRun, [UInt64]>, request: [UInt8], pin: Int?) {
             self.client = client; self.path = path; self.request = request; self.pin = pin
+            echoes = path == \LatencyRun.raw || path == \LatencyRun.rawProc
+            rawThread = path == \LatencyRun.raw
         }
     }
 
@@ -387,7 +391,7 @@ struct FrontBench: ParsableCommand {
                             for _ in 0..<k {
                                 let t0 = monotonicNanos()
                                 try pc.client.send(pc.request)
-                                if pc.path == \LatencyRun.raw || pc.path == \LatencyRun.rawProc {
+                                if pc.echoes {
                                     try pc.client.readExactly(pc.request.count)
                                 } else {
                                     try pc.client.readResponse()
@@ -395,7 +399,7 @@ struct FrontBench: ParsableCommand {
                                 pc.lat.append(monotonicNanos() - t0)
                                 let cpu = Int(sy_current_cpu())
                                 if pc.cpus.indices.contains(cpu) { pc.cpus[cpu] += 1 }
-                                if pc.path == \LatencyRun.raw && sy_load_relaxed_u32(rawEchoCPU) == UInt32(truncatingIfNeeded: cpu) {
+                                if pc.rawThread && sy_load_relaxed_u32(rawEchoCPU) == UInt32(truncatingIfNeeded: cpu) {
                                     pc.rawSameCPU += 1
                                 }
                             }
@@ -422,7 +426,7 @@ struct FrontBench: ParsableCommand {
         for pc in clients {
             if let e = pc.error { throw e }
             run[keyPath: pc.path] = pc.lat
-            if pc.path == \LatencyRun.raw { run.rawSameCPU = pc.rawSameCPU }
+            if pc.rawThread { run.rawSameCPU = pc.rawSameCPU }
             if pc.path == \LatencyRun.workers { run.clientCPUs = pc.cpus }
         }
         if let a = ticks0, let b = Self.cpuTicks(), b.total > a.total, b.steal >= a.steal {
