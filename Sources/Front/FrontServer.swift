@@ -794,7 +794,7 @@ public final class FrontServer: @unchecked Sendable {
             // The consume that went out with the last answer has not completed here yet (it ran in the kernel
             // before that io_uring_enter returned, but its completion comes later in this batch): peek once it
             // has, so the socket's head and `unconsumed` agree.
-            c.deferredReadiness = res > 0 ? res : Int32(POLLIN)
+            holdReadiness(c, res)
             return
         } else {
             // Several wake-ups may come as one completion: data and the peer's close together.
@@ -829,7 +829,7 @@ public final class FrontServer: @unchecked Sendable {
                 if n < Self.peekBufferSize && !hangUp { break }
                 // An answer given on the spot (an error, /health) sent a consume of these bytes with it: look
                 // again only once its completion shows it ran (onConsumed), never on a guess about the socket.
-                if c.consumeInFlight > 0 { c.deferredReadiness = res > 0 ? res : Int32(POLLIN); break }
+                if c.consumeInFlight > 0 { holdReadiness(c, res); break }
                 if !consumeHeldBack(c) { return }
             }
             // No request of this client is waiting for the backend (a partial request, or all answered):
@@ -881,11 +881,12 @@ public final class FrontServer: @unchecked Sendable {
                 // The consuming recv goes into the same io_uring_enter as the send, right behind it: the kernel
                 // runs both before it returns to us, and only then does the woken client get our CPU (on the
                 // usual kernels, which do not preempt inside a system call for a fair-class wake-up; with
-                // preempt=full the client may run in between, which costs speed only). A consume after the submit, a system call of its own, came
-                // too late whenever the client shares this CPU: woken by the send, it ran at once, read its
-                // answer, sent its next request and blocked in read() again, and the consume's write-space
-                // wake-up then woke it for nothing (two context switches before the next request was read).
-                // MSG_DONTWAIT: the bytes are there (peeked), so it completes inline and never waits.
+                // preempt=full the client may run in between, which costs speed only). A consume after the
+                // submit, a system call of its own, came too late whenever the client shares this CPU: woken
+                // by the send, it ran at once, read its answer, sent its next request and blocked in read()
+                // again, and the consume's write-space wake-up then woke it for nothing (two context switches
+                // before the next request was read). MSG_DONTWAIT: the bytes are there (peeked), so it
+                // completes inline and never waits.
                 let s = getSQE()
                 sy_prep_recv(s, c.fd, discardBuffer, c.unconsumed, Int32(MSG_DONTWAIT))
                 sy_sqe_set_data64(s, Self.data(.consume, slot: c.slot, gen: c.gen))
@@ -898,6 +899,11 @@ public final class FrontServer: @unchecked Sendable {
                 _ = consumeHeldBack(c)
             }
         }
+    }
+
+    /// Keeps a readiness (its poll mask) for onConsumed to serve once the consume in flight has completed.
+    private func holdReadiness(_ c: Connection, _ res: Int32) {
+        c.deferredReadiness = res > 0 ? res : Int32(POLLIN)
     }
 
     /// The consuming recv that went out with an answer (`enqueue`) completed. It took the held-back bytes at
