@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "JSONSchema", "SwitchyardTestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Engine", "SwitchyardTestSupport"]),
         .testTarget(name: "FrontTests", dependencies: ["Front", "Routing", "Wire", "JSONSchema"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["ClientKit", "SwitchyardTestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["ClientKit", "SwitchyardTestSupport", "SysKit"]),
         .testTarget(name: "BenchStatsTests", dependencies: ["BenchKit", "ClientKit"]),
     ]
 )

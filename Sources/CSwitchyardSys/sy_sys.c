@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,6 +81,14 @@ int sy_sched_setaffinity(pid_t pid, const int *cpus, int count) {
     }
     return sched_setaffinity(pid, sizeof(set), &set);
 }
+
+long sy_thread_involuntary_switches(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) return -1;
+    return ru.ru_nivcsw;
+}
+
+int sy_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int sy_sched_getaffinity(pid_t pid, int *cpus, int capacity) {
     cpu_set_t set;

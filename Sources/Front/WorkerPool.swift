@@ -83,6 +83,9 @@ public struct WorkerPoolConfig: Sendable {
     public var restartBackoffMin: Double = 0.1
     public var restartBackoffMax: Double = 5
     public var modelID = "switchyard"
+    /// The front's CPU when it may trade it with a worker's (`--front-placement follow`, the front pinned
+    /// to this one CPU, the calling thread being the event loop's); nil: the front stays where it is.
+    public var followClientsFrontCPU: Int?
     /// Sampling defaults for fields a request leaves out.
     public var defaultMaxTokens = 256
     public var defaultSampling = SamplingDefaults()
@@ -97,7 +100,8 @@ final class ProcessHandle {
 }
 
 final class WorkerSlot {
-    let spec: WorkerSpec
+    /// Fixed but for its CPU, which `followClients` may trade with the front's.
+    var spec: WorkerSpec
     let routerSlot: Int
     var process: ProcessHandle?
     var channel: RingChannel? { didSet { ringGeneration &+= 1 } }
@@ -113,6 +117,10 @@ final class WorkerSlot {
     var lastBeat: UInt64 = 0
     var lastBeatChange: UInt64 = 0
     var readyInfo: ReadyRecord?
+    /// The control block's idle-wait counters at the last supervision tick, and the placement rule's state.
+    var lastIdleWaits: UInt64 = 0
+    var lastSharedWaits: UInt64 = 0
+    var followJudge = FollowClientsJudge()
     /// The group's other shards (empty for --tp 1).
     let followers: [FollowerSlot]
     init(spec: WorkerSpec, routerSlot: Int) {
@@ -153,6 +161,11 @@ public final class WorkerPool: FrontBackend {
     var spareEvents: [BackendEvent] = []
     var shuttingDown = false
     public private(set) var totalRestarts = 0
+    /// The front's CPU while it follows its clients (see FollowClients.swift), and its thread's
+    /// involuntary switches at the last tick.
+    var frontCPU: Int?
+    var lastFrontSwitches = -1
+    public private(set) var cpuSwaps = 0
 
     // epoll data tags: kind in the high 32 bits, index in the low.
     static let tagEvent: UInt64 = 1 << 32
@@ -161,6 +174,7 @@ public final class WorkerPool: FrontBackend {
 
     public init(config: WorkerPoolConfig) throws {
         self.config = config
+        frontCPU = config.followClientsFrontCPU
         guard !config.workers.isEmpty else { throw WorkerError.config("at least one worker is needed") }
         router = try Router(policy: config.policy, balanceFactor: config.balanceFactor,
                             maxTargets: max(1, config.workers.count))
@@ -237,6 +251,9 @@ public final class WorkerPool: FrontBackend {
             w.ready = false
             w.lastBeat = 0
             w.lastBeatChange = Self.now()
+            w.lastIdleWaits = 0
+            w.lastSharedWaits = 0
+            w.followJudge.reset()
             config.log(.info, "\(shardName(w, rank: 0)): started pid \(pid)")
             if groupFD >= 0 {
                 do {
@@ -335,6 +352,76 @@ public final class WorkerPool: FrontBackend {
                 workerDied(i, reason: "hung (heartbeat timeout)")
             }
         }
+        if frontCPU != nil && !shuttingDown { followClients(now: now) }
+    }
+
+    /// `--front-placement follow`: feeds each worker's idle-wait counters to its FollowClientsJudge and
+    /// trades CPUs with the first worker the judge names (FollowClients.swift says why). Runs on the loop
+    /// thread (the thread whose affinity it changes).
+    func followClients(now: UInt64) {
+        let switches = sy_thread_involuntary_switches()
+        guard switches >= 0 else { return }
+        defer { lastFrontSwitches = switches }
+        guard lastFrontSwitches >= 0 else { return }
+        let frontDelta = UInt64(max(0, switches - lastFrontSwitches))
+        var swapped = false
+        for (i, w) in slots.enumerated() {
+            guard w.ready, w.followers.isEmpty, w.spec.cpus.count == 1, let c = w.control else { continue }
+            let waits = c.load(.idleWaits), shared = c.load(.idleWaitsShared)
+            defer { w.lastIdleWaits = waits; w.lastSharedWaits = shared }
+            guard waits >= w.lastIdleWaits, shared >= w.lastSharedWaits else { w.followJudge.reset(); continue }
+            let fire = w.followJudge.observe(now: now, waits: waits - w.lastIdleWaits,
+                                             sharedWaits: shared - w.lastSharedWaits, frontSwitches: frontDelta)
+            if fire && !swapped { swapped = tradeCPUs(withWorker: i, waits: waits - w.lastIdleWaits,
+                                                      shared: shared - w.lastSharedWaits) }
+        }
+    }
+
+    /// Moves every thread of worker `i` to the front's CPU and the loop thread to the worker's; the worker
+    /// keeps the new CPU across respawns. False (and no change) when either move fails or the two CPUs are
+    /// on different NUMA nodes (the worker's memory is bound to its node).
+    func tradeCPUs(withWorker i: Int, waits: UInt64, shared: UInt64) -> Bool {
+        let w = slots[i]
+        guard let from = frontCPU, let pid = w.process?.child.pid, let to = w.spec.cpus.first else { return false }
+        if NUMA.isAvailable, let a = try? NUMA.node(ofCPU: from), let b = try? NUMA.node(ofCPU: to), a != b {
+            return false
+        }
+        let tids = Self.threads(of: pid)
+        var moved: [Int32] = []
+        for tid in tids {
+            do { try CPUAffinity.set([from], pid: tid); moved.append(tid) } catch {}
+        }
+        guard !moved.isEmpty else { return false }
+        do {
+            try CPUAffinity.set([to])
+        } catch {
+            for tid in moved { try? CPUAffinity.set([to], pid: tid) }
+            config.log(.warn, "front: cannot move the event loop to cpu \(to): \(error); placement stays")
+            frontCPU = nil
+            return false
+        }
+        frontCPU = to
+        w.spec.cpus = [from]
+        if let k = w.spec.arguments.firstIndex(of: "--cpus"), k + 1 < w.spec.arguments.count {
+            w.spec.arguments[k + 1] = "\(from)"
+        }
+        cpuSwaps += 1
+        config.log(.info, "front: clients share \(unitName(w))'s cpu \(to) (\(shared) of \(waits) idle waits in 100 ms gave it away); traded cpus: front → \(to), \(unitName(w)) → \(from)")
+        return true
+    }
+
+    /// The task ids of process `pid` (/proc/PID/task).
+    static func threads(of pid: Int32) -> [Int32] {
+        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(dir) }
+        var tids: [Int32] = []
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if let t = Int32(name) { tids.append(t) }
+        }
+        return tids
     }
 
     // MARK: Routing and submission
@@ -639,6 +726,10 @@ public final class WorkerPool: FrontBackend {
 
     public func collectMetrics(into m: MetricsRegistry) {
         m.set(MetricsRegistry.workerRestarts, help: "Worker processes restarted", Double(totalRestarts))
+        if config.followClientsFrontCPU != nil {
+            m.set("switchyard_front_cpu_swaps_total", help: "Times the front traded CPUs with a worker whose CPU its clients shared",
+                  Double(cpuSwaps))
+        }
         collectGroupMetrics(into: m)
         for w in slots {
             let labels = [("worker", "\(w.spec.id)"), ("node", w.spec.numaNode.map(String.init) ?? "none"),

@@ -12,7 +12,7 @@ public final class ControlBlock: @unchecked Sendable {
 
     public enum Field: Int {
         case heartbeat = 8, state = 16, running = 24, waiting = 32, cachedSessions = 40, cachedBytes = 48
-        case tokensGenerated = 56, steps = 64, numaNode = 72
+        case tokensGenerated = 56, steps = 64, numaNode = 72, idleWaits = 80, idleWaitsShared = 88
     }
 
     public enum State: UInt64 { case starting = 0, ready = 1, stopping = 2 }

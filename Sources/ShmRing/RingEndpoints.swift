@@ -419,16 +419,28 @@ public final class RingConsumer: @unchecked Sendable {
         return count
     }
 
+    /// Calls of `waitForData` that found no record at once (this side's thread only).
+    public private(set) var waits: UInt64 = 0
+    /// Of those, the ones whose spin gave the CPU to another task for a moment: a sched_yield that took
+    /// `sharedYieldRange`. Another thread that runs briefly on our CPU while we wait (a client woken by
+    /// the front, typically) makes this grow with `waits`; an idle CPU returns from sched_yield in well
+    /// under 2 µs, and a CPU hog takes a whole time slice (milliseconds).
+    public private(set) var sharedWaits: UInt64 = 0
+    public static let sharedYieldRange: ClosedRange<UInt64> = 2_000...200_000
+
     /// Waits (per the policy) until a record is available. Throws `closed` once the producer closed and
     /// everything was read, `peerDied` (checked every policy.peerCheckNanoseconds) or `timedOut`.
     public func waitForData(timeoutNanoseconds: UInt64? = nil) throws(RingError) {
         if let poisoned { throw poisoned }
         if try hasData() { return }
+        waits &+= 1
         var clock = WaitClock(timeoutNanoseconds: timeoutNanoseconds, policy: policy)
         let spinStart = sy_monotonic_ns()
         let spinUntil = policy.spinNanoseconds == .max ? UInt64.max : spinStart &+ policy.spinNanoseconds
         let yieldFrom = spinStart &+ policy.yieldAfterNanoseconds
         var spins = 0
+        var shared = false
+        defer { if shared { sharedWaits &+= 1 } }
         while policy.spinNanoseconds > 0 || !policy.sleeps {
             if try hasData() { return }
             sy_cpu_relax()
@@ -440,7 +452,10 @@ public final class RingConsumer: @unchecked Sendable {
                 if policy.sleeps && now >= spinUntil { break }
                 // A long fruitless spin probably means the other side is not running (more runnable
                 // threads than CPUs): give our CPU away so that it can.
-                if now >= yieldFrom { sched_yield() }
+                if now >= yieldFrom {
+                    sched_yield()
+                    if !shared { shared = Self.sharedYieldRange.contains(sy_monotonic_ns() &- now) }
+                }
             }
         }
         while true {

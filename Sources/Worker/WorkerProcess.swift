@@ -31,8 +31,11 @@ public struct WorkerOptions: Sendable {
     public var maxRunning = 16
     public var contextLength = 2048
     public var maxBatchTokens = 512
-    /// How long an idle worker spins (yielding) for the next request before it sleeps on the ring.
+    /// How long an idle worker spins for the next request before it sleeps on the ring.
     public var idleSpinNanoseconds: UInt64 = 50_000
+    /// How long that spin goes before it starts to sched_yield between checks (0: yields from the start; at
+    /// least `idleSpinNanoseconds`: never yields). See the idle wait in `run`.
+    public var idleYieldAfterNanoseconds: UInt64 = 0
     /// This process's shard of a tensor-parallel group (`.whole` for --tp 1). A follower (rank ≥ 1) has no
     /// rings and no control block: only the group memory (`tp.groupFD`).
     public var tp = ShardRole.whole
@@ -86,12 +89,16 @@ public enum WorkerProcess {
         let peer = o.parentPID > 0 ? try PeerMonitor.parent(expected: o.parentPID) : nil
         let notifier = RingNotifier(EventFD(adopting: FileDescriptor(adopting: o.notifyFD)))
         // Idle wait: spin (--idle-spin-us, 50 µs by default) for the next request (a keep-alive client's next
-        // request usually comes sooner, and then the front need not wake us), but sched_yield between spin
-        // checks from the start: the thread we wait for (the front, or its client) may be queued on our very
-        // CPU (always so when we are pinned and cores are few), and a plain spin would hold it off until the
-        // spin ends. With nothing else runnable, sched_yield returns at once. Measured on a 2-core box, pinned worker:
-        // front + worker added p50 ~75 µs → ~18 µs.
-        let idlePolicy = WaitPolicy(spinNanoseconds: o.idleSpinNanoseconds, sleeps: true, yieldAfterNanoseconds: 0)
+        // request usually comes sooner, and then the front need not wake us), and sched_yield between spin checks
+        // from --idle-yield-after-us on (0 by default: from the start). The thread we wait for (the front, or its
+        // client) may be queued on our very CPU (always so when we are pinned and cores are few), and a plain
+        // spin holds it off until the spin ends. With nothing else runnable, sched_yield returns at once.
+        // Measured on a 2-core box, pinned worker: front + worker added p50 ~75 µs → ~18 µs. A plain spin helps
+        // one case, a client started on our CPU: it leaves the client waiting, so the load balancer moves it
+        // next to the front (2-vCPU VM, 200 µs plain: p50 11-14 µs in 24 of 24 runs against 12-28 µs
+        // yielding), but every request of a client that stays costs up to the whole spin (bench p99 ~209 µs).
+        let idlePolicy = WaitPolicy(spinNanoseconds: o.idleSpinNanoseconds, sleeps: true,
+                                    yieldAfterNanoseconds: min(o.idleYieldAfterNanoseconds, o.idleSpinNanoseconds))
         let channel = try RingChannel(sending: ShmRing(inheritedDescriptor: o.responseFD),
                                       receiving: ShmRing(inheritedDescriptor: o.requestFD),
                                       peer: peer, policy: idlePolicy, txNotifier: notifier)
@@ -285,6 +292,11 @@ public enum WorkerProcess {
             if !scheduler.hasWork {
                 do {
                     // Idle: sleep on the request ring; wake at least every 100 ms to beat the heartbeat.
+                    defer {
+                        // For the front's placement (WorkerPool.followClients): does a client share our CPU?
+                        control.store(.idleWaits, channel.rx.waits)
+                        control.store(.idleWaitsShared, channel.rx.sharedWaits)
+                    }
                     try channel.rx.waitForData(timeoutNanoseconds: 100_000_000)
                 } catch {
                     switch error {

@@ -36,7 +36,9 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Microseconds the front polls the response rings before sleeping while requests are in flight (0: never).") var pollSpinUs = 30
     @Option(help: "Microseconds the front watches for the next request on open keep-alive connections before sleeping (0: never).") var lingerUs = 50
     @Option(help: "While the front spins (poll-spin, linger), it yields its CPU once every this many polls (a power of two, 1...1024), so a thread sharing the CPU can run.") var spinYieldEvery = 8
-    @Option(help: "Microseconds an idle worker spins (yielding) for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
+    @Option(help: "Microseconds an idle worker spins for the next request before it sleeps (0: sleeps at once).") var workerIdleSpinUs = 50
+    @Option(help: "Microseconds of the worker's idle spin before it yields its CPU between checks (0: from the start; ≥ --worker-idle-spin-us: never).") var workerIdleYieldAfterUs = 0
+    @Option(help: "follow: when the front has one CPU of its own and its clients run on a worker's CPU, it trades CPUs with that worker | fixed: it never moves.") var frontPlacement = FrontPlacement.follow.rawValue
     @Option(help: "CPUs of the front's event loop: auto (the allowed CPUs no worker is pinned to, when there are any) | all.") var frontCpus = "auto"
     @Option(help: "Temperature for requests that leave it out (0...2; OpenAI's default is 1).") var defaultTemperature = SamplingDefaults().temperature
     @Option(help: "top_p for requests that leave it out (0...1; 1 = off).") var defaultTopP = SamplingDefaults().topP
@@ -53,6 +55,7 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--tp \(tp) must divide --workers \(w): each tensor-parallel group is exactly \(tp) worker processes (e.g. --workers \(max(tp, w / tp * tp)))")
         }
         guard NumaMode(rawValue: numa) != nil else { throw ValidationError("--numa must be auto or off") }
+        guard FrontPlacement(rawValue: frontPlacement) != nil else { throw ValidationError("--front-placement must be follow or fixed") }
         guard ["auto", "all"].contains(frontCpus) else { throw ValidationError("--front-cpus must be auto or all") }
         guard ["multishot", "peek"].contains(recv) else { throw ValidationError("--recv must be multishot or peek") }
         guard ["auto", "futex", "eventfd"].contains(ringWake) else { throw ValidationError("--ring-wake must be auto, futex or eventfd") }
@@ -64,6 +67,9 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--spin-yield-every must be a power of two from 1 to 1024")
         }
         guard (0...10_000).contains(workerIdleSpinUs) else { throw ValidationError("--worker-idle-spin-us must be 0...10000") }
+        guard (0...10_000).contains(workerIdleYieldAfterUs) else {
+            throw ValidationError("--worker-idle-yield-after-us must be 0...10000")
+        }
         guard EngineKind(rawValue: engine) != nil else { throw ValidationError("--engine must be model or echo") }
         guard RoutingPolicy(rawValue: policy) != nil else {
             throw ValidationError("--policy must be one of \(RoutingPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -104,6 +110,9 @@ struct ServeCommand: ParsableCommand {
         // Per routing target: a group spreads its KV cache over its shards.
         let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount / tp)
 
+        // The front's own CPUs (nil: it shares the workers').
+        let frontOwnCPUs = frontCpus == "auto" ? plan.frontCPUs(allowed: online) : nil
+
         // One WorkerSpec per routing target: a worker (--tp 1), or a group's leader with its followers.
         // Every shard of a group gets the same limits (slot tables must match), its own placement.
         var specs: [WorkerSpec] = []
@@ -111,7 +120,7 @@ struct ServeCommand: ParsableCommand {
             var args = ["--engine", engineKind.rawValue, "--threads", "\(threadsPerWorker)",
                         "--session-cache-mb", "\(cacheMB)", "--max-queue", "\(maxQueue)",
                         "--max-running", "\(maxRunning)", "--context", "\(context)",
-                        "--idle-spin-us", "\(workerIdleSpinUs)"]
+                        "--idle-spin-us", "\(workerIdleSpinUs)", "--idle-yield-after-us", "\(workerIdleYieldAfterUs)"]
             if let modelPath { args += ["--model", modelPath] }
             if !p.cpus.isEmpty { args += ["--cpus", p.cpus.map(String.init).joined(separator: ",")] }
             if let n = p.node { args += ["--node", "\(n)"] }
@@ -150,6 +159,25 @@ struct ServeCommand: ParsableCommand {
         poolConfig.startupTimeout = startupTimeout
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
         poolConfig.log = logger
+        // The front's thread is the event loop's (run() below runs on it).
+        var frontPinned: [Int]?
+        if let cpus = frontOwnCPUs {
+            // Off the workers' cores: a worker spins for a while after each request, and a loop that the
+            // scheduler puts on its core waits behind it (2 cores, one worker, the front forced onto the
+            // worker's core: round trips of 30-37 µs against 13-20 µs on the other core).
+            do {
+                try CPUAffinity.set(cpus)
+                frontPinned = cpus
+                log("front: cpus \(cpus.map(String.init).joined(separator: ","))")
+            } catch {
+                logger(.warn, "front: cannot pin the event loop to cpus \(cpus): \(error)")
+            }
+        }
+        if FrontPlacement(rawValue: frontPlacement) == .follow, let cpus = frontPinned, cpus.count == 1,
+           tp == 1, specs.contains(where: { $0.cpus.count == 1 }) {
+            poolConfig.followClientsFrontCPU = cpus[0]
+            log("front: follows its clients (trades cpus with a worker whose cpu they share; --front-placement fixed: never)")
+        }
         let pool = try WorkerPool(config: poolConfig)
 
         var fc = FrontConfig()
@@ -163,17 +191,6 @@ struct ServeCommand: ParsableCommand {
         fc.deferConsume = recv == "peek"
         fc.defaultModel = poolConfig.modelID
         fc.log = logger
-        if frontCpus == "auto", let cpus = plan.frontCPUs(allowed: online) {
-            // Off the workers' cores: a worker spins for a while after each request, and a loop that the
-            // scheduler puts on its core waits behind it (2 cores, one worker, the front forced onto the
-            // worker's core: round trips of 30-37 µs against 13-20 µs on the other core).
-            do {
-                try CPUAffinity.set(cpus)
-                log("front: cpus \(cpus.map(String.init).joined(separator: ","))")
-            } catch {
-                logger(.warn, "front: cannot pin the event loop to cpus \(cpus): \(error)")
-            }
-        }
         let server = try FrontServer(config: fc, backend: pool)
         log("policy \(poolConfig.policy.rawValue); try: curl --unix-socket \(socket) http://localhost/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'")
         try server.run()

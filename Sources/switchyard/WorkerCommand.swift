@@ -25,6 +25,7 @@ struct WorkerCommand: ParsableCommand {
     @Option var context = 2048
     @Option var maxBatchTokens = 512
     @Option(help: "Microseconds an idle worker spins for the next request before sleeping.") var idleSpinUs = 50
+    @Option(help: "Microseconds of that spin before it yields the CPU between checks (0: from the start; ≥ --idle-spin-us: never).") var idleYieldAfterUs = 0
     @Option var logLevel = "info"
     @Option(help: "This process's shard of its tensor-parallel group (0 = leader).") var tpRank = 0
     @Option(help: "Shards in the group (1 = a whole-model worker).") var tpSize = 1
@@ -48,6 +49,7 @@ struct WorkerCommand: ParsableCommand {
         o.contextLength = context
         o.maxBatchTokens = maxBatchTokens
         o.idleSpinNanoseconds = UInt64(max(0, min(idleSpinUs, 10_000))) * 1000
+        o.idleYieldAfterNanoseconds = UInt64(max(0, min(idleYieldAfterUs, 10_000))) * 1000
         o.tp = ShardRole(rank: tpRank, size: tpSize, groupFD: tpFd)
         let name = tpSize > 1 ? "worker[\(id).\(tpRank)]" : "worker[\(id)]"
         let logger = LogLevel.stderrLogger(prefix: name, threshold: LogLevel(name: logLevel) ?? .info)

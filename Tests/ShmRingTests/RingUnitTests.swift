@@ -1,4 +1,5 @@
 import CSwitchyardSys
+import Foundation
 import Glibc
 import ShmRing
 import SysKit
@@ -301,5 +302,65 @@ private func duplicateDescriptor(_ ring: ShmRing) -> FileDescriptor {
         #expect(throws: RingError.closed) { try rx.waitForData(timeoutNanoseconds: 1_000_000_000) }
         rx.close()
         #expect(tx.consumerClosed)
+    }
+}
+
+/// The idle-wait counters behind `serve --front-placement follow`: a wait counts once it finds no record at
+/// once, and counts as shared when one of its yields gave the CPU to another thread for a moment.
+@Suite struct IdleWaitCounterTests {
+    @Test func aPeerOnTheSameCPUMakesWaitsShared() throws {
+        guard let cpu = try CPUAffinity.get().first else { return }
+        let ring = try ShmRing(capacity: 4096)
+        let tx = try RingProducer(ring: ring)
+        let rx = try RingConsumer(ring: ring, policy: WaitPolicy(spinNanoseconds: 50_000_000, sleeps: true,
+                                                                 yieldAfterNanoseconds: 0))
+        // A record already there: no wait.
+        let b = try #require(try tx.tryReserve(type: 1, length: 8))
+        b.storeBytes(of: 7, as: UInt64.self)
+        tx.commit()
+        try rx.waitForData()
+        #expect(rx.waits == 0 && rx.sharedWaits == 0)
+        #expect(try rx.drain { _, _ in } == 1)
+
+        // A thread on the consumer's CPU that runs ~5 µs at a time and yields: every yield of the waiting
+        // consumer hands it the CPU for about that long.
+        final class Shared: @unchecked Sendable {
+            // stop: written by the test thread, read by the peer; the rest written by the consumer before `done`.
+            let stop = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+            var waits: UInt64 = 0, shared: UInt64 = 0, timeouts = 0
+            init() { stop.initialize(to: 0) }
+            deinit { stop.deallocate() }
+        }
+        let result = Shared()
+        let peer = Thread {
+            try? CPUAffinity.set([cpu])
+            while sy_load_acquire_u64(result.stop) == 0 {
+                let until = sy_monotonic_ns() + 5_000
+                while sy_monotonic_ns() < until { sy_cpu_relax() }
+                sched_yield()
+            }
+        }
+        let done = DispatchSemaphore(value: 0)
+        let consumer = Thread {
+            try? CPUAffinity.set([cpu])
+            for _ in 0..<3 {
+                do throws(RingError) {
+                    try rx.waitForData(timeoutNanoseconds: 3_000_000)
+                } catch {
+                    if error == .timedOut { result.timeouts += 1 }
+                }
+            }
+            result.waits = rx.waits
+            result.shared = rx.sharedWaits
+            done.signal()
+        }
+        peer.start()
+        Thread.sleep(forTimeInterval: 0.01)
+        consumer.start()
+        done.wait()
+        sy_store_release_u64(result.stop, 1)
+        #expect(result.timeouts == 3)
+        #expect(result.waits == 3)
+        #expect(result.shared == 3, "waits that gave the CPU to the peer: \(result.shared) of 3")
     }
 }

@@ -26,7 +26,10 @@ typedef struct sy_worker_control {
     uint64_t tokens_generated; // 56: completion tokens since start
     uint64_t steps;            // 64: forward passes since start
     uint64_t numa_node;        // 72: node the worker is bound to (UINT64_MAX: none)
-    uint64_t _reserved[6];     // 80..127
+    uint64_t idle_waits;       // 80: idle waits for a request that did not find one at once (RingConsumer)
+    uint64_t idle_waits_shared;// 88: of those, the ones whose spin gave the CPU to another task for a moment
+                               //     (a sched_yield that took 2-200 µs): something shares the worker's CPU
+    uint64_t _reserved[4];     // 96..127
 } sy_worker_control;
 
 _Static_assert(sizeof(sy_worker_control) == 128, "control block layout");
@@ -34,6 +37,8 @@ _Static_assert(offsetof(sy_worker_control, heartbeat) == 8, "heartbeat offset");
 _Static_assert(offsetof(sy_worker_control, state) == 16, "state offset");
 _Static_assert(offsetof(sy_worker_control, steps) == 64, "steps offset");
 _Static_assert(offsetof(sy_worker_control, numa_node) == 72, "numa_node offset");
+_Static_assert(offsetof(sy_worker_control, idle_waits) == 80, "idle_waits offset");
+_Static_assert(offsetof(sy_worker_control, idle_waits_shared) == 88, "idle_waits_shared offset");
 _Static_assert(sizeof(sy_worker_control) <= SY_CONTROL_SIZE, "fits its page");
 
 
