@@ -122,7 +122,7 @@ func pinThisThread(to cpu: Int) -> Bool { (try? CPUAffinity.set([cpu])) != nil }
             let workerBefore = cpus(worker)
             try #require(workerBefore.count == 1 && workerBefore != frontBefore, "worker on cpus \(workerBefore)")
             let serverPID = s.pid
-            let n = clientLoop(s, cpu: workerBefore[0], seconds: 20) {
+            let n = clientLoop(s, cpu: workerBefore[0], seconds: 45) {
                 (Proc.status(serverPID, "Cpus_allowed_list").map(Proc.expandCPUList) ?? []) == workerBefore
             }
             #expect(cpus(s.pid) == workerBefore, "the front stayed on \(cpus(s.pid)) after \(n) round trips from its worker's cpu")
