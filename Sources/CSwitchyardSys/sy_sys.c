@@ -88,8 +88,6 @@ long sy_thread_involuntary_switches(void) {
     return ru.ru_nivcsw;
 }
 
-int sy_gettid(void) { return (int)syscall(SYS_gettid); }
-
 int sy_sched_getaffinity(pid_t pid, int *cpus, int capacity) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -27,11 +27,27 @@ public enum FrontPlacement: String, Sendable, CaseIterable {
     case fixed
 }
 
-/// Decides, one supervision tick at a time, when the front should trade CPUs with one worker.
+/// Decides, one supervision tick at a time, when the front should trade CPUs with which worker. One per
+/// pool: a streak per worker, one hold-off for the front (it is the front that moves).
 public struct FollowClientsJudge: Sendable, Equatable {
-    /// A tick counts only with at least this many idle waits of the worker in it (a busy request stream:
-    /// 1,000 per second at the 100 ms tick). Model generation spends its time computing, not waiting, and
-    /// never gets here: this is for request streams where transport latency is the cost.
+    /// One worker's counters over a tick.
+    public struct Sample: Sendable, Equatable {
+        /// Idle waits, and those that gave the CPU to another task (`sharedWaits` ≤ `waits`).
+        public var waits: UInt64
+        public var sharedWaits: UInt64
+        /// False for a worker the front cannot trade with (not ready, several CPUs, another NUMA node, a
+        /// tensor-parallel group, or counters that went backwards): its streak starts over.
+        public var eligible: Bool
+        public init(waits: UInt64, sharedWaits: UInt64, eligible: Bool = true) {
+            self.waits = waits; self.sharedWaits = sharedWaits; self.eligible = eligible
+        }
+    }
+
+    /// The tick the thresholds are stated for (the pool's supervision timer).
+    public var tick: UInt64 = 100_000_000
+    /// A tick counts only with at least this many idle waits of the worker per `tick` (a busy request
+    /// stream: 1,000 per second). Model generation spends its time computing, not waiting, and never gets
+    /// here: this is for request streams where transport latency is the cost.
     public var minWaits: UInt64 = 100
     /// At least this share of those waits gave the CPU to another task (sharedWaits ≥ waits × share).
     public var minSharedShare = 0.5
@@ -39,39 +55,55 @@ public struct FollowClientsJudge: Sendable, Equatable {
     public var maxFrontSwitchShare = 0.1
     /// Consecutive qualifying ticks before a swap.
     public var ticksNeeded = 3
-    /// Time between two swaps: starts at `minHoldoff`, doubles (up to `maxHoldoff`) for each swap that
-    /// comes within `calmAfter` of the previous one, so clients that keep moving do not keep the two
-    /// trading places.
+    /// Time between two swaps of the front (with any workers): starts at `minHoldoff`, doubles (up to
+    /// `maxHoldoff`) for each swap that comes within `calmAfter` of the previous one, so clients that keep
+    /// moving do not keep the front moving.
     public var minHoldoff: UInt64 = 1_000_000_000
     public var maxHoldoff: UInt64 = 30_000_000_000
     public var calmAfter: UInt64 = 60_000_000_000
 
-    public private(set) var streak = 0
+    public private(set) var streaks: [Int] = []
     public private(set) var holdoff: UInt64
     public private(set) var lastSwap: UInt64?
     public private(set) var swaps = 0
 
     public init() { holdoff = minHoldoff }
 
-    /// One tick's deltas: the worker's idle waits and shared ones, the front's involuntary switches.
-    /// Returns true when the front should trade CPUs with this worker now (and counts that swap).
-    public mutating func observe(now: UInt64, waits: UInt64, sharedWaits: UInt64, frontSwitches: UInt64) -> Bool {
-        let busy = waits >= minWaits
-        let shared = Double(sharedWaits) >= Double(waits) * minSharedShare
-        let frontAlone = Double(frontSwitches) <= Double(waits) * maxFrontSwitchShare
-        guard busy && shared && frontAlone else { streak = 0; return false }
-        streak += 1
-        guard streak >= ticksNeeded else { return false }
-        if let last = lastSwap {
-            guard now &- last >= holdoff else { return false }
-            holdoff = now &- last < calmAfter ? min(holdoff * 2, maxHoldoff) : minHoldoff
-        }
-        lastSwap = now
-        streak = 0
-        swaps += 1
-        return true
+    /// Whether one worker's tick qualifies: busy, mostly shared, the front's CPU quiet.
+    public func qualifies(_ s: Sample, frontSwitches: UInt64, elapsed: UInt64) -> Bool {
+        guard s.eligible, elapsed > 0 else { return false }
+        // waits per `tick` ≥ minWaits, without dividing (a late tick stretches the interval).
+        let busy = Double(s.waits) * Double(tick) >= Double(minWaits) * Double(elapsed)
+        let shared = Double(s.sharedWaits) >= Double(s.waits) * minSharedShare
+        let frontAlone = Double(frontSwitches) <= Double(s.waits) * maxFrontSwitchShare
+        return busy && shared && frontAlone
     }
 
-    /// Forget the streak (the worker was replaced, or the counters jumped).
-    public mutating func reset() { streak = 0 }
+    /// One tick: every worker's sample (by slot) and the front's involuntary switches over `elapsed` ns.
+    /// Returns the slot the front should trade CPUs with now, if any. Call `didSwap` once it has.
+    public mutating func observe(now: UInt64, elapsed: UInt64, frontSwitches: UInt64, workers: [Sample]) -> Int? {
+        if streaks.count != workers.count { streaks = Array(repeating: 0, count: workers.count) }
+        var pick: Int?
+        for (i, s) in workers.enumerated() {
+            streaks[i] = qualifies(s, frontSwitches: frontSwitches, elapsed: elapsed) ? streaks[i] + 1 : 0
+            if pick == nil && streaks[i] >= ticksNeeded { pick = i }
+        }
+        guard let pick else { return nil }
+        if let last = lastSwap, now &- last < holdoff { return nil }
+        return pick
+    }
+
+    /// The front traded CPUs with `slot` at `now`: the hold-off before the next swap starts.
+    public mutating func didSwap(slot: Int, now: UInt64) {
+        if let last = lastSwap {
+            holdoff = now &- last < calmAfter ? (holdoff > maxHoldoff / 2 ? maxHoldoff : min(holdoff * 2, maxHoldoff))
+                                              : minHoldoff
+        }
+        lastSwap = now
+        swaps += 1
+        for i in streaks.indices { streaks[i] = 0 }
+    }
+
+    /// Forget one worker's streak (it was replaced).
+    public mutating func reset(slot: Int) { if streaks.indices.contains(slot) { streaks[slot] = 0 } }
 }

@@ -83,9 +83,6 @@ public struct WorkerPoolConfig: Sendable {
     public var restartBackoffMin: Double = 0.1
     public var restartBackoffMax: Double = 5
     public var modelID = "switchyard"
-    /// The front's CPU when it may trade it with a worker's (`--front-placement follow`, the front pinned
-    /// to this one CPU, the calling thread being the event loop's); nil: the front stays where it is.
-    public var followClientsFrontCPU: Int?
     /// Sampling defaults for fields a request leaves out.
     public var defaultMaxTokens = 256
     public var defaultSampling = SamplingDefaults()
@@ -117,10 +114,9 @@ final class WorkerSlot {
     var lastBeat: UInt64 = 0
     var lastBeatChange: UInt64 = 0
     var readyInfo: ReadyRecord?
-    /// The control block's idle-wait counters at the last supervision tick, and the placement rule's state.
+    /// The control block's idle-wait counters at the last supervision tick (`followClients`).
     var lastIdleWaits: UInt64 = 0
     var lastSharedWaits: UInt64 = 0
-    var followJudge = FollowClientsJudge()
     /// The group's other shards (empty for --tp 1).
     let followers: [FollowerSlot]
     init(spec: WorkerSpec, routerSlot: Int) {
@@ -161,10 +157,13 @@ public final class WorkerPool: FrontBackend {
     var spareEvents: [BackendEvent] = []
     var shuttingDown = false
     public private(set) var totalRestarts = 0
-    /// The front's CPU while it follows its clients (see FollowClients.swift), and its thread's
-    /// involuntary switches at the last tick.
+    /// The front's CPU while it follows its clients (FollowClients.swift; set by `followClients(from:)`),
+    /// the rule's state, and the loop thread's involuntary switches and the time at the last tick.
     var frontCPU: Int?
+    var following = false
+    var followJudge = FollowClientsJudge()
     var lastFrontSwitches = -1
+    var lastFollowTick: UInt64 = 0
     public private(set) var cpuSwaps = 0
 
     // epoll data tags: kind in the high 32 bits, index in the low.
@@ -174,7 +173,6 @@ public final class WorkerPool: FrontBackend {
 
     public init(config: WorkerPoolConfig) throws {
         self.config = config
-        frontCPU = config.followClientsFrontCPU
         guard !config.workers.isEmpty else { throw WorkerError.config("at least one worker is needed") }
         router = try Router(policy: config.policy, balanceFactor: config.balanceFactor,
                             maxTargets: max(1, config.workers.count))
@@ -253,7 +251,7 @@ public final class WorkerPool: FrontBackend {
             w.lastBeatChange = Self.now()
             w.lastIdleWaits = 0
             w.lastSharedWaits = 0
-            w.followJudge.reset()
+            followJudge.reset(slot: i)
             config.log(.info, "\(shardName(w, rank: 0)): started pid \(pid)")
             if groupFD >= 0 {
                 do {
@@ -355,48 +353,83 @@ public final class WorkerPool: FrontBackend {
         if frontCPU != nil && !shuttingDown { followClients(now: now) }
     }
 
-    /// `--front-placement follow`: feeds each worker's idle-wait counters to its FollowClientsJudge and
-    /// trades CPUs with the first worker the judge names (FollowClients.swift says why). Runs on the loop
-    /// thread (the thread whose affinity it changes).
+    /// `--front-placement follow`: from now on, the calling thread (the event loop's, pinned to `cpu` alone)
+    /// trades CPUs with a worker whose CPU the front's clients run on (FollowClients.swift says why).
+    public func followClients(from cpu: Int) {
+        frontCPU = cpu
+        following = true
+    }
+
+    /// Feeds every worker's idle-wait counters (deltas since the last tick) to the FollowClientsJudge and
+    /// trades CPUs with the worker it names. Runs on the loop thread (the thread whose affinity it changes).
     func followClients(now: UInt64) {
+        guard let front = frontCPU else { return }
         let switches = sy_thread_involuntary_switches()
         guard switches >= 0 else { return }
-        defer { lastFrontSwitches = switches }
+        defer { lastFrontSwitches = switches; lastFollowTick = now }
         guard lastFrontSwitches >= 0 else { return }
-        let frontDelta = UInt64(max(0, switches - lastFrontSwitches))
-        var swapped = false
-        for (i, w) in slots.enumerated() {
-            guard w.ready, w.followers.isEmpty, w.spec.cpus.count == 1, let c = w.control else { continue }
-            let waits = c.load(.idleWaits), shared = c.load(.idleWaitsShared)
+        let frontNode = NUMA.isAvailable ? try? NUMA.node(ofCPU: front) : nil
+        var samples: [FollowClientsJudge.Sample] = []
+        samples.reserveCapacity(slots.count)
+        for w in slots {
+            guard let c = w.control else { samples.append(.init(waits: 0, sharedWaits: 0, eligible: false)); continue }
+            // Shared first: the worker stores waits before shared, so this order keeps shared ≤ waits.
+            let shared = c.load(.idleWaitsShared), waits = c.load(.idleWaits)
             defer { w.lastIdleWaits = waits; w.lastSharedWaits = shared }
-            guard waits >= w.lastIdleWaits, shared >= w.lastSharedWaits else { w.followJudge.reset(); continue }
-            let fire = w.followJudge.observe(now: now, waits: waits - w.lastIdleWaits,
-                                             sharedWaits: shared - w.lastSharedWaits, frontSwitches: frontDelta)
-            if fire && !swapped { swapped = tradeCPUs(withWorker: i, waits: waits - w.lastIdleWaits,
-                                                      shared: shared - w.lastSharedWaits) }
+            var eligible = w.ready && w.followers.isEmpty && w.spec.cpus.count == 1
+                && waits >= w.lastIdleWaits && shared >= w.lastSharedWaits
+            if eligible, let frontNode, let cpu = w.spec.cpus.first, (try? NUMA.node(ofCPU: cpu)) != frontNode {
+                eligible = false   // its memory is bound to another node
+            }
+            samples.append(eligible ? .init(waits: waits - w.lastIdleWaits, sharedWaits: shared - w.lastSharedWaits)
+                                    : .init(waits: 0, sharedWaits: 0, eligible: false))
+        }
+        let elapsed = now &- lastFollowTick
+        guard let i = followJudge.observe(now: now, elapsed: elapsed,
+                                          frontSwitches: UInt64(max(0, switches - lastFrontSwitches)),
+                                          workers: samples) else { return }
+        if tradeCPUs(withWorker: i, sample: samples[i], elapsed: elapsed) {
+            followJudge.didSwap(slot: i, now: now)
+        } else {
+            followJudge.reset(slot: i)
         }
     }
 
     /// Moves every thread of worker `i` to the front's CPU and the loop thread to the worker's; the worker
-    /// keeps the new CPU across respawns. False (and no change) when either move fails or the two CPUs are
-    /// on different NUMA nodes (the worker's memory is bound to its node).
-    func tradeCPUs(withWorker i: Int, waits: UInt64, shared: UInt64) -> Bool {
+    /// keeps the new CPU across respawns. False, with everything moved back, when a move fails (a thread
+    /// that exits meanwhile does not count); when the loop thread cannot move, following stops.
+    func tradeCPUs(withWorker i: Int, sample: FollowClientsJudge.Sample, elapsed: UInt64) -> Bool {
         let w = slots[i]
         guard let from = frontCPU, let pid = w.process?.child.pid, let to = w.spec.cpus.first else { return false }
-        if NUMA.isAvailable, let a = try? NUMA.node(ofCPU: from), let b = try? NUMA.node(ofCPU: to), a != b {
+        // Threads started while we move them: scan again until a scan finds none that is not moved yet.
+        var moved = Set<Int32>()
+        var failure: SysError?
+        scan: while true {
+            let fresh = Self.threads(of: pid).filter { !moved.contains($0) }
+            if fresh.isEmpty { break }
+            for tid in fresh {
+                do {
+                    try CPUAffinity.set([from], pid: tid)
+                    moved.insert(tid)
+                } catch {
+                    if error.errno == ESRCH { moved.insert(tid); continue }   // exited meanwhile
+                    failure = error
+                    break scan
+                }
+            }
+        }
+        func moveBack() { for tid in moved { try? CPUAffinity.set([to], pid: tid) } }
+        if let failure {
+            moveBack()
+            config.log(.warn, "front: cannot move \(unitName(w))'s threads to cpu \(from): \(failure); placement stays")
             return false
         }
-        let tids = Self.threads(of: pid)
-        var moved: [Int32] = []
-        for tid in tids {
-            do { try CPUAffinity.set([from], pid: tid); moved.append(tid) } catch {}
-        }
-        guard !moved.isEmpty else { return false }
+        guard !moved.isEmpty else { return false }   // the worker is gone: its death is handled elsewhere
         do {
             try CPUAffinity.set([to])
         } catch {
-            for tid in moved { try? CPUAffinity.set([to], pid: tid) }
-            config.log(.warn, "front: cannot move the event loop to cpu \(to): \(error); placement stays")
+            moveBack()
+            config.log(.warn, "front: cannot move the event loop to cpu \(to): \(error); it stops following its clients")
             frontCPU = nil
             return false
         }
@@ -406,7 +439,7 @@ public final class WorkerPool: FrontBackend {
             w.spec.arguments[k + 1] = "\(from)"
         }
         cpuSwaps += 1
-        config.log(.info, "front: clients share \(unitName(w))'s cpu \(to) (\(shared) of \(waits) idle waits in 100 ms gave it away); traded cpus: front → \(to), \(unitName(w)) → \(from)")
+        config.log(.info, "front: clients share \(unitName(w))'s cpu \(to) (\(sample.sharedWaits) of \(sample.waits) idle waits in the last \(elapsed / 1_000_000) ms gave it away); traded cpus: front → \(to), \(unitName(w)) → \(from)")
         return true
     }
 
@@ -726,7 +759,7 @@ public final class WorkerPool: FrontBackend {
 
     public func collectMetrics(into m: MetricsRegistry) {
         m.set(MetricsRegistry.workerRestarts, help: "Worker processes restarted", Double(totalRestarts))
-        if config.followClientsFrontCPU != nil {
+        if following {
             m.set("switchyard_front_cpu_swaps_total", help: "Times the front traded CPUs with a worker whose CPU its clients shared",
                   Double(cpuSwaps))
         }

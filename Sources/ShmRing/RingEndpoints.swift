@@ -427,6 +427,10 @@ public final class RingConsumer: @unchecked Sendable {
     /// under 2 µs, and a CPU hog takes a whole time slice (milliseconds).
     public private(set) var sharedWaits: UInt64 = 0
     public static let sharedYieldRange: ClosedRange<UInt64> = 2_000...200_000
+    /// Whether a sched_yield that took `nanoseconds` handed the CPU to a briefly running task.
+    @inline(__always) public static func isSharedYield(nanoseconds: UInt64) -> Bool {
+        sharedYieldRange.contains(nanoseconds)
+    }
 
     /// Waits (per the policy) until a record is available. Throws `closed` once the producer closed and
     /// everything was read, `peerDied` (checked every policy.peerCheckNanoseconds) or `timedOut`.
@@ -453,8 +457,13 @@ public final class RingConsumer: @unchecked Sendable {
                 // A long fruitless spin probably means the other side is not running (more runnable
                 // threads than CPUs): give our CPU away so that it can.
                 if now >= yieldFrom {
-                    sched_yield()
-                    if !shared { shared = Self.sharedYieldRange.contains(sy_monotonic_ns() &- now) }
+                    if shared {
+                        sched_yield()
+                    } else {
+                        let before = sy_monotonic_ns()
+                        sched_yield()
+                        shared = Self.isSharedYield(nanoseconds: sy_monotonic_ns() &- before)
+                    }
                 }
             }
         }

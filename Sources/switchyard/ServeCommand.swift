@@ -159,7 +159,10 @@ struct ServeCommand: ParsableCommand {
         poolConfig.startupTimeout = startupTimeout
         poolConfig.modelID = engineKind == .echo ? "echo" : URL(fileURLWithPath: modelPath ?? "model").deletingPathExtension().lastPathComponent
         poolConfig.log = logger
-        // The front's thread is the event loop's (run() below runs on it).
+
+        let pool = try WorkerPool(config: poolConfig)
+        // The front's thread is the event loop's (run() below runs on it). Pinned after the workers were
+        // spawned, so they do not start on its CPU.
         var frontPinned: [Int]?
         if let cpus = frontOwnCPUs {
             // Off the workers' cores: a worker spins for a while after each request, and a loop that the
@@ -173,12 +176,14 @@ struct ServeCommand: ParsableCommand {
                 logger(.warn, "front: cannot pin the event loop to cpus \(cpus): \(error)")
             }
         }
-        if FrontPlacement(rawValue: frontPlacement) == .follow, let cpus = frontPinned, cpus.count == 1,
-           tp == 1, specs.contains(where: { $0.cpus.count == 1 }) {
-            poolConfig.followClientsFrontCPU = cpus[0]
+        // Following needs the signal it reads: workers that yield in their idle spin, and CPUs that only a
+        // client can share with a worker (not another worker).
+        if FrontPlacement(rawValue: frontPlacement) == .follow, let cpus = frontPinned, cpus.count == 1, tp == 1,
+           !plan.oversubscribed, workerIdleSpinUs > 0, workerIdleYieldAfterUs < workerIdleSpinUs,
+           specs.contains(where: { $0.cpus.count == 1 }) {
+            pool.followClients(from: cpus[0])
             log("front: follows its clients (trades cpus with a worker whose cpu they share; --front-placement fixed: never)")
         }
-        let pool = try WorkerPool(config: poolConfig)
 
         var fc = FrontConfig()
         fc.socketPath = socket

@@ -68,8 +68,6 @@ int sy_sched_getaffinity(pid_t pid, int *cpus, int capacity);
 /// The calling thread's involuntary context switches so far (getrusage(RUSAGE_THREAD).ru_nivcsw; a
 /// sched_yield that hands the CPU over counts too), or -1.
 long sy_thread_involuntary_switches(void);
-/// The calling thread's kernel task id (gettid).
-int sy_gettid(void);
 
 /// Sets PR_SET_PDEATHSIG for the calling process (the child learns its parent died).
 int sy_set_parent_death_signal(int sig);
