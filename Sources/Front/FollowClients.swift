@@ -53,8 +53,9 @@ public struct FollowClientsJudge: Sendable, Equatable {
     public var minSharedShare = 0.5
     /// The front's CPU counts as its own while its involuntary switches stay ≤ waits × this.
     public var maxFrontSwitchShare = 0.1
-    /// Consecutive qualifying ticks before a swap.
-    public var ticksNeeded = 3
+    /// Consecutive qualifying ticks before a swap. Each tick holds hundreds of waits, and the hold-off
+    /// bounds what a wrong call costs; 2 (200 ms) reacts before a short client run is mostly over.
+    public var ticksNeeded = 2
     /// Time between two swaps of the front (with any workers): starts at `minHoldoff`, doubles (up to
     /// `maxHoldoff`) for each swap that comes within `calmAfter` of the previous one, so clients that keep
     /// moving do not keep the front moving.
