@@ -110,9 +110,6 @@ struct ServeCommand: ParsableCommand {
         // Per routing target: a group spreads its KV cache over its shards.
         let cacheMB = sessionCacheMb ?? Self.defaultSessionCacheMB(workers: workerCount / tp)
 
-        // The front's own CPUs (nil: it shares the workers').
-        let frontOwnCPUs = frontCpus == "auto" ? plan.frontCPUs(allowed: online) : nil
-
         // One WorkerSpec per routing target: a worker (--tp 1), or a group's leader with its followers.
         // Every shard of a group gets the same limits (slot tables must match), its own placement.
         var specs: [WorkerSpec] = []
@@ -164,7 +161,7 @@ struct ServeCommand: ParsableCommand {
         // The front's thread is the event loop's (run() below runs on it). Pinned after the workers were
         // spawned, so they do not start on its CPU.
         var frontPinned: [Int]?
-        if let cpus = frontOwnCPUs {
+        if frontCpus == "auto", let cpus = plan.frontCPUs(allowed: online) {
             // Off the workers' cores: a worker spins for a while after each request, and a loop that the
             // scheduler puts on its core waits behind it (2 cores, one worker, the front forced onto the
             // worker's core: round trips of 30-37 µs against 13-20 µs on the other core).

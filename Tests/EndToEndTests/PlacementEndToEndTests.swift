@@ -19,7 +19,7 @@ func writeTopology(_ nodes: [[Int]]) throws -> String {
 
 /// Two CPUs this process may run on (the same one twice on a one-CPU machine).
 func twoUsableCPUs() -> (Int, Int) {
-    let mine = Proc.status(getpid(), "Cpus_allowed_list").map(Proc.expandCPUList) ?? [0]
+    let mine = Proc.allowedCPUs(getpid())
     return (mine.first ?? 0, mine.dropFirst().first ?? mine.first ?? 0)
 }
 
@@ -99,7 +99,7 @@ func pinThisThread(to cpu: Int) -> Bool { (try? CPUAffinity.set([cpu])) != nil }
         return box.count
     }
 
-    func cpus(_ pid: pid_t) -> [Int] { Proc.status(pid, "Cpus_allowed_list").map(Proc.expandCPUList) ?? [] }
+    func cpus(_ pid: pid_t) -> [Int] { Proc.allowedCPUs(pid) }
 
     /// Every worker on a CPU of its own and the front on the last one (so the rule applies on any machine
     /// with two or more CPUs); --policy client-hash sends this client's requests to one worker. Nil on one
@@ -108,7 +108,7 @@ func pinThisThread(to cpu: Int) -> Bool { (try? CPUAffinity.set([cpu])) != nil }
     /// tools/test runs this suite on its own: the front trades only while its own CPU is quiet, and the
     /// other suites' servers pin their fronts to that same CPU.
     func args(_ placement: String) -> [String]? {
-        let mine = Proc.status(getpid(), "Cpus_allowed_list").map(Proc.expandCPUList) ?? []
+        let mine = Proc.allowedCPUs(getpid())
         guard mine.count >= 2, access("/sys/devices/system/node/node1", F_OK) != 0 else { return nil }
         return ["--engine", "echo", "--workers", "\(mine.count - 1)", "--policy", "client-hash",
                 "--front-placement", placement]
@@ -127,7 +127,7 @@ func pinThisThread(to cpu: Int) -> Bool { (try? CPUAffinity.set([cpu])) != nil }
             try #require(workerBefore.count == 1 && workerBefore != frontBefore, "worker on cpus \(workerBefore)")
             let serverPID = s.pid
             let n = clientLoop(s, cpu: workerBefore[0], seconds: 45) {
-                (Proc.status(serverPID, "Cpus_allowed_list").map(Proc.expandCPUList) ?? []) == workerBefore
+                Proc.allowedCPUs(serverPID) == workerBefore
             }
             #expect(cpus(s.pid) == workerBefore, "the front stayed on \(cpus(s.pid)) after \(n) round trips from its worker's cpu")
             #expect(cpus(worker) == frontBefore, "worker \(id) is on \(cpus(worker))")

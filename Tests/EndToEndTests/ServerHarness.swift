@@ -134,6 +134,9 @@ enum Proc {
         return nil
     }
 
+    /// The CPUs task `pid` may run on (its Cpus_allowed_list; empty if it is gone).
+    static func allowedCPUs(_ pid: pid_t) -> [Int] { status(pid, "Cpus_allowed_list").map(expandCPUList) ?? [] }
+
     /// Expands a kernel CPU list ("0-2,5") to [0, 1, 2, 5].
     static func expandCPUList(_ s: String) -> [Int] {
         var out: [Int] = []
